@@ -1,0 +1,3 @@
+import distsvc.commands.main
+
+raise SystemExit(distsvc.commands.main.main())

@@ -1,0 +1,1 @@
+"""Actions: what the commands do, built on the pure core modules and the adapters."""

@@ -1,0 +1,120 @@
+"""Choosing a host for a job and recording the placement, atomically under the state lock.
+
+Without a daemon, each client keeps the shared state itself: measurements older than
+config.max_age are refreshed (under the lock, so simultaneous clients do not all probe), the
+best host with a free slot is chosen and the job is recorded there before the lock is
+released, so the next client already counts it.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import distsvc.config
+import distsvc.errors
+import distsvc.ranking
+import distsvc.state
+
+if TYPE_CHECKING:  # importing it for real would load paramiko
+    import distsvc.adapters.ssh
+
+SLOT_WAIT_INTERVAL = 0.5
+
+
+@dataclasses.dataclass
+class Choice:
+    host: distsvc.config.Host
+    placement: distsvc.state.Placement
+    connection: distsvc.adapters.ssh.Connection | None  # from the probe, if it just ran
+
+
+def _prune(state: distsvc.state.State) -> None:
+    state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
+
+
+def refresh(config: distsvc.config.Config, state: distsvc.state.State, now: float,
+            force: bool = False, keep_connections: bool = False,
+            ) -> dict[str, distsvc.adapters.ssh.Connection]:
+    """Probe the hosts whose measurement is older than max_age; update `state` in place."""
+    import distsvc.actions.measure
+
+    stale = [h for h in config.hosts if force or (
+        (entry := state.hosts.get(h.name)) is None or entry.measured_at is None
+        or now - entry.measured_at > config.max_age)]
+    connections = {}
+    for probed in distsvc.actions.measure.probe_hosts(stale, config, keep_connections):
+        previous = state.hosts.get(probed.host.name)
+        if previous is not None:
+            probed.state.last_used = previous.last_used
+        state.hosts[probed.host.name] = probed.state
+        if probed.connection is not None:
+            connections[probed.host.name] = probed.connection
+    return connections
+
+
+def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.State) -> str:
+    unknown = distsvc.state.HostState(error="not measured")
+    reasons = [f"{h.name} ({state.hosts.get(h.name, unknown).error or 'unknown'})"
+               for h in config.hosts]
+    return "no reachable host: " + ", ".join(reasons)
+
+
+def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
+           notice: collections.abc.Callable[[str], None]) -> Choice:
+    """The best host not in `exclude`, with this job already recorded on it."""
+    waited = False
+    while True:
+        with distsvc.state.locked(directory):
+            state = distsvc.state.read(directory)
+            _prune(state)
+            now = time.time()
+            connections = refresh(config, state, now, keep_connections=True)
+            hosts = [h for h in config.hosts if h.name not in exclude]
+            ranked = distsvc.ranking.rank(hosts, state, now, stale_after=config.max_age * 2)
+            known = [r for r in ranked if r.score is not None]
+            free = distsvc.ranking.candidates(ranked)
+            choice = None
+            if free:
+                best = free[0]
+                placement = distsvc.state.Placement(
+                    host=best.host.name, pid=os.getpid(),
+                    started=distsvc.state.process_start_time(os.getpid()), placed_at=now)
+                state.placements.append(placement)
+                state.hosts[best.host.name].last_used = now
+                choice = Choice(best.host, placement, connections.pop(best.host.name, None))
+            distsvc.state.write(directory, state)
+        for connection in connections.values():
+            connection.close()
+        if choice is not None:
+            return choice
+        if not known:
+            raise distsvc.errors.CannotRun(unreachable_summary(config, state))
+        if not waited:
+            notice("distsvc: every host is at its slot limit; waiting for a free slot")
+            waited = True
+        time.sleep(SLOT_WAIT_INTERVAL)
+
+
+def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement
+                     ) -> None:
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        state.hosts[host] = distsvc.state.HostState(
+            state=distsvc.state.UNKNOWN, measured_at=time.time(), error=reason)
+        state.placements = [p for p in state.placements if p != placement]
+        distsvc.state.write(directory, state)
+
+
+def release(directory: Path, placement: distsvc.state.Placement) -> None:
+    """Forget a finished job (a killed client's entry is pruned by PID instead)."""
+    with contextlib.suppress(OSError), distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        state.placements = [p for p in state.placements if p != placement]
+        distsvc.state.write(directory, state)
+

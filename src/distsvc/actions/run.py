@@ -1,0 +1,129 @@
+"""Running one command as if it ran here: on the best host, or locally with no hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import distsvc.actions.placement
+import distsvc.actions.relay
+import distsvc.adapters.terminal
+import distsvc.config
+import distsvc.environment
+import distsvc.errors
+import distsvc.paths
+import distsvc.remote
+
+if TYPE_CHECKING:  # importing it for real would load paramiko
+    import distsvc.adapters.ssh
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    workdir: str | None = None  # None: the current directory
+    tty: bool | None = None  # None: a terminal when stdin and stdout are terminals
+    stdin: bool = True  # False: like `ssh -n`, the command reads end-of-file
+    quiet: bool = False  # no notices on stderr
+
+
+def notice(options: Options, message: str) -> None:
+    if not options.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def current_directory(environ: Mapping[str, str]) -> str:
+    """The working directory as the user sees it: $PWD keeps symlinked paths when it is right."""
+    cwd = os.getcwd()
+    logical = environ.get("PWD", "")
+    with contextlib.suppress(OSError):
+        if logical and os.path.isabs(logical) and os.path.samefile(logical, cwd):
+            return logical
+    return cwd
+
+
+def wants_terminal(options: Options) -> bool:
+    if options.tty is not None:
+        return options.tty and os.isatty(0)
+    return options.stdin and os.isatty(0) and os.isatty(1)
+
+
+def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str]) -> int:
+    import distsvc.adapters.local
+
+    notice(options, "distsvc: no hosts configured; running on this machine")
+    env = dict(environ)
+    env.update(distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ)))
+    return distsvc.adapters.local.run(argv, options.workdir, env)
+
+
+def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
+            options: Options, env: Mapping[str, str], workdir: str, term: str) -> int:
+    """Run argv on an open connection under the remote wrapper; the command's status."""
+    token = distsvc.remote.new_token()
+    terminal = wants_terminal(options)
+    script = distsvc.remote.environment_script(env).encode()
+    if terminal:
+        status, _ = connection.run(distsvc.remote.env_file_writer(token), stdin=script)
+        if status != 0:
+            raise distsvc.errors.HostUnreachable(
+                connection.target.label, "could not store the environment in $TMPDIR")
+    size = distsvc.adapters.terminal.window_size(0) if terminal else (80, 24)
+    process = connection.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
+                              term=term if terminal else None, size=size)
+    if not terminal:
+        process.write(script)
+
+    def deliver(signum: int) -> None:
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        with contextlib.suppress(Exception):
+            connection.run(distsvc.remote.kill_command(token, name), timeout=5.0)
+
+    stdin_fd = 0 if options.stdin else None
+    if terminal:
+        with distsvc.adapters.terminal.raw_mode(0):
+            status = distsvc.actions.relay.relay(process, stdin_fd, 0, deliver)
+    else:
+        status = distsvc.actions.relay.relay(process, stdin_fd, None, deliver)
+    if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
+        raise distsvc.errors.CannotRun(
+            f"{connection.target.label}: connection lost; the command's state is unknown "
+            "(it is ended on the host within a few seconds)")
+    return status
+
+
+def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
+        environ: Mapping[str, str]) -> int:
+    """Run argv on the best host (falling back to the next ones), or here with no hosts."""
+    if not config.hosts:
+        return run_locally(argv, options, environ)
+    import distsvc.adapters.ssh
+
+    saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ))
+    env = distsvc.environment.carried(environ, config.env, saved)
+    workdir = options.workdir or current_directory(environ)
+    term = environ.get("TERM") or "xterm"
+    directory = distsvc.paths.state_dir(environ)
+    tried: set[str] = set()
+    while True:
+        choice = distsvc.actions.placement.choose(
+            config, directory, tried, lambda message: notice(options, message))
+        try:
+            connection = choice.connection or distsvc.adapters.ssh.connect(
+                distsvc.adapters.ssh.resolve(choice.host, config.host_key_policy),
+                config.connect_timeout)
+        except distsvc.errors.HostUnreachable as error:
+            distsvc.actions.placement.mark_unreachable(
+                directory, choice.host.name, error.reason, choice.placement)
+            tried.add(choice.host.name)
+            notice(options, f"distsvc: {error.message}; trying the next host")
+            continue
+        try:
+            return execute(connection, argv, options, env, workdir, term)
+        finally:
+            connection.close()
+            distsvc.actions.placement.release(directory, choice.placement)

@@ -1,0 +1,47 @@
+"""What every command shares: config options, error reporting, exit statuses."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import distsvc
+import distsvc.config
+import distsvc.errors
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", type=Path,
+                        help="configuration file (default: $XDG_CONFIG_HOME/distsvc/config.toml)")
+    parser.add_argument("--accept-new", action="store_true",
+                        help="accept and remember host keys not seen before (never changed ones)")
+
+
+def load_config(args: argparse.Namespace) -> distsvc.config.Config:
+    config = distsvc.config.load(args.config, os.environ)
+    if args.accept_new:
+        config = dataclasses.replace(config, host_key_policy="accept-new")
+    return config
+
+
+def guarded(body: Callable[[], int]) -> int:
+    """Run a command body: user errors become one line on stderr and their exit status."""
+    try:
+        return body()
+    except distsvc.errors.DistsvcError as error:
+        print(f"distsvc: {error.message}", file=sys.stderr)
+        return error.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Our output was closed by its reader: behave as if SIGPIPE had ended us.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def version_string() -> str:
+    return f"distsvc {distsvc.__version__}"

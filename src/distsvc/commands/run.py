@@ -1,0 +1,59 @@
+"""`distsvc-run [options] [--] CMD ARGS...`: run a command on the least-loaded host."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import distsvc.actions.run
+import distsvc.commands.common
+import distsvc.errors
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="distsvc-run",
+        description="Run CMD on the least-loaded of your SSH hosts, as if it ran here: same "
+        "directory, environment, stdin/stdout/stderr, exit status, Ctrl-C and terminal. With "
+        "no hosts configured, CMD runs on this machine.",
+        epilog="Exit status: CMD's own (128+N if signal N ended it); 2 for bad usage or "
+        "configuration; 255 if CMD could not be run at all.")
+    p.add_argument("-w", "--workdir", metavar="DIR",
+                   help="directory to run in on the host (default: the current directory)")
+    tty = p.add_mutually_exclusive_group()
+    tty.add_argument("-t", dest="tty", action="store_const", const=True,
+                     help="force a terminal on the host (when stdin is one)")
+    tty.add_argument("-T", dest="tty", action="store_const", const=False,
+                     help="never allocate a terminal on the host")
+    p.add_argument("-n", dest="no_stdin", action="store_true",
+                   help="do not read stdin (the command reads end-of-file)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no notices on stderr")
+    p.add_argument("--version", action="version",
+                   version=distsvc.commands.common.version_string())
+    distsvc.commands.common.add_config_options(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD ARGS",
+                   help="the command and its arguments")
+    return p
+
+
+def options_from(args: argparse.Namespace) -> distsvc.actions.run.Options:
+    return distsvc.actions.run.Options(
+        workdir=args.workdir, tty=args.tty, stdin=not args.no_stdin, quiet=args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+
+    def body() -> int:
+        if not command:
+            raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
+        config = distsvc.commands.common.load_config(args)
+        return distsvc.actions.run.run(command, options_from(args), config, os.environ)
+
+    return distsvc.commands.common.guarded(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Configuration: the TOML file, `DISTSVC_HOSTS`, validation with a path for every problem.
+
+This module only reads and checks; it never connects anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import distsvc.errors
+import distsvc.paths
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the fallback the design allows for older Pythons
+    import tomli as tomllib
+
+HOST_KEY_POLICIES = ("strict", "accept-new")
+
+# Variables that describe this machine or this login session, not the user's work:
+# carrying them to another host would make the command lie about where it runs.
+DEFAULT_ENV_DENY = (
+    "HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "SHLVL", "HOSTNAME", "HOSTTYPE",
+    "TERM", "TERMCAP", "COLUMNS", "LINES", "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY",
+    "SSH_*", "XDG_RUNTIME_DIR", "XDG_SESSION_*", "XDG_SEAT*", "XDG_VTNR",
+    "DBUS_SESSION_BUS_ADDRESS", "MAIL", "_", "TMUX", "TMUX_PANE", "STY", "WINDOW",
+    "GPG_AGENT_INFO", "KRB5CCNAME", "INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET",
+    "LISTEN_*", "MANAGERPID", "SYSTEMD_EXEC_PID", "DISTSVC_HOSTS",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """One SSH host. `name` labels it and is looked up in ~/.ssh/config like `ssh NAME`."""
+
+    name: str
+    address: str | None = None
+    port: int | None = None
+    user: str | None = None
+    slots: int | None = None
+    probe: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvFilter:
+    allow: tuple[str, ...] = ("*",)
+    deny: tuple[str, ...] = DEFAULT_ENV_DENY
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    source: str
+    hosts: tuple[Host, ...] = ()
+    probe_timeout: float = 2.0
+    connect_timeout: float = 5.0
+    max_age: float = 30.0
+    host_key_policy: str = "strict"
+    env: EnvFilter = EnvFilter()
+
+
+_HOST_KEYS = {f.name for f in dataclasses.fields(Host)}
+_TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env"}
+_HOST_SPEC = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
+
+
+class _Checker:
+    """Collects problems instead of stopping at the first, so the user fixes them in one go."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    def number(self, table: Mapping[str, Any], key: str, where: str, default: float,
+               minimum: float = 0.0) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.problem(f"{where}{key}", "must be a number")
+            return default
+        if value <= minimum:
+            self.problem(f"{where}{key}", f"must be greater than {minimum:g}")
+            return default
+        return float(value)
+
+    def string(self, table: Mapping[str, Any], key: str, where: str) -> str | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.problem(f"{where}{key}", "must be a non-empty string")
+            return None
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, where: str, lo: int, hi: int) -> int | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(f"{where}{key}", "must be an integer")
+            return None
+        if not lo <= value <= hi:
+            self.problem(f"{where}{key}", f"must be between {lo} and {hi}")
+            return None
+        return value
+
+    def patterns(self, table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...] | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.problem(f"{where}{key}", "must be a list of non-empty strings (glob patterns)")
+            return None
+        return tuple(value)
+
+
+def parse_host_spec(spec: str) -> Host | None:
+    """`[user@]host[:port]` as written in DISTSVC_HOSTS; None if malformed."""
+    match = _HOST_SPEC.match(spec)
+    if not match:
+        return None
+    port = int(match["port"]) if match["port"] else None
+    if port is not None and not 1 <= port <= 65535:
+        return None
+    name = match["host"].strip("[]")
+    return Host(name=name, user=match["user"], port=port)
+
+
+def _check_host(check: _Checker, raw: Any, where: str) -> Host | None:
+    if not isinstance(raw, dict):
+        check.problem(where, "must be a table with at least `name`")
+        return None
+    for key in sorted(set(raw) - _HOST_KEYS):
+        check.problem(f"{where}.{key}", "unknown setting")
+    name = check.string(raw, "name", f"{where}.")
+    if name is None and "name" not in raw:
+        check.problem(f"{where}.name", "is required")
+    return Host(
+        name=name or "",
+        address=check.string(raw, "address", f"{where}."),
+        port=check.integer(raw, "port", f"{where}.", 1, 65535),
+        user=check.string(raw, "user", f"{where}."),
+        slots=check.integer(raw, "slots", f"{where}.", 1, 100_000),
+        probe=check.string(raw, "probe", f"{where}."),
+    )
+
+
+def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) -> Config:
+    """Validate parsed TOML (and DISTSVC_HOSTS), raising ConfigError with every problem."""
+    check = _Checker()
+    for key in sorted(set(data) - _TOP_KEYS):
+        check.problem(key, "unknown setting")
+
+    hosts: list[Host] = []
+    raw_hosts = data.get("hosts", [])
+    if not isinstance(raw_hosts, list):
+        check.problem("hosts", "must be an array of tables ([[hosts]])")
+        raw_hosts = []
+    for index, raw in enumerate(raw_hosts):
+        host = _check_host(check, raw, f"hosts[{index}]")
+        if host is not None:
+            hosts.append(host)
+    seen: set[str] = set()
+    for index, host in enumerate(hosts):
+        if host.name and host.name in seen:
+            check.problem(f"hosts[{index}].name", f"duplicate host {host.name!r}")
+        seen.add(host.name)
+
+    if hosts_env is not None and hosts_env.strip():
+        # DISTSVC_HOSTS replaces the file's list; a name the file knows keeps its settings.
+        by_name = {h.name: h for h in hosts}
+        hosts = []
+        for spec in filter(None, (s.strip() for s in re.split(r"[;,]", hosts_env))):
+            parsed = parse_host_spec(spec)
+            if parsed is None:
+                check.problem(f"DISTSVC_HOSTS[{spec!r}]", "expected [user@]host[:port]")
+                continue
+            known = by_name.get(parsed.name, Host(name=parsed.name))
+            hosts.append(dataclasses.replace(
+                known, user=parsed.user or known.user, port=parsed.port or known.port))
+
+    policy = data.get("host_key_policy", "strict")
+    if policy not in HOST_KEY_POLICIES:
+        check.problem("host_key_policy", f"must be one of {', '.join(HOST_KEY_POLICIES)}")
+        policy = "strict"
+
+    env_table = data.get("env", {})
+    if not isinstance(env_table, dict):
+        check.problem("env", "must be a table")
+        env_table = {}
+    for key in sorted(set(env_table) - {"allow", "deny"}):
+        check.problem(f"env.{key}", "unknown setting")
+    allow = check.patterns(env_table, "allow", "env.")
+    deny = check.patterns(env_table, "deny", "env.")
+
+    config = Config(
+        source=source,
+        hosts=tuple(hosts),
+        probe_timeout=check.number(data, "probe_timeout", "", 2.0),
+        connect_timeout=check.number(data, "connect_timeout", "", 5.0),
+        max_age=check.number(data, "max_age", "", 30.0),
+        host_key_policy=policy,
+        env=EnvFilter(
+            allow=allow if allow is not None else EnvFilter.allow,
+            deny=DEFAULT_ENV_DENY + (deny or ()),
+        ),
+    )
+    if check.problems:
+        raise distsvc.errors.ConfigError(source, check.problems)
+    return config
+
+
+def load(path: Path | None, environ: Mapping[str, str]) -> Config:
+    """The effective configuration. A missing default file is an empty config, not an error."""
+    explicit = path is not None
+    path = path or distsvc.paths.config_file(environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise distsvc.errors.ConfigError(str(path), ["file not found"]) from None
+        text = ""
+    except OSError as error:
+        raise distsvc.errors.ConfigError(str(path), [error.strerror or str(error)]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise distsvc.errors.ConfigError(str(path), [f"not valid TOML: {error}"]) from None
+    return from_mapping(data, str(path), environ.get("DISTSVC_HOSTS"))
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, for `distsvc config check`."""
+    data = dataclasses.asdict(config)
+    data["hosts"] = [{k: v for k, v in h.items() if v is not None} for h in data["hosts"]]
+    data["env"] = {"allow": list(config.env.allow), "deny": list(config.env.deny)}
+    return data

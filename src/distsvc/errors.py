@@ -1,0 +1,56 @@
+"""Errors a user can act on, each with the exit status the commands return for it.
+
+Exit statuses are part of the interface (see docs/architecture.md):
+  2    bad input: usage or configuration
+  255  the command could not be run at all (no host, connection or host-key failure)
+Everything else is the command's own status (128+N when it died of signal N).
+"""
+
+from __future__ import annotations
+
+EXIT_USAGE = 2
+EXIT_CANNOT_RUN = 255
+
+
+class DistsvcError(Exception):
+    """An error with a one-line message for the user and an exit status."""
+
+    exit_status = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(DistsvcError):
+    exit_status = EXIT_USAGE
+
+
+class ConfigError(DistsvcError):
+    """Every problem found in the configuration, each with the path of the bad field."""
+
+    exit_status = EXIT_USAGE
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid configuration in {source}: " + "; ".join(problems))
+
+
+class CannotRun(DistsvcError):
+    """The command was not started: no usable host, connection failure, refused host key."""
+
+    exit_status = EXIT_CANNOT_RUN
+
+
+class HostUnreachable(CannotRun):
+    """One host could not be used; callers may fall back to another."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        self.host = host
+        self.reason = reason
+        super().__init__(f"{host}: {reason}")
+
+
+class HostKeyRefused(HostUnreachable):
+    """Host key unknown or changed. Never falls back silently: the user must decide."""

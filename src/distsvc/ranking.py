@@ -1,0 +1,87 @@
+"""Scoring and ordering hosts. Pure functions over the state; no I/O.
+
+Score (lower is better): the 1-minute load average per usable CPU, plus CPU pressure
+(`some avg10`, a percentage) as a fraction. A custom probe's figure replaces both.
+
+Jobs this user just placed on a host count as load until measurements show them. The load
+average is an exponential average with a 60 s time constant, so a job that started `d`
+seconds before a measurement is shown in it by the fraction 1 - exp(-d/60); the rest is
+added here. That spreads many simultaneous starts across hosts instead of piling them on
+the one that looked idle a moment ago.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+
+import distsvc.config
+import distsvc.state
+
+LOAD_TIME_CONSTANT = 60.0
+# Scores this close are ties, broken by access time (round trip of the probe).
+TIE_WIDTH = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    host: distsvc.config.Host
+    score: float | None  # None: unknown (unreachable, never measured, or stale)
+    running: int  # this user's live jobs there
+    access_ms: float | None
+
+    @property
+    def full(self) -> bool:
+        return self.host.slots is not None and self.running >= self.host.slots
+
+
+def placement_weight(placed_at: float, measured_at: float) -> float:
+    if placed_at >= measured_at:
+        return 1.0
+    return math.exp(-(measured_at - placed_at) / LOAD_TIME_CONSTANT)
+
+
+def score(host: distsvc.state.HostState, placements: Iterable[distsvc.state.Placement],
+          now: float, stale_after: float) -> float | None:
+    m = host.measurement
+    if host.state != distsvc.state.UP or m is None or host.measured_at is None:
+        return None
+    if now - host.measured_at > stale_after:
+        return None
+    if m.metric is not None:
+        base, cpus = m.metric, 1
+    elif m.load1 is not None:
+        cpus = m.cpus or 1
+        base = m.load1 / cpus + (m.psi_some_avg10 or 0.0) / 100.0
+    else:
+        return None
+    extra = sum(placement_weight(p.placed_at, host.measured_at) for p in placements)
+    return base + extra / cpus
+
+
+def rank(hosts: Iterable[distsvc.config.Host], state: distsvc.state.State, now: float,
+         stale_after: float) -> list[Ranked]:
+    """All hosts, best first; unknown ones last, in configuration order."""
+    ranked = []
+    for host in hosts:
+        placements = [p for p in state.placements if p.host == host.name]
+        entry = state.hosts.get(host.name, distsvc.state.HostState())
+        ranked.append(Ranked(
+            host=host,
+            score=score(entry, placements, now, stale_after),
+            running=len(placements),
+            access_ms=entry.access_ms,
+        ))
+
+    def key(r: Ranked) -> tuple[int, float, float]:
+        if r.score is None:
+            return (1, 0.0, 0.0)
+        return (0, math.floor(r.score / TIE_WIDTH), r.access_ms or 0.0)
+
+    return sorted(ranked, key=key)
+
+
+def candidates(ranked: list[Ranked]) -> list[Ranked]:
+    """Hosts a new job may go to, best first: known and with a free slot."""
+    return [r for r in ranked if r.score is not None and not r.full]

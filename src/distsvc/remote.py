@@ -1,0 +1,155 @@
+"""Remote command lines: the wrapper that runs a user's command on a host. Pure text, no I/O.
+
+paramiko cannot deliver signals to a remote process, and a dropped connection does not end a
+command that ignores SIGHUP or never writes. So every command runs under a small POSIX shell
+wrapper that
+
+- changes to the working directory (a clear error and status 255 if it is missing),
+- takes the carried environment as shell code on stdin ahead of the user's input (no reliance
+  on the server's AcceptEnv, and unlike the command line, not visible to others in `ps`);
+  with a terminal, where stdin would echo, from a 0600 file written by a side channel,
+- runs the command in the foreground, so it keeps the terminal and default signal actions,
+- starts a watcher that, once the wrapper's parent (the sshd session) is gone, ends the
+  command's whole process tree: SIGTERM, then SIGKILL two seconds later.
+
+sshd gives every channel a session of its own, so "the command's tree" is every descendant
+of the wrapper plus every process in a session one of them belongs to: that also catches
+children that were re-parented to init. Signals from the user (Ctrl-C, SIGTERM, SIGHUP) are
+delivered by a second channel running `kill_command`, which finds the wrapper by a random
+token in its argv.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shlex
+from collections.abc import Mapping, Sequence
+
+WRAPPER_STATUS_NO_WORKDIR = 255
+WATCH_INTERVAL = 1  # seconds between checks that the ssh session still exists
+KILL_GRACE = 2  # seconds between SIGTERM and SIGKILL when the session is gone
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# kill_tree SIGNAL WRAPPER_PID: signal the wrapper's descendants and their sessions, never the
+# wrapper itself, the watcher, nor this shell and its own pipeline. Needs ps with `sid` (procps).
+_KILL_TREE = r"""
+kill_tree() {
+  ps -A -ww -o pid= -o ppid= -o sid= -o args= 2>/dev/null | awk -v w="$2" -v k="$$" '
+    { p = $1; pp[p] = $2; s[p] = $3; all[++n] = p; if ($NF == "distsvc-watcher") skip[p] = 1 }
+    END {
+      d[w] = 1
+      do { c = 0; for (i = 1; i <= n; i++) { p = all[i]
+        if (!(p in d) && (pp[p] in d)) { d[p] = 1; c = 1 } } } while (c)
+      for (p in d) ss[s[p]] = 1
+      for (i = 1; i <= n; i++) { p = all[i]
+        if (p == w || p == k || pp[p] == k || (p in skip) || (pp[p] in skip)) continue
+        if ((p in d) || (s[p] in ss)) print p }
+    }' | xargs kill -s "$1" 2>/dev/null
+}
+"""
+
+# Environment: P the sshd session process (the wrapper's parent), W the wrapper. They are not
+# arguments so that the last word of the watcher's argv is its name, which kill_tree skips.
+_WATCHER = _KILL_TREE + rf"""
+trap '' HUP INT QUIT
+trap 'kill $t 2>/dev/null; exit 0' TERM
+while kill -0 "$P" 2>/dev/null; do sleep {WATCH_INTERVAL} & t=$!; wait $t; done
+kill_tree TERM "$W"; sleep {KILL_GRACE}; kill_tree KILL "$W"
+"""
+
+
+def new_token() -> str:
+    return secrets.token_hex(12)
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """argv as one shell command line that the remote shell splits back exactly."""
+    return " ".join(shlex.quote(arg) for arg in argv)
+
+
+def exportable(environ: Mapping[str, str]) -> dict[str, str]:
+    """Only names a POSIX shell can export (drops e.g. bash's exported functions)."""
+    return {k: v for k, v in environ.items() if _NAME.match(k)}
+
+
+ENV_END = "distsvc-env-end"
+
+
+def _env_line(name: str, value: str) -> str:
+    # One line per variable, so the wrapper can read them with `read -r`; newlines in values
+    # are spliced back in from $_ds_nl.
+    return f"export {name}=" + "\"$_ds_nl\"".join(shlex.quote(part) for part in value.split("\n"))
+
+
+def environment_script(environ: Mapping[str, str]) -> str:
+    """The environment as shell code, one line each, ending with the ENV_END line."""
+    lines = [_env_line(k, v) for k, v in sorted(exportable(environ).items())]
+    return "".join(line + "\n" for line in [*lines, ENV_END])
+
+
+def env_file(token: str) -> str:
+    return f"${{TMPDIR:-/tmp}}/distsvc-env-{token}"
+
+
+def env_file_writer(token: str) -> str:
+    """Command that stores environment_script() from stdin in a file only the user can read."""
+    return f"umask 077; set -C; cat > \"{env_file(token)}\""
+
+
+def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file: bool) -> str:
+    """The command line to hand to `exec_command` for running argv under the wrapper.
+
+    Send environment_script() first on stdin, or with env_from_file, store it with
+    env_file_writer() before.
+    """
+    # Own variables are prefixed `_ds_` so the user's environment cannot overwrite them.
+    lines = ["_ds_p=$PPID", "_ds_nl='\n'"]
+    if env_from_file:
+        lines.append(f'_ds_f="{env_file(token)}"; . "$_ds_f"; rm -f "$_ds_f"')
+    else:
+        # dash and bash read a pipe one byte at a time here: the user's input stays unread.
+        lines.append(f'while IFS= read -r _ds_l && [ "$_ds_l" != {ENV_END} ]; do eval "$_ds_l"; done')
+    if workdir is not None:
+        where = shlex.quote(workdir)
+        lines.append(
+            f"cd -- {where} 2>/dev/null || {{ printf 'distsvc: %s: no such directory on %s "
+            f"(choose another with --workdir)\\n' {where} \"$(uname -n)\" >&2; "
+            f"exit {WRAPPER_STATUS_NO_WORKDIR}; }}")
+    lines += [
+        # The watcher runs with INT/QUIT ignored (an asynchronous list) and HUP ignored by itself.
+        f"P=$_ds_p W=$$ /bin/sh -c {shlex.quote(_WATCHER)} distsvc-watcher </dev/null &",
+        "_ds_w=$!",
+        # Deferred while the command runs: the wrapper outlives a Ctrl-C from the terminal and
+        # reports the command's own status. The command itself gets default actions on exec.
+        "trap : HUP INT QUIT",
+        command_line(argv),
+        "_ds_s=$?",
+        "kill $_ds_w 2>/dev/null",
+        "exit $_ds_s",
+    ]
+    script = "\n".join(lines)
+    return f"exec /bin/sh -c {shlex.quote(script)} distsvc-{token}"
+
+
+def kill_command(token: str, signal_name: str) -> str:
+    """The command line that delivers SIGNAL to the tree of the wrapper holding `token`."""
+    if not re.fullmatch(r"[A-Z0-9]+", signal_name) or not re.fullmatch(r"[0-9a-f]+", token):
+        raise ValueError("bad signal name or token")
+    script = _KILL_TREE + (
+        f"w=$(ps -A -ww -o pid= -o args= | awk '$NF == \"distsvc-{token}\" {{ print $1; exit }}')\n"
+        f'[ -n "$w" ] && kill_tree {signal_name} "$w"\n'
+        "exit 0")
+    return f"exec /bin/sh -c {shlex.quote(script)} distsvc-kill"
+
+
+def probe_command(custom: str | None) -> str:
+    import distsvc.probe
+
+    return custom if custom else distsvc.probe.PROBE_SCRIPT
+
+
+def login_shell_argv() -> list[str]:
+    """For distsvc-shell: the user's login shell on the host, started as a login shell."""
+    return ["/bin/sh", "-c", 'exec "${SHELL:-/bin/sh}" -l']

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sshbed
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def bed() -> Iterator[sshbed.Bed]:
+    reason = sshbed.can_run()
+    if reason:
+        pytest.skip(reason)
+    with sshbed.running() as bed:
+        yield bed
+
+
+class Client:
+    """A user of distsvc with a home of their own: key, known_hosts, config, state."""
+
+    def __init__(self, bed: sshbed.Bed, home: Path) -> None:
+        self.bed = bed
+        self.home = home
+        ssh = home / ".ssh"
+        ssh.mkdir(mode=0o700, parents=True)
+        key = ssh / "id_ed25519"
+        key.write_bytes(bed.client_key.read_bytes())
+        key.chmod(0o600)
+        (ssh / "known_hosts").write_text(
+            "".join(h.known_hosts_line + "\n" for h in bed.hosts))
+        self.runtime = home / "run"
+        self.runtime.mkdir(mode=0o700)
+        self.workdir = bed.home  # exists on every host and is the test user's
+        self.env: dict[str, str] = {
+            "HOME": str(home),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_RUNTIME_DIR": str(self.runtime),
+            "LANG": "C.UTF-8",
+            "PWD": str(self.workdir),
+        }
+
+    def configure(self, hosts: Sequence[sshbed.Host] | None = None, probes: dict[str, str]
+                  | None = None, extra: str = "", unknown: Sequence[dict[str, Any]] = ()) -> Path:
+        """Write config.toml naming `hosts` (default: all), with optional custom probes."""
+        hosts = self.bed.hosts if hosts is None else hosts
+        probes = probes or {}
+        lines = [extra]
+        for h in hosts:
+            lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"',
+                      f"port = {h.port}", f'user = "{self.bed.user}"']
+            if h.name in probes:
+                lines.append(f"probe = {probes[h.name]!r}")
+        for raw in unknown:
+            lines.append("[[hosts]]")
+            lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}"
+                      for k, v in raw.items()]
+        path = self.home / ".config" / "distsvc" / "config.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines).replace("'", '"') + "\n")
+        return path
+
+    def command(self, name: str, *args: str) -> list[str]:
+        return [str(BIN / name), *args]
+
+    def popen(self, name: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
+        kw.setdefault("cwd", self.workdir)
+        env = {**self.env, **kw.pop("env", {})}
+        return subprocess.Popen(self.command(name, *args), env=env, **kw)
+
+    def run(self, name: str, *args: str, input: bytes | None = b"", timeout: float = 60,
+            **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        kw.setdefault("cwd", self.workdir)
+        env = {**self.env, **kw.pop("env", {})}
+        return subprocess.run(self.command(name, *args), env=env, input=input,
+                              capture_output=True, timeout=timeout, **kw)
+
+
+@pytest.fixture
+def client(bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
+    yield Client(bed, tmp_path / "client")
+    # No test may leave the test user's processes behind on the hosts.
+    deadline = time.monotonic() + 8
+    while (stray := bed.stray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if stray:
+        subprocess.run(["pkill", "-KILL", "-u", bed.user])
+        pytest.fail(f"processes left on the hosts: {stray}")

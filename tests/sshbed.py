@@ -1,0 +1,196 @@
+"""A test bed of real OpenSSH servers on loopback addresses (127.0.0.2, 127.0.0.3, ...).
+
+Each host is its own `sshd -D` with its own generated host key and configuration, listening on
+a free port of its own address. Everyone logs in as one unprivileged test user whose home is
+a fresh directory, so tests can put junk in its rc files and look at its process table.
+Creating that user needs root; without root the end-to-end tests are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+TEST_USER = "distsvc-test"
+
+
+def can_run() -> str | None:
+    """Why the bed cannot start here, or None."""
+    if os.geteuid() != 0:
+        return "the sshd test bed needs root (it creates the user distsvc-test)"
+    for tool in (SSHD, shutil.which("ssh-keygen")):
+        if not tool or not os.path.exists(tool):
+            return f"{tool or 'ssh-keygen'} is not installed (apt-get install openssh-server)"
+    return None
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, stdin=subprocess.DEVNULL)
+    return (path.with_suffix(".pub")).read_text().strip()
+
+
+def wait_for_banner(address: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=1) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sshd on {address}:{port} did not start")
+        time.sleep(0.05)
+
+
+@dataclasses.dataclass
+class Host:
+    name: str
+    address: str
+    port: int
+    host_key: str  # "ssh-ed25519 AAAA..." public key
+    config: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"[{self.address}]:{self.port} {self.host_key}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+            stderr=open(self.config.with_suffix(".log"), "ab"))
+        wait_for_banner(self.address, self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    @contextlib.contextmanager
+    def hung(self) -> Iterator[None]:
+        """The server accepts TCP connections (the kernel does) but never answers."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
+
+
+@dataclasses.dataclass
+class Bed:
+    root: Path
+    user: str
+    uid: int
+    home: Path  # the test user's home on the "remote" hosts (the same filesystem here)
+    client_key: Path
+    hosts: list[Host]
+
+    def remote_processes(self, marker: str) -> list[str]:
+        """The test user's processes whose command line contains `marker`."""
+        out = subprocess.run(["ps", "-u", str(self.uid), "-ww", "-o", "pid=,args="],
+                             capture_output=True, text=True).stdout
+        return [line.strip() for line in out.splitlines() if marker in line]
+
+    def stray_processes(self) -> list[str]:
+        """The test user's processes other than sshd's own (which end with their client)."""
+        out = subprocess.run(["ps", "-u", str(self.uid), "-ww", "-o", "pid=,args="],
+                             capture_output=True, text=True).stdout
+        return [line.strip() for line in out.splitlines()
+                if line.split(None, 1)[1:] and not line.split(None, 1)[1].startswith("sshd")]
+
+    def write_home_file(self, relative: str, text: str) -> Path:
+        path = self.home / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        for p in (path, *path.relative_to(self.home).parents):
+            os.chown(self.home / p, self.uid, -1)
+        return path
+
+
+def _ensure_user(home: Path) -> pwd.struct_passwd:
+    subprocess.run(["pkill", "-KILL", "-u", TEST_USER], capture_output=True)
+    try:
+        pwd.getpwnam(TEST_USER)
+        subprocess.run(["usermod", "--home", str(home), TEST_USER], check=True,
+                       capture_output=True)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/bin/bash", "--home-dir", str(home),
+                        "--no-create-home", TEST_USER], check=True, capture_output=True)
+    # A locked account ("!") may not log in with keys when PAM is off; "*" has no password.
+    subprocess.run(["usermod", "-p", "*", TEST_USER], check=True, capture_output=True)
+    return pwd.getpwnam(TEST_USER)
+
+
+def _sshd_config(root: Path, host: str, address: str, port: int, key: Path) -> Path:
+    path = root / f"sshd-{host}.conf"
+    path.write_text(f"""\
+ListenAddress {address}:{port}
+HostKey {key}
+PidFile none
+AuthorizedKeysFile {root}/authorized_keys
+AllowUsers {TEST_USER}
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitUserRC yes
+PrintMotd no
+PrintLastLog no
+UseDNS no
+MaxStartups 200:30:400
+MaxSessions 200
+LogLevel ERROR
+""")
+    return path
+
+
+@contextlib.contextmanager
+def running(count: int = 4) -> Iterator[Bed]:
+    root = Path(tempfile.mkdtemp(prefix="distsvc-sshbed-"))
+    root.chmod(0o755)  # the test user must reach its home and the authorized keys
+    hosts: list[Host] = []
+    try:
+        home = root / "home"
+        home.mkdir()
+        user = _ensure_user(home)
+        os.chown(home, user.pw_uid, user.pw_gid)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        client_key = root / "client_ed25519"
+        (root / "authorized_keys").write_text(keygen(client_key) + "\n")
+        (root / "authorized_keys").chmod(0o644)
+        for index in range(count):
+            name, address = f"h{index + 1}", f"127.0.0.{index + 2}"
+            port = free_port(address)
+            key_public = keygen(root / f"hostkey-{name}")
+            config = _sshd_config(root, name, address, port, root / f"hostkey-{name}")
+            host = Host(name, address, port, " ".join(key_public.split()[:2]), config)
+            host.start()
+            hosts.append(host)
+        yield Bed(root, TEST_USER, user.pw_uid, home, client_key, hosts)
+    finally:
+        for host in hosts:
+            host.stop()
+        subprocess.run(["pkill", "-KILL", "-u", TEST_USER], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
