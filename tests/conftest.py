@@ -95,3 +95,64 @@ def client(bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
     if stray:
         subprocess.run(["pkill", "-KILL", "-u", bed.user])
         pytest.fail(f"processes left on the hosts: {stray}")
+
+
+class TcpProxy:
+    """A TCP relay on 127.0.0.1 whose connections can be cut at once, like a network drop."""
+
+    def __init__(self, address: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = (address, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.accepting = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> TcpProxy:
+        self.accepting.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            outbound = socket.create_connection(self.target)
+            self.sockets += [inbound, outbound]
+            for a, b in ((inbound, outbound), (outbound, inbound)):
+                t = threading.Thread(target=self._pipe, args=(a, b), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        import socket
+        import struct
+
+        self.listener.close()
+        for s in self.sockets:
+            try:
+                # Linger 0: a reset, as from a vanished peer. shutdown() wakes the relay
+                # threads blocked in recv(), which close() alone would not.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass

@@ -1,8 +1,9 @@
 """A test bed of real OpenSSH servers on loopback addresses (127.0.0.2, 127.0.0.3, ...).
 
 Each host is its own `sshd -D` with its own generated host key and configuration, listening on
-a free port of its own address. Everyone logs in as one unprivileged test user whose home is
-a fresh directory, so tests can put junk in its rc files and look at its process table.
+a free port of its own address. Everyone logs in as one unprivileged test user, made for this
+bed alone (so two beds on one machine never touch each other's processes) and removed after,
+whose home is a fresh directory: tests put junk in its rc files and read its process table.
 Creating that user needs root; without root the end-to-end tests are skipped.
 """
 
@@ -22,13 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
-TEST_USER = "distsvc-test"
+USER_PREFIX = "dsvctest"
 
 
 def can_run() -> str | None:
     """Why the bed cannot start here, or None."""
     if os.geteuid() != 0:
-        return "the sshd test bed needs root (it creates the user distsvc-test)"
+        return "the sshd test bed needs root (it creates a test user)"
     for tool in (SSHD, shutil.which("ssh-keygen")):
         if not tool or not os.path.exists(tool):
             return f"{tool or 'ssh-keygen'} is not installed (apt-get install openssh-server)"
@@ -129,28 +130,38 @@ class Bed:
         return path
 
 
-def _ensure_user(home: Path) -> pwd.struct_passwd:
-    subprocess.run(["pkill", "-KILL", "-u", TEST_USER], capture_output=True)
-    try:
-        pwd.getpwnam(TEST_USER)
-        subprocess.run(["usermod", "--home", str(home), TEST_USER], check=True,
-                       capture_output=True)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--shell", "/bin/bash", "--home-dir", str(home),
-                        "--no-create-home", TEST_USER], check=True, capture_output=True)
+def _remove_user(name: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+    subprocess.run(["userdel", name], capture_output=True)
+
+
+def _remove_stale_users() -> None:
+    """Users of beds whose process died without cleaning up."""
+    for entry in pwd.getpwall():
+        suffix = entry.pw_name.removeprefix(USER_PREFIX)
+        if suffix != entry.pw_name and suffix.isdigit() and not Path(f"/proc/{suffix}").exists():
+            _remove_user(entry.pw_name)
+
+
+def _create_user(home: Path) -> pwd.struct_passwd:
+    _remove_stale_users()
+    name = f"{USER_PREFIX}{os.getpid()}"
+    _remove_user(name)
+    subprocess.run(["useradd", "--system", "--shell", "/bin/bash", "--home-dir", str(home),
+                    "--no-create-home", name], check=True, capture_output=True)
     # A locked account ("!") may not log in with keys when PAM is off; "*" has no password.
-    subprocess.run(["usermod", "-p", "*", TEST_USER], check=True, capture_output=True)
-    return pwd.getpwnam(TEST_USER)
+    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+    return pwd.getpwnam(name)
 
 
-def _sshd_config(root: Path, host: str, address: str, port: int, key: Path) -> Path:
+def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key: Path) -> Path:
     path = root / f"sshd-{host}.conf"
     path.write_text(f"""\
 ListenAddress {address}:{port}
 HostKey {key}
 PidFile none
 AuthorizedKeysFile {root}/authorized_keys
-AllowUsers {TEST_USER}
+AllowUsers {user}
 StrictModes no
 UsePAM no
 PasswordAuthentication no
@@ -171,10 +182,11 @@ def running(count: int = 4) -> Iterator[Bed]:
     root = Path(tempfile.mkdtemp(prefix="distsvc-sshbed-"))
     root.chmod(0o755)  # the test user must reach its home and the authorized keys
     hosts: list[Host] = []
+    user: pwd.struct_passwd | None = None
     try:
         home = root / "home"
         home.mkdir()
-        user = _ensure_user(home)
+        user = _create_user(home)
         os.chown(home, user.pw_uid, user.pw_gid)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         client_key = root / "client_ed25519"
@@ -184,13 +196,15 @@ def running(count: int = 4) -> Iterator[Bed]:
             name, address = f"h{index + 1}", f"127.0.0.{index + 2}"
             port = free_port(address)
             key_public = keygen(root / f"hostkey-{name}")
-            config = _sshd_config(root, name, address, port, root / f"hostkey-{name}")
+            config = _sshd_config(root, user.pw_name, name, address, port,
+                                  root / f"hostkey-{name}")
             host = Host(name, address, port, " ".join(key_public.split()[:2]), config)
             host.start()
             hosts.append(host)
-        yield Bed(root, TEST_USER, user.pw_uid, home, client_key, hosts)
+        yield Bed(root, user.pw_name, user.pw_uid, home, client_key, hosts)
     finally:
         for host in hosts:
             host.stop()
-        subprocess.run(["pkill", "-KILL", "-u", TEST_USER], capture_output=True)
+        if user is not None:
+            _remove_user(user.pw_name)
         shutil.rmtree(root, ignore_errors=True)

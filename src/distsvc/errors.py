@@ -54,3 +54,11 @@ class HostUnreachable(CannotRun):
 
 class HostKeyRefused(HostUnreachable):
     """Host key unknown or changed. Never falls back silently: the user must decide."""
+
+
+class Interrupted(DistsvcError):
+    """A signal asked us to stop before the command started: status 128+N, like a shell."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum} before the command started")
+        self.exit_status = 128 + signum

@@ -10,13 +10,13 @@ wrapper that
   with a terminal, where stdin would echo, from a 0600 file written by a side channel,
 - runs the command in the foreground, so it keeps the terminal and default signal actions,
 - starts a watcher that, once the wrapper's parent (the sshd session) is gone, ends the
-  command's whole process tree: SIGTERM, then SIGKILL two seconds later.
+  command's whole process tree: SIGTERM, then SIGKILL for what is left two seconds later.
 
 sshd gives every channel a session of its own, so "the command's tree" is every descendant
 of the wrapper plus every process in a session one of them belongs to: that also catches
 children that were re-parented to init. Signals from the user (Ctrl-C, SIGTERM, SIGHUP) are
 delivered by a second channel running `kill_command`, which finds the wrapper by a random
-token in its argv.
+token in its argv, and escalates to SIGTERM and SIGKILL for what the signal left running.
 """
 
 from __future__ import annotations
@@ -28,35 +28,56 @@ from collections.abc import Mapping, Sequence
 
 WRAPPER_STATUS_NO_WORKDIR = 255
 WATCH_INTERVAL = 1  # seconds between checks that the ssh session still exists
-KILL_GRACE = 2  # seconds between SIGTERM and SIGKILL when the session is gone
+KILL_GRACE = 2  # seconds a signal is given to work before the next, stronger one
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-# kill_tree SIGNAL WRAPPER_PID: signal the wrapper's descendants and their sessions, never the
-# wrapper itself, the watcher, nor this shell and its own pipeline. Needs ps with `sid` (procps).
-_KILL_TREE = r"""
-kill_tree() {
-  ps -A -ww -o pid= -o ppid= -o sid= -o args= 2>/dev/null | awk -v w="$2" -v k="$$" '
-    { p = $1; pp[p] = $2; s[p] = $3; all[++n] = p; if ($NF == "distsvc-watcher") skip[p] = 1 }
-    END {
-      d[w] = 1
+# Shell functions that end a command's tree. `ds_sessions W` names the sessions of the wrapper W
+# and its descendants; `ds_members W SESSIONS` lists their processes except W itself, the
+# watcher and the caller's own subtree; `ds_end W SIGNAL...` sends each signal in turn to the
+# members, going on to the next only if some are still there after KILL_GRACE seconds. The
+# sessions are named once, up front: after W exits, its orphans are still found by them.
+# Needs ps with `sid` (procps, busybox) and `sleep` with fractions (GNU, busybox).
+_END_TREE = r"""
+ds_sessions() {
+  ps -A -ww -o pid= -o ppid= -o sid= 2>/dev/null | awk -v w="$1" '
+    { pp[$1] = $2; s[$1] = $3; all[++n] = $1 }
+    END { d[w] = 1
       do { c = 0; for (i = 1; i <= n; i++) { p = all[i]
         if (!(p in d) && (pp[p] in d)) { d[p] = 1; c = 1 } } } while (c)
-      for (p in d) ss[s[p]] = 1
-      for (i = 1; i <= n; i++) { p = all[i]
-        if (p == w || p == k || pp[p] == k || (p in skip) || (pp[p] in skip)) continue
-        if ((p in d) || (s[p] in ss)) print p }
-    }' | xargs kill -s "$1" 2>/dev/null
+      for (p in d) if (p in s) printf "%s ", s[p] }'
 }
-"""
+ds_members() {
+  ps -A -ww -o pid= -o ppid= -o sid= -o args= 2>/dev/null | awk -v w="$1" -v ss="$2" -v k="$$" '
+    BEGIN { split(ss, a, " "); for (i in a) want[a[i]] = 1 }
+    { pp[$1] = $2; all[++n] = $1; if ($3 in want) m[$1] = 1
+      if ($NF == "distsvc-watcher") x[$1] = 1 }
+    END { x[k] = 1
+      do { c = 0; for (i = 1; i <= n; i++) { p = all[i]
+        if (!(p in x) && (pp[p] in x)) { x[p] = 1; c = 1 } } } while (c)
+      for (p in m) if (p != w && !(p in x)) print p }'
+}
+ds_end() {
+  w=$1; shift
+  ss=$(ds_sessions "$w"); [ -n "$ss" ] || return 0
+  for sig in "$@"; do
+    ds_members "$w" "$ss" | xargs kill -s "$sig" 2>/dev/null
+    i=0
+    while [ $i -lt GRACE ]; do
+      [ -n "$(ds_members "$w" "$ss")" ] || return 0
+      sleep 0.1; i=$((i + 1))
+    done
+  done
+}
+""".replace("GRACE", str(KILL_GRACE * 10))
 
 # Environment: P the sshd session process (the wrapper's parent), W the wrapper. They are not
-# arguments so that the last word of the watcher's argv is its name, which kill_tree skips.
-_WATCHER = _KILL_TREE + rf"""
+# arguments so that the last word of the watcher's argv is its name, which ds_members skips.
+_WATCHER = _END_TREE + rf"""
 trap '' HUP INT QUIT
 trap 'kill $t 2>/dev/null; exit 0' TERM
 while kill -0 "$P" 2>/dev/null; do sleep {WATCH_INTERVAL} & t=$!; wait $t; done
-kill_tree TERM "$W"; sleep {KILL_GRACE}; kill_tree KILL "$W"
+ds_end "$W" TERM KILL
 """
 
 
@@ -106,11 +127,13 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
     """
     # Own variables are prefixed `_ds_` so the user's environment cannot overwrite them.
     lines = ["_ds_p=$PPID", "_ds_nl='\n'"]
+    # dash and bash read a pipe one byte at a time here: the user's input stays unread.
+    read_environment = (
+        f'while IFS= read -r _ds_l && [ "$_ds_l" != {ENV_END} ]; do eval "$_ds_l"; done')
     if env_from_file:
-        lines.append(f'_ds_f="{env_file(token)}"; . "$_ds_f"; rm -f "$_ds_f"')
+        lines.append(f'_ds_f="{env_file(token)}"; {read_environment} < "$_ds_f"; rm -f "$_ds_f"')
     else:
-        # dash and bash read a pipe one byte at a time here: the user's input stays unread.
-        lines.append(f'while IFS= read -r _ds_l && [ "$_ds_l" != {ENV_END} ]; do eval "$_ds_l"; done')
+        lines.append(read_environment)
     if workdir is not None:
         where = shlex.quote(workdir)
         lines.append(
@@ -134,12 +157,17 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
 
 
 def kill_command(token: str, signal_name: str) -> str:
-    """The command line that delivers SIGNAL to the tree of the wrapper holding `token`."""
+    """The command line that ends the tree of the wrapper holding `token`.
+
+    SIGNAL first; whatever is left after KILL_GRACE seconds (a background job ignores SIGINT,
+    for one) gets SIGTERM, then SIGKILL.
+    """
     if not re.fullmatch(r"[A-Z0-9]+", signal_name) or not re.fullmatch(r"[0-9a-f]+", token):
         raise ValueError("bad signal name or token")
-    script = _KILL_TREE + (
+    steps = " ".join(dict.fromkeys([signal_name, "TERM", "KILL"]))
+    script = _END_TREE + (
         f"w=$(ps -A -ww -o pid= -o args= | awk '$NF == \"distsvc-{token}\" {{ print $1; exit }}')\n"
-        f'[ -n "$w" ] && kill_tree {signal_name} "$w"\n'
+        f'[ -n "$w" ] && ds_end "$w" {steps}\n'
         "exit 0")
     return f"exec /bin/sh -c {shlex.quote(script)} distsvc-kill"
 

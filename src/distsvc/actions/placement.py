@@ -66,10 +66,17 @@ def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.Stat
 
 
 def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
-           notice: collections.abc.Callable[[str], None]) -> Choice:
-    """The best host not in `exclude`, with this job already recorded on it."""
+           notice: collections.abc.Callable[[str], None],
+           interrupted: collections.abc.Callable[[], int | None] = lambda: None) -> Choice:
+    """The best host not in `exclude`, with this job already recorded on it.
+
+    When every host is at its slot limit, waits for a free slot until `interrupted()` names
+    a signal, which ends the wait with CannotRun.
+    """
     waited = False
     while True:
+        if (signum := interrupted()) is not None:
+            raise distsvc.errors.Interrupted(signum)
         with distsvc.state.locked(directory):
             state = distsvc.state.read(directory)
             _prune(state)

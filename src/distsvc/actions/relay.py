@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import select
@@ -56,44 +57,77 @@ def _pump_stdin(process: Process, fd: int) -> None:
         process.close_stdin()
 
 
+class SignalCatcher:
+    """Catches SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH while entered.
+
+    Entered before anything is started on a host, so a signal that arrives at any moment is
+    acted on (by not starting, or by delivery to the command) instead of tearing through
+    paramiko's locks as a KeyboardInterrupt.
+    """
+
+    def __init__(self) -> None:
+        self.received: collections.deque[int] = collections.deque()
+
+    def __enter__(self) -> SignalCatcher:
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.previous_wakeup = signal.set_wakeup_fd(self.wake_w)
+        self.previous = {s: signal.signal(s, self._record)
+                         for s in (*RELAYED_SIGNALS, signal.SIGWINCH)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.set_wakeup_fd(self.previous_wakeup)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+
+    def fileno(self) -> int:
+        """Readable after a signal was caught."""
+        return self.wake_r
+
+    def take(self) -> list[int]:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        taken = []
+        while self.received:
+            taken.append(self.received.popleft())
+        return taken
+
+    def terminating(self) -> int | None:
+        """A caught signal that asks us to end, if any (without consuming it)."""
+        return next((s for s in self.received if s != signal.SIGWINCH), None)
+
+
 def relay(process: Process, stdin_fd: int | None, terminal_fd: int | None,
-          deliver: Callable[[int], None]) -> int:
+          deliver: Callable[[int], None], signals: SignalCatcher) -> int:
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
-    `deliver(signum)` is called (in a thread) for SIGINT, SIGTERM, SIGHUP and SIGQUIT received
-    here; with a terminal (`terminal_fd`), window size changes are passed on.
+    `deliver(signum)` is called (in a thread) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    caught; with a terminal (`terminal_fd`), window size changes are passed on.
     """
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous_wakeup = signal.set_wakeup_fd(wake_w)
-    watched = [*RELAYED_SIGNALS, signal.SIGWINCH]
-    previous = {s: signal.signal(s, lambda *_: None) for s in watched}
-    try:
-        if stdin_fd is not None:
-            threading.Thread(target=_pump_stdin, args=(process, stdin_fd), daemon=True,
-                             name="stdin").start()
-        else:
-            process.close_stdin()
-        while True:
-            readable, _, _ = select.select([process.fileno(), wake_r], [], [], 1.0)
-            if wake_r in readable:
-                for signum in os.read(wake_r, 256):
-                    if signum == signal.SIGWINCH:
-                        if terminal_fd is not None:
-                            process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
-                    else:
-                        threading.Thread(target=deliver, args=(signum,), daemon=True,
-                                         name="signal").start()
+    if stdin_fd is not None:
+        threading.Thread(target=_pump_stdin, args=(process, stdin_fd), daemon=True,
+                         name="stdin").start()
+    else:
+        process.close_stdin()
+    while True:
+        for signum in signals.take():
+            if signum == signal.SIGWINCH:
+                if terminal_fd is not None:
+                    process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
+            else:
+                threading.Thread(target=deliver, args=(signum,), daemon=True,
+                                 name="signal").start()
+        _write_all(1, process.read_stdout())
+        _write_all(2, process.read_stderr())
+        if process.finished():
+            return process.exit_status()
+        if process.connection_lost():
             _write_all(1, process.read_stdout())
             _write_all(2, process.read_stderr())
-            if process.finished():
-                return process.exit_status()
-            if process.connection_lost():
-                _write_all(1, process.read_stdout())
-                _write_all(2, process.read_stderr())
-                return STATUS_CONNECTION_LOST
-    finally:
-        signal.set_wakeup_fd(previous_wakeup)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        os.close(wake_r)
-        os.close(wake_w)
+            return STATUS_CONNECTION_LOST
+        select.select([process.fileno(), signals.fileno()], [], [], 1.0)

@@ -62,8 +62,11 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
 
 
 def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
-            options: Options, env: Mapping[str, str], workdir: str, term: str) -> int:
+            options: Options, env: Mapping[str, str], workdir: str, term: str,
+            signals: distsvc.actions.relay.SignalCatcher) -> int:
     """Run argv on an open connection under the remote wrapper; the command's status."""
+    if (signum := signals.terminating()) is not None:
+        return 128 + signum  # asked to stop before anything started
     token = distsvc.remote.new_token()
     terminal = wants_terminal(options)
     script = distsvc.remote.environment_script(env).encode()
@@ -86,9 +89,9 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
     stdin_fd = 0 if options.stdin else None
     if terminal:
         with distsvc.adapters.terminal.raw_mode(0):
-            status = distsvc.actions.relay.relay(process, stdin_fd, 0, deliver)
+            status = distsvc.actions.relay.relay(process, stdin_fd, 0, deliver, signals)
     else:
-        status = distsvc.actions.relay.relay(process, stdin_fd, None, deliver)
+        status = distsvc.actions.relay.relay(process, stdin_fd, None, deliver, signals)
     if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
         raise distsvc.errors.CannotRun(
             f"{connection.target.label}: connection lost; the command's state is unknown "
@@ -109,21 +112,23 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
     term = environ.get("TERM") or "xterm"
     directory = distsvc.paths.state_dir(environ)
     tried: set[str] = set()
-    while True:
-        choice = distsvc.actions.placement.choose(
-            config, directory, tried, lambda message: notice(options, message))
-        try:
-            connection = choice.connection or distsvc.adapters.ssh.connect(
-                distsvc.adapters.ssh.resolve(choice.host, config.host_key_policy),
-                config.connect_timeout)
-        except distsvc.errors.HostUnreachable as error:
-            distsvc.actions.placement.mark_unreachable(
-                directory, choice.host.name, error.reason, choice.placement)
-            tried.add(choice.host.name)
-            notice(options, f"distsvc: {error.message}; trying the next host")
-            continue
-        try:
-            return execute(connection, argv, options, env, workdir, term)
-        finally:
-            connection.close()
-            distsvc.actions.placement.release(directory, choice.placement)
+    with distsvc.actions.relay.SignalCatcher() as signals:
+        while True:
+            choice = distsvc.actions.placement.choose(
+                config, directory, tried, lambda message: notice(options, message),
+                signals.terminating)
+            try:
+                connection = choice.connection or distsvc.adapters.ssh.connect(
+                    distsvc.adapters.ssh.resolve(choice.host, config.host_key_policy),
+                    config.connect_timeout)
+            except distsvc.errors.HostUnreachable as error:
+                distsvc.actions.placement.mark_unreachable(
+                    directory, choice.host.name, error.reason, choice.placement)
+                tried.add(choice.host.name)
+                notice(options, f"distsvc: {error.message}; trying the next host")
+                continue
+            try:
+                return execute(connection, argv, options, env, workdir, term, signals)
+            finally:
+                connection.close()
+                distsvc.actions.placement.release(directory, choice.placement)

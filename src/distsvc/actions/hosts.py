@@ -1,0 +1,48 @@
+"""The host table: measure what is stale, then rank every host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import distsvc.actions.placement
+import distsvc.config
+import distsvc.paths
+import distsvc.ranking
+import distsvc.state
+
+
+def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: bool
+           ) -> list[dict[str, Any]]:
+    """One row per host, best first, from a state refreshed where older than max_age."""
+    directory = distsvc.paths.state_dir(environ)
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
+        now = time.time()
+        distsvc.actions.placement.refresh(config, state, now, force=refresh)
+        distsvc.state.write(directory, state)
+    rows = []
+    for ranked in distsvc.ranking.rank(config.hosts, state, now, config.max_age * 2):
+        entry = state.hosts.get(ranked.host.name, distsvc.state.HostState())
+        m = entry.measurement
+        rows.append({
+            "host": ranked.host.name,
+            "state": entry.state if ranked.score is not None or entry.state != "up" else "stale",
+            "score": None if ranked.score is None else round(ranked.score, 3),
+            "load_per_cpu": None if m is None or m.load1 is None else round(
+                m.load1 / (m.cpus or 1), 3),
+            "load1": None if m is None else m.load1,
+            "cpus": None if m is None else m.cpus,
+            "cpu_pressure": None if m is None else m.psi_some_avg10,
+            "mem_available_kb": None if m is None else m.mem_available_kb,
+            "metric": None if m is None else m.metric,
+            "access_ms": entry.access_ms,
+            "measured_at": entry.measured_at,
+            "age_s": None if entry.measured_at is None else round(now - entry.measured_at, 1),
+            "jobs": ranked.running,
+            "slots": ranked.host.slots,
+            "error": entry.error,
+        })
+    return rows

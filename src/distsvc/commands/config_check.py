@@ -1,0 +1,41 @@
+"""`distsvc config check`: validate the configuration and print the effective one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import distsvc.commands.common
+import distsvc.config
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="check the configuration")
+    actions = p.add_subparsers(dest="config_action", metavar="ACTION", required=True)
+    check = actions.add_parser("check", help="validate and print the effective configuration")
+    distsvc.commands.common.add_config_options(check)
+
+
+def _toml_value(value: Any) -> str:
+    # JSON strings, numbers and arrays of strings are valid TOML.
+    return json.dumps(value)
+
+
+def render(config: distsvc.config.Config) -> str:
+    data = distsvc.config.to_mapping(config)
+    lines = [f"# effective configuration (from {data.pop('source')})"]
+    hosts = data.pop("hosts")
+    env = data.pop("env")
+    lines += [f"{key} = {_toml_value(value)}" for key, value in data.items()]
+    lines += ["", "[env]"] + [f"{k} = {_toml_value(v)}" for k, v in env.items()]
+    for host in hosts:
+        lines += ["", "[[hosts]]"] + [f"{k} = {_toml_value(v)}" for k, v in host.items()]
+    if not hosts:
+        lines += ["", "# no hosts: commands run on this machine"]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    print(render(distsvc.commands.common.load_config(args)), end="")
+    return 0

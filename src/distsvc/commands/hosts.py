@@ -1,0 +1,66 @@
+"""`distsvc hosts [--refresh] [--json]`: every host, best first, with what was measured."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import distsvc.actions.hosts
+import distsvc.commands.common
+
+COLUMNS = ("HOST", "STATE", "LOAD/CPU", "CPUS", "PRESSURE", "MEM AVAIL", "ACCESS", "MEASURED",
+           "JOBS", "NOTE")
+
+
+def add_parser(sub: Any, name: str) -> None:
+    p = sub.add_parser(name, help="show the hosts, best first",
+                       description="Measure hosts not measured within max_age and show all, "
+                       "best first.")
+    p.add_argument("--refresh", action="store_true", help="measure every host now")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    distsvc.commands.common.add_config_options(p)
+
+
+def _fmt(value: Any, suffix: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _memory(kb: int | None) -> str:
+    if kb is None:
+        return "-"
+    return f"{kb / 1048576:.1f}G" if kb >= 1048576 else f"{kb / 1024:.0f}M"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [COLUMNS]
+    for r in rows:
+        load = _fmt(r["load_per_cpu"]) if r["metric"] is None else f"{r['metric']:g}*"
+        jobs = str(r["jobs"]) + (f"/{r['slots']}" if r["slots"] else "")
+        lines.append((r["host"], r["state"], load, _fmt(r["cpus"]), _fmt(r["cpu_pressure"], "%"),
+                      _memory(r["mem_available_kb"]), _fmt(r["access_ms"], " ms", 1),
+                      _fmt(r["age_s"], " s ago", 0), jobs, r["error"] or ""))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+        for line in lines).replace("  \n", "\n").rstrip() + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    config = distsvc.commands.common.load_config(args)
+    rows = distsvc.actions.hosts.survey(config, os.environ, args.refresh)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print("no hosts configured: commands run on this machine "
+              f"(add [[hosts]] to {config.source} or set DISTSVC_HOSTS)")
+    else:
+        print(table(rows), end="")
+        if any(r["metric"] is not None for r in rows):
+            print("* figure from the host's custom probe")
+    return 0

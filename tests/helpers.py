@@ -1,0 +1,86 @@
+"""Small helpers shared by the end-to-end tests: pseudo-terminals and polling."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable
+from typing import Any
+
+import conftest
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def set_window(fd: int, columns: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
+class Terminal:
+    """A process started with a new pseudo-terminal as its controlling terminal."""
+
+    def __init__(self, client: conftest.Client, name: str, *args: str,
+                 size: tuple[int, int] = (100, 30), **kw: Any) -> None:
+        self.master, self.slave = os.openpty()
+        set_window(self.slave, *size)
+        self.initial_attributes = termios.tcgetattr(self.slave)
+
+        def become_session_leader() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.process: subprocess.Popen[bytes] = client.popen(
+            name, *args, stdin=self.slave, stdout=self.slave, stderr=self.slave,
+            preexec_fn=become_session_leader, **kw)
+        self.output = b""
+
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def read_until(self, needle: bytes, timeout: float = 20) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{needle!r} not seen; output so far: {self.output!r}")
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                try:
+                    self.output += os.read(self.master, 65536)
+                except OSError:
+                    break
+        return self.output
+
+    def wait(self, timeout: float = 30) -> int:
+        status = self.process.wait(timeout)
+        # Drain what is left so the output is complete.
+        while select.select([self.master], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self.output += chunk
+        return status
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.master)
+        os.close(self.slave)
