@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,24 +50,28 @@ class Client:
             "PWD": str(self.workdir),
         }
 
-    def configure(self, hosts: Sequence[sshbed.Host] | None = None, probes: dict[str, str]
-                  | None = None, extra: str = "", unknown: Sequence[dict[str, Any]] = ()) -> Path:
-        """Write config.toml naming `hosts` (default: all), with optional custom probes."""
+    def configure(self, hosts: Sequence[sshbed.Host] | None = None,
+                  probes: dict[str, str] | None = None, extra: str = "",
+                  unknown: Sequence[dict[str, Any]] = (),
+                  settings: dict[str, dict[str, Any]] | None = None) -> Path:
+        """Write config.toml naming `hosts` (default: all) with optional custom probes,
+        per-host `settings`, `extra` top-level TOML and hosts outside the bed (`unknown`)."""
         hosts = self.bed.hosts if hosts is None else hosts
-        probes = probes or {}
-        lines = [extra]
+        tables = []
         for h in hosts:
-            lines += ["[[hosts]]", f'name = "{h.name}"', f'address = "{h.address}"',
-                      f"port = {h.port}", f'user = "{self.bed.user}"']
-            if h.name in probes:
-                lines.append(f"probe = {probes[h.name]!r}")
-        for raw in unknown:
+            table: dict[str, Any] = {"name": h.name, "address": h.address, "port": h.port,
+                                     "user": self.bed.user}
+            if probes and h.name in probes:
+                table["probe"] = probes[h.name]
+            table.update((settings or {}).get(h.name, {}))
+            tables.append(table)
+        lines = [extra]
+        for table in [*tables, *unknown]:
             lines.append("[[hosts]]")
-            lines += [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}"
-                      for k, v in raw.items()]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
         path = self.home / ".config" / "distsvc" / "config.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines).replace("'", '"') + "\n")
+        path.write_text("\n".join(lines) + "\n")
         return path
 
     def command(self, name: str, *args: str) -> list[str]:

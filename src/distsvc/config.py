@@ -6,6 +6,8 @@ This module only reads and checks; it never connects anywhere.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -77,10 +79,17 @@ class _Checker:
     def problem(self, where: str, what: str) -> None:
         self.problems.append(f"{where}: {what}")
 
+    def unknown_keys(self, table: Mapping[str, Any], known: set[str], where: str) -> None:
+        for key in sorted(set(table) - known):
+            # Quoted TOML keys may hold anything, newlines included: keep the report one line.
+            shown = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+            self.problem(f"{where}{shown}", "unknown setting")
+
     def number(self, table: Mapping[str, Any], key: str, where: str, default: float,
                minimum: float = 0.0) -> float:
         value = table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
             self.problem(f"{where}{key}", "must be a number")
             return default
         if value <= minimum:
@@ -135,8 +144,7 @@ def _check_host(check: _Checker, raw: Any, where: str) -> Host | None:
     if not isinstance(raw, dict):
         check.problem(where, "must be a table with at least `name`")
         return None
-    for key in sorted(set(raw) - _HOST_KEYS):
-        check.problem(f"{where}.{key}", "unknown setting")
+    check.unknown_keys(raw, _HOST_KEYS, f"{where}.")
     name = check.string(raw, "name", f"{where}.")
     if name is None and "name" not in raw:
         check.problem(f"{where}.name", "is required")
@@ -153,23 +161,22 @@ def _check_host(check: _Checker, raw: Any, where: str) -> Host | None:
 def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) -> Config:
     """Validate parsed TOML (and DISTSVC_HOSTS), raising ConfigError with every problem."""
     check = _Checker()
-    for key in sorted(set(data) - _TOP_KEYS):
-        check.problem(key, "unknown setting")
+    check.unknown_keys(data, _TOP_KEYS, "")
 
     hosts: list[Host] = []
     raw_hosts = data.get("hosts", [])
     if not isinstance(raw_hosts, list):
         check.problem("hosts", "must be an array of tables ([[hosts]])")
         raw_hosts = []
+    seen: set[str] = set()
     for index, raw in enumerate(raw_hosts):
         host = _check_host(check, raw, f"hosts[{index}]")
-        if host is not None:
-            hosts.append(host)
-    seen: set[str] = set()
-    for index, host in enumerate(hosts):
+        if host is None:
+            continue
         if host.name and host.name in seen:
             check.problem(f"hosts[{index}].name", f"duplicate host {host.name!r}")
         seen.add(host.name)
+        hosts.append(host)
 
     if hosts_env is not None and hosts_env.strip():
         # DISTSVC_HOSTS replaces the file's list; a name the file knows keeps its settings.
@@ -193,8 +200,7 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
     if not isinstance(env_table, dict):
         check.problem("env", "must be a table")
         env_table = {}
-    for key in sorted(set(env_table) - {"allow", "deny"}):
-        check.problem(f"env.{key}", "unknown setting")
+    check.unknown_keys(env_table, {"allow", "deny"}, "env.")
     allow = check.patterns(env_table, "allow", "env.")
     deny = check.patterns(env_table, "deny", "env.")
 
@@ -225,6 +231,9 @@ def load(path: Path | None, environ: Mapping[str, str]) -> Config:
         if explicit:
             raise distsvc.errors.ConfigError(str(path), ["file not found"]) from None
         text = ""
+    except UnicodeDecodeError as error:
+        raise distsvc.errors.ConfigError(
+            str(path), [f"not UTF-8 text (byte {error.start})"]) from None
     except OSError as error:
         raise distsvc.errors.ConfigError(str(path), [error.strerror or str(error)]) from None
     try:

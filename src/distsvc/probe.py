@@ -14,10 +14,11 @@ import re
 PROBE_FORMAT_VERSION = "1"
 
 # One line: "distsvc-probe 1 load1=0.52 cpus=8 cpumax=max/100000 psi=1.20 memavail_kb=123".
-# `nproc` honours CPU affinity; cpu.max (cgroup v2) caps what a quota allows.
+# `nproc` honours CPU affinity (and OpenMP variables, hence the unset); cpu.max (cgroup v2)
+# caps what a quota allows.
 PROBE_SCRIPT = r"""
 l=; read l _ _ _ _ < /proc/loadavg 2>/dev/null
-c=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)
+c=$(unset OMP_NUM_THREADS OMP_THREAD_LIMIT; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)
 q=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null | tr ' ' /)
 p=$(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null)
 m=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB.*/\1/p' /proc/meminfo 2>/dev/null)

@@ -74,12 +74,16 @@ def rank(hosts: Iterable[distsvc.config.Host], state: distsvc.state.State, now: 
             access_ms=entry.access_ms,
         ))
 
-    def key(r: Ranked) -> tuple[int, float, float]:
-        if r.score is None:
-            return (1, 0.0, 0.0)
-        return (0, math.floor(r.score / TIE_WIDTH), r.access_ms or 0.0)
-
-    return sorted(ranked, key=key)
+    known = sorted((r for r in ranked if r.score is not None), key=lambda r: r.score or 0.0)
+    ordered: list[Ranked] = []
+    while known:
+        # Hosts within TIE_WIDTH of the best remaining one are a tie: the nearest goes first.
+        best = known[0].score or 0.0
+        ties = [r for r in known if (r.score or 0.0) <= best + TIE_WIDTH]
+        ordered += sorted(ties, key=lambda r: r.access_ms if r.access_ms is not None
+                          else math.inf)
+        known = known[len(ties):]
+    return ordered + [r for r in ranked if r.score is None]
 
 
 def candidates(ranked: list[Ranked]) -> list[Ranked]:

@@ -91,8 +91,9 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def exportable(environ: Mapping[str, str]) -> dict[str, str]:
-    """Only names a POSIX shell can export (drops e.g. bash's exported functions)."""
-    return {k: v for k, v in environ.items() if _NAME.match(k)}
+    """Names a POSIX shell can export (not bash's exported functions), except the wrapper's
+    own `_ds_` variables, which the environment must not overwrite."""
+    return {k: v for k, v in environ.items() if _NAME.match(k) and not k.startswith("_ds_")}
 
 
 ENV_END = "distsvc-env-end"
@@ -125,7 +126,7 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
     Send environment_script() first on stdin, or with env_from_file, store it with
     env_file_writer() before.
     """
-    # Own variables are prefixed `_ds_` so the user's environment cannot overwrite them.
+    # Own variables are prefixed `_ds_`; exportable() keeps the environment off them.
     lines = ["_ds_p=$PPID", "_ds_nl='\n'"]
     # dash and bash read a pipe one byte at a time here: the user's input stays unread.
     read_environment = (

@@ -108,16 +108,15 @@ def encode(state: State) -> str:
 def read(directory: Path) -> State:
     path = directory / STATE_FILE
     try:
-        text = path.read_text(encoding="utf-8")
+        return decode(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return State()
     except OSError as error:
         distsvc.log.get().warning("state file unreadable, starting afresh", path=str(path),
                                   error=str(error))
         return State()
-    try:
-        return decode(text)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
+        # ValueError covers bad JSON and bytes that are not UTF-8.
         distsvc.log.get().warning("state file corrupt, rebuilding it", path=str(path),
                                   error=str(error))
         return State()

@@ -137,10 +137,6 @@ def test_workdir_option_sets_the_directory(tmp_path):
     assert (result.returncode, result.stdout) == (0, f"{workdir}\n".encode())
 
 
-@pytest.mark.xfail(reason="BUG: adapters/local.py run() treats every FileNotFoundError from "
-                   "Popen as a missing command, so a missing --workdir is reported as "
-                   "'true: command not found' with status 127 (remote gives 255 and 'no such "
-                   "directory')", strict=True)
 def test_missing_workdir_is_reported_as_such(tmp_path):
     result = distsvc_run(tmp_path, "-q", "-w", str(tmp_path / "missing"), "true")
     assert result.returncode == 255
@@ -231,10 +227,6 @@ def test_sigterm_to_distsvc_run_ends_the_whole_tree(tmp_path):
     assert status == 128 + signal.SIGTERM
 
 
-@pytest.mark.xfail(reason="BUG: adapters/local.py forwards SIGINT to the command's process "
-                   "group only; background children of a non-interactive shell ignore SIGINT, "
-                   "so they outlive distsvc-run (the remote wrapper's watcher would end them)",
-                   strict=True)
 def test_sigint_to_distsvc_run_ends_the_whole_tree(tmp_path):
     status, survivors = signal_tree(tmp_path, signal.SIGINT)
     assert survivors == []

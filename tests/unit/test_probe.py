@@ -195,9 +195,6 @@ def test_real_probe_reports_psi_iff_proc_pressure_is_readable():
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs at least 2 usable CPUs")
-@pytest.mark.xfail(reason="BUG: probe.py PROBE_SCRIPT uses `nproc`, which honours "
-                   "OMP_NUM_THREADS from the user's login environment, so a host whose rc "
-                   "files set it reports fewer CPUs than it has", strict=True)
 def test_real_probe_cpus_ignore_omp_num_threads():
     _, m = run_probe(OMP_NUM_THREADS="1")
     assert m.cpus == expected_cpus()

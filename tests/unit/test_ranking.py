@@ -161,9 +161,6 @@ def test_equal_scores_and_access_times_keep_config_order():
     assert names(rank(hosts, state, T0, STALE)) == ["c", "a", "b"]
 
 
-@pytest.mark.xfail(reason="BUG: ranking.py rank() quantises scores into fixed buckets "
-                   "(floor(score / TIE_WIDTH)), so two scores 0.002 apart on either side of a "
-                   "bucket edge are not treated as a tie and access time is ignored", strict=True)
 def test_scores_within_the_tie_width_across_a_bucket_edge_are_ties():
     hosts = [Host("slow"), Host("fast")]
     state = State(hosts={"slow": up(load1=0.049, access_ms=100.0),

@@ -214,17 +214,11 @@ def test_user_variables_named_p_and_w_do_not_break_the_wrapper():
     assert result.stdout == b"not-a-pid 1"
 
 
-@pytest.mark.xfail(reason="BUG: remote.py wrapper evals the carried environment after setting "
-                   "_ds_p=$PPID, so a user variable `_ds_p` replaces the session PID the "
-                   "watcher polls; the watcher then kills the command at once (status 143)",
-                   strict=True)
 def test_user_variable_named_ds_p_does_not_break_the_wrapper():
     result = run_wrapper(["sh", "-c", "sleep 2; echo ok"], env={"_ds_p": "not-a-pid"})
     assert (result.returncode, result.stdout) == (0, b"ok\n")
 
 
-@pytest.mark.xfail(reason="BUG: remote.py wrapper: a carried variable `_ds_nl` replaces the "
-                   "newline that later variables' values are spliced with", strict=True)
 def test_user_variable_named_ds_nl_does_not_corrupt_other_values():
     env = {"_ds_nl": "Z", "lower": "1\n2"}
     result = run_wrapper(["env", "-0"], env=env)
@@ -465,9 +459,6 @@ def test_env_file_mode_prints_nothing_on_stderr(tmp_path):
     assert result.stderr == b""
 
 
-@pytest.mark.xfail(reason="BUG: remote.py wrapper: a carried variable `_ds_f` replaces the env "
-                   "file's path before `rm -f \"$_ds_f\"`, so the wrong file is deleted and "
-                   "the env file (which may hold secrets) is left behind", strict=True)
 def test_user_variable_named_ds_f_does_not_redirect_the_env_file_removal(tmp_path):
     token = new_token()
     victim = tmp_path / "precious"

@@ -139,9 +139,6 @@ def test_unreadable_state_path_reads_as_an_empty_state(tmp_path):
     assert distsvc.state.read(tmp_path) == State()
 
 
-@pytest.mark.xfail(reason="BUG: state.py read() catches OSError around read_text() but not "
-                   "UnicodeDecodeError, so a state file with invalid UTF-8 raises instead of "
-                   "reading as an empty State", strict=True)
 def test_state_file_with_invalid_utf8_reads_as_an_empty_state(tmp_path):
     (tmp_path / distsvc.state.STATE_FILE).write_bytes(b'{"version": 1, "hosts": {"\xff": {}}}')
     assert distsvc.state.read(tmp_path) == State()

@@ -12,7 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+
+import distsvc.errors
+import distsvc.remote
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -38,8 +42,38 @@ def _give_terminal(fd: int, pgid: int) -> None:
         signal.signal(signal.SIGTTOU, previous)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _end_group(pgid: int, first: int | None) -> None:
+    """What a signal left of the group gets SIGTERM, then SIGKILL, KILL_GRACE apart."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if signum == first:
+            continue
+        deadline = time.monotonic() + distsvc.remote.KILL_GRACE
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _group_alive(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signum)
+
+
 def run(argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> int:
-    """Run argv here and return its status (128+N if a signal ended it)."""
+    """Run argv here and return its status (128+N if a signal ended it).
+
+    A signal received is passed to the command's process group; whatever it leaves running
+    (background jobs of a shell ignore SIGINT) is ended as on a remote host.
+    """
+    if cwd is not None and not os.path.isdir(cwd):
+        raise distsvc.errors.CannotRun(f"{cwd}: no such directory")
     terminal = _terminal_fd()
 
     def in_child() -> None:
@@ -58,8 +92,10 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> int:
         return 126
     if terminal is not None:
         _give_terminal(terminal, child.pid)
+    received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signum)
 
@@ -67,10 +103,13 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> int:
     try:
         while True:
             try:
-                returncode = child.wait()
+                returncode = child.wait(timeout=0.1)
                 break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+            except subprocess.TimeoutExpired:
+                if received:
+                    _end_group(child.pid, received[0])
+        if received:
+            _end_group(child.pid, received[0])
     finally:
         if terminal is not None:
             _give_terminal(terminal, os.getpgrp())

@@ -225,7 +225,7 @@ class RemoteProcess:
         return transport is None or not transport.is_active()
 
 
-def _explain(error: BaseException, target: Target, timeout: float) -> str:
+def _explain(error: BaseException, target: Target, timeout: float, late: bool) -> str:
     if isinstance(error, paramiko.BadHostKeyException):
         return (f"host key CHANGED (now {_fingerprint(error.key)}); refusing to connect. If the "
                 "change is expected, remove the old key: "
@@ -233,16 +233,17 @@ def _explain(error: BaseException, target: Target, timeout: float) -> str:
     if isinstance(error, paramiko.AuthenticationException):
         return (f"authentication failed as {target.user} (no key in the ssh-agent or ~/.ssh "
                 "was accepted)")
-    reason = str(error) or type(error).__name__
-    if isinstance(error, (socket.timeout, TimeoutError)) or "timed out" in reason.lower():
+    if late or isinstance(error, (socket.timeout, TimeoutError)):
+        # paramiko words a timeout in many ways ("Error reading SSH protocol banner", ...).
         return f"no answer within {timeout:g} s"
-    return reason
+    return str(error) or type(error).__name__
 
 
 def connect(target: Target, timeout: float, jump_policy: str = "strict") -> Connection:
     """Connect and authenticate within `timeout` seconds, or raise HostUnreachable."""
     jump: Connection | None = None
     client = paramiko.SSHClient()
+    deadline = time.monotonic() + timeout
     try:
         if target.proxy_jump:
             first = target.proxy_jump.split(",")[0]
@@ -267,10 +268,11 @@ def connect(target: Target, timeout: float, jump_policy: str = "strict") -> Conn
             jump.close()
         if isinstance(error, distsvc.errors.HostUnreachable):
             raise
+        late = time.monotonic() >= deadline
         if isinstance(error, paramiko.BadHostKeyException):
             raise distsvc.errors.HostKeyRefused(
-                target.label, _explain(error, target, timeout)) from None
+                target.label, _explain(error, target, timeout, late)) from None
         if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
             raise distsvc.errors.HostUnreachable(
-                target.label, _explain(error, target, timeout)) from None
+                target.label, _explain(error, target, timeout, late)) from None
         raise
