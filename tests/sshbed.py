@@ -76,9 +76,10 @@ class Host:
         return f"[{self.address}]:{self.port} {self.host_key}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
-            stderr=open(self.config.with_suffix(".log"), "ab"))
+        with open(self.config.with_suffix(".log"), "ab") as log:
+            self.process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+                stderr=log)
         wait_for_banner(self.address, self.port)
 
     def stop(self) -> None:

@@ -67,7 +67,8 @@ class Config:
 
 _HOST_KEYS = {f.name for f in dataclasses.fields(Host)}
 _TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env"}
-_HOST_SPEC = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
+_HOST_SPEC = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
 
 class _Checker:
@@ -106,7 +107,8 @@ class _Checker:
             return None
         return value
 
-    def integer(self, table: Mapping[str, Any], key: str, where: str, lo: int, hi: int) -> int | None:
+    def integer(self, table: Mapping[str, Any], key: str, where: str, lo: int,
+                hi: int) -> int | None:
         value = table.get(key)
         if value is None:
             return None

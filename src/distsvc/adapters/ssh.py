@@ -212,7 +212,7 @@ class RemoteProcess:
             return False
         if self.channel.closed:
             return True
-        return self.channel.eof_received and self.channel.exit_status_ready()
+        return bool(self.channel.eof_received) and self.channel.exit_status_ready()
 
     def exit_status(self) -> int:
         """The command's exit status; -1 if the channel closed without one."""
@@ -256,9 +256,11 @@ def connect(target: Target, timeout: float, jump_policy: str = "strict") -> Conn
             if os.path.isfile(path):
                 client.load_system_host_keys(path)
         client.set_missing_host_key_policy(_HostKeyPolicy(target))
+        identities = [p for p in target.identity_files if os.path.exists(p)]
         client.connect(
             target.hostname, port=target.port, username=target.user, sock=sock,
-            key_filename=[p for p in target.identity_files if os.path.exists(p)] or None,
+            # paramiko takes a list too, which its type stubs do not say.
+            key_filename=identities or None,  # type: ignore[arg-type]
             timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
             allow_agent=True, look_for_keys=True)
         return Connection(target, client, jump)

@@ -1,0 +1,37 @@
+"""The project's own promises: README set-up commands, CI entry point, example config."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import distsvc.config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```sh\n(.*?)```", setup, re.S)
+    assert [c.strip() for c in commands] == [
+        "scripts/setup.sh && .venv/bin/distsvc-run uname -a", "scripts/test.sh"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "README.md" in ci and "test-command" in ci
+
+
+def test_example_config_is_valid() -> None:
+    config = distsvc.config.load(ROOT / "config" / "example.toml", {})
+    assert [h.name for h in config.hosts] == ["build1", "build2", "gpu1"]
+
+
+def test_client_does_not_import_paramiko_without_hosts(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    code = ("import sys, distsvc.commands.run as r; "
+            "r.main(['-q', 'true']) ; print('paramiko' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.strip() == "False", out.stderr
