@@ -11,12 +11,13 @@ import os
 import sys
 from typing import Any
 
-import structlog
-
 _configured = False
 
 
 def configure(level: str | None = None) -> None:
+    # Imported here: structlog (with asyncio) costs ~28 ms, paid only when something logs.
+    import structlog
+
     global _configured
     name = (level or os.environ.get("DISTSVC_LOG") or "warning").upper()
     structlog.configure(
@@ -33,6 +34,8 @@ def configure(level: str | None = None) -> None:
 
 
 def get(**fields: Any) -> Any:
+    import structlog
+
     if not _configured:
         configure()
     return structlog.get_logger("distsvc").bind(**fields)

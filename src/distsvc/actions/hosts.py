@@ -16,13 +16,19 @@ import distsvc.state
 def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: bool
            ) -> list[dict[str, Any]]:
     """One row per host, best first, from a state refreshed where older than max_age."""
+    import distsvc.adapters.ssh
+
     directory = distsvc.paths.state_dir(environ)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
-        state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
-        now = time.time()
-        distsvc.actions.placement.refresh(config, state, now, force=refresh)
-        distsvc.state.write(directory, state)
+    pool = distsvc.adapters.ssh.Pool()
+    try:
+        with distsvc.state.locked(directory):
+            state = distsvc.state.read(directory)
+            state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
+            now = time.time()
+            distsvc.actions.placement.refresh(config, state, now, pool, force=refresh)
+            distsvc.state.write(directory, state)
+    finally:
+        pool.close_all()
     rows = []
     for ranked in distsvc.ranking.rank(config.hosts, state, now, config.max_age * 2):
         entry = state.hosts.get(ranked.host.name, distsvc.state.HostState())

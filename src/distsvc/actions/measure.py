@@ -21,20 +21,20 @@ MAX_CONCURRENT_PROBES = 32
 class Probed:
     host: distsvc.config.Host
     state: distsvc.state.HostState
-    # Kept open so the caller can reuse it for the command instead of connecting again.
-    connection: distsvc.adapters.ssh.Connection | None
 
 
 def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
-               keep_connection: bool = False) -> Probed:
-    """Connect and probe within config.probe_timeout; an unreachable host is `unknown`."""
+               pool: distsvc.adapters.ssh.Pool) -> Probed:
+    """Probe within config.probe_timeout over a pooled connection (made if needed).
+
+    An unreachable host is `unknown`; its connection, if any, leaves the pool.
+    """
     started = time.monotonic()
     deadline = started + config.probe_timeout
     now = time.time()
     connection = None
     try:
-        target = distsvc.adapters.ssh.resolve(host, config.host_key_policy)
-        connection = distsvc.adapters.ssh.connect(target, config.probe_timeout)
+        connection = pool.get(host, config.host_key_policy, config.probe_timeout)
         probe_started = time.monotonic()
         status, output = connection.run(
             distsvc.remote.probe_command(host.probe),
@@ -46,27 +46,22 @@ def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
             raise distsvc.errors.HostUnreachable(
                 host.name, f"probe printed no load figure (exit {status}; last line: "
                 f"{tail[0][:80]!r})")
-        state = distsvc.state.HostState(
+        return Probed(host, distsvc.state.HostState(
             state=distsvc.state.UP, measured_at=now, access_ms=round(access_ms, 2),
-            measurement=measurement)
-    except (distsvc.errors.HostUnreachable, TimeoutError, OSError) as error:
+            measurement=measurement))
+    except (distsvc.errors.HostUnreachable, TimeoutError, OSError, EOFError) as error:
         reason = error.reason if isinstance(error, distsvc.errors.HostUnreachable) else (
             str(error) or type(error).__name__)
         if connection is not None:
-            connection.close()
-            connection = None
-        state = distsvc.state.HostState(state=distsvc.state.UNKNOWN, measured_at=now,
-                                        error=reason)
-    if connection is not None and not keep_connection:
-        connection.close()
-        connection = None
-    return Probed(host=host, state=state, connection=connection)
+            pool.discard(connection)
+        return Probed(host, distsvc.state.HostState(
+            state=distsvc.state.UNKNOWN, measured_at=now, error=reason))
 
 
 def probe_hosts(hosts: Sequence[distsvc.config.Host], config: distsvc.config.Config,
-                keep_connections: bool = False) -> list[Probed]:
+                pool: distsvc.adapters.ssh.Pool) -> list[Probed]:
     if not hosts:
         return []
     workers = min(MAX_CONCURRENT_PROBES, len(hosts))
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="probe") as pool:
-        return list(pool.map(lambda h: probe_host(h, config, keep_connections), hosts))
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="probe") as pool_:
+        return list(pool_.map(lambda h: probe_host(h, config, pool), hosts))

@@ -31,7 +31,6 @@ SLOT_WAIT_INTERVAL = 0.5
 class Choice:
     host: distsvc.config.Host
     placement: distsvc.state.Placement
-    connection: distsvc.adapters.ssh.Connection | None  # from the probe, if it just ran
 
 
 def _prune(state: distsvc.state.State) -> None:
@@ -39,23 +38,26 @@ def _prune(state: distsvc.state.State) -> None:
 
 
 def refresh(config: distsvc.config.Config, state: distsvc.state.State, now: float,
-            force: bool = False, keep_connections: bool = False,
-            ) -> dict[str, distsvc.adapters.ssh.Connection]:
-    """Probe the hosts whose measurement is older than max_age; update `state` in place."""
+            pool: distsvc.adapters.ssh.Pool, force: bool = False) -> list[str]:
+    """Probe the hosts whose measurement is older than max_age; update `state` in place.
+
+    Returns the names of the hosts probed. Their connections stay in `pool`.
+    """
     import distsvc.actions.measure
 
     stale = [h for h in config.hosts if force or (
         (entry := state.hosts.get(h.name)) is None or entry.measured_at is None
         or now - entry.measured_at > config.max_age)]
-    connections = {}
-    for probed in distsvc.actions.measure.probe_hosts(stale, config, keep_connections):
-        previous = state.hosts.get(probed.host.name)
-        if previous is not None:
-            probed.state.last_used = previous.last_used
-        state.hosts[probed.host.name] = probed.state
-        if probed.connection is not None:
-            connections[probed.host.name] = probed.connection
-    return connections
+    for probed in distsvc.actions.measure.probe_hosts(stale, config, pool):
+        record(state, probed.host.name, probed.state)
+    return [h.name for h in stale]
+
+
+def record(state: distsvc.state.State, name: str, measured: distsvc.state.HostState) -> None:
+    previous = state.hosts.get(name)
+    if previous is not None:
+        measured.last_used = previous.last_used
+    state.hosts[name] = measured
 
 
 def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.State) -> str:
@@ -66,14 +68,17 @@ def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.Stat
 
 
 def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
-           notice: collections.abc.Callable[[str], None],
-           interrupted: collections.abc.Callable[[], int | None] = lambda: None) -> Choice:
-    """The best host not in `exclude`, with this job already recorded on it.
+           notice: collections.abc.Callable[[str], None], pool: distsvc.adapters.ssh.Pool,
+           interrupted: collections.abc.Callable[[], int | None] = lambda: None,
+           job_pid: int | None = None) -> Choice:
+    """The best host not in `exclude`, with the job (process `job_pid`, default this one)
+    already recorded on it.
 
     When every host is at its slot limit, waits for a free slot until `interrupted()` names
-    a signal, which ends the wait with CannotRun.
+    a signal, which ends the wait with Interrupted.
     """
     waited = False
+    pid = job_pid or os.getpid()
     while True:
         if (signum := interrupted()) is not None:
             raise distsvc.errors.Interrupted(signum)
@@ -81,7 +86,7 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
             state = distsvc.state.read(directory)
             _prune(state)
             now = time.time()
-            connections = refresh(config, state, now, keep_connections=True)
+            refresh(config, state, now, pool)
             hosts = [h for h in config.hosts if h.name not in exclude]
             ranked = distsvc.ranking.rank(hosts, state, now, stale_after=config.max_age * 2)
             known = [r for r in ranked if r.score is not None]
@@ -90,14 +95,12 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
             if free:
                 best = free[0]
                 placement = distsvc.state.Placement(
-                    host=best.host.name, pid=os.getpid(),
-                    started=distsvc.state.process_start_time(os.getpid()), placed_at=now)
+                    host=best.host.name, pid=pid,
+                    started=distsvc.state.process_start_time(pid), placed_at=now)
                 state.placements.append(placement)
                 state.hosts[best.host.name].last_used = now
-                choice = Choice(best.host, placement, connections.pop(best.host.name, None))
+                choice = Choice(best.host, placement)
             distsvc.state.write(directory, state)
-        for connection in connections.values():
-            connection.close()
         if choice is not None:
             return choice
         if not known:

@@ -43,10 +43,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _pump_stdin(process: Process, fd: int) -> None:
-    """Forward our stdin until end-of-file, then close the command's stdin (sends EOF)."""
+def _pump_stdin(process: Process, fd: int, stop: threading.Event) -> None:
+    """Forward `fd` until end-of-file, then close the command's stdin (sends EOF).
+
+    Polls instead of blocking in read(): once the command is over, nothing more is read, so
+    a terminal or pipe shared with the user's shell keeps its next input for the shell.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     try:
-        while True:
+        while not stop.is_set():
+            if not poller.poll(200):
+                continue
             data = os.read(fd, 65536)
             if not data:
                 break
@@ -55,6 +63,14 @@ def _pump_stdin(process: Process, fd: int) -> None:
         pass
     with contextlib.suppress(OSError, EOFError):
         process.close_stdin()
+
+
+class Events(Protocol):
+    """Where signals for the command come from: this process's own, or a daemon's client."""
+
+    def fileno(self) -> int: ...
+    def take(self) -> list[int]: ...
+    def terminating(self) -> int | None: ...
 
 
 class SignalCatcher:
@@ -102,32 +118,38 @@ class SignalCatcher:
         return next((s for s in self.received if s != signal.SIGWINCH), None)
 
 
-def relay(process: Process, stdin_fd: int | None, terminal_fd: int | None,
-          deliver: Callable[[int], None], signals: SignalCatcher) -> int:
+def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int | None,
+          deliver: Callable[[int], None], events: Events) -> int:
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
-    `deliver(signum)` is called (in a thread) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT
-    caught; with a terminal (`terminal_fd`), window size changes are passed on.
+    `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a
+    thread) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; with a terminal
+    (`terminal_fd`), a SIGWINCH event passes its new size on.
     """
+    stdin_fd, stdout_fd, stderr_fd = fds
+    stop = threading.Event()
     if stdin_fd is not None:
-        threading.Thread(target=_pump_stdin, args=(process, stdin_fd), daemon=True,
+        threading.Thread(target=_pump_stdin, args=(process, stdin_fd, stop), daemon=True,
                          name="stdin").start()
     else:
         process.close_stdin()
-    while True:
-        for signum in signals.take():
-            if signum == signal.SIGWINCH:
-                if terminal_fd is not None:
-                    process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
-            else:
-                threading.Thread(target=deliver, args=(signum,), daemon=True,
-                                 name="signal").start()
-        _write_all(1, process.read_stdout())
-        _write_all(2, process.read_stderr())
-        if process.finished():
-            return process.exit_status()
-        if process.connection_lost():
-            _write_all(1, process.read_stdout())
-            _write_all(2, process.read_stderr())
-            return STATUS_CONNECTION_LOST
-        select.select([process.fileno(), signals.fileno()], [], [], 1.0)
+    try:
+        while True:
+            for signum in events.take():
+                if signum == signal.SIGWINCH:
+                    if terminal_fd is not None:
+                        process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
+                else:
+                    threading.Thread(target=deliver, args=(signum,), daemon=True,
+                                     name="signal").start()
+            _write_all(stdout_fd, process.read_stdout())
+            _write_all(stderr_fd, process.read_stderr())
+            if process.finished():
+                return process.exit_status()
+            if process.connection_lost():
+                _write_all(stdout_fd, process.read_stdout())
+                _write_all(stderr_fd, process.read_stderr())
+                return STATUS_CONNECTION_LOST
+            select.select([process.fileno(), events.fileno()], [], [], 1.0)
+    finally:
+        stop.set()

@@ -7,7 +7,8 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import distsvc.actions.placement
@@ -46,10 +47,10 @@ def current_directory(environ: Mapping[str, str]) -> str:
     return cwd
 
 
-def wants_terminal(options: Options) -> bool:
+def wants_terminal(options: Options, fds: tuple[int, int, int] = (0, 1, 2)) -> bool:
     if options.tty is not None:
-        return options.tty and os.isatty(0)
-    return options.stdin and os.isatty(0) and os.isatty(1)
+        return options.tty and os.isatty(fds[0])
+    return options.stdin and os.isatty(fds[0]) and os.isatty(fds[1])
 
 
 def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str]) -> int:
@@ -63,19 +64,24 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
 
 def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
-            signals: distsvc.actions.relay.SignalCatcher) -> int:
-    """Run argv on an open connection under the remote wrapper; the command's status."""
-    if (signum := signals.terminating()) is not None:
+            events: distsvc.actions.relay.Events, fds: tuple[int, int, int] = (0, 1, 2),
+            own_terminal: bool = True) -> int:
+    """Run argv on an open connection under the remote wrapper; the command's status.
+
+    `fds` are the stdin, stdout and stderr to relay (a daemon passes its client's). With a
+    terminal, raw mode is set here only when `own_terminal` (a daemon's client sets its own).
+    """
+    if (signum := events.terminating()) is not None:
         return 128 + signum  # asked to stop before anything started
     token = distsvc.remote.new_token()
-    terminal = wants_terminal(options)
+    terminal = wants_terminal(options, fds)
     script = distsvc.remote.environment_script(env).encode()
     if terminal:
         status, _ = connection.run(distsvc.remote.env_file_writer(token), stdin=script)
         if status != 0:
             raise distsvc.errors.HostUnreachable(
                 connection.target.label, "could not store the environment in $TMPDIR")
-    size = distsvc.adapters.terminal.window_size(0) if terminal else (80, 24)
+    size = distsvc.adapters.terminal.window_size(fds[0]) if terminal else (80, 24)
     process = connection.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
                               term=term if terminal else None, size=size)
     if not terminal:
@@ -84,14 +90,14 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
     def deliver(signum: int) -> None:
         name = signal.Signals(signum).name.removeprefix("SIG")
         with contextlib.suppress(Exception):
-            connection.run(distsvc.remote.kill_command(token, name), timeout=5.0)
+            connection.run(distsvc.remote.kill_command(token, name), timeout=10.0)
 
-    stdin_fd = 0 if options.stdin else None
-    if terminal:
-        with distsvc.adapters.terminal.raw_mode(0):
-            status = distsvc.actions.relay.relay(process, stdin_fd, 0, deliver, signals)
-    else:
-        status = distsvc.actions.relay.relay(process, stdin_fd, None, deliver, signals)
+    streams = (fds[0] if options.stdin else None, fds[1], fds[2])
+    terminal_fd = fds[0] if terminal else None
+    with contextlib.ExitStack() as stack:
+        if terminal and own_terminal:
+            stack.enter_context(distsvc.adapters.terminal.raw_mode(fds[0]))
+        status = distsvc.actions.relay.relay(process, streams, terminal_fd, deliver, events)
     if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
         raise distsvc.errors.CannotRun(
             f"{connection.target.label}: connection lost; the command's state is unknown "
@@ -111,24 +117,38 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
     workdir = options.workdir or current_directory(environ)
     term = environ.get("TERM") or "xterm"
     directory = distsvc.paths.state_dir(environ)
+    pool = distsvc.adapters.ssh.Pool()
+    try:
+        with distsvc.actions.relay.SignalCatcher() as signals:
+            return run_on_best(argv, options, config, env, workdir, term, directory, pool,
+                               signals, lambda message: notice(options, message))
+    finally:
+        pool.close_all()
+
+
+def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Config,
+                env: Mapping[str, str], workdir: str, term: str, directory: Path,
+                pool: distsvc.adapters.ssh.Pool, signals: distsvc.actions.relay.Events,
+                say: Callable[[str], None], job_pid: int | None = None,
+                fds: tuple[int, int, int] = (0, 1, 2)) -> int:
+    """Choose a host, falling back to the next ones that fail to connect, and run there."""
     tried: set[str] = set()
-    with distsvc.actions.relay.SignalCatcher() as signals:
-        while True:
-            choice = distsvc.actions.placement.choose(
-                config, directory, tried, lambda message: notice(options, message),
-                signals.terminating)
-            try:
-                connection = choice.connection or distsvc.adapters.ssh.connect(
-                    distsvc.adapters.ssh.resolve(choice.host, config.host_key_policy),
-                    config.connect_timeout)
-            except distsvc.errors.HostUnreachable as error:
-                distsvc.actions.placement.mark_unreachable(
-                    directory, choice.host.name, error.reason, choice.placement)
-                tried.add(choice.host.name)
-                notice(options, f"distsvc: {error.message}; trying the next host")
-                continue
-            try:
-                return execute(connection, argv, options, env, workdir, term, signals)
-            finally:
-                connection.close()
-                distsvc.actions.placement.release(directory, choice.placement)
+    while True:
+        choice = distsvc.actions.placement.choose(
+            config, directory, tried, say, pool, signals.terminating, job_pid)
+        try:
+            connection = pool.get(choice.host, config.host_key_policy, config.connect_timeout)
+        except distsvc.errors.HostUnreachable as error:
+            distsvc.actions.placement.mark_unreachable(
+                directory, choice.host.name, error.reason, choice.placement)
+            tried.add(choice.host.name)
+            say(f"distsvc: {error.message}; trying the next host")
+            continue
+        try:
+            return execute(connection, argv, options, env, workdir, term, signals, fds,
+                           own_terminal=job_pid is None)
+        except (OSError, EOFError) as error:
+            pool.discard(connection)
+            raise distsvc.errors.CannotRun(f"{choice.host.name}: {error}") from None
+        finally:
+            distsvc.actions.placement.release(directory, choice.placement)

@@ -1,0 +1,170 @@
+"""The unix socket between clients and the daemon: where it lives, who may use it, framing.
+
+The socket lives in a directory only its user can reach: `$XDG_RUNTIME_DIR/distsvc/`, or
+without a runtime directory `/tmp/distsvc-USER-N/`. Every directory and socket is checked
+with lstat (symlinks are never followed): it must be owned by this user and closed to group
+and others, or it is skipped and the next N is tried. Another user can make us skip names,
+never make us use theirs. The daemon also checks each peer's uid (SO_PEERCRED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import pwd
+import socket
+import stat
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import distsvc.protocol
+
+SOCKET_NAME = "distsvc.sock"
+RECEIVE_CHUNK = 65536
+MAX_FDS = 3
+
+
+def _private_dir(path: Path) -> bool:
+    """An existing directory, not a symlink, owned by us and closed to everyone else."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+            and stat.S_IMODE(info.st_mode) & 0o077 == 0)
+
+
+def _own_socket(path: Path) -> bool:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
+
+
+def _tmp_candidates() -> Iterator[Path]:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    base = Path(os.environ.get("DISTSVC_TMP_BASE", "/tmp"))  # tests point this elsewhere
+    for n in itertools.count():
+        yield base / f"distsvc-{user}-{n}"
+
+
+def _runtime_dir(environ: Mapping[str, str]) -> Path | None:
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    return Path(runtime) / "distsvc" if runtime and os.path.isabs(runtime) else None
+
+
+def find_socket(environ: Mapping[str, str]) -> Path | None:
+    """The daemon's socket if a safe one exists, else None. Never trusts what it checks."""
+    runtime = _runtime_dir(environ)
+    if runtime is not None:
+        path = runtime / SOCKET_NAME
+        return path if _private_dir(runtime) and _own_socket(path) else None
+    for directory in _tmp_candidates():
+        try:
+            os.lstat(directory)
+        except FileNotFoundError:
+            return None  # the first free name: no daemon made one yet
+        except OSError:
+            continue
+        if _private_dir(directory):
+            path = directory / SOCKET_NAME
+            return path if _own_socket(path) else None
+    return None  # pragma: no cover - the candidates never run out
+
+
+def claim_directory(environ: Mapping[str, str]) -> Path:
+    """The directory the daemon binds in, created 0700 when missing; always a safe one."""
+    runtime = _runtime_dir(environ)
+    if runtime is not None:
+        with contextlib.suppress(FileExistsError):
+            runtime.mkdir(mode=0o700)
+        if not _private_dir(runtime):
+            raise PermissionError(f"{runtime} is not a private directory of this user")
+        return runtime
+    for directory in _tmp_candidates():
+        try:
+            directory.mkdir(mode=0o700)  # atomic: fails if anything is there already
+            return directory
+        except FileExistsError:
+            if _private_dir(directory):
+                return directory
+    raise AssertionError("unreachable")
+
+
+def connect(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen(directory: Path) -> socket.socket:
+    """Bind the socket, replacing a stale one (nothing answering on it)."""
+    path = directory / SOCKET_NAME
+    if _own_socket(path):
+        try:
+            connect(path, 0.5).close()
+        except OSError:
+            path.unlink()  # stale: its daemon is gone
+        else:
+            raise FileExistsError(errno.EADDRINUSE, "a daemon is already serving", str(path))
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)  # the socket is born 0600: no window where others connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    sock.listen(128)
+    return sock
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    frame = distsvc.protocol.encode(message)
+    if fds:
+        sent = socket.send_fds(sock, [frame], list(fds))
+        frame = frame[sent:]
+    sock.sendall(frame)
+
+
+class Reader:
+    """Reads messages (and file descriptors passed with them) from one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = distsvc.protocol.Decoder()
+        self.pending: list[dict[str, Any]] = []
+        self.fds: list[int] = []
+
+    def receive(self) -> dict[str, Any] | None:
+        """The next message, or None at end of stream. Raises ProtocolError, OSError."""
+        while not self.pending:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, RECEIVE_CHUNK, MAX_FDS)
+            self.fds += fds
+            if not data:
+                if self.decoder.buffer:
+                    raise distsvc.protocol.ProtocolError("connection closed mid-frame")
+                return None
+            self.pending += self.decoder.feed(data)
+        return self.pending.pop(0)
+
+    def close_fds(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+

@@ -1,0 +1,89 @@
+"""The wire format between distsvc clients and the daemon. Framing and parsing only: no I/O.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one
+object. Every message carries the protocol version `v`. Frames over MAX_FRAME bytes, bytes
+that are not JSON, JSON that is not an object, a wrong version and unknown request types
+are ProtocolErrors: the daemon answers them with an error and closes that connection only.
+
+Requests (client to daemon), each {"v": 1, "type": ..., ...}:
+  status                      -> {"ok": true, "version", "uptime", "hosts", "connections", "jobs"}
+  best    config              -> {"ok": true, "host": NAME or null, "ranked": [...]}
+  hosts   config, refresh     -> {"ok": true, "rows": [...]}
+  run     config, argv, workdir, env, tty, term  (+ stdin, stdout, stderr passed as fds)
+          then, on the same connection:
+          client -> daemon    {"type": "signal", "signal": N}   a signal the client received
+                              {"type": "resize"}                 the terminal changed size
+          daemon -> client    {"type": "notice", "message"}      one line for stderr
+                              {"type": "started", "host"}
+                              {"type": "exit", "status": N}      the command's status; the end
+Errors: {"ok": false, "error": "one line", "status": N}.
+Queries are one request and one answer per connection; only `run` keeps it open.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+VERSION = 1
+MAX_FRAME = 1 << 20
+HEADER = struct.Struct("!I")
+REQUEST_TYPES = ("status", "best", "hosts", "run")
+RUN_MESSAGE_TYPES = ("signal", "resize")
+
+
+class ProtocolError(Exception):
+    """A malformed message; the text is safe to send back to the peer."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    payload = json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode()
+    if len(payload) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
+    return HEADER.pack(len(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError("frame is not UTF-8 JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("frame is not a JSON object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {message.get('v')!r} "
+                            f"(this side speaks {VERSION})")
+    return message
+
+
+class Decoder:
+    """Turns a byte stream into messages, however the bytes are split."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self.buffer += data
+        messages = []
+        while len(self.buffer) >= HEADER.size:
+            (length,) = HEADER.unpack_from(self.buffer)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+            if len(self.buffer) < HEADER.size + length:
+                break
+            payload = bytes(self.buffer[HEADER.size:HEADER.size + length])
+            del self.buffer[:HEADER.size + length]
+            messages.append(decode_payload(payload))
+        return messages
+
+
+def request_type(message: dict[str, Any]) -> str:
+    kind = message.get("type")
+    if kind not in REQUEST_TYPES:
+        raise ProtocolError(f"unknown request type {kind!r}")
+    return str(kind)
+
+
+def error(text: str, status: int = 1) -> dict[str, Any]:
+    return {"ok": False, "error": text, "status": status}
