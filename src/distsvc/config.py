@@ -63,10 +63,12 @@ class Config:
     max_age: float = 30.0
     host_key_policy: str = "strict"
     env: EnvFilter = EnvFilter()
+    daemon_idle_exit: float = 600.0
 
 
 _HOST_KEYS = {f.name for f in dataclasses.fields(Host)}
-_TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env"}
+_TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env",
+             "daemon_idle_exit"}
 _HOST_SPEC = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
@@ -212,6 +214,7 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
         probe_timeout=check.number(data, "probe_timeout", "", 2.0),
         connect_timeout=check.number(data, "connect_timeout", "", 5.0),
         max_age=check.number(data, "max_age", "", 30.0),
+        daemon_idle_exit=check.number(data, "daemon_idle_exit", "", 600.0),
         host_key_policy=policy,
         env=EnvFilter(
             allow=allow if allow is not None else EnvFilter.allow,
@@ -251,3 +254,15 @@ def to_mapping(config: Config) -> dict[str, Any]:
     data["hosts"] = [{k: v for k, v in h.items() if v is not None} for h in data["hosts"]]
     data["env"] = {"allow": list(config.env.allow), "deny": list(config.env.deny)}
     return data
+
+
+def from_wire(data: Any) -> Config:
+    """A Config sent by a client (to_mapping's output), validated like a file."""
+    if not isinstance(data, dict):
+        raise distsvc.errors.ConfigError("request", ["config must be an object"])
+    fields = {k: v for k, v in data.items() if k != "source"}
+    env = fields.get("env")
+    if isinstance(env, dict) and isinstance(env.get("deny"), list):
+        # to_mapping lists the built-in denials too; from_mapping adds them back itself.
+        fields["env"] = {**env, "deny": [d for d in env["deny"] if d not in DEFAULT_ENV_DENY]}
+    return from_mapping(fields, f"request ({data.get('source', 'client')})", None)

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,13 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
-def placement_alive(placement: Placement) -> bool:
+# A placement without a process (pid 0: a `best` query answered for a script) counts this long.
+ANONYMOUS_PLACEMENT_TTL = 60.0
+
+
+def placement_alive(placement: Placement, now: float | None = None) -> bool:
+    if placement.pid == 0:
+        return (now or time.time()) - placement.placed_at < ANONYMOUS_PLACEMENT_TTL
     try:
         os.kill(placement.pid, 0)
     except ProcessLookupError:

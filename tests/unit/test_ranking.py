@@ -10,6 +10,7 @@ import time
 import pytest
 
 import distsvc.actions.placement
+import distsvc.adapters.ssh
 import distsvc.config
 import distsvc.ranking
 import distsvc.state
@@ -17,6 +18,9 @@ from distsvc.config import Host
 from distsvc.probe import Measurement
 from distsvc.ranking import TIE_WIDTH, candidates, rank, score
 from distsvc.state import HostState, Placement, State
+
+# Measurements in these tests are fresh: nothing is probed, the pool stays empty.
+POOL = distsvc.adapters.ssh.Pool()
 
 T0 = 1_700_000_000.0
 STALE = 60.0
@@ -243,7 +247,7 @@ def test_real_choose_spreads_jobs_over_equally_loaded_hosts(tmp_path):
     notices: list[str] = []
     chosen = []
     for _ in range(6):
-        choice = distsvc.actions.placement.choose(config, directory, set(), notices.append)
+        choice = distsvc.actions.placement.choose(config, directory, set(), notices.append, POOL)
         assert choice.connection is None
         chosen.append(choice.host.name)
     assert collections.Counter(chosen) == {"h1": 2, "h2": 2, "h3": 2}
@@ -265,9 +269,9 @@ def test_real_choose_respects_slots_and_excluded_hosts(tmp_path):
             "idle-but-excluded": up(load1=0.0, measured_at=now),
             "other": up(load1=5.0, measured_at=now),
         }))
-    first = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print)
-    second = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print)
+    first = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print, POOL)
+    second = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print, POOL)
     assert (first.host.name, second.host.name) == ("busy", "other")
     distsvc.actions.placement.release(directory, first.placement)
-    third = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print)
+    third = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print, POOL)
     assert third.host.name == "busy"

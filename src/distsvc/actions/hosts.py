@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import distsvc.actions.placement
 import distsvc.config
@@ -12,14 +12,21 @@ import distsvc.paths
 import distsvc.ranking
 import distsvc.state
 
+if TYPE_CHECKING:
+    import distsvc.adapters.ssh
 
-def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: bool
-           ) -> list[dict[str, Any]]:
-    """One row per host, best first, from a state refreshed where older than max_age."""
+
+def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: bool,
+           pool: distsvc.adapters.ssh.Pool | None = None) -> list[dict[str, Any]]:
+    """One row per host, best first, from a state refreshed where older than max_age.
+
+    With a `pool` (the daemon's), its warm connections are used and kept.
+    """
     import distsvc.adapters.ssh
 
     directory = distsvc.paths.state_dir(environ)
-    pool = distsvc.adapters.ssh.Pool()
+    own_pool = pool is None
+    pool = pool or distsvc.adapters.ssh.Pool()
     try:
         with distsvc.state.locked(directory):
             state = distsvc.state.read(directory)
@@ -28,7 +35,8 @@ def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: b
             distsvc.actions.placement.refresh(config, state, now, pool, force=refresh)
             distsvc.state.write(directory, state)
     finally:
-        pool.close_all()
+        if own_pool:
+            pool.close_all()
     rows = []
     for ranked in distsvc.ranking.rank(config.hosts, state, now, config.max_age * 2):
         entry = state.hosts.get(ranked.host.name, distsvc.state.HostState())

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import distsvc.actions.client
 import distsvc.actions.placement
 import distsvc.actions.relay
 import distsvc.adapters.terminal
@@ -97,7 +98,12 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
     with contextlib.ExitStack() as stack:
         if terminal and own_terminal:
             stack.enter_context(distsvc.adapters.terminal.raw_mode(fds[0]))
-        status = distsvc.actions.relay.relay(process, streams, terminal_fd, deliver, events)
+        try:
+            status = distsvc.actions.relay.relay(process, streams, terminal_fd, deliver, events)
+        except distsvc.actions.relay.OutputClosed:
+            # Whoever read our output is gone (`| head`): end the command as SIGPIPE would.
+            deliver(signal.SIGPIPE)
+            return 128 + signal.SIGPIPE
     if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
         raise distsvc.errors.CannotRun(
             f"{connection.target.label}: connection lost; the command's state is unknown "
@@ -110,12 +116,25 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
     """Run argv on the best host (falling back to the next ones), or here with no hosts."""
     if not config.hosts:
         return run_locally(argv, options, environ)
-    import distsvc.adapters.ssh
-
     saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ))
     env = distsvc.environment.carried(environ, config.env, saved)
     workdir = options.workdir or current_directory(environ)
     term = environ.get("TERM") or "xterm"
+    if distsvc.actions.client.enabled(environ):
+        try:
+            return distsvc.actions.client.run(argv, options, config, env, workdir, term,
+                                              environ, lambda m: notice(options, m))
+        except distsvc.actions.client.Unavailable:
+            distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
+    return run_in_process(argv, options, config, env, workdir, term, environ)
+
+
+def run_in_process(argv: Sequence[str], options: Options, config: distsvc.config.Config,
+                   env: Mapping[str, str], workdir: str, term: str,
+                   environ: Mapping[str, str]) -> int:
+    """Without a daemon: measure, choose and run from this process."""
+    import distsvc.adapters.ssh
+
     directory = distsvc.paths.state_dir(environ)
     pool = distsvc.adapters.ssh.Pool()
     try:
@@ -130,8 +149,12 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 env: Mapping[str, str], workdir: str, term: str, directory: Path,
                 pool: distsvc.adapters.ssh.Pool, signals: distsvc.actions.relay.Events,
                 say: Callable[[str], None], job_pid: int | None = None,
-                fds: tuple[int, int, int] = (0, 1, 2)) -> int:
-    """Choose a host, falling back to the next ones that fail to connect, and run there."""
+                fds: tuple[int, int, int] = (0, 1, 2),
+                started: Callable[[str], None] = lambda host: None) -> int:
+    """Choose a host, falling back to the next ones that fail to connect, and run there.
+
+    A daemon passes its client's pid and fds, and `started` to hear which host runs it.
+    """
     tried: set[str] = set()
     while True:
         choice = distsvc.actions.placement.choose(
@@ -145,6 +168,7 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
             say(f"distsvc: {error.message}; trying the next host")
             continue
         try:
+            started(choice.host.name)
             return execute(connection, argv, options, env, workdir, term, signals, fds,
                            own_terminal=job_pid is None)
         except (OSError, EOFError) as error:

@@ -1,23 +1,31 @@
-"""`distsvc SUBCOMMAND`: hosts, run, config check, env, purge."""
+"""`distsvc SUBCOMMAND`: hosts, best, run, status, config check, env, purge, daemon, scan."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+import distsvc.commands.best
 import distsvc.commands.common
 import distsvc.commands.config_check
+import distsvc.commands.daemon
 import distsvc.commands.env
 import distsvc.commands.hosts
 import distsvc.commands.purge
 import distsvc.commands.run_all
+import distsvc.commands.scan
+import distsvc.commands.status
 
 SUBCOMMANDS = {
     "hosts": distsvc.commands.hosts,
+    "best": distsvc.commands.best,
     "run": distsvc.commands.run_all,
+    "status": distsvc.commands.status,
     "config": distsvc.commands.config_check,
     "env": distsvc.commands.env,
     "purge": distsvc.commands.purge,
+    "daemon": distsvc.commands.daemon,
+    "scan": distsvc.commands.scan,
 }
 
 

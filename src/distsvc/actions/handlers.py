@@ -1,0 +1,230 @@
+"""The daemon's request handlers: one small function per request type, in HANDLERS.
+
+Each takes the daemon, the request and the peer, and returns the one answer to send (None
+when it answered itself, as `run` does while the command runs).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import distsvc
+import distsvc.actions.hosts
+import distsvc.actions.placement
+import distsvc.actions.run
+import distsvc.actions.scan
+import distsvc.actions.serve
+import distsvc.config
+import distsvc.errors
+import distsvc.log
+import distsvc.protocol
+import distsvc.ranking
+import distsvc.scanplan
+import distsvc.state
+
+Handler = Callable[
+    [distsvc.actions.serve.Daemon, dict[str, Any], distsvc.actions.serve.Peer],
+    "dict[str, Any] | None"]
+
+
+def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise distsvc.protocol.ProtocolError(f"field {name!r} is missing or of the wrong type")
+    return value
+
+
+def _measure_after_request(daemon: distsvc.actions.serve.Daemon,
+                           config: distsvc.config.Config) -> None:
+    """Measure the stalest of the three best hosts in the background (once per host)."""
+    with distsvc.state.locked(daemon.state_dir):
+        state = distsvc.state.read(daemon.state_dir)
+    host = distsvc.scanplan.after_request(config.hosts, state, time.time(), config.max_age * 2)
+    if host is None:
+        return
+    with daemon.lock:
+        if host.name in daemon.measuring:
+            return
+        daemon.measuring.add(host.name)
+
+    def measure() -> None:
+        try:
+            distsvc.actions.scan.measure_into_state([host], config, daemon.environ, daemon.pool)
+        finally:
+            with daemon.lock:
+                daemon.measuring.discard(host.name)
+
+    threading.Thread(target=measure, daemon=True, name="measure").start()
+
+
+def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
+                  peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+    with distsvc.state.locked(daemon.state_dir):
+        state = distsvc.state.read(daemon.state_dir)
+    now = time.time()
+    hosts = {name: {"state": entry.state,
+                    "age": None if entry.measured_at is None else round(now - entry.measured_at, 1)}
+             for name, entry in state.hosts.items()}
+    with daemon.lock:
+        jobs = [dict(job, id=job_id) for job_id, job in daemon.jobs.items()]
+    return {"ok": True, "version": distsvc.__version__, "pid": os.getpid(),
+            "uptime": round(time.monotonic() - daemon.started, 1),
+            "config": str(daemon.config.source), "hosts": hosts,
+            "connections": daemon.pool.size(), "jobs": jobs}
+
+
+def handle_best(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
+                peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+    config = distsvc.config.from_wire(_field(request, "config", dict))
+    if not config.hosts:
+        return {"ok": True, "host": None}
+    # The answer is for a script that connects by itself: count it for a while, not by PID.
+    choice = distsvc.actions.placement.choose(config, daemon.state_dir, set(), lambda _: None,
+                                              daemon.pool, job_pid=0)
+    _measure_after_request(daemon, config)
+    return {"ok": True, "host": choice.host.name}
+
+
+def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
+                 peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+    config = distsvc.config.from_wire(_field(request, "config", dict))
+    rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
+                                        daemon.pool)
+    return {"ok": True, "rows": rows}
+
+
+class ClientEvents:
+    """Signals and resizes a `run` client sends, as relay events; its hang-up is SIGHUP.
+
+    A thread reads the client's messages until its connection ends, which may be after the
+    handler is done: the wake-up pipe is closed by whichever of the two finishes last.
+    """
+
+    def __init__(self, peer: distsvc.actions.serve.Peer) -> None:
+        self.peer = peer
+        self.received: collections.deque[int] = collections.deque()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.lock = threading.Lock()
+        self.users = 2  # the handler and the reading thread
+        self.closed = False
+        threading.Thread(target=self._read, daemon=True, name="client-events").start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                try:
+                    message = self.peer.reader.receive()
+                except (OSError, distsvc.protocol.ProtocolError):
+                    message = None
+                if message is None:
+                    self._add(signal.SIGHUP)  # the client is gone: as if its terminal hung up
+                    return
+                if message.get("type") == "resize":
+                    self._add(signal.SIGWINCH)
+                elif message.get("type") == "signal" and message.get("signal") in (
+                        signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                    self._add(message["signal"])
+        finally:
+            self._release()
+
+    def _add(self, signum: int) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self.received.append(signum)
+            with contextlib.suppress(BlockingIOError):
+                os.write(self.wake_w, b"\0")
+
+    def _release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+
+    def fileno(self) -> int:
+        return self.wake_r
+
+    def take(self) -> list[int]:
+        with self.lock, contextlib.suppress(BlockingIOError):
+            os.read(self.wake_r, 4096)
+        taken = []
+        while self.received:
+            taken.append(self.received.popleft())
+        return taken
+
+    def terminating(self) -> int | None:
+        return next((s for s in self.received if s != signal.SIGWINCH), None)
+
+    def close(self) -> None:
+        """The handler is done with the events."""
+        with self.lock:
+            self.closed = True
+        self._release()
+
+
+def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
+               peer: distsvc.actions.serve.Peer) -> dict[str, Any] | None:
+    config = distsvc.config.from_wire(_field(request, "config", dict))
+    argv = _field(request, "argv", list)
+    env = _field(request, "env", dict)
+    if not argv or not all(isinstance(a, str) for a in argv) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise distsvc.protocol.ProtocolError("argv and env must hold strings")
+    if len(peer.reader.fds) != 3:
+        raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
+    if not config.hosts:
+        raise distsvc.errors.CannotRun("no hosts configured")
+    agent = env.get("SSH_AUTH_SOCK") or request.get("ssh_auth_sock")
+    if isinstance(agent, str) and agent and not os.environ.get("SSH_AUTH_SOCK"):
+        # A daemon started by systemd may not know the user's agent: adopt the client's.
+        os.environ["SSH_AUTH_SOCK"] = agent
+    options = distsvc.actions.run.Options(
+        workdir=_field(request, "workdir", str), tty=request.get("tty"),
+        stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
+    fds = (peer.reader.fds[0], peer.reader.fds[1], peer.reader.fds[2])
+    events = ClientEvents(peer)
+    job_id = next(daemon.job_ids)
+    log = distsvc.log.get(job=job_id, peer_pid=peer.pid)
+
+    def say(message: str) -> None:
+        if not options.quiet:
+            with contextlib.suppress(OSError):
+                peer.send({"type": "notice", "message": message})
+
+    def started(host: str) -> None:
+        with daemon.lock:
+            daemon.jobs[job_id] = {"host": host, "argv": argv, "client_pid": peer.pid,
+                                   "started": time.time()}
+        log.info("job started", host=host, argv=" ".join(argv)[:200])
+        with contextlib.suppress(OSError):
+            peer.send({"type": "started", "host": host, "job": job_id})
+
+    try:
+        status = distsvc.actions.run.run_on_best(
+            argv, options, config, env, options.workdir or "/", str(request.get("term") or
+                                                                   "xterm"),
+            daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
+            started=started)
+        log.info("job ended", status=status)
+        _measure_after_request(daemon, config)
+        return {"type": "exit", "status": status}
+    finally:
+        with daemon.lock:
+            daemon.jobs.pop(job_id, None)
+        events.close()
+
+
+HANDLERS: dict[str, Handler] = {
+    "status": handle_status,
+    "best": handle_best,
+    "hosts": handle_hosts,
+    "run": handle_run,
+}

@@ -1,0 +1,813 @@
+"""A throwaway container that boots a real systemd, for tests that need systemd as PID 1.
+
+The machine running the tests has systemd installed but not running as PID 1, and starting it on
+the machine's own root is out of the question (its boot-time tmpfiles clean-up would wipe /tmp
+for everyone). So `booted()` does this instead:
+
+1. mounts an overlayfs whose lower layer is the machine's ``/`` and whose upper layer is a fresh
+   directory under /var/tmp/distsvc-nspawn-XXXXXXXX/ (not /tmp: nothing cleans it). Every
+   installed package and this project's venv are visible inside, and every write made inside
+   lands in the upper layer only. Nothing is downloaded;
+2. masks a few units that only slow the boot down (`DEFAULT_MASK`: PostgreSQL, apt timers...);
+3. starts ``systemd-nspawn --boot --private-network --register=no --keep-unit`` from a shell that
+   first moved itself into a cgroup of its own (``/sys/fs/cgroup/unified/NAME`` and
+   ``/sys/fs/cgroup/systemd/NAME`` on this hybrid layout, ``/sys/fs/cgroup/NAME`` on a pure
+   cgroup2 one), so the container's units land under that directory, not at the machine's root;
+4. waits for ``systemctl is-system-running --wait`` (``running`` or ``degraded``), creates the
+   test user with a home, enables lingering and waits until the user's manager answers;
+5. afterwards, even when the body raised or the run was interrupted (Ctrl-C, SIGTERM): powers
+   the container off (SIGRTMIN+4 to its PID 1, SIGKILL after 20 s), unmounts the overlay,
+   removes the cgroup directories and the temporary directory.
+
+Leftovers of a test run killed outright (SIGKILL) are cleaned by `cleanup_stale()`, which
+`booted()` calls first: it only touches beds whose owning process is gone. nspawn is started
+with a parent-death signal, so the container itself powers off when its owner dies.
+
+Commands run inside through ``nsenter -t PID1 -a`` (all of the container's namespaces; entering
+its mount namespace also makes its root the root and ``/`` the working directory), as the test
+user through ``setpriv --reuid --regid --init-groups`` and ``env -i``, with HOME, USER, LOGNAME,
+XDG_RUNTIME_DIR=/run/user/UID, DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/UID/bus and a PATH
+that starts with this project's venv bin directory.
+
+Seeing and reaching the container's files from the host (checked on Debian 12, kernel 6.x):
+
+- ``Container.root`` is the merged overlay. It shows the container's root file system, but NOT
+  the file systems nspawn and systemd mount over it inside: /run (so /run/user/UID), /tmp,
+  /dev, /proc, /sys are tmpfs or API mounts of the container's own and look empty or stale
+  through ``root``.
+- ``Container.host_path(p)`` is ``/proc/PID1/root/p``: it sees everything the container sees,
+  /run/user/UID included. (Absolute symlinks met on that path resolve against the HOST's root.)
+- A unix socket bound inside is connectable from the host by either path: ``root / "home/..."``
+  for a socket on the overlay, ``host_path("/run/user/UID/x.sock")`` for one on a tmpfs (path
+  sockets are found through the inode, so the private network namespace does not matter;
+  abstract sockets, by contrast, are per network namespace and NOT reachable). Mind the 107
+  byte limit of a socket path. Connecting from inside works too:
+  ``c.run_as_user(["python3", "-c", ...])``.
+
+Gotchas:
+
+- Processes started through nsenter stay in the cgroup of the process that started them (seen
+  from inside as ``/../..``): they belong to no unit of the container. ``systemd-run --user``
+  (transient services and ``--scope``) works from them all the same.
+- ``nsenter`` does not forward signals to the command it forks into the PID namespace;
+  `ContainerProcess` (returned by the popen methods) sends them to that command instead.
+- The lower layer is the live root file system: files changed on the host during a test may or
+  may not show through (overlayfs leaves that undefined); write what the test needs through
+  the container instead.
+- The container has the host's machine ID and hostname; its journal is volatile
+  (/run/log/journal inside), and ``journalctl --user`` works for lingering users.
+
+Wrapping this in a pytest fixture (in conftest.py)::
+
+    import container
+
+    @pytest.fixture(scope="session")
+    def systemd_container() -> Iterator[container.Container]:
+        yield from container.container_fixture()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+BASE = Path("/var/tmp")
+"""Where the beds' temporary directories go (on the root file system, cleaned by nobody)."""
+PREFIX = "distsvc-nspawn-"
+"""Prefix of a bed's temporary directory and of its cgroup directories."""
+SYSTEMD = "/lib/systemd/systemd"
+PROJECT = Path(__file__).resolve().parents[1]
+VENV_BIN = (Path(sys.prefix) if sys.prefix != sys.base_prefix else PROJECT / ".venv") / "bin"
+"""The venv's bin directory; the container sees the same path (its lower layer is /)."""
+PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_MASK = (
+    "postgresql.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+    "man-db.timer",
+)
+"""Units masked inside by default: enabled on the machine, useless in a test container, slow."""
+POWEROFF_TIMEOUT = 20.0
+
+
+class BootError(RuntimeError):
+    """The container did not boot, or its test user's manager did not come up."""
+
+
+class TeardownError(RuntimeError):
+    """Something of the container could not be removed (its message says what)."""
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    """A command inside the container exited non-zero; its message shows its output."""
+
+    def __str__(self) -> str:
+        def show(data: str | bytes | None) -> str:
+            if isinstance(data, bytes):
+                data = data.decode(errors="replace")
+            return (data or "").strip()[-4000:]
+
+        return (f"{shlex.join(str(a) for a in self.cmd)} exited {self.returncode}\n"
+                f"--- stdout\n{show(self.stdout)}\n--- stderr\n{show(self.stderr)}")
+
+
+# --- what the machine can do ---------------------------------------------------------------
+
+
+def cgroup_roots() -> list[Path]:
+    """The cgroup hierarchies to make the bed's cgroup in: the cgroup2 one and the named
+    ``systemd`` v1 one, whichever are mounted (both on a hybrid layout)."""
+    roots = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, where, fstype, options = line.split()[:4]
+        if fstype == "cgroup2" or (fstype == "cgroup" and "name=systemd" in options.split(",")):
+            roots.append(Path(where.replace("\\040", " ")))
+    return sorted(set(roots))
+
+
+def can_boot() -> str | None:
+    """The reason this machine cannot boot a test container, or None if it can."""
+    if sys.platform != "linux":
+        return "booting a systemd container needs Linux"
+    if os.geteuid() != 0:
+        return "booting a systemd container needs root (mount, cgroups, nspawn)"
+    for tool in ("systemd-nspawn", "nsenter", "setpriv", "mount", "umount"):
+        if not shutil.which(tool):
+            package = "systemd-container" if tool == "systemd-nspawn" else "util-linux"
+            return f"{tool} is not installed (apt-get install {package})"
+    if not os.access(SYSTEMD, os.X_OK):
+        return f"{SYSTEMD} is not installed (apt-get install systemd)"
+    filesystems = Path("/proc/filesystems").read_text().split()
+    if "overlay" not in filesystems:
+        subprocess.run(["modprobe", "overlay"], capture_output=True)
+        if "overlay" not in Path("/proc/filesystems").read_text().split():
+            return "the kernel has no overlayfs"
+    if not cgroup_roots():
+        return "no cgroup2 nor name=systemd cgroup hierarchy is mounted"
+    root_dev = os.stat("/").st_dev
+    for path in (BASE, VENV_BIN):
+        if not path.is_dir() or os.stat(path).st_dev != root_dev:
+            return f"{path} is not on the root file system, so the overlay would not show it"
+    return None
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of a process in clock ticks since boot (tells a reused PID apart)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int | None, start_time: int | None) -> bool:
+    return pid is not None and start_time is not None and _start_time(pid) == start_time
+
+
+class ContainerProcess(subprocess.Popen):  # type: ignore[type-arg]
+    """A process started inside the container by ``nsenter``.
+
+    nsenter forks the command into the container's PID namespace and waits for it without
+    forwarding signals; this Popen sends them (``send_signal``, ``terminate``, ``kill``) to the
+    command itself, whose exit status nsenter then passes on (a command killed by SIGTERM gives
+    returncode -15, as usual)."""
+
+    def inner_pid(self, timeout: float = 2.0) -> int | None:
+        """The command's PID as seen from the host, or None once it is gone."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            children = _children(self.pid)
+            if children:
+                return children[0]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+        return None
+
+    def pid_inside(self) -> int | None:
+        """The command's PID inside the container."""
+        pid = self.inner_pid()
+        nspid = _status(pid).get("NSpid", "") if pid else ""
+        return int(nspid.split()[-1]) if nspid else None
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is not None:
+            return
+        pid = self.inner_pid()
+        if pid is None:
+            super().send_signal(sig)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+# --- the container -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    """A user made inside the container."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+@dataclasses.dataclass
+class Container:
+    """A booted container. Paths called ``path`` or ``home`` are paths inside it."""
+
+    name: str
+    """The machine name (``distsvc-XXXXXXXX``)."""
+    pid: int
+    """PID 1 of the container, as seen from the host."""
+    workdir: Path
+    """The bed's temporary directory on the host (upper/, work/, root/, console.log)."""
+    cgroups: list[Path]
+    """The cgroup directories the container runs in, one per hierarchy."""
+    nspawn: subprocess.Popen[bytes]
+    users: dict[str, User] = dataclasses.field(default_factory=dict)
+    user: str = ""
+    """The test user made by `booted`."""
+    system_state: str = ""
+    """What ``systemctl is-system-running`` said once booted: ``running`` or ``degraded``
+    (see `failed_units` and `debug_report` for why)."""
+
+    @property
+    def root(self) -> Path:
+        """The merged overlay: the container's root file system as seen from the host (but
+        not the file systems mounted over it inside: /run, /tmp, /dev... see `host_path`)."""
+        return self.workdir / "root"
+
+    @property
+    def console_log(self) -> Path:
+        """What systemd-nspawn and the container's console printed."""
+        return self.workdir / "console.log"
+
+    @property
+    def uid(self) -> int:
+        return self.users[self.user].uid
+
+    @property
+    def gid(self) -> int:
+        return self.users[self.user].gid
+
+    @property
+    def home(self) -> str:
+        return self.users[self.user].home
+
+    def host_path(self, path: str | os.PathLike[str]) -> Path:
+        """The host's path to `path` inside: ``/proc/PID/root/...``, which sees the container's
+        own mounts too (/run/user/UID, /tmp). Unix sockets there are connectable from the host."""
+        return Path(f"/proc/{self.pid}/root") / str(path).lstrip("/")
+
+    def runtime_dir(self, user: str | None = None) -> str:
+        """XDG_RUNTIME_DIR of `user` (default: the test user), inside."""
+        return f"/run/user/{self.users[user or self.user].uid}"
+
+    # commands
+
+    def _root_argv(self, cmd: Sequence[str], env: Mapping[str, str] | None,
+                   cwd: str | None) -> list[str]:
+        environ = {"PATH": PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root",
+                   "LANG": "C.UTF-8", **(env or {})}
+        return ["nsenter", "-t", str(self.pid), "-a", "env", "-i", "-C", cwd or "/",
+                *(f"{k}={v}" for k, v in environ.items()), *map(str, cmd)]
+
+    def user_env(self, user: str | None = None) -> dict[str, str]:
+        """The environment commands of `user` (default: the test user) get."""
+        u = self.users[user or self.user]
+        runtime = f"/run/user/{u.uid}"
+        return {"PATH": PATH, "HOME": u.home, "USER": u.name, "LOGNAME": u.name,
+                "SHELL": "/bin/bash", "LANG": "C.UTF-8", "XDG_RUNTIME_DIR": runtime,
+                "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/bus"}
+
+    def _user_argv(self, cmd: Sequence[str], user: str | None, env: Mapping[str, str] | None,
+                   cwd: str | None) -> list[str]:
+        u = self.users[user or self.user]
+        environ = {**self.user_env(u.name), **(env or {})}
+        return ["nsenter", "-t", str(self.pid), "-a",
+                "setpriv", f"--reuid={u.uid}", f"--regid={u.gid}", "--init-groups",
+                "env", "-i", "-C", cwd or u.home,
+                *(f"{k}={v}" for k, v in environ.items()), *map(str, cmd)]
+
+    @staticmethod
+    def _communicate(argv: list[str], *, check: bool, timeout: float,
+                     input: str | bytes | None) -> subprocess.CompletedProcess[Any]:
+        text = not isinstance(input, bytes)
+        with ContainerProcess(argv, stdin=subprocess.PIPE if input is not None
+                              else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=text) as proc:
+            try:
+                out, err = proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+        done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        if check and done.returncode:
+            raise CommandFailed(done.returncode, argv[argv.index("-i") + 1:], out, err)
+        return done
+
+    def run(self, cmd: Sequence[str], *, check: bool = True, timeout: float = 60,
+            input: str | bytes | None = None, env: Mapping[str, str] | None = None,
+            cwd: str | None = None) -> subprocess.CompletedProcess[Any]:
+        """Run `cmd` as root inside (clean environment plus `env`, working directory `cwd`
+        or /), capturing its output: str, or bytes when `input` is bytes. On timeout the
+        command is killed and TimeoutExpired raised; with `check`, a non-zero exit raises
+        `CommandFailed`."""
+        return self._communicate(self._root_argv(cmd, env, cwd), check=check, timeout=timeout,
+                                 input=input)
+
+    def run_as_user(self, cmd: Sequence[str], *, user: str | None = None, check: bool = True,
+                    timeout: float = 60, input: str | bytes | None = None,
+                    env: Mapping[str, str] | None = None,
+                    cwd: str | None = None) -> subprocess.CompletedProcess[Any]:
+        """Like `run`, as `user` (default: the test user) in its home, with its environment
+        (`user_env`) plus `env`."""
+        return self._communicate(self._user_argv(cmd, user, env, cwd), check=check,
+                                 timeout=timeout, input=input)
+
+    def popen(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+              cwd: str | None = None, **kwargs: Any) -> ContainerProcess:
+        """Start `cmd` as root inside and return at once (Popen keyword arguments allowed)."""
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return ContainerProcess(self._root_argv(cmd, env, cwd), **kwargs)
+
+    def popen_as_user(self, cmd: Sequence[str], *, user: str | None = None,
+                      env: Mapping[str, str] | None = None, cwd: str | None = None,
+                      **kwargs: Any) -> ContainerProcess:
+        """Start a long-running `cmd` as `user` (default: the test user); signals sent to the
+        returned process reach `cmd` itself. Whatever is left runs until the container stops."""
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return ContainerProcess(self._user_argv(cmd, user, env, cwd), **kwargs)
+
+    # users and files
+
+    def add_user(self, name: str, *, linger: bool = False, timeout: float = 30) -> tuple[int, int]:
+        """Create `name` with a home inside; with `linger`, enable lingering and wait until
+        its user manager answers. Returns (uid, gid)."""
+        if self.run(["getent", "passwd", name], check=False).returncode == 0:
+            raise ValueError(f"user {name} already exists in the container (and on the host?)")
+        self.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/bash", name])
+        entry = self.run(["getent", "passwd", name]).stdout.strip().split(":")
+        user = User(name, int(entry[2]), int(entry[3]), entry[5])
+        self.users[name] = user
+        if linger:
+            self.run(["loginctl", "enable-linger", name])
+            self.wait_for_user_manager(name, timeout=timeout)
+        return user.uid, user.gid
+
+    def wait_for_user_manager(self, user: str | None = None, timeout: float = 30) -> str:
+        """Wait until the user manager of a lingering `user` has finished starting up;
+        returns its state (``running`` or ``degraded``)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            done = self.run_as_user(["systemctl", "--user", "is-system-running", "--wait"],
+                                    user=user, check=False, timeout=timeout)
+            state = done.stdout.strip()
+            if state in ("running", "degraded"):
+                return state
+            time.sleep(0.1)
+        raise BootError(f"the user manager of {user or self.user} did not come up "
+                        f"(state {state!r})\n{self.debug_report()}")
+
+    def write_file(self, path: str, text: str | bytes, owner: str | None = None,
+                   mode: int | None = None) -> Path:
+        """Write `text` to `path` inside, as root, making missing parent directories. With
+        `owner`, the file and the directories made are chowned to that user and its group.
+        Returns the file's path on the host (`host_path`)."""
+        script = (
+            "import os, sys\n"
+            "path, uid, gid, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]\n"
+            "made, d = [], os.path.dirname(path)\n"
+            "while d and not os.path.isdir(d):\n"
+            "    made.append(d); d = os.path.dirname(d)\n"
+            "for d in reversed(made):\n"
+            "    os.mkdir(d)\n"
+            "    if uid >= 0: os.chown(d, uid, gid)\n"
+            "with open(path, 'wb') as f: f.write(sys.stdin.buffer.read())\n"
+            "if uid >= 0: os.chown(path, uid, gid)\n"
+            "if mode: os.chmod(path, int(mode, 8))\n"
+        )
+        uid, gid = -1, -1
+        if owner is not None:
+            uid, gid = self.users[owner].uid, self.users[owner].gid
+        data = text.encode() if isinstance(text, str) else text
+        self.run(["/usr/bin/python3", "-c", script, path, str(uid), str(gid),
+                  f"{mode:o}" if mode is not None else ""], input=data)
+        return self.host_path(path)
+
+    def read_file(self, path: str) -> str:
+        """The text of `path` inside (read by root inside, so symlinks resolve as inside)."""
+        return str(self.run(["cat", path]).stdout)
+
+    # systemd
+
+    def journal(self, unit: str, user: bool = True, output: str = "json", *,
+                as_user: str | None = None) -> list[dict[str, Any]]:
+        """The journal entries of `unit`: ``journalctl --user -u UNIT`` as the test user (or
+        `as_user`) when `user`, else the system journal's ``journalctl -u UNIT`` as root.
+        With ``output="json"`` each entry is a dict of its fields (MESSAGE given as bytes
+        in the journal is decoded); with any other output mode each line becomes
+        ``{"MESSAGE": line}``."""
+        cmd = ["journalctl", "--no-pager", "-o", output, "-u", unit]
+        if user:
+            done = self.run_as_user(["journalctl", "--user", *cmd[1:]], user=as_user)
+        else:
+            done = self.run(cmd)
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        if output != "json":
+            return [{"MESSAGE": line} for line in lines if not line.startswith("-- ")]
+        entries = [json.loads(line) for line in lines]
+        for entry in entries:
+            if isinstance(entry.get("MESSAGE"), list):
+                entry["MESSAGE"] = bytes(entry["MESSAGE"]).decode(errors="replace")
+        return entries
+
+    def wait_for_journal(self, unit: str, text: str, user: bool = True, timeout: float = 10,
+                         *, as_user: str | None = None) -> list[dict[str, Any]]:
+        """Poll `journal` until an entry of `unit` has `text` in its MESSAGE (journald takes
+        a moment); returns all entries then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.journal(unit, user, as_user=as_user)
+            if any(text in str(e.get("MESSAGE", "")) for e in entries):
+                return entries
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no journal entry of {unit} says {text!r}: "
+                                     f"{[e.get('MESSAGE') for e in entries]}")
+            time.sleep(0.1)
+
+    def failed_units(self, user: str | None = None) -> list[str]:
+        """The failed units of the system manager, or of `user`'s manager."""
+        cmd = ["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"]
+        if user is None:
+            done = self.run(cmd, check=False)
+        else:
+            done = self.run_as_user([cmd[0], "--user", *cmd[1:]], user=user, check=False)
+        return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+    def debug_report(self) -> str:
+        """The system's and each user manager's state and failed units, and the end of the
+        console log: what to print when something inside misbehaves."""
+        lines = []
+        with contextlib.suppress(Exception):
+            state = self.run(["systemctl", "is-system-running"], check=False).stdout.strip()
+            lines.append(f"system: {state}; failed: {self.failed_units()}")
+            for name in self.users:
+                if self.host_path(f"/run/user/{self.users[name].uid}/bus").exists():
+                    state = self.run_as_user(["systemctl", "--user", "is-system-running"],
+                                             user=name, check=False).stdout.strip()
+                    lines.append(f"user {name}: {state}; failed: {self.failed_units(name)}")
+        with contextlib.suppress(OSError):
+            log = self.console_log.read_text(errors="replace").splitlines()[-30:]
+            lines += ["--- console (end)", *log]
+        return "\n".join(lines)
+
+
+# --- booting and tearing down --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Bed:
+    """What `booted` made on the host, recorded in WORKDIR/bed.json for `cleanup_stale`."""
+
+    name: str
+    workdir: Path
+    cgroups: list[Path]
+    owner: int = dataclasses.field(default_factory=os.getpid)
+    owner_start: int | None = dataclasses.field(default_factory=lambda: _start_time(os.getpid()))
+    nspawn: int | None = None
+    nspawn_start: int | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.workdir / "root"
+
+    def save(self) -> None:
+        record = {**dataclasses.asdict(self), "workdir": str(self.workdir),
+                  "cgroups": [str(c) for c in self.cgroups]}
+        tmp = self.workdir / "bed.json.tmp"
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.workdir / "bed.json")
+
+    @classmethod
+    def load(cls, workdir: Path) -> _Bed:
+        record = json.loads((workdir / "bed.json").read_text())
+        record["workdir"] = Path(record["workdir"])
+        record["cgroups"] = [Path(c) for c in record["cgroups"]]
+        bed = cls(**record)
+        if bed.workdir != workdir or not bed.workdir.name.startswith(PREFIX):
+            raise ValueError(f"{workdir}/bed.json describes another directory")
+        return bed
+
+
+def _mounted(path: Path) -> bool:
+    target = str(path)
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        if line.split()[1].replace("\\040", " ") == target:
+            return True
+    return False
+
+
+def _container_init(nspawn_pid: int) -> int | None:
+    """The container's PID 1 once it runs systemd: the child of nspawn that is PID 1 of a
+    PID namespace of its own."""
+    for child in _children(nspawn_pid):
+        status = _status(child)
+        if status.get("NSpid", "").split()[-1:] == ["1"] and status.get("Name") == "systemd":
+            return child
+    return None
+
+
+def _stop(bed: _Bed, nspawn: subprocess.Popen[bytes] | None, errors: list[str]) -> None:
+    """Power the container off and wait for nspawn (killing both after POWEROFF_TIMEOUT)."""
+    if not _alive(bed.nspawn, bed.nspawn_start):
+        return
+    assert bed.nspawn is not None
+
+    def gone(timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if nspawn is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    nspawn.wait(0.05)
+            if not _alive(bed.nspawn, bed.nspawn_start):
+                return True
+            time.sleep(0.05)
+        return False
+
+    init = _container_init(bed.nspawn)
+    if init is not None:
+        os.kill(init, signal.SIGRTMIN + 4)  # systemd: poweroff
+    else:
+        os.kill(bed.nspawn, signal.SIGTERM)  # nspawn: ask the container to stop
+    if gone(POWEROFF_TIMEOUT):
+        return
+    errors.append(f"the container did not power off within {POWEROFF_TIMEOUT:.0f} s: killed")
+    init = _container_init(bed.nspawn)
+    if init is not None:
+        os.kill(init, signal.SIGKILL)  # kills its whole PID namespace
+    if not gone(5):
+        os.kill(bed.nspawn, signal.SIGKILL)
+        if not gone(5):
+            errors.append(f"systemd-nspawn (PID {bed.nspawn}) would not die")
+
+
+def _unmount(bed: _Bed, errors: list[str]) -> None:
+    for attempt in range(20):
+        if not _mounted(bed.root):
+            return
+        lazy = ["-l"] if attempt == 19 else []
+        done = subprocess.run(["umount", *lazy, str(bed.root)], capture_output=True, text=True)
+        if done.returncode and attempt == 19:
+            errors.append(f"umount {bed.root}: {done.stderr.strip()}")
+        time.sleep(0.1 if done.returncode else 0)
+    if _mounted(bed.root):
+        errors.append(f"{bed.root} is still mounted")
+
+
+def _remove_cgroups(bed: _Bed, errors: list[str]) -> None:
+    for top in bed.cgroups:
+        if top.parent not in cgroup_roots() or not top.name.startswith(PREFIX):
+            errors.append(f"not removing {top}: not a bed's cgroup")
+            continue
+        deadline = time.monotonic() + 5
+        while top.exists():
+            dirs = sorted((d for d in top.rglob("*") if d.is_dir()),
+                          key=lambda d: len(d.parts), reverse=True)
+            try:
+                for d in [*dirs, top]:
+                    d.rmdir()
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    errors.append(f"cannot remove cgroup {e.filename}: {e.strerror}")
+                    break
+                kill = top / "cgroup.kill"  # cgroup2: whatever is left there is ours
+                if time.monotonic() > deadline - 3 and kill.exists():
+                    with contextlib.suppress(OSError):
+                        kill.write_text("1")
+                time.sleep(0.05)
+
+
+def _teardown(bed: _Bed, nspawn: subprocess.Popen[bytes] | None) -> list[str]:
+    """Remove everything of `bed`; returns what went wrong (empty when all went)."""
+    errors: list[str] = []
+    for step in (lambda: _stop(bed, nspawn, errors), lambda: _unmount(bed, errors),
+                 lambda: _remove_cgroups(bed, errors)):
+        try:
+            step()
+        except Exception as e:  # go on with the other steps whatever happens
+            errors.append(f"{type(e).__name__}: {e}")
+    with contextlib.suppress(OSError):  # nspawn's own, left when it is killed
+        Path("/run/systemd/nspawn/propagate", bed.name).rmdir()
+    if _mounted(bed.root):
+        errors.append(f"not removing {bed.workdir}: the overlay is still mounted")
+    else:
+        shutil.rmtree(bed.workdir, onerror=lambda _f, p, e: errors.append(f"rm {p}: {e[1]}"))
+    return errors
+
+
+def leftovers(c: Container) -> list[str]:
+    """What is left on the host of a container that was torn down (empty when nothing):
+    its nspawn process, its overlay mount, its cgroup directories, its temporary directory."""
+    found = []
+    if c.nspawn.poll() is None:
+        found.append(f"systemd-nspawn (PID {c.nspawn.pid}) is running")
+    found += [f"mounted: {line}" for line in Path("/proc/self/mounts").read_text().splitlines()
+              if str(c.workdir) in line]
+    found += [f"cgroup: {d}" for d in c.cgroups if d.exists()]
+    if c.workdir.exists():
+        found.append(f"directory: {c.workdir}")
+    return found
+
+
+def cleanup_stale() -> list[str]:
+    """Tear down the beds left by test runs that died without tearing down (their owner
+    process is gone); returns their directories. Beds of live processes are left alone."""
+    cleaned = []
+    for workdir in sorted(BASE.glob(PREFIX + "*")):
+        try:
+            bed = _Bed.load(workdir)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # not one of ours, or being made right now
+        if _alive(bed.owner, bed.owner_start):
+            continue
+        _teardown(bed, None)
+        cleaned.append(str(workdir))
+    return cleaned
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """Make SIGTERM raise SystemExit (so the teardown runs) while the container is up, unless
+    someone already handles SIGTERM or this is not the main thread."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _mask(root: Path, units: Sequence[str]) -> None:
+    unit_dir = root / "etc/systemd/system"
+    for unit in units:
+        link = unit_dir / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+
+
+def _start(bed: _Bed, mask: Sequence[str]) -> subprocess.Popen[bytes]:
+    for d in ("upper", "work", "root"):
+        (bed.workdir / d).mkdir(mode=0o755)
+    bed.save()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir=/,upperdir={bed.workdir}/upper,workdir={bed.workdir}/work",
+                    str(bed.root)], check=True, capture_output=True)
+    _mask(bed.root, mask)
+    for cgroup in bed.cgroups:
+        cgroup.mkdir()
+    # The shell joins the cgroups, then becomes nspawn (with a parent-death signal: if the test
+    # run dies, nspawn gets SIGTERM and powers the container off).
+    script = ('for f in "$@"; do shift; [ "$f" = -- ] && break; '
+              'echo $$ > "$f" || exit 125; done; exec "$@"')
+    argv = ["sh", "-c", script, "sh", *(str(c / "cgroup.procs") for c in bed.cgroups), "--",
+            "setpriv", "--pdeathsig", "TERM",
+            "systemd-nspawn", "--directory", str(bed.root), f"--machine={bed.name}",
+            "--register=no", "--keep-unit", "--boot", "--private-network",
+            "--console=read-only", "--link-journal=no"]
+    with open(bed.workdir / "console.log", "wb") as log:
+        nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    bed.nspawn = nspawn.pid
+    bed.nspawn_start = _start_time(nspawn.pid)
+    bed.save()
+    return nspawn
+
+
+def _wait_for_init(bed: _Bed, nspawn: subprocess.Popen[bytes], deadline: float) -> int:
+    while time.monotonic() < deadline:
+        if nspawn.poll() is not None:
+            raise BootError(f"systemd-nspawn exited {nspawn.returncode}:\n"
+                            + (bed.workdir / "console.log").read_text(errors="replace"))
+        init = _container_init(nspawn.pid)
+        if init is not None:
+            return init
+        time.sleep(0.02)
+    raise BootError("the container's systemd did not start")
+
+
+def _wait_for_system(c: Container, deadline: float) -> str:
+    state = ""
+    while time.monotonic() < deadline:
+        if c.nspawn.poll() is not None:
+            raise BootError(f"the container stopped while booting\n{c.debug_report()}")
+        try:
+            done = c.run(["systemctl", "is-system-running", "--wait"], check=False,
+                         timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            break
+        state = done.stdout.strip()
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(0.05)  # "offline": its bus is not there yet
+    raise BootError(f"the container did not boot (state {state!r})\n{c.debug_report()}")
+
+
+@contextlib.contextmanager
+def booted(user: str = "dsvcuser", *, linger: bool = True,
+           mask: Sequence[str] = DEFAULT_MASK, timeout: float = 60) -> Iterator[Container]:
+    """Boot a container, make `user` with a home (lingering, its manager up, unless not
+    `linger`), yield the `Container`, and tear it all down afterwards, whatever happens.
+
+    `mask`: units to mask inside before booting. `timeout`: for the boot and the user manager.
+    Raises `BootError` if it does not boot, `TeardownError` if something could not be removed
+    (unless the body raised: then that is noted on the body's exception)."""
+    cleanup_stale()
+    token = secrets.token_hex(4)
+    bed = _Bed(name=f"distsvc-{token}", workdir=BASE / f"{PREFIX}{token}",
+               cgroups=[root / f"{PREFIX}{token}" for root in cgroup_roots()])
+    bed.workdir.mkdir(mode=0o700)
+    nspawn = None
+    with _sigterm_as_exit():
+        try:
+            deadline = time.monotonic() + timeout
+            nspawn = _start(bed, mask)
+            init = _wait_for_init(bed, nspawn, deadline)
+            c = Container(name=bed.name, pid=init, workdir=bed.workdir, cgroups=bed.cgroups,
+                          nspawn=nspawn, user=user)
+            c.system_state = _wait_for_system(c, deadline)
+            c.add_user(user, linger=linger, timeout=max(deadline - time.monotonic(), 1))
+            yield c
+        except BaseException as e:
+            errors = _teardown(bed, nspawn)
+            if errors and hasattr(e, "add_note"):
+                e.add_note("tearing the container down: " + "; ".join(errors))
+            raise
+        errors = _teardown(bed, nspawn)
+        if errors:
+            raise TeardownError("; ".join(errors))
+
+
+def container_fixture(user: str = "dsvcuser") -> Iterator[Container]:
+    """The body of a pytest fixture: skips when `can_boot` gives a reason, else boots.
+
+    In conftest.py::
+
+        @pytest.fixture(scope="session")
+        def systemd_container() -> Iterator[container.Container]:
+            yield from container.container_fixture()
+    """
+    import pytest
+
+    reason = can_boot()
+    if reason:
+        pytest.skip(reason)
+    with booted(user) as c:
+        yield c
