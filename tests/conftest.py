@@ -31,6 +31,7 @@ class Client:
     def __init__(self, bed: sshbed.Bed, home: Path) -> None:
         self.bed = bed
         self.home = home
+        self.mode = "direct"  # or "daemon": commands go through a daemon
         ssh = home / ".ssh"
         ssh.mkdir(mode=0o700, parents=True)
         key = ssh / "id_ed25519"
@@ -90,9 +91,35 @@ class Client:
                               capture_output=True, timeout=timeout, **kw)
 
 
-@pytest.fixture
-def client(bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
-    yield Client(bed, tmp_path / "client")
+def start_daemon(client: Client) -> subprocess.Popen[bytes]:
+    """A daemon for this client, as a client would spawn it; waits for its socket."""
+    log = open(client.home / "daemon.log", "ab")  # noqa: SIM115 - the daemon outlives this
+    daemon = client.popen("distsvc", "daemon", "--log-level", "debug", stderr=log, cwd="/")
+    socket_path = client.runtime / "distsvc" / "distsvc.sock"
+    deadline = time.monotonic() + 20
+    while not socket_path.exists():
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"daemon did not start: {(client.home / 'daemon.log').read_text()}")
+        time.sleep(0.02)
+    return daemon
+
+
+@pytest.fixture(params=["direct", "daemon"])
+def client(request: pytest.FixtureRequest, bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
+    """A user, once working without a daemon (DISTSVC_DAEMON=off) and once through one."""
+    client = Client(bed, tmp_path / "client")
+    client.mode = request.param
+    daemon = None
+    if request.param == "direct":
+        client.env["DISTSVC_DAEMON"] = "off"
+    else:
+        daemon = start_daemon(client)
+    try:
+        yield client
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(20)
     # No test may leave the test user's processes behind on the hosts.
     deadline = time.monotonic() + 8
     while (stray := bed.stray_processes()) and time.monotonic() < deadline:
