@@ -99,7 +99,8 @@ def start_daemon(client: Client) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 20
     while not socket_path.exists():
         if daemon.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"daemon did not start: {(client.home / 'daemon.log').read_text()}")
+            log_text = (client.home / "daemon.log").read_text()
+            raise AssertionError(f"daemon did not start: {log_text}")
         time.sleep(0.02)
     return daemon
 

@@ -187,6 +187,10 @@ def test_another_user_is_refused_by_peer_credentials(running: Running) -> None:
                          user=NOBODY, capture_output=True, timeout=20)
     (answer,) = decode_all(out.stdout)
     assert answer["ok"] is False and "permission denied" in answer["error"]
+    # Our own client refuses a directory others can reach; closed again, it is served.
+    with pytest.raises(distsvc.actions.client.Unavailable):
+        running.status()
+    running.directory.chmod(0o700)
     assert running.status()["ok"]
 
 
