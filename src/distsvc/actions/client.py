@@ -13,7 +13,6 @@ import os
 import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,8 @@ def enabled(environ: Mapping[str, str]) -> bool:
 
 def spawn(environ: Mapping[str, str]) -> None:
     """Start a daemon in the background; if another one wins the lock, it exits by itself."""
+    import subprocess
+
     with contextlib.suppress(OSError):
         subprocess.Popen(
             [sys.executable, "-m", "distsvc", "daemon"], env=dict(environ),

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import distsvc.actions.client
-import distsvc.actions.placement
 import distsvc.actions.relay
 import distsvc.adapters.terminal
 import distsvc.config
 import distsvc.environment
 import distsvc.errors
 import distsvc.paths
-import distsvc.remote
+
+# distsvc.actions.placement and distsvc.remote are imported where used: a client whose daemon
+# does the work never loads them (~20 ms of its start-up, see docs/benchmarks.md).
 
 if TYPE_CHECKING:  # importing it for real would load paramiko
     import distsvc.adapters.ssh
@@ -72,6 +73,8 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
     `fds` are the stdin, stdout and stderr to relay (a daemon passes its client's). With a
     terminal, raw mode is set here only when `own_terminal` (a daemon's client sets its own).
     """
+    import distsvc.remote
+
     if (signum := events.terminating()) is not None:
         return 128 + signum  # asked to stop before anything started
     token = distsvc.remote.new_token()
@@ -155,6 +158,8 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
 
     A daemon passes its client's pid and fds, and `started` to hear which host runs it.
     """
+    import distsvc.actions.placement
+
     tried: set[str] = set()
     while True:
         choice = distsvc.actions.placement.choose(
