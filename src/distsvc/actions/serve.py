@@ -114,6 +114,18 @@ def take_lock(directory: Path) -> int | None:
     return fd
 
 
+def _refuse(sock: socket.socket, text: str) -> None:
+    """Send a one-line error and close gracefully: unread input is drained first, or the
+    kernel would answer it with a reset that destroys the error before the peer reads it."""
+    with contextlib.suppress(OSError):
+        distsvc.adapters.unix.send(sock, distsvc.protocol.error(text, 2))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline and sock.recv(65536):
+            pass
+
+
 def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
     import distsvc.actions.handlers
 
@@ -123,9 +135,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         pid, uid = distsvc.adapters.unix.peer_credentials(sock)
         if uid != os.getuid():
             log.warning("refused a connection from another user", peer_uid=uid, peer_pid=pid)
-            with contextlib.suppress(OSError):
-                distsvc.adapters.unix.send(sock, distsvc.protocol.error(
-                    f"permission denied: this daemon serves uid {os.getuid()} only", 2))
+            _refuse(sock, f"permission denied: this daemon serves uid {os.getuid()} only")
             return
         sock.settimeout(REQUEST_TIMEOUT)
         try:
@@ -135,8 +145,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
             kind = distsvc.protocol.request_type(request)
         except distsvc.protocol.ProtocolError as error:
             log.warning("bad request", peer_pid=pid, error=str(error))
-            with contextlib.suppress(OSError):
-                distsvc.adapters.unix.send(sock, distsvc.protocol.error(f"bad request: {error}", 2))
+            _refuse(sock, f"bad request: {error}")
             return
         sock.settimeout(None)
         daemon.reload_config_if_changed()

@@ -29,16 +29,17 @@ def run(args: argparse.Namespace) -> int:
     distsvc.log.configure(args.log_level or os.environ.get("DISTSVC_LOG") or "info")
     log = distsvc.log.get()
     listener = distsvc.adapters.systemd.listening_socket()
-    bound_here = listener is None
     directory = (Path(listener.getsockname()).parent if listener is not None
                  else distsvc.adapters.unix.claim_directory(os.environ))
     lock = distsvc.actions.serve.take_lock(directory)
     if lock is None:
         log.info("another daemon is serving this user; exiting", directory=str(directory))
         return 0
+    own_socket = None
     try:
         if listener is None:
             listener = distsvc.adapters.unix.listen(directory)
+            own_socket = os.lstat(directory / distsvc.adapters.unix.SOCKET_NAME)
         daemon = distsvc.actions.serve.new_daemon(os.environ, args.config)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -46,8 +47,12 @@ def run(args: argparse.Namespace) -> int:
         distsvc.actions.serve.serve(listener, daemon, stop)
         return 0
     finally:
-        if bound_here and listener is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(directory / distsvc.adapters.unix.SOCKET_NAME)
+        path = directory / distsvc.adapters.unix.SOCKET_NAME
+        with contextlib.suppress(OSError):
+            now = os.lstat(path)
+            # Only our own socket: by now another daemon (or systemd) may have bound the path.
+            if own_socket is not None and (now.st_dev, now.st_ino) == (
+                    own_socket.st_dev, own_socket.st_ino):
+                os.unlink(path)
         os.close(lock)
 

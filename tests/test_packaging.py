@@ -1,0 +1,207 @@
+"""The Debian packaging in packaging/debian and packaging/build-deb.sh.
+
+The cheap tests read the packaging files. Building the .deb takes a while and installs the
+build dependencies with apt-get, so those tests run only with DISTSVC_TEST_DEB=1.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBIAN = ROOT / "packaging" / "debian"
+BUILD_DEB = ROOT / "packaging" / "build-deb.sh"
+USER_UNIT_DIR = "usr/lib/systemd/user"
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".target")
+RUNTIME_DEPENDS = {"python3-paramiko", "python3-structlog", "python3-systemd",
+                   "python3-pystemd", "openssh-client", "procps"}
+BUILD_DEPENDS = {"debhelper-compat", "dh-python", "pybuild-plugin-pyproject", "python3-all"}
+
+
+def parse_control(text: str) -> list[dict[str, str]]:
+    """deb822 paragraphs: {field: value}, continuation lines joined with newlines."""
+    paragraphs: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    field = None
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+            current, field = {}, None
+        elif line[0] in " \t":
+            assert field is not None, f"continuation line without a field: {line!r}"
+            current[field] += "\n" + line.strip()
+        else:
+            field, _, value = line.partition(":")
+            assert _, f"not a field: {line!r}"
+            current[field] = value.strip()
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+def relation_names(value: str) -> set[str]:
+    """Package names in a Depends-like field (every alternative; substvars left out)."""
+    names = set()
+    for relation in value.replace("\n", " ").split(","):
+        for alternative in relation.split("|"):
+            name = re.split(r"[\s(:\[<]", alternative.strip(), maxsplit=1)[0]
+            if name and not name.startswith("${"):
+                names.add(name)
+    return names
+
+
+def install_entries() -> list[tuple[str, str]]:
+    """(source pattern, destination) pairs of debian/distsvc.install."""
+    entries = []
+    for line in (DEBIAN / "distsvc.install").read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        assert len(words) >= 2, f"no destination in {line!r}"
+        entries.extend((source, words[-1].strip("/")) for source in words[:-1])
+    return entries
+
+
+def pyproject_version() -> str:
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+def test_control_names_one_arch_all_package_with_the_dependencies() -> None:
+    source, *binaries = parse_control((DEBIAN / "control").read_text())
+    assert source["Source"] == "distsvc"
+    assert relation_names(source["Build-Depends"]) >= BUILD_DEPENDS
+    assert "debhelper-compat (= 13)" in source["Build-Depends"]
+    assert [b["Package"] for b in binaries] == ["distsvc"]
+    package = binaries[0]
+    assert package["Architecture"] == "all"
+    assert relation_names(package["Depends"]) >= RUNTIME_DEPENDS
+    assert "${python3:Depends}" in package["Depends"]
+    assert "${misc:Depends}" in package["Depends"]
+
+
+def test_rules_use_pybuild_run_no_tests_and_enable_no_units() -> None:
+    rules = (DEBIAN / "rules").read_text()
+    assert os.access(DEBIAN / "rules", os.X_OK)
+    assert re.search(r"^\tdh \$@ --with python3 --buildsystem=pybuild$", rules, re.M)
+    # An empty recipe: the next line is blank or a comment, not a command.
+    assert re.search(r"^override_dh_auto_test:\n(?!\t)", rules, re.M)
+    assert re.search(r"^\tdh_installsystemduser --no-enable$", rules, re.M)
+    assert (DEBIAN / "source" / "format").read_text().strip() == "3.0 (quilt)"
+
+
+def test_every_unit_in_systemd_is_installed_as_a_user_unit() -> None:
+    units = sorted(p.name for p in (ROOT / "systemd").iterdir()
+                   if p.name.endswith(UNIT_SUFFIXES))
+    assert units, "no unit files in systemd/"
+    entries = install_entries()
+    for unit in units:
+        assert any(fnmatch.fnmatch(f"systemd/{unit}", source) and dest == USER_UNIT_DIR
+                   for source, dest in entries), f"{unit} is not in debian/distsvc.install"
+    for source, _ in entries:  # dh_install fails on a listed file that is missing
+        assert list(ROOT.glob(source)), f"debian/distsvc.install lists missing {source}"
+
+
+def test_docs_install_readme_and_example_config() -> None:
+    docs = (DEBIAN / "distsvc.docs").read_text().split()
+    assert {"README.md", "config/example.toml"} <= set(docs)
+    for doc in docs:
+        assert (ROOT / doc).is_file(), doc
+
+
+def test_changelog_names_the_pyproject_version() -> None:
+    first = (DEBIAN / "changelog").read_text().splitlines()[0]
+    match = re.fullmatch(r"distsvc \((?:\d+:)?([^)\s]+)-[^-)\s]+\) [\w-]+; urgency=\w+", first)
+    assert match, f"bad first changelog line: {first!r}"
+    assert match.group(1) == pyproject_version()
+
+
+def test_build_script_is_valid_bash() -> None:
+    assert os.access(BUILD_DEB, os.X_OK)
+    subprocess.run(["bash", "-n", str(BUILD_DEB)], check=True)
+
+
+# --- building the package: only with DISTSVC_TEST_DEB=1 ----------------------------------
+
+needs_deb = pytest.mark.skipif(
+    os.environ.get("DISTSVC_TEST_DEB") != "1",
+    reason="builds the .deb (slow, needs apt and root): set DISTSVC_TEST_DEB=1")
+
+JUNK = ("debian", "build", ".pybuild", "src/distsvc.egg-info", "distsvc.egg-info")
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    outdir = tmp_path_factory.mktemp("deb")
+    before = {name for name in JUNK if (ROOT / name).exists()}
+    result = subprocess.run([str(BUILD_DEB), str(outdir)], capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-5000:]
+    after = {name for name in JUNK if (ROOT / name).exists()}
+    assert after == before, f"the build left {sorted(after - before)} in the project"
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path.parent == outdir and path.name.endswith("_all.deb"), result.stdout
+    assert path.name == f"distsvc_{pyproject_version()}-1_all.deb"
+    yield path
+
+
+@needs_deb
+@pytest.mark.timeout(1500)
+def test_deb_contents(deb: Path) -> None:
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout
+    paths = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
+    expected = {"/usr/bin/distsvc", "/usr/bin/distsvc-run", "/usr/bin/distsvc-shell",
+                "/usr/share/doc/distsvc/example.toml", "/usr/share/doc/distsvc/README.md",
+                "/usr/lib/python3/dist-packages/distsvc/__init__.py"}
+    units = {"distsvc.socket", "distsvc.service", "distsvc-scan.service", "distsvc-scan.timer"}
+    units |= {p.name for p in (ROOT / "systemd").iterdir() if p.name.endswith(UNIT_SUFFIXES)}
+    expected |= {f"/{USER_UNIT_DIR}/{unit}" for unit in units}
+    assert expected <= paths, sorted(expected - paths)
+
+
+@needs_deb
+@pytest.mark.timeout(1500)
+def test_deb_control_and_maintainer_scripts(deb: Path) -> None:
+    info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True,
+                          check=True).stdout
+    depends = re.search(r"^ Depends: (.*)$", info, re.M)
+    assert depends, info
+    assert relation_names(depends.group(1)) >= RUNTIME_DEPENDS
+    assert re.search(r"^ Architecture: all$", info, re.M)
+    # --no-enable: the postinst re-enables only units an administrator enabled globally
+    # (deb-systemd-helper's state file exists), never on a first installation.
+    postinst = subprocess.run(["dpkg-deb", "-I", str(deb), "postinst"], capture_output=True,
+                              text=True, check=True).stdout
+    assert "deb-systemd-helper --user debian-installed" in postinst
+    assert "was-enabled defaults to true" not in postinst
+
+
+@needs_deb
+@pytest.mark.timeout(1500)
+def test_deb_runs_with_debians_python(deb: Path, tmp_path: Path) -> None:
+    python = Path("/usr/bin/python3")
+    if not python.exists():
+        pytest.skip("no /usr/bin/python3")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "PYTHONPATH": str(tmp_path / "usr/lib/python3/dist-packages")}
+    result = subprocess.run([str(python), str(tmp_path / "usr/bin/distsvc"), "--version"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"distsvc {pyproject_version()}"
