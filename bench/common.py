@@ -73,14 +73,16 @@ def ms(seconds: float) -> str:
 
 
 def client_home(bed: sshbed.Bed, home: Path, daemon: bool,
-                hosts: Iterable[sshbed.Host] | None = None) -> dict[str, str]:
+                hosts: Iterable[sshbed.Host] | None = None,
+                runtime: Path | None = None) -> dict[str, str]:
     """A user's home as tests/conftest.py's Client makes it: key, known_hosts, runtime dir.
 
     Returns the environment to run distsvc with; no config file is written here. Without
     `daemon` the environment has DISTSVC_DAEMON=off: clients work in-process and never start
     a daemon. With it, clients use a daemon serving this home's runtime directory, and start
     one if none answers, so the caller must have started one.
-    `hosts` (default: the bed's) go into known_hosts.
+    `hosts` (default: the bed's) go into known_hosts. `runtime` is XDG_RUNTIME_DIR (made
+    0700; default HOME/run): where the daemon's socket and the state file live.
     """
     ssh = home / ".ssh"
     ssh.mkdir(mode=0o700, parents=True)
@@ -89,7 +91,7 @@ def client_home(bed: sshbed.Bed, home: Path, daemon: bool,
     key.chmod(0o600)
     known = bed.hosts if hosts is None else hosts
     (ssh / "known_hosts").write_text("".join(h.known_hosts_line + "\n" for h in known))
-    runtime = home / "run"
+    runtime = runtime or home / "run"
     runtime.mkdir(mode=0o700)
     env = {
         "HOME": str(home),

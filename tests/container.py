@@ -233,6 +233,8 @@ class ContainerProcess(subprocess.Popen):  # type: ignore[type-arg]
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+        if sig == signal.SIGCONT:  # nsenter stopped itself when its command stopped
+            super().send_signal(sig)
 
 
 # --- the container -------------------------------------------------------------------------
@@ -557,6 +559,46 @@ def _container_init(nspawn_pid: int) -> int | None:
     return None
 
 
+def _pid_ns(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _kill_entered(init: int) -> None:
+    """Kill the commands started in the container from outside (by ``nsenter``), so that their
+    nsenter reaps them.
+
+    Left to the container's shutdown, they go wrong: a command whose parent is outside the
+    container's PID namespace is not reparented to the container's PID 1 when that parent
+    dies but to the host's, so the shutdown waits (10 s) for a zombie it cannot reap. And
+    nsenter waits for its command with WUNTRACED and stops itself when the command stops,
+    which the shutdown does to every process (SIGSTOP, signal, SIGCONT) without being able to
+    resume nsenter: its killed command then stays a zombie, and the dying PID namespace, PID 1
+    and nspawn with it, for good. So: SIGKILL the commands, SIGCONT their nsenter."""
+    ns = _pid_ns(init)
+    if ns is None:
+        return
+    entered = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != init and _pid_ns(int(entry.name)) == ns:
+            ppid = int(_status(int(entry.name)).get("PPid", "0") or 0)
+            if ppid and _pid_ns(ppid) not in (None, ns):
+                entered[int(entry.name)] = ppid
+    for pid in entered:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for ppid in set(entered.values()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(ppid, signal.SIGCONT)
+    deadline = time.monotonic() + 2
+    while any(os.path.exists(f"/proc/{pid}") for pid in entered):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+
+
 def _stop(bed: _Bed, nspawn: subprocess.Popen[bytes] | None, errors: list[str]) -> None:
     """Power the container off and wait for nspawn (killing both after POWEROFF_TIMEOUT)."""
     if not _alive(bed.nspawn, bed.nspawn_start):
@@ -565,6 +607,7 @@ def _stop(bed: _Bed, nspawn: subprocess.Popen[bytes] | None, errors: list[str]) 
 
     def gone(timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        released = time.monotonic()
         while time.monotonic() < deadline:
             if nspawn is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -572,10 +615,14 @@ def _stop(bed: _Bed, nspawn: subprocess.Popen[bytes] | None, errors: list[str]) 
             if not _alive(bed.nspawn, bed.nspawn_start):
                 return True
             time.sleep(0.05)
+            if init is not None and time.monotonic() > released + 0.5:
+                _kill_entered(init)  # any started meanwhile
+                released = time.monotonic()
         return False
 
     init = _container_init(bed.nspawn)
     if init is not None:
+        _kill_entered(init)
         os.kill(init, signal.SIGRTMIN + 4)  # systemd: poweroff
     else:
         os.kill(bed.nspawn, signal.SIGTERM)  # nspawn: ask the container to stop

@@ -11,8 +11,10 @@ commands that do not connect anywhere do not pay its import time.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import getpass
+import hashlib
 import os
 import select
 import socket
@@ -80,7 +82,9 @@ def resolve(host: distsvc.config.Host, host_key_policy: str,
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.fingerprint}"
+    """As OpenSSH shows it: "ssh-ed25519 SHA256:..." (PKey.fingerprint needs paramiko 3.2)."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
 
 
 def _known_hosts_name(target: Target) -> str:

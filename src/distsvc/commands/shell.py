@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Open your login shell on the least-loaded host, in the current directory.")
     p.add_argument("-w", "--workdir", metavar="DIR", help="directory to start in")
     p.add_argument("-q", "--quiet", action="store_true", help="no notices on stderr")
+    p.add_argument("--version", action="version",
+                   version=distsvc.commands.common.version_string())
     distsvc.commands.common.add_config_options(p)
     args = p.parse_args(argv)
 
