@@ -128,6 +128,17 @@ def test_status(running: Running) -> None:
     assert answer["pid"] == os.getpid() and answer["jobs"] == [] and answer["connections"] == 0
 
 
+def test_the_daemon_reloads_its_configuration_when_the_file_changes(running: Running) -> None:
+    assert running.status()["hosts_configured"] == 0
+    path = Path(running.environ["XDG_CONFIG_HOME"]) / "distsvc" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('[[hosts]]\nname = "a"\n[[hosts]]\nname = "b"\n')
+    assert running.status()["hosts_configured"] == 2
+    path.write_text("hosts = 3\n")  # invalid: the previous configuration stays
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert running.status()["hosts_configured"] == 2
+
+
 def test_one_request_one_answer_per_connection(running: Running) -> None:
     request = distsvc.protocol.encode({"type": "status"})
     answers = decode_all(running.exchange(request * 3))

@@ -76,7 +76,8 @@ def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
         jobs = [dict(job, id=job_id) for job_id, job in daemon.jobs.items()]
     return {"ok": True, "version": distsvc.__version__, "pid": os.getpid(),
             "uptime": round(time.monotonic() - daemon.started, 1),
-            "config": str(daemon.config.source), "hosts": hosts,
+            "config": str(daemon.config.source), "hosts_configured": len(daemon.config.hosts),
+            "hosts": hosts,
             "connections": daemon.pool.size(), "jobs": jobs}
 
 
