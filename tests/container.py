@@ -15,19 +15,27 @@ for everyone). So `booted()` does this instead:
    cgroup2 one), so the container's units land under that directory, not at the machine's root;
 4. waits for ``systemctl is-system-running --wait`` (``running`` or ``degraded``), creates the
    test user with a home, enables lingering and waits until the user's manager answers;
-5. afterwards, even when the body raised or the run was interrupted (Ctrl-C, SIGTERM): powers
-   the container off (SIGRTMIN+4 to its PID 1, SIGKILL after 20 s), unmounts the overlay,
-   removes the cgroup directories and the temporary directory.
+5. afterwards, even when the body raised or the run was interrupted (Ctrl-C; SIGTERM, which
+   `booted` turns into KeyboardInterrupt while the container is up unless SIGTERM is handled
+   already): kills the commands started in the container from the host (see `_kill_entered`),
+   powers the container off (SIGRTMIN+4 to its PID 1; SIGKILL after `POWEROFF_TIMEOUT`),
+   unmounts the overlay, removes the cgroup directories and the temporary directory.
 
-Leftovers of a test run killed outright (SIGKILL) are cleaned by `cleanup_stale()`, which
-`booted()` calls first: it only touches beds whose owning process is gone. nspawn is started
-with a parent-death signal, so the container itself powers off when its owner dies.
+A test run killed outright (SIGKILL) cannot tear down, but parent-death signals stop what it
+started: nspawn gets SIGTERM (and powers the container off), every nsenter SIGKILL, and every
+command SIGKILL when its nsenter dies. The overlay mount, cgroup directories and temporary
+directory it leaves are removed by `cleanup_stale()`, which `booted()` calls first; it only
+touches beds whose owning process (PID and start time in WORKDIR/bed.json) is gone. Mind that
+a parent-death signal follows the THREAD that started the process: boot and start long-running
+commands from a thread that lives as long as they do (pytest's main thread does).
 
-Commands run inside through ``nsenter -t PID1 -a`` (all of the container's namespaces; entering
+Commands run inside through ``nsenter -a -t PID1`` (all of the container's namespaces; entering
 its mount namespace also makes its root the root and ``/`` the working directory), as the test
 user through ``setpriv --reuid --regid --init-groups`` and ``env -i``, with HOME, USER, LOGNAME,
 XDG_RUNTIME_DIR=/run/user/UID, DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/UID/bus and a PATH
-that starts with this project's venv bin directory.
+that starts with this project's venv bin directory (``python3`` is the venv's; ``distsvc``
+imports). ``runuser``/PAM and ``machinectl shell`` are not used (the latter needs
+registration with machined, which is not running here).
 
 Seeing and reaching the container's files from the host (checked on Debian 12, kernel 6.x):
 
@@ -56,6 +64,14 @@ Gotchas:
   the container instead.
 - The container has the host's machine ID and hostname; its journal is volatile
   (/run/log/journal inside), and ``journalctl --user`` works for lingering users.
+- journald tells which unit wrote a line from the writer's /proc/PID/cgroup when it reads the
+  line: a process that exits right after writing (``sh -c 'echo x'``) often (1 in 5 here)
+  leaves an entry without _SYSTEMD_USER_UNIT, which ``journal(unit)`` does not find. Keep
+  such a process alive a moment (``...; sleep 1``) or look for the line otherwise.
+- With ``Accept=yes`` the manager holds each connection until its service instance exits:
+  a client waiting for EOF waits for the instance, not for the instance to close its fds.
+- A transient unit's description, which its manager logs ("Started X - CMDLINE"), is its
+  command line: `wait_for_journal` for text that is also in the command matches that line.
 
 Wrapping this in a pytest fixture (in conftest.py)::
 
@@ -70,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -104,6 +121,10 @@ DEFAULT_MASK = (
 )
 """Units masked inside by default: enabled on the machine, useless in a test container, slow."""
 POWEROFF_TIMEOUT = 20.0
+# How commands enter the container: nsenter dies with the thread that started it, and the
+# command with its nsenter (each a parent-death signal), so none outlives a killed test run.
+PDEATHSIG = ("setpriv", "--pdeathsig", "KILL")
+ENTER = (*PDEATHSIG, "nsenter", "-a", "-t")
 
 
 class BootError(RuntimeError):
@@ -308,7 +329,7 @@ class Container:
                    cwd: str | None) -> list[str]:
         environ = {"PATH": PATH, "HOME": "/root", "USER": "root", "LOGNAME": "root",
                    "LANG": "C.UTF-8", **(env or {})}
-        return ["nsenter", "-t", str(self.pid), "-a", "env", "-i", "-C", cwd or "/",
+        return [*ENTER, str(self.pid), *PDEATHSIG, "env", "-i", "-C", cwd or "/",
                 *(f"{k}={v}" for k, v in environ.items()), *map(str, cmd)]
 
     def user_env(self, user: str | None = None) -> dict[str, str]:
@@ -323,13 +344,13 @@ class Container:
                    cwd: str | None) -> list[str]:
         u = self.users[user or self.user]
         environ = {**self.user_env(u.name), **(env or {})}
-        return ["nsenter", "-t", str(self.pid), "-a",
-                "setpriv", f"--reuid={u.uid}", f"--regid={u.gid}", "--init-groups",
+        return [*ENTER, str(self.pid), *PDEATHSIG,
+                f"--reuid={u.uid}", f"--regid={u.gid}", "--init-groups",
                 "env", "-i", "-C", cwd or u.home,
                 *(f"{k}={v}" for k, v in environ.items()), *map(str, cmd)]
 
     @staticmethod
-    def _communicate(argv: list[str], *, check: bool, timeout: float,
+    def _communicate(argv: list[str], cmd: Sequence[str], *, check: bool, timeout: float,
                      input: str | bytes | None) -> subprocess.CompletedProcess[Any]:
         text = not isinstance(input, bytes)
         with ContainerProcess(argv, stdin=subprocess.PIPE if input is not None
@@ -343,7 +364,7 @@ class Container:
                 raise
         done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         if check and done.returncode:
-            raise CommandFailed(done.returncode, argv[argv.index("-i") + 1:], out, err)
+            raise CommandFailed(done.returncode, list(cmd), out, err)
         return done
 
     def run(self, cmd: Sequence[str], *, check: bool = True, timeout: float = 60,
@@ -353,7 +374,7 @@ class Container:
         or /), capturing its output: str, or bytes when `input` is bytes. On timeout the
         command is killed and TimeoutExpired raised; with `check`, a non-zero exit raises
         `CommandFailed`."""
-        return self._communicate(self._root_argv(cmd, env, cwd), check=check, timeout=timeout,
+        return self._communicate(self._root_argv(cmd, env, cwd), cmd, check=check, timeout=timeout,
                                  input=input)
 
     def run_as_user(self, cmd: Sequence[str], *, user: str | None = None, check: bool = True,
@@ -362,7 +383,7 @@ class Container:
                     cwd: str | None = None) -> subprocess.CompletedProcess[Any]:
         """Like `run`, as `user` (default: the test user) in its home, with its environment
         (`user_env`) plus `env`."""
-        return self._communicate(self._user_argv(cmd, user, env, cwd), check=check,
+        return self._communicate(self._user_argv(cmd, user, env, cwd), cmd, check=check,
                                  timeout=timeout, input=input)
 
     def popen(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -401,9 +422,13 @@ class Container:
         deadline = time.monotonic() + timeout
         state = ""
         while time.monotonic() < deadline:
-            done = self.run_as_user(["systemctl", "--user", "is-system-running", "--wait"],
-                                    user=user, check=False, timeout=timeout)
-            state = done.stdout.strip()
+            try:
+                done = self.run_as_user(["systemctl", "--user", "is-system-running", "--wait"],
+                                        user=user, check=False,
+                                        timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                break
+            state = str(done.stdout).strip()
             if state in ("running", "degraded"):
                 return state
             time.sleep(0.1)
@@ -464,16 +489,17 @@ class Container:
         return entries
 
     def wait_for_journal(self, unit: str, text: str, user: bool = True, timeout: float = 10,
-                         *, as_user: str | None = None) -> list[dict[str, Any]]:
-        """Poll `journal` until an entry of `unit` has `text` in its MESSAGE (journald takes
-        a moment); returns all entries then."""
+                         *, count: int = 1, as_user: str | None = None) -> list[dict[str, Any]]:
+        """Poll `journal` until `count` entries of `unit` have `text` in their MESSAGE (journald
+        takes a moment); returns all the unit's entries then. Mind that a transient unit's
+        description, logged by its manager ("Started ..."), is its command line."""
         deadline = time.monotonic() + timeout
         while True:
             entries = self.journal(unit, user, as_user=as_user)
-            if any(text in str(e.get("MESSAGE", "")) for e in entries):
+            if sum(text in str(e.get("MESSAGE", "")) for e in entries) >= count:
                 return entries
             if time.monotonic() > deadline:
-                raise AssertionError(f"no journal entry of {unit} says {text!r}: "
+                raise AssertionError(f"not {count} journal entries of {unit} say {text!r}: "
                                      f"{[e.get('MESSAGE') for e in entries]}")
             time.sleep(0.1)
 
@@ -677,8 +703,9 @@ def _remove_cgroups(bed: _Bed, errors: list[str]) -> None:
 def _teardown(bed: _Bed, nspawn: subprocess.Popen[bytes] | None) -> list[str]:
     """Remove everything of `bed`; returns what went wrong (empty when all went)."""
     errors: list[str] = []
-    for step in (lambda: _stop(bed, nspawn, errors), lambda: _unmount(bed, errors),
-                 lambda: _remove_cgroups(bed, errors)):
+    for step in (functools.partial(_stop, bed, nspawn, errors),
+                 functools.partial(_unmount, bed, errors),
+                 functools.partial(_remove_cgroups, bed, errors)):
         try:
             step()
         except Exception as e:  # go on with the other steps whatever happens
@@ -724,15 +751,16 @@ def cleanup_stale() -> list[str]:
 
 @contextlib.contextmanager
 def _sigterm_as_exit() -> Iterator[None]:
-    """Make SIGTERM raise SystemExit (so the teardown runs) while the container is up, unless
-    someone already handles SIGTERM or this is not the main thread."""
+    """Make SIGTERM raise KeyboardInterrupt while the container is up, unless someone
+    already handles SIGTERM or this is not the main thread: the teardown runs, and pytest
+    stops the session as on Ctrl-C (after a SystemExit it would go on to the next test)."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
 
     def leave(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, leave)
     try:
@@ -800,7 +828,7 @@ def _wait_for_system(c: Container, deadline: float) -> str:
                          timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             break
-        state = done.stdout.strip()
+        state = str(done.stdout).strip()
         if state in ("running", "degraded"):
             return state
         time.sleep(0.05)  # "offline": its bus is not there yet

@@ -494,6 +494,7 @@ def test_cli_config_check_prints_the_effective_config(tmp_path):
         "connect_timeout": 3.0,
         "max_age": 10.0,
         "host_key_policy": "accept-new",
+        "daemon_idle_exit": 600.0,
         "env": {"allow": ["LANG", "LC_*", "MY_*"], "deny": [*DEFAULT_ENV_DENY, "MY_SECRET*"]},
         "hosts": [
             {"name": "alpha", "address": "10.0.0.1", "port": 2222, "user": "bob", "slots": 4,

@@ -1,0 +1,74 @@
+"""Cold start through systemd socket activation, timed INSIDE the test container.
+
+Run by bench/daemon_bench.py as the container's test user (with the project's venv python),
+after it installed distsvc.socket and distsvc.service as user units and started the socket.
+For each round it stops distsvc.service (the socket stays, as after the daemon's idle exit),
+then times, each from a stopped service and then again against the service it started:
+
+- `distsvc status --json`: what a user waits for (client start-up + activation + answer);
+- one `status` request made in this process (distsvc.actions.client.query): the same
+  without the client's start-up, so cold minus warm is the daemon's own start.
+
+Prints one JSON object: lists of seconds per variant, and the daemon PIDs seen (a new one
+each round proves every cold call really started the service).
+
+Usage: python bench/cold_start_inside.py RUNS DISTSVC_EXECUTABLE
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import distsvc.actions.client
+
+
+def stop_service() -> None:
+    subprocess.run(["systemctl", "--user", "stop", "distsvc.service"], check=True,
+                   capture_output=True)
+    state = subprocess.run(["systemctl", "--user", "is-active", "distsvc.service"],
+                           capture_output=True, text=True).stdout.strip()
+    if state not in ("inactive", "failed"):
+        raise RuntimeError(f"distsvc.service is {state} after stop")
+
+
+def cli_status(distsvc: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    result = subprocess.run([distsvc, "status", "--json"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"distsvc status exited {result.returncode}: "
+                           f"{result.stdout.strip()} {result.stderr.strip()}")
+    return elapsed, int(json.loads(result.stdout)["pid"])
+
+
+def query_status() -> tuple[float, int]:
+    started = time.perf_counter()
+    answer = distsvc.actions.client.query({"type": "status"}, os.environ)
+    return time.perf_counter() - started, int(answer["pid"])
+
+
+def main() -> int:
+    runs, executable = int(sys.argv[1]), sys.argv[2]
+    times: dict[str, list[float]] = {"cli_cold": [], "cli_warm": [], "query_cold": [],
+                                     "query_warm": []}
+    pids = []
+    for _ in range(runs):
+        stop_service()
+        elapsed, pid = cli_status(executable)
+        times["cli_cold"].append(elapsed)
+        pids.append(pid)
+        times["cli_warm"].append(cli_status(executable)[0])
+        stop_service()
+        elapsed, pid = query_status()
+        times["query_cold"].append(elapsed)
+        pids.append(pid)
+        times["query_warm"].append(query_status()[0])
+    stop_service()
+    print(json.dumps({"times": times, "pids": pids}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

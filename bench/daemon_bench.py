@@ -1,0 +1,1000 @@
+"""What does the per-user daemon (issue 3) buy, and what does it cost?
+
+Issue 2 (bench/run_bench.py) found that a daemon-less `distsvc-run` spends most of its time
+importing paramiko and shaking hands. The daemon (`distsvc daemon`) keeps authenticated
+connections warm; `distsvc-run` passes it its stdin/stdout/stderr over a unix socket and the
+daemon runs the command on a pooled connection. This script measures, in one run, against
+the SSH servers of the test bed in tests/sshbed.py:
+
+1. Latency of `true`: `distsvc-run` through a warm daemon (started beforehand with the
+   client's environment, warmed with a few calls) next to a fresh `ssh`, `ssh` through an
+   open ControlMaster, and `distsvc-run` with DISTSVC_DAEMON=off (the in-process path);
+   medians of --runs calls interleaved round by round. The project's goal is at most 0.3x
+   the fresh ssh and close to ControlMaster. Then where the daemon path's time goes: the
+   interpreter's start-up, the client's imports (`python -X importtime`), and the daemon's
+   part, timed by sending the same `run` request from this process (and its pieces: a warm
+   SSH channel, the remote wrapper, a `status` and a `best` request). A prototype minimal
+   client (bench/tiny_client.py) shows how much of the rest is distsvc-run's own start-up.
+2. 200 MiB of stdout (`head -c 209715200 /dev/zero`) through the daemon, next to ssh fresh,
+   ssh ControlMaster and DISTSVC_DAEMON=off.
+3. Best-host queries (`distsvc.actions.client.query({"type": "best", ...})`, one connection
+   per query as the protocol requires) against a daemon with the bed's 4 hosts measured
+   beforehand (so no query probes): latency over --queries sequential queries, then the
+   throughput of --clients concurrent client processes (from a fresh daemon and state).
+   Every `best` answer records an anonymous placement for 60 s and may start a background
+   measurement of one of the 3 best hosts (at most once per 5 s per host); both are part
+   of what is measured, so the latency is also shown as it evolves over the run.
+4. Cold start, from nothing running to the first answer: (a) `distsvc daemon` started as a
+   subprocess, polled with status queries until one is answered; and what a user meets
+   first, `distsvc-run` with no daemon (in-process fallback, spawning one); (b) through
+   systemd socket activation, in the systemd-nspawn container of tests/container.py (user
+   units installed from systemd/, pointing at this venv), timed inside by
+   bench/cold_start_inside.py; skipped, with the reason, where the container cannot boot.
+5. `distsvc scan` over 200 hosts with no state (so all 200 are due): one SSH server per 16
+   loopback addresses 127.0.1.1-127.0.1.200 (OpenSSH listens on at most 16 addresses per
+   process, MAX_LISTEN_SOCKS), same port, the bed's host key, user and authorized_keys;
+   wall time, CPU of the scan (wait4's rusage) and of the servers, and how many came out up.
+6. The daemon's memory with those 200 hosts configured: VmRSS right after start, and after
+   one `hosts --refresh` request through it (it then holds warm connections; their number
+   from `distsvc status --json`).
+
+The runtime directory of every client (the daemon's socket, the state file) is on a tmpfs
+(/dev/shm), as /run/user/UID is on a systemd machine; the state file is fsync'ed on every
+write, which on a disk would add to every query. Clients get clean homes as in
+tests/conftest.py; `ssh` runs with `-F /dev/null` and explicit key and known_hosts.
+
+Everything started here is stopped at the end (daemons, sshd, ControlMaster, container,
+temporary directories) and the script fails if a process of its own is left.
+A test run at the same time competes for the 2 CPUs and skews the figures: the report
+records the load average and other test beds and daemons before and after.
+
+Usage (as root, from the repository root; a few minutes):
+
+    .venv/bin/python bench/daemon_bench.py [--runs N] [--queries N] [--skip PART]... [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import resource
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from common import (
+    DISTSVC,
+    DISTSVC_RUN,
+    DOCS,
+    MIB,
+    PYTHON,
+    ROOT,
+    STREAM_BYTES,
+    STREAM_COMMAND,
+    Variant,
+    client_home,
+    conditions,
+    control_master,
+    import_times,
+    latency_rounds,
+    machine,
+    median,
+    ms,
+    p90,
+    p99,
+    ssh_command,
+    ssh_env,
+    sshbed,
+    stray_sshd,
+    stream_rounds,
+    time_call,
+    write_config,
+    write_docs,
+)
+
+import distsvc.actions.client  # the venv has distsvc (the tests/ path is set by common)
+import distsvc.adapters.unix
+import distsvc.config
+import distsvc.state
+
+DOCS_HEADING = "## The daemon (issue 3)"
+PARTS = ("latency", "stream", "queries", "cold", "container", "scan", "memory")
+TINY_CLIENT = ROOT / "bench" / "tiny_client.py"
+INSIDE_SCRIPT = ROOT / "bench" / "cold_start_inside.py"
+TMPFS = Path("/dev/shm")  # for runtime directories: a tmpfs, like /run/user/UID
+GOAL = 0.3  # the project's goal: the daemon path at most 0.3x a fresh ssh
+LISTEN_PER_SSHD = 16  # OpenSSH's MAX_LISTEN_SOCKS
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def socket_path(env: dict[str, str]) -> Path:
+    return Path(env["XDG_RUNTIME_DIR"]) / "distsvc" / distsvc.adapters.unix.SOCKET_NAME
+
+
+def wait_until_answering(env: dict[str, str], process: subprocess.Popen[bytes] | None,
+                         started: float, timeout: float = 30.0) -> float:
+    """Seconds from `started` until the daemon answers a status query (polled every 2 ms)."""
+    while True:
+        try:
+            distsvc.actions.client.query({"type": "status"}, env)
+            return time.perf_counter() - started
+        except distsvc.actions.client.Unavailable:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {process.returncode}") from None
+            if time.perf_counter() - started > timeout:
+                raise
+            time.sleep(0.002)
+
+
+def stop_daemon(process: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    """SIGTERM and wait; the daemon notices within its accept timeout (1 s) and removes its
+    socket."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise RuntimeError(f"daemon {process.pid} ignored SIGTERM for 20 s") from None
+    if socket_path(env).exists():
+        raise RuntimeError(f"daemon {process.pid} left its socket {socket_path(env)}")
+
+
+@contextlib.contextmanager
+def daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`distsvc daemon` as a client spawns it (its environment, cwd /), answering queries."""
+    with open(log, "ab") as err:
+        process = subprocess.Popen([str(DISTSVC), "daemon"], env=env, cwd="/",
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err)
+    try:
+        wait_until_answering(env, process, time.perf_counter())
+        yield process
+    finally:
+        stop_daemon(process, env)
+
+
+def request(env: dict[str, str], message: dict[str, Any], fds: Sequence[int] = (),
+            timeout: float = 60.0) -> list[dict[str, Any]]:
+    """One request, speaking the protocol directly (4-byte big-endian length + JSON, fds
+    passed with the first bytes): every message up to the answer or the `exit` message."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(socket_path(env)))
+        distsvc.adapters.unix.send(sock, message, fds)
+        reader = distsvc.adapters.unix.Reader(sock)
+        messages = []
+        while (received := reader.receive()) is not None:
+            messages.append(received)
+            if "ok" in received or received.get("type") == "exit":
+                if received.get("ok") is False:
+                    raise RuntimeError(f"daemon: {received.get('error')}")
+                return messages
+        raise RuntimeError(f"the daemon closed the connection after {messages}")
+    finally:
+        sock.close()
+
+
+def config_mapping(env: dict[str, str]) -> dict[str, Any]:
+    """The client's configuration as a client sends it in its requests."""
+    config = distsvc.config.load(None, env)
+    return distsvc.config.to_mapping(config)
+
+
+def refresh_through(env: dict[str, str], timeout: float = 300.0) -> list[dict[str, Any]]:
+    """`hosts --refresh` through the daemon: it measures every host over its own pool."""
+    answer = request(env, {"type": "hosts", "config": config_mapping(env), "refresh": True},
+                     timeout=timeout)[-1]
+    rows: list[dict[str, Any]] = answer["rows"]
+    return rows
+
+
+def timed_requests(env: dict[str, str], message: dict[str, Any], runs: int,
+                   fds: Sequence[int] = ()) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        request(env, message, fds)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
+
+
+def kib(value: str) -> int:
+    return int(value.split()[0])
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime+stime of a process from /proc/PID/stat (plus its waited-for children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = int(fields[11]) + int(fields[12])
+    reaped = int(fields[13]) + int(fields[14]) if children else 0
+    return (own + reaped) / CLK_TCK
+
+
+def ours(markers: Sequence[str]) -> list[str]:
+    """Processes whose command line or environment names one of our temporary paths."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmdline or m in environ for m in markers):
+            found.append(f"{entry.name} {cmdline.strip()}")
+    return found
+
+
+# --- the setting -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setting:
+    bed: sshbed.Bed
+    tmp: Path  # homes, logs (on disk)
+    runtime: Path  # runtime directories (on a tmpfs)
+    args: argparse.Namespace
+
+    def home(self, name: str, daemon: bool, hosts: Sequence[sshbed.Host] | None = None,
+             max_age: float | None = 3600, extra: Sequence[str] = ()) -> dict[str, str]:
+        """A fresh client home `name` with a config naming `hosts` (default: h1)."""
+        hosts = [self.bed.hosts[0]] if hosts is None else hosts
+        env = client_home(self.bed, self.tmp / name, daemon, hosts=hosts,
+                          runtime=self.runtime / name)
+        write_config(env, self.bed, hosts, max_age=max_age, extra=extra)
+        return env
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{name}.log"
+
+
+def load_now() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# --- 1. latency ------------------------------------------------------------------------------
+
+
+WARM_CHANNEL_SCRIPT = """if True:
+    # Run with a client's environment (HOME, known_hosts, key): a warm paramiko connection
+    # of distsvc's own SSH adapter, timing what the daemon does on it for `distsvc-run true`.
+    import json, os, sys, time
+    import distsvc.adapters.ssh, distsvc.config, distsvc.remote
+    config = distsvc.config.load(None, os.environ)
+    pool = distsvc.adapters.ssh.Pool()
+    connection = pool.get(config.hosts[0], config.host_key_policy, 10.0)
+    runs, workdir = int(sys.argv[1]), sys.argv[2]
+    out = {}
+    def timed(name, command, stdin=b""):
+        values = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            status, _ = connection.run(command, stdin=stdin)
+            values.append(time.perf_counter() - started)
+            assert status == 0, (name, status)
+        out[name] = values
+    timed("true", "true")
+    token = distsvc.remote.new_token()
+    timed("wrapper", distsvc.remote.wrapper(["true"], workdir, token, False),
+          distsvc.remote.environment_script({}).encode())
+    pool.close_all()
+    print(json.dumps(out))
+"""
+
+
+CLIENT_STAGES_SCRIPT = """if True:
+    # distsvc-run's main() stage by stage, as distsvc.actions.run.run goes when a daemon
+    # answers, in a fresh interpreter with the client's environment: seconds per stage.
+    import time
+    t0 = time.perf_counter()
+    import os, sys
+    import distsvc.commands.run as command
+    t1 = time.perf_counter()
+    import distsvc.actions.client, distsvc.commands.common, distsvc.environment, distsvc.paths
+    args = command.parser().parse_args(sys.argv[1:])
+    t2 = time.perf_counter()
+    config = distsvc.commands.common.load_config(args)
+    saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(os.environ))
+    env = distsvc.environment.carried(os.environ, config.env, saved)
+    t3 = time.perf_counter()
+    status = distsvc.actions.client.run(args.command, command.options_from(args), config, env,
+                                        os.getcwd(), "xterm", os.environ, lambda _: None)
+    t4 = time.perf_counter()
+    assert status == 0, status
+    import json
+    print(json.dumps({"imports": t1 - t0, "arguments": t2 - t1, "config": t3 - t2,
+                      "request": t4 - t3, "modules": len(sys.modules)}))
+"""
+
+
+def client_stages(env: dict[str, str], cwd: Path, runs: int) -> dict[str, list[float]]:
+    """CLIENT_STAGES_SCRIPT `runs` times: every stage's seconds (and the modules loaded)."""
+    stages: dict[str, list[float]] = {}
+    for _ in range(runs):
+        done = subprocess.run([str(PYTHON), "-c", CLIENT_STAGES_SCRIPT, "true"], env=env,
+                              cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, check=True, timeout=60)
+        for name, value in json.loads(done.stdout).items():
+            stages.setdefault(name, []).append(value)
+    return stages
+
+
+def part_latency(s: Setting) -> dict[str, Any]:
+    bed, host, runs = s.bed, s.bed.hosts[0], s.args.runs
+    via_daemon = s.home("latency-daemon", daemon=True)
+    direct = s.home("latency-off", daemon=False)
+    plain = ssh_env(s.tmp / "ssh")
+    ssh = ssh_command(bed, host, s.tmp / "ssh")
+    bare = {"PATH": plain["PATH"], "LANG": "C.UTF-8"}
+    with daemon(via_daemon, s.log("latency-daemon")) as process, \
+            control_master(ssh, plain, s.tmp / "cm") as muxed:
+        for _ in range(5):  # warm: the first call measures h1 and opens the pooled connection
+            time_call([str(DISTSVC_RUN), "true"], via_daemon, bed.home)
+        variants = [
+            Variant("ssh, fresh connection", "ssh -F /dev/null -p PORT -i KEY -o ... "
+                    "user@addr true", [*ssh, "true"], plain),
+            Variant("ssh, fresh, paramiko's kex", "ssh ... -o KexAlgorithms=curve25519-sha256 "
+                    "user@addr true", [*ssh[:-1], "-o", "KexAlgorithms=curve25519-sha256",
+                                       ssh[-1], "true"], plain),
+            Variant("ssh, ControlMaster", "ssh ... -o ControlPath=CM user@addr true",
+                    [*muxed, "true"], plain),
+            Variant("distsvc-run, warm daemon", "distsvc-run true",
+                    [str(DISTSVC_RUN), "true"], via_daemon),
+            Variant("distsvc-run, DISTSVC_DAEMON=off", "DISTSVC_DAEMON=off distsvc-run true",
+                    [str(DISTSVC_RUN), "true"], direct),
+            Variant("prototype minimal client, warm daemon", "python bench/tiny_client.py true",
+                    [str(PYTHON), str(TINY_CLIENT), "true"], via_daemon),
+            Variant("python -c pass", ".venv/bin/python -c pass",
+                    [str(PYTHON), "-c", "pass"], bare),
+        ]
+        latency = latency_rounds(variants, bed.home, runs)
+
+        # The daemon's part, from this process: the same `run` request distsvc-run sends.
+        mapping = config_mapping(via_daemon)
+        null_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        null_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            run_message = {"type": "run", "config": mapping, "argv": ["true"], "env": {},
+                           "workdir": str(bed.home), "term": "xterm", "tty": False,
+                           "stdin": True, "quiet": True}
+            pieces = {"run": timed_requests(via_daemon, run_message, runs,
+                                            [null_in, null_out, null_out]),
+                      "status": timed_requests(via_daemon, {"type": "status"}, runs)}
+        finally:
+            os.close(null_in)
+            os.close(null_out)
+        warm = subprocess.run([str(PYTHON), "-c", WARM_CHANNEL_SCRIPT, str(runs), str(bed.home)],
+                              env=via_daemon, capture_output=True, text=True, check=True,
+                              timeout=120)
+        pieces.update(json.loads(warm.stdout))
+        stages = client_stages(via_daemon, bed.home, runs)
+        # Last: each `best` answer counts as a job on h1 for 60 s (see part 3).
+        pieces["best"] = timed_requests(via_daemon, {"type": "best", "config": mapping}, runs)
+        daemon_rss = kib(proc_status(process.pid)["VmRSS"])
+    imports = import_times("distsvc.commands.run")
+    return {"latency": latency, "pieces": pieces, "imports": imports, "stages": stages,
+            "daemon_rss": daemon_rss}
+
+
+# --- 2. streaming ----------------------------------------------------------------------------
+
+
+def part_stream(s: Setting) -> dict[str, Any]:
+    bed, host = s.bed, s.bed.hosts[0]
+    via_daemon = s.home("stream-daemon", daemon=True)
+    direct = s.home("stream-off", daemon=False)
+    plain = ssh_env(s.tmp / "ssh")
+    ssh = ssh_command(bed, host, s.tmp / "ssh")
+    command = STREAM_COMMAND.split()
+    with daemon(via_daemon, s.log("stream-daemon")), \
+            control_master(ssh, plain, s.tmp / "cm-stream") as muxed:
+        for _ in range(3):
+            time_call([str(DISTSVC_RUN), "true"], via_daemon, bed.home)
+        variants = [
+            Variant("ssh, fresh connection", f"ssh ... user@addr '{STREAM_COMMAND}'",
+                    [*ssh, STREAM_COMMAND], plain),
+            Variant("ssh, ControlMaster", f"ssh ... -o ControlPath=CM user@addr "
+                    f"'{STREAM_COMMAND}'", [*muxed, STREAM_COMMAND], plain),
+            Variant("distsvc-run, warm daemon", f"distsvc-run {STREAM_COMMAND}",
+                    [str(DISTSVC_RUN), *command], via_daemon),
+            Variant("distsvc-run, DISTSVC_DAEMON=off", f"DISTSVC_DAEMON=off distsvc-run "
+                    f"{STREAM_COMMAND}", [str(DISTSVC_RUN), *command], direct),
+        ]
+        return {"stream": stream_rounds(variants, bed.home, s.args.stream_runs)}
+
+
+# --- 3. best-host queries --------------------------------------------------------------------
+
+
+def query_worker(env: dict[str, str], message: dict[str, Any], count: int,
+                 barrier: Any, results: Any) -> None:
+    """One concurrent client (a forked process): `count` queries, one connection each."""
+    try:
+        barrier.wait()
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            distsvc.actions.client.query(message, env)
+            times.append(time.perf_counter() - started)
+        results.put(times)
+    except BaseException as error:  # the parent must hear of it, not wait forever
+        results.put(repr(error))
+
+
+def concurrent_queries(env: dict[str, str], message: dict[str, Any], clients: int,
+                       each: int) -> tuple[float, list[float]]:
+    """`clients` processes making `each` queries at once: (wall seconds, every latency)."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(clients + 1)
+    results = context.Queue()
+    workers = [context.Process(target=query_worker, args=(env, message, each, barrier, results))
+               for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    started = time.perf_counter()
+    collected = [results.get(timeout=600) for _ in workers]
+    wall = time.perf_counter() - started
+    for worker in workers:
+        worker.join(30)
+    failed = [c for c in collected if isinstance(c, str)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} query clients failed: {failed[0]}")
+    return wall, [t for c in collected for t in c]
+
+
+def placements(env: dict[str, str]) -> int:
+    return len(distsvc.state.read(socket_path(env).parent).placements)
+
+
+def part_queries(s: Setting) -> dict[str, Any]:
+    hosts = s.bed.hosts
+    out: dict[str, Any] = {"hosts": len(hosts)}
+    sequential = s.home("queries-seq", daemon=True, hosts=hosts)
+    with daemon(sequential, s.log("queries-seq")):
+        rows = refresh_through(sequential)
+        out["up"] = sum(r["state"] == "up" for r in rows)
+        best = {"type": "best", "config": config_mapping(sequential)}
+        times = []
+        started = time.perf_counter()
+        for _ in range(s.args.queries):
+            began = time.perf_counter()
+            distsvc.actions.client.query(best, sequential)
+            times.append(time.perf_counter() - began)
+        out["sequential_wall"] = time.perf_counter() - started
+        out["sequential"] = times
+        out["placements_after"] = placements(sequential)
+        out["state_bytes_after"] = (socket_path(sequential).parent / "state.json").stat().st_size
+
+    concurrent = s.home("queries-conc", daemon=True, hosts=hosts)
+    with daemon(concurrent, s.log("queries-conc")):
+        refresh_through(concurrent)
+        status = {"type": "status"}
+        best = {"type": "best", "config": config_mapping(concurrent)}
+        clients = s.args.clients
+        out["clients"] = clients
+        # status first: it reads the state file too, which the best queries make grow.
+        out["status_concurrent"] = concurrent_queries(concurrent, status, clients,
+                                                      s.args.status_queries)
+        out["best_concurrent"] = concurrent_queries(concurrent, best, clients,
+                                                    s.args.client_queries)
+        out["placements_after_concurrent"] = placements(concurrent)
+    return out
+
+
+# --- 4. cold start ---------------------------------------------------------------------------
+
+
+def part_cold(s: Setting) -> dict[str, Any]:
+    """(a) `distsvc daemon` as a subprocess until it answers; and distsvc-run with no daemon,
+    which runs in-process and spawns one, until that one answers."""
+    env = s.home("cold", daemon=True)
+    answered, status_cli = [], []
+    for _ in range(s.args.cold_runs):
+        with open(s.log("cold"), "ab") as err:
+            started = time.perf_counter()
+            process = subprocess.Popen([str(DISTSVC), "daemon"], env=env, cwd="/",
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=err)
+        try:
+            answered.append(wait_until_answering(env, process, started))
+            status_cli.append(time_call([str(DISTSVC), "status"], env, s.bed.home))
+        finally:
+            stop_daemon(process, env)
+
+    first_run, spawned_ready = [], []
+    for _ in range(s.args.cold_runs):
+        started = time.perf_counter()
+        first_run.append(time_call([str(DISTSVC_RUN), "true"], env, s.bed.home))
+        spawned_ready.append(wait_until_answering(env, None, started))
+        pid = int(distsvc.actions.client.query({"type": "status"}, env)["pid"])
+        os.kill(pid, signal.SIGTERM)  # it answered on our socket: it is the one we spawned
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if Path(f"/proc/{pid}").exists():
+            raise RuntimeError(f"spawned daemon {pid} did not exit")
+    imports = import_times("distsvc.actions.handlers", runs=5)
+    return {"answered": answered, "status_cli": status_cli, "first_run": first_run,
+            "spawned_ready": spawned_ready, "daemon_imports": imports}
+
+
+def part_container(s: Setting) -> dict[str, Any]:
+    """(b) socket activation in a systemd-nspawn container (tests/container.py)."""
+    script = ROOT / "tests" / "container.py"
+    if not script.exists():
+        return {"skipped": "tests/container.py does not exist"}
+    try:
+        import container
+    except Exception as error:  # another helper is still writing it
+        return {"skipped": f"tests/container.py does not import: {error!r}"}
+    reason = container.can_boot()
+    if reason:
+        return {"skipped": f"the container cannot boot here: {reason}"}
+    service = (ROOT / "systemd" / "distsvc.service").read_text().replace(
+        "ExecStart=/usr/bin/distsvc", f"ExecStart={DISTSVC}")
+    units = {"distsvc.service": service,
+             "distsvc.socket": (ROOT / "systemd" / "distsvc.socket").read_text()}
+    try:
+        started = time.perf_counter()
+        with container.booted() as c:
+            boot = time.perf_counter() - started
+            for name, text in units.items():
+                c.write_file(f"{c.home}/.config/systemd/user/{name}", text, owner=c.user)
+            c.run_as_user(["systemctl", "--user", "daemon-reload"])
+            c.run_as_user(["systemctl", "--user", "start", "distsvc.socket"])
+            done = c.run_as_user([str(PYTHON), str(INSIDE_SCRIPT), str(s.args.cold_runs),
+                                  str(DISTSVC)], timeout=300)
+            result = json.loads(done.stdout)
+            result["boot"] = boot
+            result["state"] = c.system_state
+            c.run_as_user(["systemctl", "--user", "stop", "distsvc.socket"])
+        return dict(result)
+    except Exception as error:
+        return {"skipped": f"the container run failed: {error!r}"[:600]}
+
+
+# --- 5. and 6. 200 hosts ---------------------------------------------------------------------
+
+
+SSHD_SETTINGS = """\
+HostKey {key}
+PidFile none
+AuthorizedKeysFile {root}/authorized_keys
+AllowUsers {user}
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PrintMotd no
+PrintLastLog no
+UseDNS no
+MaxStartups 300:30:600
+MaxSessions 300
+LogLevel ERROR
+"""
+
+
+@contextlib.contextmanager
+def many_hosts(bed: sshbed.Bed, count: int) -> Iterator[tuple[list[sshbed.Host], list[int]]]:
+    """`count` hosts on 127.0.1.1, 127.0.1.2, ... (one port): sshd processes of up to 16
+    ListenAddress each, with the settings of tests/sshbed.py (MaxStartups and MaxSessions
+    raised) and the bed's first host key, user and authorized_keys. Yields the hosts and
+    the sshd PIDs."""
+    addresses = [f"127.0.1.{i}" for i in range(1, count + 1)]
+    port = sshbed.free_port(addresses[0])
+    key = bed.root / "hostkey-h1"  # written by sshbed for its first host
+    settings = SSHD_SETTINGS.format(key=key, root=bed.root, user=bed.user)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with open(bed.root / "sshd-many.log", "ab") as log:
+            for first in range(0, count, LISTEN_PER_SSHD):
+                config = bed.root / f"sshd-many-{first // LISTEN_PER_SSHD}.conf"
+                config.write_text("".join(f"ListenAddress {a}:{port}\n"
+                                          for a in addresses[first:first + LISTEN_PER_SSHD])
+                                  + settings)
+                processes.append(subprocess.Popen(
+                    [sshbed.SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                    stderr=log))
+        for address in addresses:
+            sshbed.wait_for_banner(address, port)
+        hosts = [sshbed.Host(f"m{i:03d}", a, port, bed.hosts[0].host_key, bed.root)
+                 for i, a in enumerate(addresses, 1)]
+        yield hosts, [p.pid for p in processes]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+
+
+def servers_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds of the sshd listeners and their finished connections (reaped children)."""
+    return sum(cpu_seconds(pid, children=True) for pid in pids)
+
+
+def part_scan(s: Setting, hosts: list[sshbed.Host], sshd: list[int]) -> dict[str, Any]:
+    """`distsvc scan` with no state: one pass measures all hosts, in-process."""
+    env = s.home("scan", daemon=False, hosts=hosts, max_age=None)
+    server_before = servers_cpu(sshd)
+    with open(s.log("scan"), "ab") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen([str(DISTSVC), "scan"], env=env, cwd="/",
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"distsvc scan exited {process.returncode}; see {s.log('scan')}")
+    time.sleep(0.5)  # the servers' connection processes end and are reaped
+    state = distsvc.state.read(socket_path(env).parent)
+    errors = Counter(entry.error for entry in state.hosts.values() if entry.state != "up")
+    return {"wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime,
+            "maxrss": usage.ru_maxrss, "server_cpu": servers_cpu(sshd) - server_before,
+            "states": Counter(entry.state for entry in state.hosts.values()),
+            "errors": errors.most_common(3), "hosts": len(hosts)}
+
+
+def part_memory(s: Setting, hosts: list[sshbed.Host]) -> dict[str, Any]:
+    """The daemon's VmRSS idle with 200 hosts configured, then holding warm connections."""
+    env = s.home("memory", daemon=True, hosts=hosts, max_age=None)
+    with daemon(env, s.log("memory")) as process:
+        time.sleep(1.0)
+        before = proc_status(process.pid)
+        cpu_before = cpu_seconds(process.pid)
+        started = time.perf_counter()
+        rows = refresh_through(env)
+        refresh_wall = time.perf_counter() - started
+        refresh_cpu = cpu_seconds(process.pid) - cpu_before
+        status = json.loads(subprocess.run(
+            [str(DISTSVC), "status", "--json"], env=env, capture_output=True, text=True,
+            check=True, timeout=60).stdout)
+        after = proc_status(process.pid)
+        time.sleep(5.0)
+        settled = proc_status(process.pid)
+    return {"before": before, "after": after, "settled": settled,
+            "connections": status["connections"], "rows_up": sum(
+                r["state"] == "up" for r in rows), "refresh_wall": refresh_wall,
+            "refresh_cpu": refresh_cpu, "hosts": len(hosts)}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def report_latency(r: dict[str, Any], runs: int) -> list[str]:
+    latency: list[tuple[Variant, list[float]]] = r["latency"]
+    by_name = {v.name: median(values) for v, values in latency}
+    fresh = by_name["ssh, fresh connection"]
+    fresh_kex = by_name["ssh, fresh, paramiko's kex"]
+    master = by_name["ssh, ControlMaster"]
+    total = by_name["distsvc-run, warm daemon"]
+    out = [f"### 1. Latency of a trivial command ({runs} calls each, interleaved)", ""]
+    out += [row("variant", "command", "median ms", "p90 ms", "x fresh ssh"),
+            "|---|---|---:|---:|---:|"]
+    for variant, values in latency:
+        out.append(row(variant.name, f"`{variant.shown}`", ms(median(values)), ms(p90(values)),
+                       f"{median(values) / fresh:.2f}"))
+    ratio = total / fresh
+    out += ["", f"**Goal (at most {GOAL}x a fresh ssh): "
+            f"{'met' if ratio <= GOAL else 'not met'}.** distsvc-run through the warm daemon "
+            f"takes {ratio:.2f}x a fresh ssh ({ms(total)} / {ms(fresh)} ms), "
+            f"{total / fresh_kex:.2f}x a fresh ssh with paramiko's key exchange, and "
+            f"{total / master:.1f}x ssh through a ControlMaster ({ms(total - master)} ms more).",
+            ""]
+    pieces = {k: median(v) for k, v in r["pieces"].items()}
+    stages = {k: median(v) for k, v in r["stages"].items()}
+    imports = r["imports"]
+    bare = by_name["python -c pass"]
+    inside = stages["imports"] + stages["arguments"] + stages["config"] + stages["request"]
+    out += ["Where the daemon path's time goes (medians). The client's stages are timed inside "
+            f"a fresh interpreter going through distsvc-run's steps ({len(r['stages']['request'])}"
+            " runs); the daemon's part by sending the same `run` request from the benchmark "
+            "process:", ""]
+    out += [row("part", "ms", "how it is measured"), "|---|---:|---|"]
+    out += [
+        row("**`distsvc-run true` through the warm daemon**", f"**{ms(total)}**",
+            "the table above"),
+        row("interpreter start-up and exit", ms(bare), "`python -c pass`"),
+        row("importing `distsvc.commands.run`", ms(stages["imports"]),
+            "heaviest by `python -X importtime` (cumulative ms, median of 7): "
+            + ", ".join(f"{n} {t:.1f}" for n, t in imports.heaviest)),
+        row("building the parser, parsing the arguments", ms(stages["arguments"]),
+            "argparse's help formatter imports shutil (with bz2, lzma) here"),
+        row("config file and environment", ms(stages["config"]),
+            "`load_config`, the allow/deny patterns"),
+        row("the `run` request, client side", ms(stages["request"]),
+            "connect, send with 3 fds, wait for `exit`: the daemon's work and the socket"),
+        row("not accounted for", ms(total - bare - inside),
+            f"process creation, tearing down {median(r['stages']['modules']):.0f} modules, "
+            "scheduling"),
+        row("*the daemon's work*", ms(pieces["run"]),
+            "the same `run` request from the benchmark process: peer check, choose and record "
+            "under the state lock, warm channel, wrapper, `true`, `exit` message"),
+        row("*in it:* `true` on a warm channel", ms(pieces["true"]),
+            "distsvc's SSH adapter in a separate process: open session, exec, exit status"),
+        row("*in it:* the wrapper running `true`", ms(pieces["wrapper"]),
+            "the same channel running distsvc's remote wrapper (environment on stdin, cd, "
+            "watcher)"),
+        row("*for comparison:* a `status` request", ms(pieces["status"]),
+            "socket, peer check, handler thread, state file read"),
+        row("*for comparison:* a `best` request", ms(pieces["best"]),
+            "choose and record a placement under the state lock, no SSH"),
+        row("*for comparison:* prototype minimal client", ms(by_name[
+            "prototype minimal client, warm daemon"]),
+            "`bench/tiny_client.py`: the same request, importing only json, socket, struct "
+            "and tomllib"),
+    ]
+    out += ["", f"The daemon's VmRSS after these calls: {r['daemon_rss'] / 1024:.1f} MiB.", ""]
+    return out
+
+
+def report_stream(r: dict[str, Any], runs: int) -> list[str]:
+    out = [f"### 2. Streaming {STREAM_BYTES // MIB} MiB of stdout ({runs} runs each)", ""]
+    out += [f"`{STREAM_COMMAND}` on the host; the benchmark reads the client's stdout (the "
+            "daemon writes into it directly: it got the pipe as a file descriptor).", ""]
+    out += [row("path", "command", "median s", "MiB/s (at median)", "fastest s", "slowest s"),
+            "|---|---|---:|---:|---:|---:|"]
+    for variant, values in r["stream"]:
+        m = median(values)
+        out.append(row(variant.name, f"`{variant.shown}`", f"{m:.2f}",
+                       f"{STREAM_BYTES / MIB / m:.0f}", f"{min(values):.2f}",
+                       f"{max(values):.2f}"))
+    return [*out, ""]
+
+
+def report_queries(r: dict[str, Any]) -> list[str]:
+    times = r["sequential"]
+    n = len(times)
+    out = ["### 3. Best-host queries", ""]
+    out += [f"A daemon with the bed's {r['hosts']} hosts configured, all measured first "
+            f"through it ({r['up']} up; `max_age = 3600`, so no query probes); each query is "
+            "`distsvc.actions.client.query({\"type\": \"best\", \"config\": ...})`: one "
+            "connection, one request, one answer.", ""]
+    out += [row("queries", "clients", "median ms", "p99 ms", "max ms", "queries/s",
+                "placements in the state afterwards"), "|---|---:|---:|---:|---:|---:|---:|"]
+    out.append(row(f"{n} `best`, one after another", 1, ms(median(times)), ms(p99(times)),
+                   ms(max(times)), f"{n / r['sequential_wall']:.0f}", r["placements_after"]))
+    for key, label in (("status_concurrent", "status"), ("best_concurrent", "best")):
+        wall, values = r[key]
+        extra = r["placements_after_concurrent"] if label == "best" else "-"
+        out.append(row(f"{len(values)} `{label}`, {r['clients']} processes at once",
+                       r["clients"], ms(median(values)), ms(p99(values)), ms(max(values)),
+                       f"{len(values) / wall:.0f}", extra))
+    out += ["", "Latency of the sequential `best` queries as the run goes on (every answer "
+            "records an anonymous placement that counts for 60 s, and the whole state file "
+            f"is read and rewritten on every query; {r['state_bytes_after'] // 1024} KiB at "
+            "the end):", ""]
+    buckets = 8
+    size = math.ceil(n / buckets)
+    out += [row("queries", "median ms", "p99 ms"), "|---|---:|---:|"]
+    for first in range(0, n, size):
+        chunk = times[first:first + size]
+        out.append(row(f"{first + 1}-{first + len(chunk)}", ms(median(chunk)), ms(p99(chunk))))
+    out += ["", "The concurrent `status` and `best` rows ran against a second daemon with a "
+            "fresh state, `status` first (it reads the state file too).", ""]
+    return out
+
+
+def report_cold(r: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    def cells(values: Sequence[float]) -> list[str]:
+        return [ms(median(values)), ms(min(values)), ms(max(values))]
+
+    runs = len(r["answered"])
+    out = [f"### 4. Cold start: from nothing running to the first answer ({runs} runs each)", ""]
+    out += [row("path", "what is timed", "median ms", "fastest ms", "slowest ms"),
+            "|---|---|---:|---:|---:|"]
+    out.append(row("(a) daemon started as a subprocess", "`Popen(distsvc daemon)` until a "
+                   "status query (polled every 2 ms) is answered", *cells(r["answered"])))
+    out.append(row("(a) then `distsvc status`", "the CLI against the daemon just started",
+                   *cells(r["status_cli"])))
+    out.append(row("(a) what a user meets first", "`distsvc-run true` with no daemon: runs "
+                   "in-process and spawns one", *cells(r["first_run"])))
+    out.append(row("(a) ... and the daemon it spawned", "from that distsvc-run's start until "
+                   "the spawned daemon answers", *cells(r["spawned_ready"])))
+    if "skipped" in c:
+        out.append(row("(b) socket activation", f"skipped: {c['skipped']}", "-", "-", "-"))
+    else:
+        t = c["times"]
+        out.append(row("(b) socket activation", "`distsvc status --json` with only "
+                       "distsvc.socket listening (service stopped)", *cells(t["cli_cold"])))
+        out.append(row("(b) same, service running", "`distsvc status --json` right after",
+                       *cells(t["cli_warm"])))
+        out.append(row("(b) socket activation, query only", "one status query made in-process "
+                       "(no client start-up), service stopped", *cells(t["query_cold"])))
+        out.append(row("(b) same, service running", "the same query right after",
+                       *cells(t["query_warm"])))
+    imports = r["daemon_imports"]
+    out += ["", f"The daemon imports `distsvc.actions.handlers` (which loads paramiko): "
+            f"{imports.module:.1f} ms cumulative (`python -X importtime`, median of 5; "
+            f"heaviest: {', '.join(f'{n} {t:.1f}' for n, t in imports.heaviest)})."]
+    if "skipped" not in c:
+        pids = c["pids"]
+        out += [f"(b) ran in the systemd-nspawn container of `tests/container.py` (booted in "
+                f"{c['boot']:.1f} s, system {c['state']}), as its lingering test user, with "
+                "`systemd/distsvc.socket` and `systemd/distsvc.service` installed as user "
+                "units (ExecStart pointing at this venv), timed inside by "
+                f"`bench/cold_start_inside.py`; {len(set(pids))} distinct daemon PIDs for "
+                f"{len(pids)} cold calls. The container has no hosts configured."]
+    return [*out, ""]
+
+
+def report_scan(r: dict[str, Any]) -> list[str]:
+    states = ", ".join(f"{n} {state}" for state, n in r["states"].most_common())
+    out = [f"### 5. `distsvc scan` of {r['hosts']} hosts", ""]
+    out += [f"{r['hosts']} `[[hosts]]` on 127.0.1.1-127.0.1.{r['hosts']}, one port, served by "
+            f"{math.ceil(r['hosts'] / LISTEN_PER_SSHD)} sshd processes (OpenSSH listens on at "
+            f"most {LISTEN_PER_SSHD} addresses each), `MaxStartups 300:30:600`, "
+            "`MaxSessions 300`; default settings (`probe_timeout = 2`, at most 32 probes at "
+            "once); no state, so one pass measures every host.", ""]
+    out += [row("wall s", "client CPU s (user + sys)", "client max RSS MiB",
+                "servers' CPU s", "hosts up"), "|---:|---:|---:|---:|---|"]
+    out.append(row(f"{r['wall']:.2f}", f"{r['user'] + r['sys']:.2f} ({r['user']:.2f} + "
+                   f"{r['sys']:.2f})", f"{r['maxrss'] / 1024:.0f}", f"{r['server_cpu']:.2f}",
+                   states))
+    if r["errors"]:
+        out += ["", "Not up: " + "; ".join(f"{n}x {e}" for e, n in r["errors"]) + "."]
+    return [*out, ""]
+
+
+def report_memory(r: dict[str, Any]) -> list[str]:
+    out = [f"### 6. The daemon's memory with {r['hosts']} hosts configured", ""]
+    out += [row("when", "VmRSS MiB", "VmHWM MiB", "threads"), "|---|---:|---:|---:|"]
+    for key, label in (("before", "idle, 1 s after start"),
+                       ("after", f"after one `hosts --refresh` through it "
+                                 f"({r['connections']} pooled connections held)"),
+                       ("settled", "5 s later")):
+        status = r[key]
+        out.append(row(label, f"{kib(status['VmRSS']) / 1024:.1f}",
+                       f"{kib(status['VmHWM']) / 1024:.1f}", status["Threads"]))
+    out += ["", f"The refresh through the daemon took {r['refresh_wall']:.2f} s and "
+            f"{r['refresh_cpu']:.2f} s of the daemon's CPU; {r['rows_up']} hosts up.", ""]
+    return out
+
+
+def report(info: dict[str, str], command: str, args: argparse.Namespace,
+           results: dict[str, Any]) -> str:
+    out = [DOCS_HEADING, ""]
+    out += ["Measured by `bench/daemon_bench.py` against the test bed's OpenSSH servers "
+            "(`tests/sshbed.py`; h1 on 127.0.0.2 for parts 1-2 and 4a), every client with a "
+            "clean home and its runtime directory on a tmpfs. Figures are wall times "
+            "(`time.perf_counter`) of whole client processes unless a row says otherwise; "
+            "`ssh` gets `-F /dev/null` and its key and known_hosts explicitly.", ""]
+    out += ["Reproduce (as root, from the repository root):", "", "```sh", command, "```", ""]
+    out += ["Machine:", ""]
+    out += [f"- {key}: {value}" for key, value in info.items()]
+    out += [""]
+    if "latency" in results:
+        out += report_latency(results["latency"], args.runs)
+    if "stream" in results:
+        out += report_stream(results["stream"], args.stream_runs)
+    if "queries" in results:
+        out += report_queries(results["queries"])
+    if "cold" in results:
+        out += report_cold(results["cold"], results.get("container", {"skipped": "--skip"}))
+    if "scan" in results:
+        out += report_scan(results["scan"])
+    if "memory" in results:
+        out += report_memory(results["memory"])
+    return "\n".join(out)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    results: dict[str, Any] = {}
+    observed = []
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="distsvc-bench-") as tmp, \
+            tempfile.TemporaryDirectory(prefix="distsvc-bench-", dir=TMPFS) as runtime, \
+            sshbed.running(4) as bed:
+        markers = [tmp, runtime, str(bed.root)]
+        observed.append(f"before: {conditions(bed.root)}")
+        s = Setting(bed, Path(tmp), Path(runtime), args)
+        Path(tmp).chmod(0o700)
+
+        def run(part: str, function: Any, *extra: Any) -> None:
+            if part in args.skip:
+                return
+            loads.append(f"{part} {load_now()}")
+            started = time.perf_counter()
+            results[part] = function(s, *extra)
+            print(f"{part}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+        run("latency", part_latency)
+        run("stream", part_stream)
+        run("queries", part_queries)
+        run("cold", part_cold)
+        run("container", part_container)
+        if not {"scan", "memory"} <= set(args.skip):
+            with many_hosts(bed, args.scan_hosts) as (hosts, sshd):
+                run("scan", part_scan, hosts, sshd)
+                run("memory", part_memory, hosts)
+        observed.append(f"after: {conditions(bed.root)}")
+        bed_root = bed.root
+    left = stray_sshd(bed_root) + ours(markers)
+    if left:
+        raise RuntimeError(f"processes left behind: {left}")
+    pgrep = subprocess.run(["pgrep", "-af", "sshd -D|distsvc daemon"], capture_output=True,
+                           text=True).stdout.strip()
+    print("after the run, `pgrep -af 'sshd -D|distsvc daemon'` (none of them ours): "
+          + (pgrep or "nothing"), file=sys.stderr)
+    info = {**machine(), "tmpfs for runtime directories": str(TMPFS),
+            "conditions": "; ".join(observed),
+            "load average (1, 5, 15 min) when each part started": "; ".join(loads)}
+    return results, info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="calls per latency variant")
+    parser.add_argument("--stream-runs", type=int, default=5, help="runs per streaming path")
+    parser.add_argument("--queries", type=int, default=2000, help="sequential best queries")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent query clients")
+    parser.add_argument("--client-queries", type=int, default=40,
+                        help="best queries per concurrent client")
+    parser.add_argument("--status-queries", type=int, default=100,
+                        help="status queries per concurrent client")
+    parser.add_argument("--cold-runs", type=int, default=10, help="runs per cold-start path")
+    parser.add_argument("--scan-hosts", type=int, default=200, help="hosts for parts 5 and 6")
+    parser.add_argument("--skip", action="append", default=[], choices=PARTS,
+                        help="leave a part out (then docs are not written)")
+    parser.add_argument("--no-docs", action="store_true",
+                        help=f"only print; do not update {DOCS.relative_to(ROOT)}")
+    args = parser.parse_args()
+    if min(args.runs, args.stream_runs, args.queries, args.clients, args.client_queries,
+           args.status_queries, args.cold_runs) < 1 or not 1 <= args.scan_hosts <= 254:
+        parser.error("counts must be at least 1, --scan-hosts at most 254")
+    reason = sshbed.can_run()
+    if reason:
+        print(f"daemon_bench: {reason}", file=sys.stderr)
+        return 2
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 200 hosts, many clients
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    command = shlex.join([".venv/bin/python", "bench/daemon_bench.py", *sys.argv[1:]])
+    results, info = bench(args)
+    section = report(info, command, args, results)
+    print(section)
+    if args.skip:
+        print("(parts skipped: docs not written)", file=sys.stderr)
+    elif not args.no_docs:
+        write_docs(DOCS_HEADING, section)
+        print(f"(written to {DOCS.relative_to(ROOT)})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
