@@ -274,3 +274,18 @@ def test_real_choose_respects_slots_and_excluded_hosts(tmp_path):
     distsvc.actions.placement.release(directory, first.placement)
     third = distsvc.actions.placement.choose(config, directory, {"idle-but-excluded"}, print, POOL)
     assert third.host.name == "busy"
+
+
+def test_anonymous_placements_are_capped_per_host(tmp_path):
+    """`best` answers (pid 0) count as load, but a script asking in a loop stays bounded."""
+    directory = tmp_path / "state"
+    config = distsvc.config.from_mapping({"hosts": [{"name": "h1"}], "max_age": 3600},
+                                         "test", None)
+    with distsvc.state.locked(directory):
+        distsvc.state.write(directory, State(hosts={
+            "h1": up(load1=0.3, cpus=1, measured_at=time.time(), access_ms=1.0)}))
+    for _ in range(100):
+        distsvc.actions.placement.choose(config, directory, set(), print, POOL, job_pid=0)
+    placements = distsvc.state.read(directory).placements
+    assert len(placements) == distsvc.actions.placement.MAX_ANONYMOUS_PER_HOST
+    assert all(p.pid == 0 and p.host == "h1" for p in placements)

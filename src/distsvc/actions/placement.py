@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # importing it for real would load paramiko
     import distsvc.adapters.ssh
 
 SLOT_WAIT_INTERVAL = 0.5
+# Anonymous placements (answers to `best` queries) kept per host: enough to spread a burst,
+# few enough that a script asking in a loop does not grow the state file without bound.
+MAX_ANONYMOUS_PER_HOST = 64
 
 
 @dataclasses.dataclass
@@ -98,6 +101,9 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
                     host=best.host.name, pid=pid,
                     started=distsvc.state.process_start_time(pid), placed_at=now)
                 state.placements.append(placement)
+                anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name]
+                for old in anonymous[:-MAX_ANONYMOUS_PER_HOST]:
+                    state.placements.remove(old)
                 state.hosts[best.host.name].last_used = now
                 choice = Choice(best.host, placement)
             distsvc.state.write(directory, state)
