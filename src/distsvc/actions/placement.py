@@ -81,7 +81,7 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
     a signal, which ends the wait with Interrupted.
     """
     waited = False
-    pid = job_pid or os.getpid()
+    pid = os.getpid() if job_pid is None else job_pid
     while True:
         if (signum := interrupted()) is not None:
             raise distsvc.errors.Interrupted(signum)
