@@ -25,7 +25,12 @@ import distsvc.actions.client
 
 
 def stop_service() -> None:
+    """Stop the daemon; the socket stays. Also flush systemd's start rate counter: more than
+    StartLimitBurst (5) starts within 10 s, as this script makes, would otherwise fail the
+    unit ('start-limit-hit') and close the socket, resetting the waiting client."""
     subprocess.run(["systemctl", "--user", "stop", "distsvc.service"], check=True,
+                   capture_output=True)
+    subprocess.run(["systemctl", "--user", "reset-failed", "distsvc.service"], check=True,
                    capture_output=True)
     state = subprocess.run(["systemctl", "--user", "is-active", "distsvc.service"],
                            capture_output=True, text=True).stdout.strip()

@@ -29,7 +29,8 @@ the SSH servers of the test bed in tests/sshbed.py:
    first, `distsvc-run` with no daemon (in-process fallback, spawning one); (b) through
    systemd socket activation, in the systemd-nspawn container of tests/container.py (user
    units installed from systemd/, pointing at this venv), timed inside by
-   bench/cold_start_inside.py; skipped, with the reason, where the container cannot boot.
+   bench/cold_start_inside.py (which flushes systemd's start rate limit between its
+   back-to-back starts); skipped, with the reason, where the container cannot boot.
 5. `distsvc scan` over 200 hosts with no state (so all 200 are due): one SSH server per 16
    loopback addresses 127.0.1.1-127.0.1.200 (OpenSSH listens on at most 16 addresses per
    process, MAX_LISTEN_SOCKS), same port, the bed's host key, user and authorized_keys;
@@ -478,7 +479,10 @@ def placements(env: dict[str, str]) -> int:
 
 def part_queries(s: Setting) -> dict[str, Any]:
     hosts = s.bed.hosts
-    out: dict[str, Any] = {"hosts": len(hosts)}
+    import distsvc.actions.placement
+
+    out: dict[str, Any] = {"hosts": len(hosts), "anonymous_cap": getattr(
+        distsvc.actions.placement, "MAX_ANONYMOUS_PER_HOST", None)}
     sequential = s.home("queries-seq", daemon=True, hosts=hosts)
     with daemon(sequential, s.log("queries-seq")):
         rows = refresh_through(sequential)
@@ -518,7 +522,7 @@ def part_cold(s: Setting) -> dict[str, Any]:
     """(a) `distsvc daemon` as a subprocess until it answers; and distsvc-run with no daemon,
     which runs in-process and spawns one, until that one answers."""
     env = s.home("cold", daemon=True)
-    answered, status_cli = [], []
+    answered, status_cli, stopped = [], [], []
     for _ in range(s.args.cold_runs):
         with open(s.log("cold"), "ab") as err:
             started = time.perf_counter()
@@ -529,7 +533,9 @@ def part_cold(s: Setting) -> dict[str, Any]:
             answered.append(wait_until_answering(env, process, started))
             status_cli.append(time_call([str(DISTSVC), "status"], env, s.bed.home))
         finally:
+            stopping = time.perf_counter()
             stop_daemon(process, env)
+            stopped.append(time.perf_counter() - stopping)
 
     first_run, spawned_ready = [], []
     for _ in range(s.args.cold_runs):
@@ -544,7 +550,8 @@ def part_cold(s: Setting) -> dict[str, Any]:
         if Path(f"/proc/{pid}").exists():
             raise RuntimeError(f"spawned daemon {pid} did not exit")
     imports = import_times("distsvc.actions.handlers", runs=5)
-    return {"answered": answered, "status_cli": status_cli, "first_run": first_run,
+    return {"answered": answered, "status_cli": status_cli, "stopped": stopped,
+            "first_run": first_run,
             "spawned_ready": spawned_ready, "daemon_imports": imports}
 
 
@@ -580,7 +587,11 @@ def part_container(s: Setting) -> dict[str, Any]:
             c.run_as_user(["systemctl", "--user", "stop", "distsvc.socket"])
         return dict(result)
     except Exception as error:
-        return {"skipped": f"the container run failed: {error!r}"[:600]}
+        output = getattr(error, "stderr", None) or ""
+        last = [line.strip() for line in str(output).splitlines() if line.strip()][-1:]
+        print(f"container: {error!r}\n{output}", file=sys.stderr)
+        return {"skipped": f"the container run failed: {type(error).__name__}"
+                + (f" ({last[0][:300]})" if last else f" ({str(error)[:300]})")}
 
 
 # --- 5. and 6. 200 hosts ---------------------------------------------------------------------
@@ -793,9 +804,11 @@ def report_queries(r: dict[str, Any]) -> list[str]:
         out.append(row(f"{len(values)} `{label}`, {r['clients']} processes at once",
                        r["clients"], ms(median(values)), ms(p99(values)), ms(max(values)),
                        f"{len(values) / wall:.0f}", extra))
+    cap = r.get("anonymous_cap")
     out += ["", "Latency of the sequential `best` queries as the run goes on (every answer "
-            "records an anonymous placement that counts for 60 s, and the whole state file "
-            f"is read and rewritten on every query; {r['state_bytes_after'] // 1024} KiB at "
+            "records an anonymous placement on its host that counts for 60 s"
+            + (f", at most {cap} per host" if cap else "") + "; the state file, read and "
+            f"rewritten whole on every query, was {r['state_bytes_after'] / 1024:.0f} KiB at "
             "the end):", ""]
     buckets = 8
     size = math.ceil(n / buckets)
@@ -820,6 +833,8 @@ def report_cold(r: dict[str, Any], c: dict[str, Any]) -> list[str]:
                    "status query (polled every 2 ms) is answered", *cells(r["answered"])))
     out.append(row("(a) then `distsvc status`", "the CLI against the daemon just started",
                    *cells(r["status_cli"])))
+    out.append(row("(a) stopping it", "SIGTERM until the daemon has exited",
+                   *cells(r["stopped"])))
     out.append(row("(a) what a user meets first", "`distsvc-run true` with no daemon: runs "
                    "in-process and spawns one", *cells(r["first_run"])))
     out.append(row("(a) ... and the daemon it spawned", "from that distsvc-run's start until "
@@ -847,7 +862,10 @@ def report_cold(r: dict[str, Any], c: dict[str, Any]) -> list[str]:
                 "`systemd/distsvc.socket` and `systemd/distsvc.service` installed as user "
                 "units (ExecStart pointing at this venv), timed inside by "
                 f"`bench/cold_start_inside.py`; {len(set(pids))} distinct daemon PIDs for "
-                f"{len(pids)} cold calls. The container has no hosts configured."]
+                f"{len(pids)} cold calls. The container has no hosts configured. Between "
+                "rounds the service is stopped and `systemctl --user reset-failed` flushes "
+                "systemd's start rate limit (5 starts in 10 s), which these back-to-back "
+                "cold starts would hit."]
     return [*out, ""]
 
 

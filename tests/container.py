@@ -219,7 +219,7 @@ def _alive(pid: int | None, start_time: int | None) -> bool:
     return pid is not None and start_time is not None and _start_time(pid) == start_time
 
 
-class ContainerProcess(subprocess.Popen):  # type: ignore[type-arg]
+class ContainerProcess(subprocess.Popen[Any]):
     """A process started inside the container by ``nsenter``.
 
     nsenter forks the command into the container's PID namespace and waits for it without
@@ -567,12 +567,18 @@ class _Bed:
         return bed
 
 
-def _mounted(path: Path) -> bool:
-    target = str(path)
+def _mounts_under(path: Path) -> list[str]:
+    """The mount points at or below `path`."""
+    points = []
     for line in Path("/proc/self/mounts").read_text().splitlines():
-        if line.split()[1].replace("\\040", " ") == target:
-            return True
-    return False
+        point = line.split()[1].replace("\\040", " ")
+        if point == str(path) or point.startswith(f"{path}/"):
+            points.append(point)
+    return points
+
+
+def _mounted(path: Path) -> bool:
+    return str(path) in _mounts_under(path)
 
 
 def _container_init(nspawn_pid: int) -> int | None:
@@ -712,8 +718,8 @@ def _teardown(bed: _Bed, nspawn: subprocess.Popen[bytes] | None) -> list[str]:
             errors.append(f"{type(e).__name__}: {e}")
     with contextlib.suppress(OSError):  # nspawn's own, left when it is killed
         Path("/run/systemd/nspawn/propagate", bed.name).rmdir()
-    if _mounted(bed.root):
-        errors.append(f"not removing {bed.workdir}: the overlay is still mounted")
+    if _mounts_under(bed.workdir):  # rmtree would go down into them
+        errors.append(f"not removing {bed.workdir}: {_mounts_under(bed.workdir)} mounted")
     else:
         shutil.rmtree(bed.workdir, onerror=lambda _f, p, e: errors.append(f"rm {p}: {e[1]}"))
     return errors

@@ -24,6 +24,7 @@ def ct() -> Iterator[container.Container]:
     with container.booted() as c:
         yield c
     assert container.leftovers(c) == []
+    assert host_state(c) == []
 
 
 def unique(prefix: str) -> str:

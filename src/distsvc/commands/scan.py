@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Any
 
 import distsvc.commands.common
@@ -17,6 +18,7 @@ def add_parser(sub: Any, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import distsvc.actions.scan
     import distsvc.adapters.ssh
+    import distsvc.adapters.systemd
     import distsvc.log
 
     distsvc.log.configure(os.environ.get("DISTSVC_LOG") or "info")
@@ -27,4 +29,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         pool.close_all()
     distsvc.log.get().info("scan pass done", hosts=len(measured))
+    if distsvc.adapters.systemd.under_systemd(os.environ):
+        # journald learns an entry's unit from the sender's cgroup when it reads the entry;
+        # a oneshot that exits at once can lose that (`journalctl -u` would miss it).
+        time.sleep(0.2)
     return 0
