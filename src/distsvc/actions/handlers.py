@@ -6,7 +6,6 @@ when it answered itself, as `run` does while the command runs).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 import distsvc
 import distsvc.actions.hosts
 import distsvc.actions.placement
+import distsvc.actions.relay
 import distsvc.actions.run
 import distsvc.actions.scan
 import distsvc.actions.serve
@@ -101,7 +101,7 @@ def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     return {"ok": True, "rows": rows}
 
 
-class ClientEvents:
+class ClientEvents(distsvc.actions.relay.EventQueue):
     """Signals and resizes a `run` client sends, as relay events; its hang-up is SIGHUP.
 
     A thread reads the client's messages until its connection ends, which may be after the
@@ -109,9 +109,8 @@ class ClientEvents:
     """
 
     def __init__(self, peer: distsvc.actions.serve.Peer) -> None:
+        super().__init__()
         self.peer = peer
-        self.received: collections.deque[int] = collections.deque()
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.lock = threading.Lock()
         self.users = 2  # the handler and the reading thread
         self.closed = False
@@ -125,44 +124,26 @@ class ClientEvents:
                 except (OSError, distsvc.protocol.ProtocolError):
                     message = None
                 if message is None:
-                    self._add(signal.SIGHUP)  # the client is gone: as if its terminal hung up
+                    self.add(signal.SIGHUP)  # the client is gone: as if its terminal hung up
                     return
                 if message.get("type") == "resize":
-                    self._add(signal.SIGWINCH)
+                    self.add(signal.SIGWINCH)
                 elif message.get("type") == "signal" and message.get("signal") in (
                         signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-                    self._add(message["signal"])
+                    self.add(message["signal"])
         finally:
             self._release()
 
-    def _add(self, signum: int) -> None:
+    def add(self, signum: int) -> None:
         with self.lock:
-            if self.closed:
-                return
-            self.received.append(signum)
-            with contextlib.suppress(BlockingIOError):
-                os.write(self.wake_w, b"\0")
+            if not self.closed:
+                super().add(signum)
 
     def _release(self) -> None:
         with self.lock:
             self.users -= 1
             if self.users == 0:
-                os.close(self.wake_r)
-                os.close(self.wake_w)
-
-    def fileno(self) -> int:
-        return self.wake_r
-
-    def take(self) -> list[int]:
-        with self.lock, contextlib.suppress(BlockingIOError):
-            os.read(self.wake_r, 4096)
-        taken = []
-        while self.received:
-            taken.append(self.received.popleft())
-        return taken
-
-    def terminating(self) -> int | None:
-        return next((s for s in self.received if s != signal.SIGWINCH), None)
+                self.close_pipe()
 
     def close(self) -> None:
         """The handler is done with the events."""

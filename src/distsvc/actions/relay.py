@@ -65,44 +65,25 @@ def _pump_stdin(process: Process, fd: int, stop: threading.Event) -> None:
         process.close_stdin()
 
 
-class Events(Protocol):
-    """Where signals for the command come from: this process's own, or a daemon's client."""
+class EventQueue:
+    """Signal numbers waiting for the relay, and a pipe that wakes the relay's select().
 
-    def fileno(self) -> int: ...
-    def take(self) -> list[int]: ...
-    def terminating(self) -> int | None: ...
-
-
-class SignalCatcher:
-    """Catches SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH while entered.
-
-    Entered before anything is started on a host, so a signal that arrives at any moment is
-    acted on (by not starting, or by delivery to the command) instead of tearing through
-    paramiko's locks as a KeyboardInterrupt.
+    Events come from this process's own signals (SignalCatcher) or, in the daemon, from a
+    client's messages (distsvc.actions.handlers.ClientEvents).
     """
 
     def __init__(self) -> None:
         self.received: collections.deque[int] = collections.deque()
-
-    def __enter__(self) -> SignalCatcher:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.previous_wakeup = signal.set_wakeup_fd(self.wake_w)
-        self.previous = {s: signal.signal(s, self._record)
-                         for s in (*RELAYED_SIGNALS, signal.SIGWINCH)}
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        signal.set_wakeup_fd(self.previous_wakeup)
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-
-    def _record(self, signum: int, _frame: object) -> None:
+    def add(self, signum: int) -> None:
+        """Queue an event; safe in a signal handler and from other threads."""
         self.received.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self.wake_w, b"\0")
 
     def fileno(self) -> int:
-        """Readable after a signal was caught."""
+        """Readable after an event was queued."""
         return self.wake_r
 
     def take(self) -> list[int]:
@@ -114,12 +95,35 @@ class SignalCatcher:
         return taken
 
     def terminating(self) -> int | None:
-        """A caught signal that asks us to end, if any (without consuming it)."""
+        """A queued event that asks the command to end, if any (without consuming it)."""
         return next((s for s in self.received if s != signal.SIGWINCH), None)
+
+    def close_pipe(self) -> None:
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+class SignalCatcher(EventQueue):
+    """Catches SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH while entered.
+
+    Entered before anything is started on a host, so a signal that arrives at any moment is
+    acted on (by not starting, or by delivery to the command) instead of tearing through
+    paramiko's locks as a KeyboardInterrupt.
+    """
+
+    def __enter__(self) -> SignalCatcher:
+        self.previous = {s: signal.signal(s, lambda signum, _: self.add(signum))
+                         for s in (*RELAYED_SIGNALS, signal.SIGWINCH)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.close_pipe()
 
 
 def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int | None,
-          deliver: Callable[[int], None], events: Events) -> int:
+          deliver: Callable[[int], None], events: EventQueue) -> int:
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
     `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a

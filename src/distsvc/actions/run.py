@@ -66,7 +66,7 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
 
 def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
-            events: distsvc.actions.relay.Events, fds: tuple[int, int, int] = (0, 1, 2),
+            events: distsvc.actions.relay.EventQueue, fds: tuple[int, int, int] = (0, 1, 2),
             own_terminal: bool = True) -> int:
     """Run argv on an open connection under the remote wrapper; the command's status.
 
@@ -150,7 +150,7 @@ def run_in_process(argv: Sequence[str], options: Options, config: distsvc.config
 
 def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Config,
                 env: Mapping[str, str], workdir: str, term: str, directory: Path,
-                pool: distsvc.adapters.ssh.Pool, signals: distsvc.actions.relay.Events,
+                pool: distsvc.adapters.ssh.Pool, signals: distsvc.actions.relay.EventQueue,
                 say: Callable[[str], None], job_pid: int | None = None,
                 fds: tuple[int, int, int] = (0, 1, 2),
                 started: Callable[[str], None] = lambda host: None) -> int:
