@@ -329,12 +329,16 @@ def test_kill_command_accepts_a_real_token_and_signal():
     assert shlex.split(line)[-1] == "distsvc-kill"
 
 
-def test_kill_command_ends_the_wrapped_command_tree():
+@pytest.mark.parametrize(("script", "signal_name", "status"), [
+    ("sleep {m} & sleep {m}; wait", "TERM", 128 + 15),
+    # A non-interactive shell's background jobs ignore SIGINT: kill_command escalates.
+    ("sleep {m} & sleep {m} & wait", "INT", 128 + 2),
+])
+def test_kill_command_ends_the_wrapped_command_tree(script, signal_name, status):
     token = new_token()
     marker = unique_sleep()
     child = subprocess.Popen(
-        ["/bin/sh", "-c", wrapper(["sh", "-c", f"sleep {marker} & sleep {marker}; wait"],
-                                  None, token, False)],
+        ["/bin/sh", "-c", wrapper(["sh", "-c", script.format(m=marker)], None, token, False)],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=shell_env(), start_new_session=True)
     try:
@@ -345,50 +349,17 @@ def test_kill_command_ends_the_wrapped_command_tree():
         while len(sleeps_with(marker)) < 2:
             assert time.monotonic() < deadline, "the command did not start"
             time.sleep(0.05)
-        killer = subprocess.run(["/bin/sh", "-c", kill_command(token, "TERM")],
-                                capture_output=True, env=shell_env(), timeout=30,
+        killer = subprocess.run(["/bin/sh", "-c", kill_command(token, signal_name)],
+                                capture_output=True, env=shell_env(), timeout=60,
                                 start_new_session=True)
         assert killer.returncode == 0, killer.stderr
-        assert child.wait(timeout=30) == 128 + 15
-        deadline = time.monotonic() + 5
+        assert child.wait(timeout=30) == status
+        deadline = time.monotonic() + 10
         while sleeps_with(marker):
             assert time.monotonic() < deadline, "part of the command's tree survived"
             time.sleep(0.1)
     finally:
         # The wrapper leads a process group of its own (its session): end what is left of it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        kill_leftovers(marker)
-
-
-def test_kill_command_int_also_ends_background_jobs_that_ignore_sigint():
-    """A non-interactive shell's background jobs ignore SIGINT: kill_command escalates."""
-    token = new_token()
-    marker = unique_sleep()
-    child = subprocess.Popen(
-        ["/bin/sh", "-c", wrapper(["sh", "-c", f"sleep {marker} & sleep {marker} & wait"],
-                                  None, token, False)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=shell_env(), start_new_session=True)
-    try:
-        assert child.stdin is not None
-        child.stdin.write(environment_script({}).encode())
-        child.stdin.close()
-        deadline = time.monotonic() + 20
-        while len(sleeps_with(marker)) < 2:
-            assert time.monotonic() < deadline, "the command did not start"
-            time.sleep(0.05)
-        killer = subprocess.run(["/bin/sh", "-c", kill_command(token, "INT")],
-                                capture_output=True, env=shell_env(), timeout=60,
-                                start_new_session=True)
-        assert killer.returncode == 0, killer.stderr
-        assert child.wait(timeout=30) == 128 + 2
-        deadline = time.monotonic() + 10
-        while sleeps_with(marker):
-            assert time.monotonic() < deadline, "a background job survived"
-            time.sleep(0.1)
-    finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait()
