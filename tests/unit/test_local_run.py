@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 DISTSVC_RUN = Path(sys.executable).parent / "distsvc-run"
 NOTICE = "distsvc: no hosts configured; running on this machine"
 
@@ -178,18 +180,6 @@ def test_bad_config_file_is_a_one_line_error_and_the_command_does_not_run(tmp_pa
 # --- signals sent to distsvc-run end the whole tree ------------------------------------------
 
 
-def sleeps_with(marker: str) -> list[int]:
-    """PIDs of the `sleep MARKER` processes."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True,
-                         check=True).stdout
-    pids = []
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if args.strip() == f"sleep {marker}":
-            pids.append(int(pid))
-    return pids
-
-
 def signal_tree(tmp_path: Path, signum: int) -> tuple[int, list[int]]:
     """Start distsvc-run over two background sleeps, signal it; its status and survivors."""
     marker = f"300.{os.getpid()}{signum}{time.monotonic_ns() % 100_000}"
@@ -202,21 +192,21 @@ def signal_tree(tmp_path: Path, signum: int) -> tuple[int, list[int]]:
             env=client_env(tmp_path), cwd=tmp_path, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while len(sleeps_with(marker)) < 2:
+        while len(helpers.sleeps_with(marker)) < 2:
             assert child.poll() is None, stderr.read_text()
             assert time.monotonic() < deadline, "the command did not start"
             time.sleep(0.05)
         child.send_signal(signum)
         status = child.wait(timeout=30)
         deadline = time.monotonic() + 5
-        while sleeps_with(marker) and time.monotonic() < deadline:
+        while helpers.sleeps_with(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
-        return status, sleeps_with(marker)
+        return status, helpers.sleeps_with(marker)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-        for pid in sleeps_with(marker):
+        for pid in helpers.sleeps_with(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

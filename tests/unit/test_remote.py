@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import distsvc.remote
+import helpers
 from distsvc.remote import ENV_END, environment_script, kill_command, new_token, wrapper
 
 TRICKY = [
@@ -86,20 +87,8 @@ def env_of(output: bytes) -> dict[str, str]:
     return {name: value for name, _, value in pairs}
 
 
-def sleeps_with(marker: str) -> list[int]:
-    """PIDs of the `sleep MARKER` processes."""
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True,
-                         check=True).stdout
-    pids = []
-    for line in out.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if args.strip() == f"sleep {marker}":
-            pids.append(int(pid))
-    return pids
-
-
 def kill_leftovers(marker: str) -> None:
-    for pid in sleeps_with(marker):
+    for pid in helpers.sleeps_with(marker):
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
@@ -346,7 +335,7 @@ def test_kill_command_ends_the_wrapped_command_tree(script, signal_name, status)
         child.stdin.write(environment_script({}).encode())
         child.stdin.close()
         deadline = time.monotonic() + 20
-        while len(sleeps_with(marker)) < 2:
+        while len(helpers.sleeps_with(marker)) < 2:
             assert time.monotonic() < deadline, "the command did not start"
             time.sleep(0.05)
         killer = subprocess.run(["/bin/sh", "-c", kill_command(token, signal_name)],
@@ -355,7 +344,7 @@ def test_kill_command_ends_the_wrapped_command_tree(script, signal_name, status)
         assert killer.returncode == 0, killer.stderr
         assert child.wait(timeout=30) == status
         deadline = time.monotonic() + 10
-        while sleeps_with(marker):
+        while helpers.sleeps_with(marker):
             assert time.monotonic() < deadline, "part of the command's tree survived"
             time.sleep(0.1)
     finally:
