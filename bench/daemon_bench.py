@@ -11,10 +11,12 @@ the SSH servers of the test bed in tests/sshbed.py:
    open ControlMaster, and `distsvc-run` with DISTSVC_DAEMON=off (the in-process path);
    medians of --runs calls interleaved round by round. The project's goal is at most 0.3x
    the fresh ssh and close to ControlMaster. Then where the daemon path's time goes: the
-   interpreter's start-up, the client's imports (`python -X importtime`), and the daemon's
-   part, timed by sending the same `run` request from this process (and its pieces: a warm
-   SSH channel, the remote wrapper, a `status` and a `best` request). A prototype minimal
-   client (bench/tiny_client.py) shows how much of the rest is distsvc-run's own start-up.
+   interpreter's start-up (`python -c pass`), the client's stages (imports, arguments,
+   config, the request) timed inside a fresh interpreter that goes through distsvc-run's
+   steps, with `python -X importtime` naming the heaviest imports, and the daemon's part,
+   timed by sending the same `run` request from this process (and its pieces: a warm SSH
+   channel, the remote wrapper, a `status` and a `best` request). A prototype minimal
+   client (bench/tiny_client.py) shows how much of it is distsvc-run's own start-up.
 2. 200 MiB of stdout (`head -c 209715200 /dev/zero`) through the daemon, next to ssh fresh,
    ssh ControlMaster and DISTSVC_DAEMON=off.
 3. Best-host queries (`distsvc.actions.client.query({"type": "best", ...})`, one connection
@@ -37,7 +39,8 @@ the SSH servers of the test bed in tests/sshbed.py:
    wall time, CPU of the scan (wait4's rusage) and of the servers, and how many came out up.
 6. The daemon's memory with those 200 hosts configured: VmRSS right after start, and after
    one `hosts --refresh` request through it (it then holds warm connections; their number
-   from `distsvc status --json`).
+   from `distsvc status --json`); then the same request again over the warm connections,
+   for what a scan pass through the daemon would cost next to part 5.
 
 The runtime directory of every client (the daemon's socket, the state file) is on a tmpfs
 (/dev/shm), as /run/user/UID is on a systemd machine; the state file is fsync'ed on every

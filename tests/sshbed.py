@@ -36,6 +36,20 @@ def can_run() -> str | None:
     return None
 
 
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -83,10 +97,15 @@ class Host:
         wait_for_banner(self.address, self.port)
 
     def stop(self) -> None:
+        """The host goes down: its server and every connection it is serving."""
         if self.process is not None:
             self.process.send_signal(signal.SIGCONT)
+            sessions = descendants(self.process.pid)
             self.process.terminate()
             self.process.wait(10)
+            for pid in sessions:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process = None
 
     @contextlib.contextmanager

@@ -74,7 +74,7 @@ def start(environ: dict[str, str]) -> Running:
     assert lock is not None
     listener = distsvc.adapters.unix.listen(directory)
     daemon = distsvc.actions.serve.new_daemon(environ, None)
-    stop = threading.Event()
+    stop = distsvc.actions.serve.Stop()
 
     def run() -> None:
         try:

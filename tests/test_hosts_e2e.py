@@ -153,3 +153,16 @@ def test_distsvc_hosts_env_overrides_the_file(client: conftest.Client) -> None:
                         env={"DISTSVC_HOSTS": f" {h2.address}:{h2.port} ; "})
     rows = json.loads(result.stdout)
     assert [r["host"] for r in rows] == [h2.address] and rows[0]["state"] == "up"
+
+
+def test_a_restarted_host_is_used_again(client: conftest.Client) -> None:
+    """Through a daemon, the warm connection dies with the server: the next command gets a
+    fresh one to the same host instead of falling back or failing."""
+    bed = client.bed
+    client.configure(hosts=bed.hosts[:2], probes={"h1": "echo 0.1", "h2": "echo 0.9"})
+    assert client.run("distsvc-run", *WHERE).stdout.decode().strip() == bed.hosts[0].address
+    bed.hosts[0].stop()
+    bed.hosts[0].start()
+    result = client.run("distsvc-run", *WHERE)
+    assert result.stdout.decode().strip() == bed.hosts[0].address, result.stderr
+    assert b"trying the next host" not in result.stderr

@@ -146,9 +146,9 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
                 if kind == "notice":
                     notice(str(message.get("message", "")))
                 elif kind == "started":
-                    started = True
-                    if terminal:
+                    if terminal and not started:
                         stack.enter_context(distsvc.adapters.terminal.raw_mode(0))
+                    started = True
                 elif kind == "exit":
                     status: int = message.get("status", 255)
                     return status

@@ -165,19 +165,27 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
         choice = distsvc.actions.placement.choose(
             config, directory, tried, say, pool, signals.terminating, job_pid)
         try:
-            connection = pool.get(choice.host, config.host_key_policy, config.connect_timeout)
+            # A pooled connection may have died unnoticed: a failure to start a session on it
+            # gets one more try on a fresh connection before the host counts as unreachable.
+            for attempt in (1, 2):
+                connection = pool.get(choice.host, config.host_key_policy,
+                                      config.connect_timeout)
+                try:
+                    if attempt == 1:
+                        started(choice.host.name)
+                    return execute(connection, argv, options, env, workdir, term, signals,
+                                   fds, own_terminal=job_pid is None)
+                except distsvc.errors.HostUnreachable:
+                    pool.discard(connection)
+                    if attempt == 2:
+                        raise
+                except (OSError, EOFError) as error:
+                    pool.discard(connection)
+                    raise distsvc.errors.CannotRun(f"{choice.host.name}: {error}") from None
         except distsvc.errors.HostUnreachable as error:
             distsvc.actions.placement.mark_unreachable(
                 directory, choice.host.name, error.reason, choice.placement)
             tried.add(choice.host.name)
             say(f"distsvc: {error.message}; trying the next host")
-            continue
-        try:
-            started(choice.host.name)
-            return execute(connection, argv, options, env, workdir, term, signals, fds,
-                           own_terminal=job_pid is None)
-        except (OSError, EOFError) as error:
-            pool.discard(connection)
-            raise distsvc.errors.CannotRun(f"{choice.host.name}: {error}") from None
         finally:
             distsvc.actions.placement.release(directory, choice.placement)

@@ -11,6 +11,7 @@ import dataclasses
 import fcntl
 import itertools
 import os
+import select
 import socket
 import threading
 import time
@@ -179,10 +180,26 @@ def status_line(daemon: Daemon) -> str:
             f"{daemon.pool.size()} connections, {jobs} jobs")
 
 
-def serve(listener: socket.socket, daemon: Daemon, stop: threading.Event) -> None:
+class Stop:
+    """Asks serve() to return; safe to call from a signal handler. Wakes it at once."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        self.event.set()
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self.wake_w, b"\0")
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
     """Serve until `stop` is set or nothing happened for config.daemon_idle_exit seconds."""
     log = distsvc.log.get()
-    listener.settimeout(1.0)
+    listener.setblocking(False)
     watchdog = distsvc.adapters.systemd.watchdog_interval()
     last_ping = 0.0
     distsvc.adapters.systemd.notify(READY=1, STATUS=status_line(daemon))
@@ -194,9 +211,16 @@ def serve(listener: socket.socket, daemon: Daemon, stop: threading.Event) -> Non
             # Pinged from the accept loop: a hung loop stops the pings and systemd restarts us.
             distsvc.adapters.systemd.notify(WATCHDOG=1, STATUS=status_line(daemon))
             last_ping = now
+        # Wakes for a connection, a stop, or each second for the watchdog and idle checks.
+        readable, _, _ = select.select([listener.fileno(), stop.wake_r], [], [], 1.0)
+        if stop.is_set():
+            break
         try:
+            if listener.fileno() not in readable:
+                raise TimeoutError
             sock, _ = listener.accept()
-        except TimeoutError:
+            sock.setblocking(True)
+        except (TimeoutError, BlockingIOError):
             daemon.pool.close_idle(CONNECTION_IDLE)
             with daemon.lock:
                 idle_for = time.monotonic() - daemon.last_activity

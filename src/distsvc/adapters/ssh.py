@@ -141,12 +141,21 @@ class Connection:
 
     def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
              timeout: float | None = None) -> RemoteProcess:
-        """Start `command`; with `term`, on a pseudo-terminal of `size` (columns, rows)."""
-        channel = self.transport.open_session(
-            window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
-        if term is not None:
-            channel.get_pty(term=term, width=size[0], height=size[1])
-        channel.exec_command(command)
+        """Start `command`; with `term`, on a pseudo-terminal of `size` (columns, rows).
+
+        Raises HostUnreachable when no session can be started (e.g. a pooled connection
+        whose server went away): nothing ran, so the caller may try elsewhere.
+        """
+        try:
+            channel = self.transport.open_session(
+                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+            if term is not None:
+                channel.get_pty(term=term, width=size[0], height=size[1])
+            channel.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as error:
+            raise distsvc.errors.HostUnreachable(
+                self.target.label, f"could not start a session: {error or type(error).__name__}"
+            ) from None
         return RemoteProcess(channel)
 
     def run(self, command: str, stdin: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:

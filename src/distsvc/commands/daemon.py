@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             listener = distsvc.adapters.unix.listen(directory)
             own_socket = os.lstat(directory / distsvc.adapters.unix.SOCKET_NAME)
         daemon = distsvc.actions.serve.new_daemon(os.environ, args.config)
-        stop = threading.Event()
+        stop = distsvc.actions.serve.Stop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: stop.set())
         distsvc.actions.serve.serve(listener, daemon, stop)

@@ -7,7 +7,6 @@ import json
 import os
 from typing import Any
 
-import distsvc.actions.hosts
 import distsvc.commands.common
 
 COLUMNS = ("HOST", "STATE", "LOAD/CPU", "CPUS", "PRESSURE", "MEM AVAIL", "ACCESS", "MEASURED",
@@ -51,9 +50,27 @@ def table(rows: list[dict[str, Any]]) -> str:
         for line in lines).replace("  \n", "\n").rstrip() + "\n"
 
 
+def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
+    """Through the daemon (its connections are warm) when one answers, else in-process."""
+    import distsvc.actions.client
+    import distsvc.config
+
+    if distsvc.actions.client.enabled(os.environ):
+        request = {"type": "hosts", "config": distsvc.config.to_mapping(config),
+                   "refresh": refresh}
+        try:
+            rows: list[dict[str, Any]] = distsvc.actions.client.query(request, os.environ)["rows"]
+            return rows
+        except distsvc.actions.client.Unavailable:
+            pass
+    import distsvc.actions.hosts
+
+    return distsvc.actions.hosts.survey(config, os.environ, refresh)
+
+
 def run(args: argparse.Namespace) -> int:
     config = distsvc.commands.common.load_config(args)
-    rows = distsvc.actions.hosts.survey(config, os.environ, args.refresh)
+    rows = survey(config, args.refresh)
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
