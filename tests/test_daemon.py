@@ -70,7 +70,7 @@ def user_environ(tmp_path: Path) -> dict[str, str]:
 
 def start(environ: dict[str, str]) -> Running:
     directory = distsvc.adapters.unix.claim_directory(environ)
-    lock = distsvc.actions.serve.take_lock(directory)
+    lock = distsvc.adapters.unix.take_daemon_lock(directory)
     assert lock is not None
     listener = distsvc.adapters.unix.listen(directory)
     daemon = distsvc.actions.serve.new_daemon(environ, None)
@@ -227,6 +227,27 @@ def test_daemon_exits_when_idle(tmp_path: Path) -> None:
     r = start(environ)
     r.thread.join(15)
     assert not r.thread.is_alive()
+
+
+def test_a_running_daemon_is_seen_without_connecting(running: Running, tmp_path: Path) -> None:
+    assert distsvc.adapters.unix.daemon_running(running.socket_path)
+    assert not distsvc.adapters.unix.daemon_running(tmp_path / "nothing" / "distsvc.sock")
+
+
+def test_scan_passes_do_not_keep_an_idle_daemon_alive(tmp_path: Path) -> None:
+    environ = user_environ(tmp_path)
+    (tmp_path / "config" / "distsvc").mkdir(parents=True)
+    (tmp_path / "config" / "distsvc" / "config.toml").write_text("daemon_idle_exit = 1\n")
+    r = start(environ)
+    request = {"type": "scan", "config": {"hosts": []}}
+    deadline = time.monotonic() + 20
+    while r.thread.is_alive():
+        assert time.monotonic() < deadline, "scan requests kept the daemon alive"
+        try:
+            assert distsvc.actions.client.query(request, environ)["measured"] == []
+        except distsvc.actions.client.Unavailable:
+            pass  # it exited meanwhile
+        time.sleep(0.3)
 
 
 def test_no_daemon_means_unavailable_quickly(tmp_path: Path) -> None:

@@ -175,9 +175,27 @@ def test_the_timer_runs_the_scanner_and_the_state_file_appears(
     assert state is not None and state["version"] == 1
     assert state["hosts"]["h1"]["measurement"]["cpus"] >= 1
     assert systemctl(box, "show", "-p", "Result", "--value", "distsvc-scan.service") == "success"
-    entries = box.wait_for_journal("distsvc-scan.service", "host measured")
+    # The daemon is running (earlier tests woke it): the pass went through its connections.
+    done = box.wait_for_journal("distsvc-scan.service", "scan pass done")
+    assert [e for e in done if e.get("MESSAGE") == "scan pass done"][-1]["THROUGH"] == "daemon"
+    entries = box.wait_for_journal("distsvc.service", "host measured")
     measured = [e for e in entries if e.get("MESSAGE") == "host measured"]
     assert measured[-1]["HOST"] == "h1" and float(measured[-1]["LOAD"]) >= 0
+
+
+def test_a_scan_does_not_wake_a_stopped_daemon(box: container.Container) -> None:
+    systemctl(box, "stop", "distsvc.service")
+    systemctl(box, "start", "distsvc.socket")
+    wait_until(lambda: systemctl(box, "is-active", "distsvc-scan.service", check=False)
+               == "inactive", 30, "the timer's pass to finish")
+    box.run(["rm", f"{box.runtime_dir()}/distsvc/state.json"])  # so that h1 is due again
+    systemctl(box, "start", "distsvc-scan.service")
+    assert systemctl(box, "is-active", "distsvc.service", check=False) == "inactive"
+    entries = box.wait_for_journal("distsvc-scan.service", "host measured")
+    measured = [e for e in entries if e.get("MESSAGE") == "host measured"]
+    assert measured[-1]["HOST"] == "h1"
+    done = [e for e in box.journal("distsvc-scan.service") if e.get("MESSAGE") == "scan pass done"]
+    assert done[-1]["THROUGH"] == "process"
 
 
 def test_corrupt_state_file_is_rebuilt(box: container.Container) -> None:

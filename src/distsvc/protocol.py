@@ -9,6 +9,7 @@ Requests (client to daemon), each {"v": 1, "type": ..., ...}:
   status                      -> {"ok": true, "version", "uptime", "hosts", "connections", "jobs"}
   best    config              -> {"ok": true, "host": NAME or null, "ranked": [...]}
   hosts   config, refresh     -> {"ok": true, "rows": [...]}
+  scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term  (+ stdin, stdout, stderr passed as fds)
           then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
@@ -29,7 +30,7 @@ from typing import Any
 VERSION = 1
 MAX_FRAME = 1 << 20
 HEADER = struct.Struct("!I")
-REQUEST_TYPES = ("status", "best", "hosts", "run")
+REQUEST_TYPES = ("status", "best", "hosts", "scan", "run")
 RUN_MESSAGE_TYPES = ("signal", "resize")
 
 

@@ -72,11 +72,12 @@ def _answer_or_raise(message: dict[str, Any] | None) -> dict[str, Any]:
     return message
 
 
-def query(request: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+def query(request: dict[str, Any], environ: Mapping[str, str],
+          timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
     """One request, one answer. Raises Unavailable when no daemon answers."""
     sock = connect(environ)
     try:
-        sock.settimeout(ANSWER_TIMEOUT)
+        sock.settimeout(timeout)
         try:
             distsvc.adapters.unix.send(sock, request)
             message = distsvc.adapters.unix.Reader(sock).receive()

@@ -101,6 +101,14 @@ def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     return {"ok": True, "rows": rows}
 
 
+def handle_scan(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
+                peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+    """The scan timer's pass, over the daemon's warm connections."""
+    config = distsvc.config.from_wire(_field(request, "config", dict))
+    measured = distsvc.actions.scan.timer_pass(config, daemon.environ, daemon.pool)
+    return {"ok": True, "measured": measured}
+
+
 class ClientEvents(distsvc.actions.relay.EventQueue):
     """Signals and resizes a `run` client sends, as relay events; its hang-up is SIGHUP.
 
@@ -208,5 +216,6 @@ HANDLERS: dict[str, Handler] = {
     "status": handle_status,
     "best": handle_best,
     "hosts": handle_hosts,
+    "scan": handle_scan,
     "run": handle_run,
 }

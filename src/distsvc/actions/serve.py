@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import itertools
 import os
 import select
@@ -32,7 +31,6 @@ import distsvc.protocol
 REQUEST_TIMEOUT = 10.0  # a client has this long to send its request
 MAX_CONNECTIONS = 256  # beyond this, new connections are closed at once
 CONNECTION_IDLE = 600.0  # SSH connections unused this long are closed
-LOCK_FILE = "daemon.lock"
 
 
 @dataclasses.dataclass
@@ -104,17 +102,6 @@ def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
                   state_dir=distsvc.paths.state_dir(environ))
 
 
-def take_lock(directory: Path) -> int | None:
-    """The daemon lock for this runtime directory, or None if another daemon holds it."""
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _refuse(sock: socket.socket, text: str) -> None:
     """Send a one-line error and close gracefully: unread input is drained first, or the
     kernel would answer it with a reset that destroys the error before the peer reads it."""
@@ -132,6 +119,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
 
     log = distsvc.log.get()
     reader = distsvc.adapters.unix.Reader(sock)
+    user_request = True
     try:
         pid, uid = distsvc.adapters.unix.peer_credentials(sock)
         if uid != os.getuid():
@@ -149,6 +137,9 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
             _refuse(sock, f"bad request: {error}")
             return
         sock.settimeout(None)
+        # The scan timer's passes are not the user's activity: they must not keep an idle
+        # daemon alive.
+        user_request = kind != "scan"
         daemon.reload_config_if_changed()
         peer = Peer(sock, reader, pid, uid)
         try:
@@ -170,7 +161,8 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         sock.close()
         with daemon.lock:
             daemon.connections -= 1
-            daemon.last_activity = time.monotonic()
+            if user_request:
+                daemon.last_activity = time.monotonic()
 
 
 def status_line(daemon: Daemon) -> str:
@@ -211,33 +203,32 @@ def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
             # Pinged from the accept loop: a hung loop stops the pings and systemd restarts us.
             distsvc.adapters.systemd.notify(WATCHDOG=1, STATUS=status_line(daemon))
             last_ping = now
+        with daemon.lock:
+            idle_for = now - daemon.last_activity
+        # Checked on every turn: requests that are not the user's (scan passes) keep the loop
+        # turning without counting as activity.
+        if not daemon.busy() and idle_for > daemon.config.daemon_idle_exit:
+            log.info("exiting after being idle", idle_seconds=round(idle_for))
+            break
         # Wakes for a connection, a stop, or each second for the watchdog and idle checks.
         readable, _, _ = select.select([listener.fileno(), stop.wake_r], [], [], 1.0)
-        if stop.is_set():
-            break
-        try:
-            if listener.fileno() not in readable:
-                raise TimeoutError
-            sock, _ = listener.accept()
-            sock.setblocking(True)
-        except (TimeoutError, BlockingIOError):
+        if listener.fileno() not in readable or stop.is_set():
             daemon.pool.close_idle(CONNECTION_IDLE)
-            with daemon.lock:
-                idle_for = time.monotonic() - daemon.last_activity
-            if not daemon.busy() and idle_for > daemon.config.daemon_idle_exit:
-                log.info("exiting after being idle", idle_seconds=round(idle_for))
-                break
             continue
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            continue  # another process took it (or it went away)
         except OSError as error:
             log.error("accept failed", error=str(error))
             time.sleep(0.1)
             continue
+        sock.setblocking(True)
         with daemon.lock:
             if daemon.connections >= MAX_CONNECTIONS:
                 sock.close()
                 continue
             daemon.connections += 1
-            daemon.last_activity = time.monotonic()
         threading.Thread(target=handle_connection, args=(daemon, sock), daemon=True,
                          name="connection").start()
     distsvc.adapters.systemd.notify(STOPPING=1)

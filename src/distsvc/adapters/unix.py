@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import pwd
@@ -24,6 +25,7 @@ from typing import Any
 import distsvc.protocol
 
 SOCKET_NAME = "distsvc.sock"
+LOCK_FILE = "daemon.lock"  # held by the one daemon serving this directory
 RECEIVE_CHUNK = 65536
 MAX_FDS = 3
 
@@ -94,6 +96,33 @@ def claim_directory(environ: Mapping[str, str]) -> Path:
             if _private_dir(directory):
                 return directory
     raise AssertionError("unreachable")
+
+
+def take_daemon_lock(directory: Path) -> int | None:
+    """The daemon lock of `directory` (an fd to keep open), or None if a daemon holds it."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def daemon_running(socket_path: Path) -> bool:
+    """Whether a daemon serves `socket_path` now, without waking one by connecting (a
+    socket-activated daemon would start, and count the check as use)."""
+    try:
+        fd = os.open(socket_path.parent / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def connect(path: Path, timeout: float) -> socket.socket:

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     listener = distsvc.adapters.systemd.listening_socket()
     directory = (Path(listener.getsockname()).parent if listener is not None
                  else distsvc.adapters.unix.claim_directory(os.environ))
-    lock = distsvc.actions.serve.take_lock(directory)
+    lock = distsvc.adapters.unix.take_daemon_lock(directory)
     if lock is None:
         log.info("another daemon is serving this user; exiting", directory=str(directory))
         return 0

@@ -15,6 +15,28 @@ def add_parser(sub: Any, name: str) -> None:
     distsvc.commands.common.add_config_options(p)
 
 
+def through_daemon(config: Any) -> list[str] | None:
+    """A running daemon measures over its warm connections (a third of the time, a sixth of
+    the CPU for 200 hosts); one that is not running is not woken for it. None: no daemon."""
+    import distsvc.actions.client
+    import distsvc.adapters.unix
+    import distsvc.config
+
+    path = distsvc.adapters.unix.find_socket(os.environ)
+    if not distsvc.actions.client.enabled(os.environ) or path is None or not (
+            distsvc.adapters.unix.daemon_running(path)):
+        return None
+    request = {"type": "scan", "config": distsvc.config.to_mapping(config)}
+    try:
+        # A pass probes 32 hosts at a time, each within probe_timeout.
+        timeout = 30 + config.probe_timeout * (len(config.hosts) / 32 + 1)
+        measured: list[str] = distsvc.actions.client.query(
+            request, os.environ, timeout)["measured"]
+    except distsvc.actions.client.Unavailable:
+        return None
+    return measured
+
+
 def run(args: argparse.Namespace) -> int:
     import distsvc.actions.scan
     import distsvc.adapters.ssh
@@ -23,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
 
     distsvc.log.configure(os.environ.get("DISTSVC_LOG") or "info")
     config = distsvc.commands.common.load_config(args)
-    pool = distsvc.adapters.ssh.Pool()
-    try:
-        measured = distsvc.actions.scan.timer_pass(config, os.environ, pool)
-    finally:
-        pool.close_all()
-    distsvc.log.get().info("scan pass done", hosts=len(measured))
+    measured = through_daemon(config)
+    daemon_used = measured is not None
+    if measured is None:
+        pool = distsvc.adapters.ssh.Pool()
+        try:
+            measured = distsvc.actions.scan.timer_pass(config, os.environ, pool)
+        finally:
+            pool.close_all()
+    distsvc.log.get().info("scan pass done", hosts=len(measured),
+                           through="daemon" if daemon_used else "process")
     if distsvc.adapters.systemd.under_systemd(os.environ):
         # journald learns an entry's unit from the sender's cgroup when it reads the entry;
         # a oneshot that exits at once can lose that (`journalctl -u` would miss it).
