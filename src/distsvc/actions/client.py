@@ -15,8 +15,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import distsvc.actions.relay
 import distsvc.adapters.terminal
@@ -24,6 +24,9 @@ import distsvc.adapters.unix
 import distsvc.config
 import distsvc.errors
 import distsvc.protocol
+
+if TYPE_CHECKING:
+    import distsvc.actions.run
 
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 15.0  # a cold start through socket activation, then a probe round
@@ -88,13 +91,12 @@ def query(request: dict[str, Any], environ: Mapping[str, str],
         sock.close()
 
 
-def run(argv: Sequence[str], options: Any, config: distsvc.config.Config,
-        env: Mapping[str, str], workdir: str, term: str, environ: Mapping[str, str],
-        notice: Any) -> int:
+def run(argv: Sequence[str], options: distsvc.actions.run.Options,
+        config: distsvc.config.Config, env: Mapping[str, str], workdir: str, term: str,
+        terminal: bool, environ: Mapping[str, str], notice: Callable[[str], None]) -> int:
     """Run argv through the daemon: it gets our stdin, stdout and stderr as file descriptors
-    and relays them over its warm SSH connection; we pass on signals and resizes."""
-    import distsvc.actions.run
-
+    and relays them over its warm SSH connection; we pass on signals and resizes. With
+    `terminal`, ours goes into raw mode once the command has started."""
     sock = connect(environ)
     devnull = None
     try:
@@ -102,7 +104,6 @@ def run(argv: Sequence[str], options: Any, config: distsvc.config.Config,
         if not options.stdin:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             stdin_fd = devnull
-        terminal = distsvc.actions.run.wants_terminal(options)
         request = {
             "type": "run", "config": distsvc.config.to_mapping(config), "argv": list(argv),
             "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
@@ -122,7 +123,7 @@ def run(argv: Sequence[str], options: Any, config: distsvc.config.Config,
 
 
 def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
-            terminal: bool, notice: Any) -> int:
+            terminal: bool, notice: Callable[[str], None]) -> int:
     reader = distsvc.adapters.unix.Reader(sock)
     sock.settimeout(5.0)
     deadline = time.monotonic() + START_TIMEOUT

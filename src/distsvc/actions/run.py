@@ -125,8 +125,9 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
     term = environ.get("TERM") or "xterm"
     if distsvc.actions.client.enabled(environ):
         try:
-            return distsvc.actions.client.run(argv, options, config, env, workdir, term,
-                                              environ, lambda m: notice(options, m))
+            return distsvc.actions.client.run(
+                argv, options, config, env, workdir, term, wants_terminal(options), environ,
+                lambda m: notice(options, m))
         except distsvc.actions.client.Unavailable:
             distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
     return run_in_process(argv, options, config, env, workdir, term, environ)
