@@ -37,7 +37,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # watcher and the caller's own subtree; `ds_end W SIGNAL...` sends each signal in turn to the
 # members, going on to the next only if some are still there after KILL_GRACE seconds. The
 # sessions are named once, up front: after W exits, its orphans are still found by them.
-# Needs ps with `sid` (procps, busybox) and `sleep` with fractions (GNU, busybox).
+# Needs procps `ps` (for `sid` and `-ww`) and a `sleep` that takes fractions (GNU coreutils).
 _END_TREE = r"""
 ds_sessions() {
   ps -A -ww -o pid= -o ppid= -o sid= 2>/dev/null | awk -v w="$1" '
