@@ -802,7 +802,11 @@ def _start(bed: _Bed, mask: Sequence[str]) -> subprocess.Popen[bytes]:
             "setpriv", "--pdeathsig", "TERM",
             "systemd-nspawn", "--directory", str(bed.root), f"--machine={bed.name}",
             "--register=no", "--keep-unit", "--boot", "--private-network",
-            "--console=read-only", "--link-journal=no"]
+            "--console=read-only", "--link-journal=no",
+            # The project (and its venv) at the same path inside, read-only: through the
+            # overlay alone it would be hidden when it lies under /tmp, which nspawn mounts
+            # a fresh tmpfs over (a clean clone in CI may well be there).
+            f"--bind-ro={PROJECT}"]
     with open(bed.workdir / "console.log", "wb") as log:
         nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
