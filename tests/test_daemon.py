@@ -202,6 +202,9 @@ def test_another_user_is_refused_by_peer_credentials(running: Running) -> None:
     with pytest.raises(distsvc.actions.client.Unavailable):
         running.status()
     running.directory.chmod(0o700)
+    with pytest.raises(distsvc.actions.client.Unavailable):
+        running.status()  # the runtime directory itself is still open
+    running.directory.parent.chmod(0o700)
     assert running.status()["ok"]
 
 

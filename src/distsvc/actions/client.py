@@ -57,9 +57,15 @@ def connect(environ: Mapping[str, str]) -> socket.socket:
     if path is None:
         raise Unavailable("no daemon socket")
     try:
-        return distsvc.adapters.unix.connect(path, CONNECT_TIMEOUT)
+        sock = distsvc.adapters.unix.connect(path, CONNECT_TIMEOUT)
     except OSError as error:
         raise Unavailable(f"daemon socket {path}: {error.strerror or error}") from None
+    # The daemon checks us; we check it too: our stdin, stdout, stderr and environment are
+    # about to be handed over.
+    if distsvc.adapters.unix.peer_credentials(sock)[1] != os.getuid():
+        sock.close()
+        raise Unavailable(f"daemon socket {path} is served by another user")
+    return sock
 
 
 def _answer_or_raise(message: dict[str, Any] | None) -> dict[str, Any]:
@@ -109,6 +115,8 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
             "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
             "stdin": options.stdin, "quiet": options.quiet,
             "ssh_auth_sock": environ.get("SSH_AUTH_SOCK", ""),
+            # The daemon reads our terminal only while this group is in the foreground.
+            "pgid": os.getpgrp(),
         }
         with distsvc.actions.relay.SignalCatcher() as signals:
             try:
@@ -140,8 +148,12 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
                 try:
                     message = reader.receive()
                 except (OSError, distsvc.protocol.ProtocolError) as error:
+                    if not started:  # nothing ran: do it without the daemon
+                        raise Unavailable(f"the daemon dropped the request: {error}") from None
                     raise distsvc.errors.CannotRun(f"lost the daemon: {error}") from None
                 if message is None:
+                    if not started:
+                        raise Unavailable("the daemon closed the connection before starting")
                     raise distsvc.errors.CannotRun(
                         "the daemon went away; the command is ended on its host")
                 kind = message.get("type")

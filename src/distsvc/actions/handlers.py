@@ -173,8 +173,10 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     if not config.hosts:
         raise distsvc.errors.CannotRun("no hosts configured")
     agent = env.get("SSH_AUTH_SOCK") or request.get("ssh_auth_sock")
-    if isinstance(agent, str) and agent and not os.environ.get("SSH_AUTH_SOCK"):
-        # A daemon started by systemd may not know the user's agent: adopt the client's.
+    current = os.environ.get("SSH_AUTH_SOCK", "")
+    if isinstance(agent, str) and agent and (not current or not os.path.exists(current)):
+        # A daemon started by systemd may not know the user's agent, and one it adopted may
+        # be gone (an `ssh -A` session that ended): take the client's.
         os.environ["SSH_AUTH_SOCK"] = agent
     options = distsvc.actions.run.Options(
         workdir=_field(request, "workdir", str), tty=request.get("tty"),
@@ -202,7 +204,8 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
             argv, options, config, env, options.workdir or "/", str(request.get("term") or
                                                                    "xterm"),
             daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started)
+            started=started, foreground_pgid=request.get("pgid") if isinstance(
+                request.get("pgid"), int) else peer.pid)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

@@ -52,8 +52,8 @@ def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
     except (distsvc.errors.HostUnreachable, TimeoutError, OSError, EOFError) as error:
         reason = error.reason if isinstance(error, distsvc.errors.HostUnreachable) else (
             str(error) or type(error).__name__)
-        if connection is not None:
-            pool.discard(connection)
+        if connection is not None and not connection.alive():
+            pool.discard(connection)  # a live one stays: other commands may be using it
         return Probed(host, distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=now, error=reason))
 

@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,31 +39,73 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         try:
             written = os.write(fd, view)
-        except BrokenPipeError:
-            raise OutputClosed from None
+        except BlockingIOError:
+            # Output inherited in non-blocking mode (common under node or CI runners).
+            select.select([], [fd], [])
+            continue
+        except OSError as error:
+            # EPIPE from `| head`, ENOSPC, EIO: a local matter that ends this command only.
+            raise OutputClosed(str(error)) from None
         view = view[written:]
 
 
-def _pump_stdin(process: Process, fd: int, stop: threading.Event) -> None:
-    """Forward `fd` until end-of-file, then close the command's stdin (sends EOF).
+class StdinPump:
+    """Forwards a local fd to the command's stdin until end-of-file, then sends EOF.
 
-    Polls instead of blocking in read(): once the command is over, nothing more is read, so
-    a terminal or pipe shared with the user's shell keeps its next input for the shell.
+    Polls instead of blocking in read(), and stop() waits for the thread: once a command is
+    over nothing more is read, so a terminal or pipe shared with the user's shell keeps its
+    next input for the shell, and an fd number the daemon closes and reuses is never read.
+    With `foreground_pgid` (a daemon reading its client's terminal), input is read only while
+    that process group owns the terminal, as the kernel would enforce with SIGTTIN.
     """
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    try:
-        while not stop.is_set():
-            if not poller.poll(200):
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            process.write(data)
-    except OSError:
-        pass
-    with contextlib.suppress(OSError, EOFError):
-        process.close_stdin()
+
+    def __init__(self, process: Process, fd: int, foreground_pgid: int | None) -> None:
+        self.process = process
+        self.fd = fd
+        self.foreground_pgid = foreground_pgid if os.isatty(fd) else None
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._pump, daemon=True, name="stdin")
+        self.thread.start()
+
+    def _may_read(self) -> bool:
+        if self.foreground_pgid is None:
+            return True
+        try:
+            return os.tcgetpgrp(self.fd) == self.foreground_pgid
+        except OSError:
+            return False
+
+    def _pump(self) -> None:
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN | select.POLLHUP)
+        poller.register(self.wake_r, select.POLLIN)
+        try:
+            while not self.stopping:
+                events = dict(poller.poll(1000))
+                if self.stopping:
+                    return
+                if self.fd not in events:
+                    continue
+                if not self._may_read():
+                    time.sleep(0.2)  # in the background: leave the input to the shell
+                    continue
+                data = os.read(self.fd, 65536)
+                if not data:
+                    break
+                self.process.write(data)
+        except (OSError, EOFError):
+            pass
+        with contextlib.suppress(OSError, EOFError):
+            self.process.close_stdin()
+
+    def stop(self) -> None:
+        self.stopping = True
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"\0")
+        self.thread.join()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
 
 class EventQueue:
@@ -123,18 +166,19 @@ class SignalCatcher(EventQueue):
 
 
 def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int | None,
-          deliver: Callable[[int], None], events: EventQueue) -> int:
+          deliver: Callable[[int], None], events: EventQueue,
+          foreground_pgid: int | None = None) -> int:
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
     `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a
     thread) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; with a terminal
-    (`terminal_fd`), a SIGWINCH event passes its new size on.
+    (`terminal_fd`), a SIGWINCH event passes its new size on. `foreground_pgid`: see
+    StdinPump.
     """
     stdin_fd, stdout_fd, stderr_fd = fds
-    stop = threading.Event()
+    pump = None
     if stdin_fd is not None:
-        threading.Thread(target=_pump_stdin, args=(process, stdin_fd, stop), daemon=True,
-                         name="stdin").start()
+        pump = StdinPump(process, stdin_fd, foreground_pgid)
     else:
         process.close_stdin()
     try:
@@ -146,9 +190,10 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
                 else:
                     threading.Thread(target=deliver, args=(signum,), daemon=True,
                                      name="signal").start()
+            finished = process.finished()  # decided before the last reads: nothing is lost
             _write_all(stdout_fd, process.read_stdout())
             _write_all(stderr_fd, process.read_stderr())
-            if process.finished():
+            if finished:
                 return process.exit_status()
             if process.connection_lost():
                 _write_all(stdout_fd, process.read_stdout())
@@ -156,4 +201,5 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
                 return STATUS_CONNECTION_LOST
             select.select([process.fileno(), events.fileno()], [], [], 1.0)
     finally:
-        stop.set()
+        if pump is not None:
+            pump.stop()

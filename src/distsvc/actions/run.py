@@ -67,7 +67,7 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
 def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
             events: distsvc.actions.relay.EventQueue, fds: tuple[int, int, int] = (0, 1, 2),
-            own_terminal: bool = True) -> int:
+            own_terminal: bool = True, foreground_pgid: int | None = None) -> int:
     """Run argv on an open connection under the remote wrapper; the command's status.
 
     `fds` are the stdin, stdout and stderr to relay (a daemon passes its client's). With a
@@ -86,8 +86,14 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             raise distsvc.errors.HostUnreachable(
                 connection.target.label, "could not store the environment in $TMPDIR")
     size = distsvc.adapters.terminal.window_size(fds[0]) if terminal else (80, 24)
-    process = connection.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
-                              term=term if terminal else None, size=size)
+    try:
+        process = connection.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
+                                  term=term if terminal else None, size=size)
+    except distsvc.errors.HostUnreachable:
+        if terminal:  # the environment file holds secrets: do not leave it behind
+            with contextlib.suppress(Exception):
+                connection.run(f'rm -f "{distsvc.remote.env_file(token)}"', timeout=5.0)
+        raise
     if not terminal:
         process.write(script)
 
@@ -102,7 +108,8 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
         if terminal and own_terminal:
             stack.enter_context(distsvc.adapters.terminal.raw_mode(fds[0]))
         try:
-            status = distsvc.actions.relay.relay(process, streams, terminal_fd, deliver, events)
+            status = distsvc.actions.relay.relay(process, streams, terminal_fd, deliver, events,
+                                                 foreground_pgid)
         except distsvc.actions.relay.OutputClosed:
             # Whoever read our output is gone (`| head`): end the command as SIGPIPE would.
             deliver(signal.SIGPIPE)
@@ -154,7 +161,8 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 pool: distsvc.adapters.ssh.Pool, signals: distsvc.actions.relay.EventQueue,
                 say: Callable[[str], None], job_pid: int | None = None,
                 fds: tuple[int, int, int] = (0, 1, 2),
-                started: Callable[[str], None] = lambda host: None) -> int:
+                started: Callable[[str], None] = lambda host: None,
+                foreground_pgid: int | None = None) -> int:
     """Choose a host, falling back to the next ones that fail to connect, and run there.
 
     A daemon passes its client's pid and fds, and `started` to hear which host runs it.
@@ -166,23 +174,34 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
         choice = distsvc.actions.placement.choose(
             config, directory, tried, say, pool, signals.terminating, job_pid)
         try:
-            # A pooled connection may have died unnoticed: a failure to start a session on it
-            # gets one more try on a fresh connection before the host counts as unreachable.
+            # A session that cannot be started gets one more try before the host counts as
+            # unreachable: on a fresh pooled connection if the old one had died unnoticed,
+            # on a connection of its own if the host refused one more session on a live one.
+            connection = pool.get(choice.host, config.host_key_policy, config.connect_timeout)
             for attempt in (1, 2):
-                connection = pool.get(choice.host, config.host_key_policy,
-                                      config.connect_timeout)
+                own = None
+                if attempt == 2:
+                    if connection.alive():
+                        connection = own = pool.unpooled(
+                            choice.host, config.host_key_policy, config.connect_timeout)
+                    else:
+                        pool.discard(connection)
+                        connection = pool.get(choice.host, config.host_key_policy,
+                                              config.connect_timeout)
                 try:
                     if attempt == 1:
                         started(choice.host.name)
                     return execute(connection, argv, options, env, workdir, term, signals,
-                                   fds, own_terminal=job_pid is None)
+                                   fds, own_terminal=job_pid is None,
+                                   foreground_pgid=foreground_pgid)
                 except distsvc.errors.HostUnreachable:
-                    pool.discard(connection)
                     if attempt == 2:
                         raise
                 except (OSError, EOFError) as error:
-                    pool.discard(connection)
                     raise distsvc.errors.CannotRun(f"{choice.host.name}: {error}") from None
+                finally:
+                    if own is not None:
+                        own.close()
         except distsvc.errors.HostUnreachable as error:
             distsvc.actions.placement.mark_unreachable(
                 directory, choice.host.name, error.reason, choice.placement)

@@ -124,6 +124,11 @@ def _open_socket(target: Target, timeout: float, jump: Connection | None) -> Any
     sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
     # paramiko leaves Nagle on: small writes then wait for delayed ACKs (~40 ms a command).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # A host that vanishes (crash, cable) is noticed within ~60 s, not TCP's ~15 minutes.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     return sock
 
 
@@ -138,9 +143,10 @@ class Connection:
         transport = client.get_transport()
         assert transport is not None
         self.transport: paramiko.Transport = transport
+        self._channels: list[paramiko.Channel] = []
 
     def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
-             timeout: float | None = None) -> RemoteProcess:
+             timeout: float = 15.0) -> RemoteProcess:
         """Start `command`; with `term`, on a pseudo-terminal of `size` (columns, rows).
 
         Raises HostUnreachable when no session can be started (e.g. a pooled connection
@@ -152,6 +158,7 @@ class Connection:
             if term is not None:
                 channel.get_pty(term=term, width=size[0], height=size[1])
             channel.exec_command(command)
+            self._channels.append(channel)
         except (paramiko.SSHException, EOFError, OSError) as error:
             raise distsvc.errors.HostUnreachable(
                 self.target.label, f"could not start a session: {error or type(error).__name__}"
@@ -181,6 +188,11 @@ class Connection:
 
     def alive(self) -> bool:
         return self.transport.is_active()
+
+    def busy(self) -> bool:
+        """Whether a command started with open() is still running on this connection."""
+        self._channels = [c for c in self._channels if not c.closed]
+        return bool(self._channels)
 
     def close(self) -> None:
         self.client.close()
@@ -222,12 +234,11 @@ class RemoteProcess:
 
     def finished(self) -> bool:
         """All output read and the command ended (or the channel closed)."""
-        drained = not self.channel.recv_ready() and not self.channel.recv_stderr_ready()
-        if not drained:
-            return False
-        if self.channel.closed:
-            return True
-        return bool(self.channel.eof_received) and self.channel.exit_status_ready()
+        # The end is checked before the buffers: output that arrives in between is then seen
+        # as not drained, never lost.
+        ended = self.channel.closed or (
+            bool(self.channel.eof_received) and self.channel.exit_status_ready())
+        return ended and not self.channel.recv_ready() and not self.channel.recv_stderr_ready()
 
     def exit_status(self) -> int:
         """The command's exit status; -1 if the channel closed without one."""
@@ -330,8 +341,15 @@ class Pool:
             self._used[target] = time.monotonic()
         return connection
 
+    def unpooled(self, host: distsvc.config.Host, host_key_policy: str, timeout: float
+                 ) -> Connection:
+        """A connection of its own (the caller closes it), for when the host refuses one more
+        session on the pooled connection (OpenSSH's MaxSessions is 10 by default)."""
+        return connect(resolve(host, host_key_policy), timeout)
+
     def discard(self, connection: Connection) -> None:
-        """Drop a connection that failed, so the next get() connects afresh."""
+        """Drop a connection that failed, so the next get() connects afresh. Only for a
+        connection that is dead or broken: the other commands on it end with it."""
         with self._lock:
             if self._connections.get(connection.target) is connection:
                 del self._connections[connection.target]
@@ -340,7 +358,8 @@ class Pool:
     def close_idle(self, idle_for: float) -> int:
         now = time.monotonic()
         with self._lock:
-            idle = [t for t, used in self._used.items() if now - used > idle_for]
+            idle = [t for t, used in self._used.items() if now - used > idle_for
+                    and not (t in self._connections and self._connections[t].busy())]
             closing = [self._connections.pop(t) for t in idle if t in self._connections]
             for t in idle:
                 del self._used[t]

@@ -65,7 +65,8 @@ def find_socket(environ: Mapping[str, str]) -> Path | None:
     runtime = _runtime_dir(environ)
     if runtime is not None:
         path = runtime / SOCKET_NAME
-        return path if _private_dir(runtime) and _own_socket(path) else None
+        secure = _private_dir(runtime.parent) and _private_dir(runtime) and _own_socket(path)
+        return path if secure else None
     for directory in _tmp_candidates():
         try:
             os.lstat(directory)
