@@ -76,7 +76,8 @@ class Client:
         return path
 
     def command(self, name: str, *args: str) -> list[str]:
-        return [str(BIN / name), *args]
+        """A distsvc program by name, or any program by absolute path."""
+        return [name if name.startswith("/") else str(BIN / name), *args]
 
     def popen(self, name: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
         kw.setdefault("cwd", self.workdir)

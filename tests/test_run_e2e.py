@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import termios
+import time
 
 import pytest
 
@@ -203,3 +204,23 @@ def test_sigterm_with_a_terminal_restores_it(one_host: conftest.Client) -> None:
 def test_no_terminal_when_output_is_not_one(one_host: conftest.Client) -> None:
     result = one_host.run("distsvc-run", "sh", "-c", "tty || true")
     assert result.stdout.strip() == b"not a tty"
+
+
+def test_a_background_run_does_not_read_the_terminal(one_host: conftest.Client,
+                                                     tmp_path) -> None:
+    """Through a daemon, which is outside the terminal's session and so gets no SIGTTIN: a
+    run in a background process group leaves what the user types to the shell."""
+    if one_host.mode != "daemon":
+        pytest.skip("in-process, the kernel stops a background reader (SIGTTIN)")
+    out = tmp_path / "out"
+    term = helpers.Terminal(one_host, "/bin/sh", "-c",
+                            f"setsid -w {conftest.BIN}/distsvc-run -T cat > {out}; echo DONE")
+    try:
+        helpers.wait_for(lambda: one_host.bed.remote_processes("cat"), 20, "the command")
+        term.write(b"typed-for-the-shell\n")
+        time.sleep(1.5)
+        subprocess.run(["pkill", "-TERM", "-f", "python3 .*distsvc-run -T cat"])
+        term.read_until(b"DONE")
+        assert b"typed-for-the-shell" not in out.read_bytes()
+    finally:
+        term.close()
