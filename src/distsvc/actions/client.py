@@ -115,8 +115,6 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
             "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
             "stdin": options.stdin, "quiet": options.quiet,
             "ssh_auth_sock": environ.get("SSH_AUTH_SOCK", ""),
-            # The daemon reads our terminal only while this group is in the foreground.
-            "pgid": os.getpgrp(),
         }
         with distsvc.actions.relay.SignalCatcher() as signals:
             try:

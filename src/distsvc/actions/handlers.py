@@ -204,8 +204,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
             argv, options, config, env, options.workdir or "/", str(request.get("term") or
                                                                    "xterm"),
             daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started, foreground_pgid=request.get("pgid") if isinstance(
-                request.get("pgid"), int) else peer.pid)
+            started=started, reader_pid=peer.pid)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

@@ -55,26 +55,31 @@ class StdinPump:
     Polls instead of blocking in read(), and stop() waits for the thread: once a command is
     over nothing more is read, so a terminal or pipe shared with the user's shell keeps its
     next input for the shell, and an fd number the daemon closes and reuses is never read.
-    With `foreground_pgid` (a daemon reading its client's terminal), input is read only while
-    that process group owns the terminal, as the kernel would enforce with SIGTTIN.
+    With `reader_pid` (a daemon reading its client's terminal), input is read only while that
+    process's group is the terminal's foreground group, as the kernel enforces with SIGTTIN
+    for processes of the terminal's own session (the daemon is not one of them).
     """
 
-    def __init__(self, process: Process, fd: int, foreground_pgid: int | None) -> None:
+    def __init__(self, process: Process, fd: int, reader_pid: int | None) -> None:
         self.process = process
         self.fd = fd
-        self.foreground_pgid = foreground_pgid if os.isatty(fd) else None
+        self.reader_pid = reader_pid if os.isatty(fd) else None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stopping = False
         self.thread = threading.Thread(target=self._pump, daemon=True, name="stdin")
         self.thread.start()
 
     def _may_read(self) -> bool:
-        if self.foreground_pgid is None:
+        if self.reader_pid is None:
             return True
+        # tcgetpgrp() works only on one's own controlling terminal; /proc tells about the
+        # reader's: its process group (field 5) and its terminal's foreground group (field 8).
         try:
-            return os.tcgetpgrp(self.fd) == self.foreground_pgid
+            with open(f"/proc/{self.reader_pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
         except OSError:
             return False
+        return fields[2] == fields[5]
 
     def _pump(self) -> None:
         poller = select.poll()
@@ -167,18 +172,17 @@ class SignalCatcher(EventQueue):
 
 def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int | None,
           deliver: Callable[[int], None], events: EventQueue,
-          foreground_pgid: int | None = None) -> int:
+          reader_pid: int | None = None) -> int:
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
     `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a
     thread) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; with a terminal
-    (`terminal_fd`), a SIGWINCH event passes its new size on. `foreground_pgid`: see
-    StdinPump.
+    (`terminal_fd`), a SIGWINCH event passes its new size on. `reader_pid`: see StdinPump.
     """
     stdin_fd, stdout_fd, stderr_fd = fds
     pump = None
     if stdin_fd is not None:
-        pump = StdinPump(process, stdin_fd, foreground_pgid)
+        pump = StdinPump(process, stdin_fd, reader_pid)
     else:
         process.close_stdin()
     try:

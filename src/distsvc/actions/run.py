@@ -67,7 +67,7 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
 def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
             events: distsvc.actions.relay.EventQueue, fds: tuple[int, int, int] = (0, 1, 2),
-            own_terminal: bool = True, foreground_pgid: int | None = None) -> int:
+            own_terminal: bool = True, reader_pid: int | None = None) -> int:
     """Run argv on an open connection under the remote wrapper; the command's status.
 
     `fds` are the stdin, stdout and stderr to relay (a daemon passes its client's). With a
@@ -109,7 +109,7 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             stack.enter_context(distsvc.adapters.terminal.raw_mode(fds[0]))
         try:
             status = distsvc.actions.relay.relay(process, streams, terminal_fd, deliver, events,
-                                                 foreground_pgid)
+                                                 reader_pid)
         except distsvc.actions.relay.OutputClosed:
             # Whoever read our output is gone (`| head`): end the command as SIGPIPE would.
             deliver(signal.SIGPIPE)
@@ -162,7 +162,7 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 say: Callable[[str], None], job_pid: int | None = None,
                 fds: tuple[int, int, int] = (0, 1, 2),
                 started: Callable[[str], None] = lambda host: None,
-                foreground_pgid: int | None = None) -> int:
+                reader_pid: int | None = None) -> int:
     """Choose a host, falling back to the next ones that fail to connect, and run there.
 
     A daemon passes its client's pid and fds, and `started` to hear which host runs it.
@@ -193,7 +193,7 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                         started(choice.host.name)
                     return execute(connection, argv, options, env, workdir, term, signals,
                                    fds, own_terminal=job_pid is None,
-                                   foreground_pgid=foreground_pgid)
+                                   reader_pid=reader_pid)
                 except distsvc.errors.HostUnreachable:
                     if attempt == 2:
                         raise
