@@ -331,7 +331,8 @@ CLIENT_STAGES_SCRIPT = """if True:
     env = distsvc.environment.carried(os.environ, config.env, saved)
     t3 = time.perf_counter()
     status = distsvc.actions.client.run(args.command, command.options_from(args), config, env,
-                                        os.getcwd(), "xterm", os.environ, lambda _: None)
+                                        os.getcwd(), "xterm", False, os.environ,
+                                        lambda _: None)
     t4 = time.perf_counter()
     assert status == 0, status
     import json
