@@ -353,3 +353,12 @@ def write_docs(heading: str, section: str) -> None:
         text = text[:start] + section.rstrip("\n") + "\n" + (
             "" if end < 0 else "\n" + text[end + 1:])
     DOCS.write_text(text.rstrip("\n") + "\n")
+
+
+def preamble(heading: str, description: str, command: str, info: dict[str, str]) -> list[str]:
+    """The opening of a generated report: what was measured, how to repeat it, the machine."""
+    out = [heading, "", description, ""]
+    out += ["Reproduce (as root, from the repository root):", "", "```sh", command, "```", ""]
+    out += ["Machine:", ""]
+    out += [f"- {key}: {value}" for key, value in info.items()]
+    return [*out, ""]

@@ -99,6 +99,7 @@ from common import (
     ms,
     p90,
     p99,
+    preamble,
     ssh_command,
     ssh_env,
     sshbed,
@@ -601,24 +602,6 @@ def part_container(s: Setting) -> dict[str, Any]:
 # --- 5. and 6. 200 hosts ---------------------------------------------------------------------
 
 
-SSHD_SETTINGS = """\
-HostKey {key}
-PidFile none
-AuthorizedKeysFile {root}/authorized_keys
-AllowUsers {user}
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PrintMotd no
-PrintLastLog no
-UseDNS no
-MaxStartups 300:30:600
-MaxSessions 300
-LogLevel ERROR
-"""
-
-
 @contextlib.contextmanager
 def many_hosts(bed: sshbed.Bed, count: int) -> Iterator[tuple[list[sshbed.Host], list[int]]]:
     """`count` hosts on 127.0.1.1, 127.0.1.2, ... (one port): sshd processes of up to 16
@@ -628,7 +611,8 @@ def many_hosts(bed: sshbed.Bed, count: int) -> Iterator[tuple[list[sshbed.Host],
     addresses = [f"127.0.1.{i}" for i in range(1, count + 1)]
     port = sshbed.free_port(addresses[0])
     key = bed.root / "hostkey-h1"  # written by sshbed for its first host
-    settings = SSHD_SETTINGS.format(key=key, root=bed.root, user=bed.user)
+    settings = sshbed.sshd_settings(bed.root, bed.user, key, max_startups="300:30:600",
+                                    max_sessions=300)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         with open(bed.root / "sshd-many.log", "ab") as log:
@@ -919,16 +903,13 @@ def report_memory(r: dict[str, Any]) -> list[str]:
 
 def report(info: dict[str, str], command: str, args: argparse.Namespace,
            results: dict[str, Any]) -> str:
-    out = [DOCS_HEADING, ""]
-    out += ["Measured by `bench/daemon_bench.py` against the test bed's OpenSSH servers "
-            "(`tests/sshbed.py`; h1 on 127.0.0.2 for parts 1-2 and 4a), every client with a "
-            "clean home and its runtime directory on a tmpfs. Figures are wall times "
-            "(`time.perf_counter`) of whole client processes unless a row says otherwise; "
-            "`ssh` gets `-F /dev/null` and its key and known_hosts explicitly.", ""]
-    out += ["Reproduce (as root, from the repository root):", "", "```sh", command, "```", ""]
-    out += ["Machine:", ""]
-    out += [f"- {key}: {value}" for key, value in info.items()]
-    out += [""]
+    out = preamble(
+        DOCS_HEADING,
+        "Measured by `bench/daemon_bench.py` against the test bed's OpenSSH servers "
+        "(`tests/sshbed.py`; h1 on 127.0.0.2 for parts 1-2 and 4a), every client with a "
+        "clean home and its runtime directory on a tmpfs. Figures are wall times "
+        "(`time.perf_counter`) of whole client processes unless a row says otherwise; "
+        "`ssh` gets `-F /dev/null` and its key and known_hosts explicitly.", command, info)
     if "latency" in results:
         out += report_latency(results["latency"], args.runs)
     if "stream" in results:

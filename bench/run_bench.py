@@ -70,6 +70,7 @@ from common import (
     median,
     ms,
     p90,
+    preamble,
     ssh_command,
     ssh_env,
     sshbed,
@@ -134,16 +135,14 @@ def report(info: dict[str, str], command: str, runs: int, stream_runs: int,
            latency: list[tuple[Variant, list[float]]],
            stream: list[tuple[Variant, list[float]]], imports: dict[str, ImportTimes],
            ciphers: dict[str, str]) -> str:
-    out = [DOCS_HEADING, ""]
-    out += ["Measured by `bench/run_bench.py` against one local OpenSSH server (an `sshd -D` of "
-            "the test bed in `tests/sshbed.py` on 127.0.0.2), with clean client homes and "
-            "`DISTSVC_DAEMON=off` (the in-process path, no daemon started); `ssh` "
-            "gets `-F /dev/null` and its key and known_hosts explicitly. Each figure is the "
-            "wall time of `subprocess.run` (`time.perf_counter`), stdin at end-of-file.", ""]
-    out += ["Reproduce (as root, from the repository root):", "", "```sh", command, "```", ""]
-    out += ["Machine:", ""]
-    out += [f"- {key}: {value}" for key, value in info.items()]
-    out += [""]
+    out = preamble(
+        DOCS_HEADING,
+        "Measured by `bench/run_bench.py` against one local OpenSSH server (an `sshd -D` of "
+        "the test bed in `tests/sshbed.py` on 127.0.0.2), with clean client homes and "
+        "`DISTSVC_DAEMON=off` (the in-process path, no daemon started); `ssh` "
+        "gets `-F /dev/null` and its key and known_hosts explicitly. Each figure is the "
+        "wall time of `subprocess.run` (`time.perf_counter`), stdin at end-of-file.",
+        command, info)
 
     out += [f"### Latency of a trivial command ({runs} calls each, interleaved)", ""]
     out += ["| variant | command | median ms | p90 ms |", "|---|---|---:|---:|"]

@@ -174,10 +174,10 @@ def _create_user(home: Path) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key: Path) -> Path:
-    path = root / f"sshd-{host}.conf"
-    path.write_text(f"""\
-ListenAddress {address}:{port}
+def sshd_settings(root: Path, user: str, key: Path, max_startups: str = "200:30:400",
+                  max_sessions: int = 200) -> str:
+    """sshd_config lines of a bed's server, all but ListenAddress (bench/ reuses them)."""
+    return f"""\
 HostKey {key}
 PidFile none
 AuthorizedKeysFile {root}/authorized_keys
@@ -190,10 +190,15 @@ PermitUserRC yes
 PrintMotd no
 PrintLastLog no
 UseDNS no
-MaxStartups 200:30:400
-MaxSessions 200
+MaxStartups {max_startups}
+MaxSessions {max_sessions}
 LogLevel ERROR
-""")
+"""
+
+
+def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key: Path) -> Path:
+    path = root / f"sshd-{host}.conf"
+    path.write_text(f"ListenAddress {address}:{port}\n" + sshd_settings(root, user, key))
     return path
 
 
