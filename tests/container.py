@@ -97,7 +97,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -419,19 +419,12 @@ class Container:
     def wait_for_user_manager(self, user: str | None = None, timeout: float = 30) -> str:
         """Wait until the user manager of a lingering `user` has finished starting up;
         returns its state (``running`` or ``degraded``)."""
-        deadline = time.monotonic() + timeout
-        state = ""
-        while time.monotonic() < deadline:
-            try:
-                done = self.run_as_user(["systemctl", "--user", "is-system-running", "--wait"],
-                                        user=user, check=False,
-                                        timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                break
-            state = str(done.stdout).strip()
-            if state in ("running", "degraded"):
-                return state
-            time.sleep(0.1)
+        up, state = _poll_manager(
+            lambda left: self.run_as_user(["systemctl", "--user", "is-system-running", "--wait"],
+                                          user=user, check=False, timeout=left),
+            time.monotonic() + timeout, pause=0.1)
+        if up:
+            return state
         raise BootError(f"the user manager of {user or self.user} did not come up "
                         f"(state {state!r})\n{self.debug_report()}")
 
@@ -828,20 +821,35 @@ def _wait_for_init(bed: _Bed, nspawn: subprocess.Popen[bytes], deadline: float) 
     raise BootError("the container's systemd did not start")
 
 
-def _wait_for_system(c: Container, deadline: float) -> str:
+def _poll_manager(ask: Callable[[float], subprocess.CompletedProcess[Any]], deadline: float,
+                  pause: float, before: Callable[[], None] = lambda: None) -> tuple[bool, str]:
+    """Ask a service manager `is-system-running --wait` (through `ask(seconds left)`) until it
+    says running or degraded, or the deadline passes: (whether it is up, its last state)."""
     state = ""
     while time.monotonic() < deadline:
-        if c.nspawn.poll() is not None:
-            raise BootError(f"the container stopped while booting\n{c.debug_report()}")
+        before()
         try:
-            done = c.run(["systemctl", "is-system-running", "--wait"], check=False,
-                         timeout=max(deadline - time.monotonic(), 0.1))
+            done = ask(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             break
         state = str(done.stdout).strip()
         if state in ("running", "degraded"):
-            return state
-        time.sleep(0.05)  # "offline": its bus is not there yet
+            return True, state
+        time.sleep(pause)  # e.g. "offline": its bus is not there yet
+    return False, state
+
+
+def _wait_for_system(c: Container, deadline: float) -> str:
+    def still_booting() -> None:
+        if c.nspawn.poll() is not None:
+            raise BootError(f"the container stopped while booting\n{c.debug_report()}")
+
+    up, state = _poll_manager(
+        lambda left: c.run(["systemctl", "is-system-running", "--wait"], check=False,
+                           timeout=left),
+        deadline, pause=0.05, before=still_booting)
+    if up:
+        return state
     raise BootError(f"the container did not boot (state {state!r})\n{c.debug_report()}")
 
 

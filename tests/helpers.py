@@ -5,11 +5,13 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import socket
 import struct
 import subprocess
 import termios
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import conftest
@@ -36,6 +38,19 @@ def sleeps_with(marker: str) -> list[int]:
         if args.strip() == f"sleep {marker}":
             pids.append(int(pid))
     return pids
+
+
+def unix_exchange(path: Path | str, data: bytes, timeout: float = 10) -> bytes:
+    """Connect to the unix socket at `path`, send `data`, half-close, read all."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def set_window(fd: int, columns: int, rows: int) -> None:

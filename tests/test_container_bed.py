@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import container
+import helpers
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,6 @@ def ct() -> Iterator[container.Container]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
-
-
-def talk(path: Path, data: bytes, timeout: float = 10) -> bytes:
-    """Connect to the unix socket at `path` (a host path), send `data`, half-close, read all."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def host_state(c: container.Container) -> list[str]:
@@ -145,9 +132,10 @@ def test_a_user_socket_activates_its_service(ct: container.Container) -> None:
     # The overlay path does not show /run (a tmpfs of the container's own)...
     assert not (ct.root / in_runtime.lstrip("/")).exists()
     # ... /proc/PID/root does, and the socket is connectable from the host through it,
-    assert talk(ct.host_path(in_runtime), b"ping 1\n") == b"ping 1\n"
+    assert helpers.unix_exchange(ct.host_path(in_runtime), b"ping 1\n") == b"ping 1\n"
     # and a socket on the overlay is connectable through the overlay path too.
-    assert talk(ct.root / ct.home.lstrip("/") / f"{name}.sock", b"ping 2\n") == b"ping 2\n"
+    on_overlay = ct.root / ct.home.lstrip("/") / f"{name}.sock"
+    assert helpers.unix_exchange(on_overlay, b"ping 2\n") == b"ping 2\n"
     # From inside, as the user.
     client = ("import socket, sys\n"
               "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"

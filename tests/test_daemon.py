@@ -26,6 +26,7 @@ import distsvc.actions.client
 import distsvc.actions.serve
 import distsvc.adapters.unix
 import distsvc.protocol
+import helpers
 
 NOBODY = 65534
 
@@ -43,15 +44,7 @@ class Running:
 
     def exchange(self, data: bytes, timeout: float = 5.0) -> bytes:
         """Send raw bytes, close our side, return everything the daemon sent back."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
-            s.connect(str(self.socket_path))
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-            return b"".join(chunks)
+        return helpers.unix_exchange(self.socket_path, data, timeout)
 
     def status(self) -> dict[str, Any]:
         return distsvc.actions.client.query({"type": "status"}, self.environ)
