@@ -663,17 +663,21 @@ def part_scan(s: Setting, hosts: list[sshbed.Host], sshd: list[int]) -> dict[str
             "errors": errors.most_common(3), "hosts": len(hosts)}
 
 
+def timed_refresh(env: dict[str, str], pid: int) -> tuple[list[dict[str, Any]], float, float]:
+    """A `hosts --refresh` through the daemon `pid`: its rows, wall seconds, daemon CPU s."""
+    cpu_before = cpu_seconds(pid)
+    started = time.perf_counter()
+    rows = refresh_through(env)
+    return rows, time.perf_counter() - started, cpu_seconds(pid) - cpu_before
+
+
 def part_memory(s: Setting, hosts: list[sshbed.Host]) -> dict[str, Any]:
     """The daemon's VmRSS idle with 200 hosts configured, then holding warm connections."""
     env = s.home("memory", daemon=True, hosts=hosts, max_age=None)
     with daemon(env, s.log("memory")) as process:
         time.sleep(1.0)
         before = proc_status(process.pid)
-        cpu_before = cpu_seconds(process.pid)
-        started = time.perf_counter()
-        rows = refresh_through(env)
-        refresh_wall = time.perf_counter() - started
-        refresh_cpu = cpu_seconds(process.pid) - cpu_before
+        rows, refresh_wall, refresh_cpu = timed_refresh(env, process.pid)
         status = json.loads(subprocess.run(
             [str(DISTSVC), "status", "--json"], env=env, capture_output=True, text=True,
             check=True, timeout=60).stdout)
@@ -682,11 +686,7 @@ def part_memory(s: Setting, hosts: list[sshbed.Host]) -> dict[str, Any]:
         settled = proc_status(process.pid)
         # The same refresh again, now over the warm connections: what a scan pass through
         # the daemon would cost instead of `distsvc scan`'s 200 handshakes.
-        cpu_before = cpu_seconds(process.pid)
-        started = time.perf_counter()
-        warm_rows = refresh_through(env)
-        warm_wall = time.perf_counter() - started
-        warm_cpu = cpu_seconds(process.pid) - cpu_before
+        warm_rows, warm_wall, warm_cpu = timed_refresh(env, process.pid)
     return {"before": before, "after": after, "settled": settled,
             "connections": status["connections"], "rows_up": sum(
                 r["state"] == "up" for r in rows), "refresh_wall": refresh_wall,
