@@ -108,13 +108,16 @@ def start_daemon(client: Client) -> subprocess.Popen[bytes]:
 
 @pytest.fixture(params=["direct", "daemon"])
 def client(request: pytest.FixtureRequest, bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
-    """A user, once working without a daemon (DISTSVC_DAEMON=off) and once through one."""
+    """A user, once working without a daemon (DISTSVC_DAEMON=off) and once through one
+    (DISTSVC_DAEMON=required: a daemon that does not answer fails the command, so the test
+    cannot pass through the in-process fallback)."""
     client = Client(bed, tmp_path / "client")
     client.mode = request.param
     daemon = None
     if request.param == "direct":
         client.env["DISTSVC_DAEMON"] = "off"
     else:
+        client.env["DISTSVC_DAEMON"] = "required"
         daemon = start_daemon(client)
     try:
         yield client

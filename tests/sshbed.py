@@ -174,10 +174,15 @@ def _create_user(home: Path) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
-def sshd_settings(root: Path, user: str, key: Path, max_startups: str = "200:30:400",
-                  max_sessions: int = 200) -> str:
-    """sshd_config lines of a bed's server, all but ListenAddress (bench/ reuses them)."""
-    return f"""\
+def sshd_settings(root: Path, user: str, key: Path, max_startups: str | None = None,
+                  max_sessions: int | None = None) -> str:
+    """sshd_config lines of a bed's server, all but ListenAddress (bench/ reuses them).
+
+    MaxStartups and MaxSessions stay at OpenSSH's defaults (10:30:100 and 10), as on real
+    hosts, unless a caller says otherwise (and why)."""
+    limits = "".join([f"MaxStartups {max_startups}\n" if max_startups else "",
+                      f"MaxSessions {max_sessions}\n" if max_sessions else ""])
+    return limits + f"""\
 HostKey {key}
 PidFile none
 AuthorizedKeysFile {root}/authorized_keys
@@ -190,8 +195,6 @@ PermitUserRC yes
 PrintMotd no
 PrintLastLog no
 UseDNS no
-MaxStartups {max_startups}
-MaxSessions {max_sessions}
 LogLevel ERROR
 """
 

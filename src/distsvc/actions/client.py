@@ -2,8 +2,12 @@
 
 Never hangs and never fails only because the daemon is absent: with no daemon answering
 (no systemd, units not enabled, a stale socket), the caller falls back to doing the work
-in-process, and a daemon is started in the background for the next commands (unless
-DISTSVC_DAEMON=off).
+in-process, and a daemon is started in the background for the next commands.
+
+DISTSVC_DAEMON selects the mode: `auto` (the default, as above), `off` (never ask a daemon,
+never start one) and `required` (only through a daemon: when none answers, the command fails
+with status 255 instead of falling back; the tests of the daemon path use it, so a silent
+fallback can never make them pass).
 """
 
 from __future__ import annotations
@@ -41,9 +45,24 @@ def enabled(environ: Mapping[str, str]) -> bool:
     return environ.get("DISTSVC_DAEMON", "auto") != "off"
 
 
+def required(environ: Mapping[str, str]) -> bool:
+    return environ.get("DISTSVC_DAEMON", "auto") == "required"
+
+
+def fall_back(environ: Mapping[str, str], why: Unavailable) -> None:
+    """Called where a caller is about to work without the daemon: refuses in `required` mode."""
+    if required(environ):
+        raise distsvc.errors.CannotRun(
+            f"no daemon answered ({why}), and DISTSVC_DAEMON=required forbids working without "
+            "one (start it: systemctl --user start distsvc.socket, or distsvc daemon)")
+
+
 def spawn(environ: Mapping[str, str]) -> None:
     """Start a daemon in the background; if another one wins the lock, it exits by itself."""
     import subprocess
+
+    if not enabled(environ) or required(environ):
+        return
 
     with contextlib.suppress(OSError):
         subprocess.Popen(

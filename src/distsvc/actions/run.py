@@ -135,7 +135,8 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
             return distsvc.actions.client.run(
                 argv, options, config, env, workdir, term, wants_terminal(options), environ,
                 lambda m: notice(options, m))
-        except distsvc.actions.client.Unavailable:
+        except distsvc.actions.client.Unavailable as why:
+            distsvc.actions.client.fall_back(environ, why)
             distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
     return run_in_process(argv, options, config, env, workdir, term, environ)
 

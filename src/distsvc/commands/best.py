@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
         answer = distsvc.actions.client.query(
             {"type": "best", "config": distsvc.config.to_mapping(config)}, os.environ)
         host = answer["host"]
-    except distsvc.actions.client.Unavailable:
+    except distsvc.actions.client.Unavailable as why:
+        distsvc.actions.client.fall_back(os.environ, why)
         import distsvc.actions.placement
         import distsvc.adapters.ssh
         import distsvc.paths

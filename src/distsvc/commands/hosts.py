@@ -61,8 +61,8 @@ def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
         try:
             rows: list[dict[str, Any]] = distsvc.actions.client.query(request, os.environ)["rows"]
             return rows
-        except distsvc.actions.client.Unavailable:
-            pass
+        except distsvc.actions.client.Unavailable as why:
+            distsvc.actions.client.fall_back(os.environ, why)
     import distsvc.actions.hosts
 
     return distsvc.actions.hosts.survey(config, os.environ, refresh)
