@@ -21,6 +21,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,15 @@ def run_to_end(process: RemoteProcess, stdin: bytes, timeout: float) -> tuple[in
         process.close()
 
 
+def _drain(ready: Callable[[], bool], receive: Callable[[int], bytes], limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and ready():
+        chunks.append(receive(limit - size))
+        size += len(chunks[-1])
+    return b"".join(chunks)
+
+
 class RemoteProcess:
     """A command running on a channel; the relay in distsvc.actions drives it.
 
@@ -314,22 +324,10 @@ class RemoteProcess:
 
     def read_stdout(self, limit: int = 1 << 20) -> bytes:
         """What has arrived on stdout, at most about `limit` bytes."""
-        chunks: list[bytes] = []
-        size = 0
-        while size < limit and self.channel.recv_ready():
-            chunk = self.channel.recv(limit - size)
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        return _drain(self.channel.recv_ready, self.channel.recv, limit)
 
     def read_stderr(self, limit: int = 1 << 20) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while size < limit and self.channel.recv_stderr_ready():
-            chunk = self.channel.recv_stderr(limit - size)
-            chunks.append(chunk)
-            size += len(chunk)
-        return b"".join(chunks)
+        return _drain(self.channel.recv_stderr_ready, self.channel.recv_stderr, limit)
 
     def write(self, data: bytes) -> None:
         self.channel.sendall(data)
