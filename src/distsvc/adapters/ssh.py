@@ -371,6 +371,15 @@ class Pool:
         with self._lock:
             return sum(1 for c in self._connections.values() if c.alive())
 
+    def per_host(self) -> dict[str, int]:
+        """Live pooled connections by host label (for `distsvc status`)."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for target, connection in self._connections.items():
+                if connection.alive():
+                    counts[target.label] = counts.get(target.label, 0) + 1
+            return counts
+
     def close_all(self) -> None:
         with self._lock:
             connections = list(self._connections.values())
