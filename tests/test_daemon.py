@@ -502,10 +502,10 @@ def start_sleeps(client: conftest.Client, count: int) -> list[tuple[str, subproc
     return started
 
 
-@pytest.mark.parametrize("client", ["daemon"], indirect=True)
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
 def test_a_client_whose_daemon_dies_or_hangs_is_told_within_seconds(
-        client: conftest.Client, fault: int) -> None:
+        daemon_client: conftest.Client, fault: int) -> None:
+    client = daemon_client
     client.configure(hosts=client.bed.hosts[:1])
     pid = daemon_pid(client)
     ((marker, process),) = start_sleeps(client, 1)
@@ -536,9 +536,9 @@ def test_a_client_whose_daemon_dies_or_hangs_is_told_within_seconds(
         assert answer["jobs"] == []
 
 
-@pytest.mark.parametrize("client", ["daemon"], indirect=True)
 def test_a_stopped_daemon_ends_the_running_commands_and_tells_their_clients(
-        client: conftest.Client) -> None:
+        daemon_client: conftest.Client) -> None:
+    client = daemon_client
     client.configure(hosts=client.bed.hosts[:2])
     pid = daemon_pid(client)
     commands = start_sleeps(client, 3)

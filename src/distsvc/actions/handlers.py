@@ -74,7 +74,7 @@ def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
              for name, entry in state.hosts.items()}
     with daemon.lock:
         jobs = [dict(job, id=job_id) for job_id, job in daemon.jobs.items()]
-    per_host = daemon.pool.per_host()
+    per_host = daemon.pool.counts()
     return {"ok": True, "version": distsvc.__version__, "pid": os.getpid(),
             "uptime": round(time.monotonic() - daemon.started, 1),
             "config": str(daemon.config.source), "hosts_configured": len(daemon.config.hosts),

@@ -578,15 +578,6 @@ class Pool:
     def size(self) -> int:
         return sum(self.counts().values())
 
-    def per_host(self) -> dict[str, int]:
-        """Live pooled connections by host label (for `distsvc status`)."""
-        with self._lock:
-            counts: dict[str, int] = {}
-            for target, connection in self._connections.items():
-                if connection.alive():
-                    counts[target.label] = counts.get(target.label, 0) + 1
-            return counts
-
     def close_all(self) -> None:
         with self._lock:
             connections = [c for cs in self._connections.values() for c in cs]
