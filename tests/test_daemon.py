@@ -6,6 +6,7 @@ test_systemd_e2e.py; commands through the daemon against sshd in the *_e2e.py te
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ import distsvc.log
 import distsvc.paths
 import distsvc.protocol
 import helpers
+import sshbed
 
 NOBODY = 65534
 
@@ -555,3 +557,33 @@ def test_a_stopped_daemon_ends_the_running_commands_and_tells_their_clients(
     helpers.wait_for(lambda: gone(pid), 20, "the daemon to exit")
     result = client.run("distsvc-run", "true")
     assert result.returncode == 255 and b"DISTSVC_DAEMON=required" in result.stderr
+
+
+def test_a_stop_tells_the_client_even_when_its_host_hangs(daemon_client: conftest.Client) -> None:
+    client = daemon_client
+    host = client.bed.hosts[0]
+    client.configure(hosts=[host])
+    pid = daemon_pid(client)
+    ((marker, process),) = start_sleeps(client, 1)
+    assert host.process is not None
+    # The servers of the host's connections hang (the listener still accepts): the command's
+    # end can never be seen, so the stop's grace runs out.
+    frozen = [p for p in sshbed.descendants(host.process.pid)
+              if Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
+    for p in frozen:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 255
+        helpers.wait_for(lambda: gone(pid), 30, "the daemon to exit")
+    finally:
+        for p in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+    _, err = process.communicate(timeout=30)
+    assert err.count(b"distsvc:") == 1, err
+    assert err.decode().splitlines()[-1] == (
+        f"distsvc: the daemon was stopped (restart?) while sleep {marker} ran on h1; the "
+        "command is ended there as the daemon's connection closes")
+    helpers.wait_for(lambda: not client.bed.remote_processes(f"sleep {marker}"), 30,
+                     "the command to be ended on its host")

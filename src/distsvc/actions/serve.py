@@ -166,12 +166,14 @@ def describe(request: dict[str, Any]) -> str:
     return "the command"
 
 
-def stopped_message(peer: Peer) -> str:
-    """What the client of a command a stop ended is told (one line)."""
+def stopped_message(peer: Peer, ended: bool = True) -> str:
+    """What the client of a command a stop ended is told (one line). Not `ended`: its end
+    was not seen in time, and the host ends it when the daemon's connection closes."""
     if peer.host is None:
         return f"the daemon was stopped (restart?) before {peer.what} started; it did not run"
     return (f"the daemon was stopped (restart?) while {peer.what} ran on {peer.host}; "
-            "the command was ended there")
+            + ("the command was ended there" if ended else
+               "the command is ended there as the daemon's connection closes"))
 
 
 def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
@@ -419,4 +421,4 @@ def end_running_commands(daemon: Daemon, grace: float = STOP_GRACE) -> None:
                 commands=len(left))
     for peer in left:
         # The handler never sends its answer after this: we are about to exit.
-        peer.send_if_writable(distsvc.protocol.error(stopped_message(peer), 255))
+        peer.send_if_writable(distsvc.protocol.error(stopped_message(peer, ended=False), 255))
