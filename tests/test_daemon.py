@@ -587,3 +587,17 @@ def test_a_stop_tells_the_client_even_when_its_host_hangs(daemon_client: conftes
         "command is ended there as the daemon's connection closes")
     helpers.wait_for(lambda: not client.bed.remote_processes(f"sleep {marker}"), 30,
                      "the command to be ended on its host")
+
+
+def test_a_daemon_with_an_invalid_configuration_starts_with_the_defaults(
+        reachable_tmp: Path) -> None:
+    environ = user_environ(reachable_tmp)
+    path = Path(environ["XDG_CONFIG_HOME"]) / "distsvc" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text("hosts = 3\n")
+    r = start(environ)  # a daemon that refused would leave every command in-process
+    try:
+        assert r.status()["ok"] and r.status()["hosts_configured"] == 0
+    finally:
+        r.stop.set()  # type: ignore[attr-defined]
+        r.thread.join(10)
