@@ -37,10 +37,7 @@ def test_more_commands_than_max_sessions_all_run_are_measured_and_signalled(
         assert statuses == [128 + signals[i % 3] for i in range(COMMANDS)], [
             p.stderr.read() if p.stderr else b"" for p in clients]
     finally:
-        for process in clients:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        helpers.reap(clients)
     helpers.wait_for(lambda: not client.bed.remote_processes(marker), 10, "every command to end")
 
 
@@ -94,8 +91,5 @@ def test_a_host_allowing_fewer_sessions_teaches_the_pool_its_limit(
                 process.send_signal(signal.SIGINT)
             assert [p.wait(60) for p in clients] == [130] * 7
         finally:
-            for process in clients:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+            helpers.reap(clients)
         helpers.wait_for(lambda: not client.bed.remote_processes(marker), 10, "the commands")
