@@ -238,12 +238,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         peer = Peer(sock, reader, pid, uid, heartbeats=request.get("heartbeats") is True,
                     what=describe(request))
         if kind == "run":
-            with daemon.lock:
-                daemon.runs.add(peer)
-                if daemon.stopping:
-                    peer.stop_command()
-            if peer.heartbeats:
-                peer.send_if_writable(HEARTBEAT)  # at once: the client knows we send them
+            register_run(daemon, peer)
         try:
             response = distsvc.actions.handlers.HANDLERS[kind](daemon, request, peer)
         except distsvc.errors.DistsvcError as error:
@@ -272,6 +267,17 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
             peer.close()
         else:
             sock.close()
+
+
+def register_run(daemon: Daemon, peer: Peer) -> None:
+    """A `run` in progress: its client gets heartbeats (the first at once, so it knows we
+    send them), and a stop ends its command, even one that comes before it started."""
+    with daemon.lock:
+        daemon.runs.add(peer)
+        if daemon.stopping:
+            peer.stop_command()
+    if peer.heartbeats:
+        peer.send_if_writable(HEARTBEAT)
 
 
 def check_identity(daemon: Daemon, request: dict[str, Any], peer_pid: int) -> None:
