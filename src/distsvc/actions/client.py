@@ -172,7 +172,7 @@ def _describe(argv: Sequence[str]) -> str:
 
 
 def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
-            terminal: bool, notice: Callable[[str], None], what: str) -> int:
+            terminal: bool, notice: Callable[[str], None], what: str = "the command") -> int:
     """Pass signals on and wait for the command's status.
 
     Liveness: a daemon that sends heartbeats (every ~2 s) and then falls silent for
