@@ -11,6 +11,7 @@ Requests (client to daemon), each {"v": 1, "type": ..., ...}:
   hosts   config, refresh     -> {"ok": true, "rows": [...]}
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term  (+ stdin, stdout, stderr passed as fds)
+          optional host: NAME  runs there, no choosing or falling back (`run --all`)
           then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size

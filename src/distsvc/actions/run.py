@@ -163,17 +163,23 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 say: Callable[[str], None], job_pid: int | None = None,
                 fds: tuple[int, int, int] = (0, 1, 2),
                 started: Callable[[str], None] = lambda host: None,
-                reader_pid: int | None = None) -> int:
+                reader_pid: int | None = None, pinned: str | None = None) -> int:
     """Choose a host, falling back to the next ones that fail to connect, and run there.
 
     A daemon passes its client's pid and fds, and `started` to hear which host runs it.
+    With `pinned` (a host's name: `run --all` runs on each), only there: nothing is chosen
+    or probed, and a host that cannot be reached is the command's failure.
     """
     import distsvc.actions.placement
 
     tried: set[str] = set()
     while True:
-        choice = distsvc.actions.placement.choose(
-            config, directory, tried, say, pool, signals.terminating, job_pid)
+        if pinned is None:
+            choice = distsvc.actions.placement.choose(
+                config, directory, tried, say, pool, signals.terminating, job_pid)
+        else:
+            choice = distsvc.actions.placement.pin(
+                config, pinned, directory, signals.terminating, job_pid)
         try:
             # A session that cannot be started gets one more try before the host counts as
             # unreachable: on a fresh pooled connection if the old one had died unnoticed,
@@ -206,6 +212,8 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
         except distsvc.errors.HostUnreachable as error:
             distsvc.actions.placement.mark_unreachable(
                 directory, choice.host.name, error.reason, choice.placement)
+            if pinned is not None:
+                raise
             tried.add(choice.host.name)
             say(f"distsvc: {error.message}; trying the next host")
         finally:
