@@ -268,3 +268,17 @@ def test_run_all_signal_at_any_moment_ends_every_command(client: conftest.Client
         assert process.returncode == 128 + signum, (delay, err)
         assert b"Traceback" not in err
         helpers.wait_for(lambda m=marker: not bed.remote_processes(m), 10, "every command to end")
+
+
+def test_run_all_ends_every_command_when_its_output_is_closed(client: conftest.Client) -> None:
+    """`distsvc run --all yes | head`: the reader is gone, so every command is ended and the
+    status is SIGPIPE's, as for a local command."""
+    client.configure()
+    process = client.popen("distsvc", "run", "--all", "yes", "1504.5",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    read_until(process.stdout.fileno(), b": 1504.5\n", 20)
+    process.stdout.close()
+    assert process.wait(30) == 128 + signal.SIGPIPE
+    assert b"Traceback" not in process.stderr.read()
+    helpers.wait_for(lambda: not client.bed.remote_processes("1504.5"), 10, "the commands to end")

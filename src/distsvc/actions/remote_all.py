@@ -123,8 +123,9 @@ class _Run:
         self.quiet = quiet
         self.options = distsvc.actions.run.Options(workdir=workdir, tty=False, stdin=False,
                                                    quiet=quiet)
-        self.lock = threading.Lock()  # the fields below, and our stdout and stderr
+        self.lock = threading.Lock()  # stopping and the tasks' states
         self.stopping: int | None = None
+        self.output_lock = threading.Lock()  # our stdout and stderr, and output_closed
         self.output_closed = False
         self.fell_back = False
         self.pool: distsvc.adapters.ssh.Pool | None = None
@@ -132,12 +133,14 @@ class _Run:
 
     # Called from the hosts' threads.
 
-    def started(self, task: _Task) -> None:
-        """The host is connected and its command about to start: refused after a signal."""
+    def started(self, task: _Task | None) -> None:
+        """The host is connected and its command about to start (None: about to connect).
+        Refused once a signal stopped the run: after it, nothing starts."""
         with self.lock:
             if self.stopping is not None:
                 raise distsvc.errors.Interrupted(self.stopping)
-            task.state = RUNNING
+            if task is not None:
+                task.state = RUNNING
 
     def notice(self, message: str) -> None:
         if not self.quiet:
@@ -165,9 +168,7 @@ class _Run:
     def _carry(self, task: _Task) -> int:
         fds = (task.devnull, task.out_w, task.err_w)
         name = task.host.name
-        with self.lock:
-            if self.stopping is not None:
-                raise distsvc.errors.Interrupted(self.stopping)
+        self.started(None)
         if distsvc.actions.client.enabled(self.environ):
             try:
                 sock = distsvc.actions.client.connect(self.environ)
@@ -203,7 +204,7 @@ class _Run:
         more is written and the main thread ends every command, as SIGPIPE would end us."""
         if not data:
             return
-        with self.lock:
+        with self.output_lock:
             if self.output_closed:
                 return
             try:
@@ -308,7 +309,7 @@ def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
             run.pool.close_all()
     if run.fell_back:
         distsvc.actions.client.spawn(environ)  # for the next commands
-    for host in waiting:
-        assert run.stopping is not None
-        outcomes[host.name] = Outcome(host.name, 128 + run.stopping, "not started: interrupted")
+    for host in waiting:  # left only when a signal stopped the run
+        outcomes[host.name] = Outcome(host.name, 128 + (run.stopping or 0),
+                                      "not started: interrupted")
     return Result([outcomes[h.name] for h in config.hosts], run.stopping)
