@@ -79,6 +79,45 @@ class _Lines:
         return self.prefix + rest + b"\n" if rest else b""
 
 
+class _Screen:
+    """Our stdout (1) and stderr (2), written by the main thread alone and never blocking it:
+    while a reader is behind (a paused pager), the hosts' output waits in their pipes, and
+    signals are still acted on at once. Once either is closed (`| head`), nothing more is
+    written and every command is ended, as SIGPIPE would end us."""
+
+    def __init__(self) -> None:
+        self.outputs = {1: distsvc.actions.relay.Output(1),
+                        2: distsvc.actions.relay.Output(2)}
+        self.closed = False
+
+    def write(self, fd: int, data: bytes) -> None:
+        if data and not self.closed:
+            try:
+                self.outputs[fd].write(data)
+            except distsvc.actions.relay.OutputClosed:
+                self.closed = True
+
+    def flush(self) -> None:
+        for output in self.outputs.values():
+            if not self.closed:
+                try:
+                    output.flush()
+                except distsvc.actions.relay.OutputClosed:
+                    self.closed = True
+
+    def behind(self) -> bool:
+        return any(len(o.pending) >= distsvc.actions.relay.BACKLOG
+                   for o in self.outputs.values())
+
+    def waiting(self) -> list[int]:
+        """The fds a reader has yet to take our output from."""
+        return [] if self.closed else [o.fileno() for o in self.outputs.values() if o.pending]
+
+    def close(self) -> None:
+        for output in self.outputs.values():
+            output.close()
+
+
 WAITING, CONNECTING, RUNNING = "waiting", "connecting", "running"
 
 
@@ -88,7 +127,7 @@ class _Task:
 
     def __init__(self, host: distsvc.config.Host) -> None:
         self.host = host
-        self.state = WAITING
+        self.state = CONNECTING
         self.outcome: Outcome | None = None  # set by the worker when it is done
         self.events = distsvc.actions.relay.EventQueue()
         out_r, self.out_w = os.pipe2(os.O_CLOEXEC)
@@ -103,6 +142,34 @@ class _Task:
     def close_carrier_fds(self) -> None:
         for fd in (self.out_w, self.err_w, self.devnull):
             os.close(fd)
+
+    def read(self, fd: int, screen: _Screen) -> bool:
+        """Write the whole lines one pipe holds now; False at its end (then closed)."""
+        out_fd, lines = self.streams[fd]
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return True
+            if not data:
+                screen.write(out_fd, lines.flush())
+                os.close(fd)
+                del self.streams[fd]
+                return False
+            screen.write(out_fd, lines.feed(data))
+            if len(data) < READ_SIZE:
+                return True
+
+    def finish(self, screen: _Screen, drain: bool) -> None:
+        """Done with the pipes: (with `drain`) what they hold is written, then the last lines.
+        The carrier is done: what is in the pipe is all, even if the daemon still holds it."""
+        for fd in list(self.streams):
+            while drain and fd in self.streams and select.select([fd], [], [], 0)[0]:
+                self.read(fd, screen)
+            if fd in self.streams:
+                out_fd, lines = self.streams.pop(fd)
+                screen.write(out_fd, lines.flush())
+                os.close(fd)
 
 
 def _one_line(text: str) -> str:
@@ -125,13 +192,16 @@ class _Run:
                                                    quiet=quiet)
         self.lock = threading.Lock()  # stopping and the tasks' states
         self.stopping: int | None = None
-        self.output_lock = threading.Lock()  # our stdout and stderr, and output_closed
-        self.output_closed = False
+        self.notices: collections.deque[bytes] = collections.deque()  # for the main thread
         self.fell_back = False
         self.pool: distsvc.adapters.ssh.Pool | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # Called from the hosts' threads.
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"\0")
 
     def started(self, task: _Task | None) -> None:
         """The host is connected and its command about to start (None: about to connect).
@@ -143,8 +213,14 @@ class _Run:
                 task.state = RUNNING
 
     def notice(self, message: str) -> None:
+        """A line for stderr; the user must hear it (a signal that could not be delivered)."""
+        self.notices.append(message.encode(errors="replace") + b"\n")
+        self._wake()
+
+    def say(self, message: str) -> None:
+        """A line for stderr that --quiet silences."""
         if not self.quiet:
-            self.emit(2, message.encode(errors="replace") + b"\n")
+            self.notice(message)
 
     def work(self, task: _Task) -> None:
         """The host's whole command, ending with its outcome (whatever happens)."""
@@ -162,8 +238,7 @@ class _Run:
             outcome = Outcome(name, UNREACHABLE, _one_line(f"{type(error).__name__}: {error}"))
         task.close_carrier_fds()
         task.outcome = outcome
-        with contextlib.suppress(OSError):
-            os.write(self.wake_w, b"\0")
+        self._wake()
 
     def _carry(self, task: _Task) -> int:
         fds = (task.devnull, task.out_w, task.err_w)
@@ -177,7 +252,7 @@ class _Run:
                         self.argv, self.options, self.config, self.env, self.workdir, "xterm",
                         self.environ, host=name)
                     return distsvc.actions.client.carry(
-                        sock, request, fds, task.events, False, self.notice,
+                        sock, request, fds, task.events, False, self.notice,  # quiet: theirs
                         started=lambda _: self.started(task))
                 finally:
                     sock.close()
@@ -186,8 +261,8 @@ class _Run:
                 self.fell_back = True
         return distsvc.actions.run.run_on_best(
             self.argv, self.options, self.config, self.env, self.workdir, "xterm",
-            distsvc.paths.state_dir(self.environ), self._pool(), task.events, self.notice,
-            fds=fds, started=lambda _: self.started(task), pinned=name)
+            distsvc.paths.state_dir(self.environ), self._pool(), task.events, self.say,
+            fds=fds, started=lambda _: self.started(task), warn=self.notice, pinned=name)
 
     def _pool(self) -> distsvc.adapters.ssh.Pool:
         import distsvc.adapters.ssh
@@ -199,19 +274,6 @@ class _Run:
 
     # Called from the main thread.
 
-    def emit(self, fd: int, data: bytes) -> None:
-        """Write to our stdout (1) or stderr (2); once either is closed (`| head`), nothing
-        more is written and the main thread ends every command, as SIGPIPE would end us."""
-        if not data:
-            return
-        with self.output_lock:
-            if self.output_closed:
-                return
-            try:
-                distsvc.actions.relay._write_all(fd, data)
-            except distsvc.actions.relay.OutputClosed:
-                self.output_closed = True
-
     def stop(self, signum: int, active: Sequence[_Task]) -> None:
         """No host starts from now on; the signal goes to every one that did or may."""
         with self.lock:
@@ -221,36 +283,6 @@ class _Run:
         forwarded = signal.SIGTERM if signum == signal.SIGPIPE else signum
         for task in active:
             task.events.add(forwarded)
-
-
-def _read(run: _Run, fd: int, task: _Task) -> bool:
-    """Read what one pipe holds and write its whole lines; False at its end."""
-    out_fd, lines = task.streams[fd]
-    while True:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return True
-        if not data:
-            return False
-        run.emit(out_fd, lines.feed(data))
-        if len(data) < READ_SIZE:
-            return True
-
-
-def _finish(run: _Run, task: _Task, drain: bool) -> None:
-    """Done with a task's pipes: what they still hold is written, then the last lines."""
-    for fd, (out_fd, lines) in list(task.streams.items()):
-        if drain:
-            while _read(run, fd, task):
-                try:  # the carrier is done: stop once the pipe is empty, even if still open
-                    if not select.select([fd], [], [], 0)[0]:
-                        break
-                except OSError:
-                    break
-        run.emit(out_fd, lines.flush())
-        os.close(fd)
-    task.streams.clear()
 
 
 def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
@@ -264,6 +296,7 @@ def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
     """
     limit = jobs or min(len(config.hosts), DEFAULT_MAX_JOBS)
     run = _Run(argv, workdir, env, config, environ, quiet)
+    screen = _Screen()
     waiting = collections.deque(config.hosts)
     active: list[_Task] = []
     outcomes: dict[str, Outcome] = {}
@@ -271,40 +304,42 @@ def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
         while True:
             while waiting and len(active) < limit and run.stopping is None:
                 task = _Task(waiting.popleft())
-                task.state = CONNECTING
                 active.append(task)
                 threading.Thread(target=run.work, args=(task,), daemon=True,
                                  name=f"host-{task.host.name}").start()
-            if not active:
+            if not active and (not screen.waiting() or run.stopping is not None):
                 break
-            watched = [signals.fileno(), run.wake_r, *(fd for t in active for fd in t.streams)]
-            readable, _, _ = select.select(watched, [], [], 1.0)
+            reading = [signals.fileno(), run.wake_r]
+            if not screen.behind():
+                reading += [fd for t in active for fd in t.streams]
+            readable, _, _ = select.select(reading, screen.waiting(), [], 1.0)
             for signum in signals.take():
                 if signum != signal.SIGWINCH:
                     run.stop(signum, active)
-            if run.output_closed and run.stopping is None:
-                run.stop(signal.SIGPIPE, active)
             with contextlib.suppress(BlockingIOError):
                 os.read(run.wake_r, 4096)
+            while run.notices:
+                screen.write(2, run.notices.popleft())
+            screen.flush()
             for task in list(active):
                 for fd in [fd for fd in task.streams if fd in readable]:
-                    if not _read(run, fd, task):
-                        run.emit(task.streams[fd][0], task.streams[fd][1].flush())
-                        os.close(fd)
-                        del task.streams[fd]
+                    task.read(fd, screen)
                 if task.outcome is not None:
-                    _finish(run, task, drain=True)
+                    task.finish(screen, drain=True)
                     task.events.close_pipe()
                     outcomes[task.host.name] = task.outcome
                     active.remove(task)
                 elif run.stopping is not None and task.state == CONNECTING:
                     # Still connecting (a host that does not answer can take the whole
                     # connect timeout): left behind; it checks for the signal before starting.
-                    _finish(run, task, drain=False)
+                    task.finish(screen, drain=False)
                     outcomes[task.host.name] = Outcome(
                         task.host.name, 128 + run.stopping, "interrupted while connecting")
                     active.remove(task)
+            if screen.closed and run.stopping is None:
+                run.stop(signal.SIGPIPE, active)
     finally:
+        screen.close()
         if run.pool is not None:
             run.pool.close_all()
     if run.fell_back:
