@@ -283,3 +283,22 @@ def test_run_all_ends_every_command_when_its_output_is_closed(client: conftest.C
     assert process.wait(30) == 128 + signal.SIGPIPE
     assert b"Traceback" not in process.stderr.read()
     helpers.wait_for(lambda: not client.bed.remote_processes("1504.5"), 10, "the commands to end")
+
+
+def test_run_all_signal_while_nobody_reads_its_output(client: conftest.Client) -> None:
+    """A paused pager: our stdout is full and every host's output waits; Ctrl-C still ends
+    every command and the run."""
+    client.configure()
+    process = client.popen("distsvc", "run", "--all", "yes", "1505.5",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        helpers.wait_for(lambda: len([p for p in client.bed.remote_processes("1505.5")
+                                      if p.split(None, 1)[1] == "yes 1505.5"]) == 4, 20,
+                         "every command")
+        time.sleep(1)  # the pipes fill up
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    helpers.wait_for(lambda: not client.bed.remote_processes("1505.5"), 10, "the commands to end")

@@ -83,15 +83,18 @@ class _Screen:
     """Our stdout (1) and stderr (2), written by the main thread alone and never blocking it:
     while a reader is behind (a paused pager), the hosts' output waits in their pipes, and
     signals are still acted on at once. Once either is closed (`| head`), nothing more is
-    written and every command is ended, as SIGPIPE would end us."""
+    written and every command is ended, as SIGPIPE would end us. After a signal, what comes
+    while the reader is behind is dropped (the commands are ending; nobody waits for it)."""
 
     def __init__(self) -> None:
         self.outputs = {1: distsvc.actions.relay.Output(1),
                         2: distsvc.actions.relay.Output(2)}
         self.closed = False
+        self.stopped = False
 
     def write(self, fd: int, data: bytes) -> None:
-        if data and not self.closed:
+        behind = len(self.outputs[fd].pending) >= distsvc.actions.relay.BACKLOG
+        if data and not self.closed and not (self.stopped and behind):
             try:
                 self.outputs[fd].write(data)
             except distsvc.actions.relay.OutputClosed:
@@ -310,7 +313,10 @@ def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
             if not active and (not screen.waiting() or run.stopping is not None):
                 break
             reading = [signals.fileno(), run.wake_r]
-            if not screen.behind():
+            # Once stopped, the hosts' pipes are read even while our reader is behind: their
+            # relays end only when their output is taken (the screen drops it meanwhile).
+            screen.stopped = run.stopping is not None
+            if not screen.behind() or screen.stopped:
                 reading += [fd for t in active for fd in t.streams]
             readable, _, _ = select.select(reading, screen.waiting(), [], 1.0)
             for signum in signals.take():
