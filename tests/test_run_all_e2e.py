@@ -6,6 +6,7 @@ left running on the hosts."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import select
@@ -14,11 +15,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
 import conftest
 import helpers
+import sshbed
 
 # The host's own address, third word of $SSH_CONNECTION: how a command knows where it runs.
 WHERE = "set -- $SSH_CONNECTION; "
@@ -302,3 +305,28 @@ def test_run_all_signal_while_nobody_reads_its_output(client: conftest.Client) -
         if process.poll() is None:
             process.kill()
     helpers.wait_for(lambda: not client.bed.remote_processes("1505.5"), 10, "the commands to end")
+
+
+def test_run_all_without_a_daemon_starts_one_for_the_next_run(bed: sshbed.Bed,
+                                                              tmp_path: Path) -> None:
+    """DISTSVC_DAEMON=auto (the default): no daemon answers, so the hosts are run from the
+    client, and a daemon is started; the next run goes through it and its connections."""
+    client = conftest.Client(bed, tmp_path / "client")
+    client.env["DISTSVC_DAEMON"] = "auto"
+    client.configure(hosts=bed.hosts[:2])
+    first = client.run("distsvc", "run", "--all", "echo", "hi")
+    assert (first.returncode, sorted(first.stdout.split(b"\n"))) == (
+        0, [b"", b"h1: hi", b"h2: hi"])
+    socket_path = client.runtime / "distsvc" / "distsvc.sock"
+    helpers.wait_for(socket_path.exists, 20, "the daemon that the first run started")
+    status = json.loads(client.run("distsvc", "status", "--json").stdout)
+    try:
+        assert status["connections"] == 0  # the first run did not go through it
+        second = client.run("distsvc", "run", "--all", "echo", "again",
+                            env={"DISTSVC_DAEMON": "required"})
+        assert second.returncode == 0 and sorted(second.stdout.split(b"\n")) == [
+            b"", b"h1: again", b"h2: again"]
+        after = json.loads(client.run("distsvc", "status", "--json").stdout)
+        assert after["connections"] >= 2
+    finally:
+        os.kill(status["pid"], signal.SIGTERM)
