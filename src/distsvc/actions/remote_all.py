@@ -93,10 +93,10 @@ class _Screen:
         self.stopped = False
 
     def write(self, fd: int, data: bytes) -> None:
-        behind = len(self.outputs[fd].pending) >= distsvc.actions.relay.BACKLOG
-        if data and not self.closed and not (self.stopped and behind):
+        if data and not self.closed:
             try:
-                self.outputs[fd].write(data)
+                self.outputs[fd].write(
+                    data, drop_past=distsvc.actions.relay.BACKLOG if self.stopped else None)
             except distsvc.actions.relay.OutputClosed:
                 self.closed = True
 

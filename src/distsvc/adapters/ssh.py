@@ -17,6 +17,7 @@ import dataclasses
 import getpass
 import hashlib
 import os
+import random
 import select
 import socket
 import threading
@@ -233,6 +234,7 @@ class Connection:
                         label, "refused to start the command") from None
             finally:
                 timer.cancel()
+                timer.join()
         except BaseException:
             if channel is not None:
                 channel.close()
@@ -414,9 +416,24 @@ def connect(target: Target, timeout: float, jump_policy: str = "strict") -> Conn
             raise distsvc.errors.HostKeyRefused(
                 target.label, _explain(error, target, timeout, late)) from None
         if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
+            dropped = not late and any(isinstance(e, (EOFError, ConnectionResetError))
+                                       for e in (error, error.__cause__, error.__context__))
             raise distsvc.errors.HostUnreachable(
-                target.label, _explain(error, target, timeout, late)) from None
+                target.label, _explain(error, target, timeout, late), dropped) from None
         raise
+
+
+def _connect_retrying_drops(target: Target, timeout: float) -> Connection:
+    """connect(), tried again (up to 3 times, a fraction of a second apart, at random) when the
+    server dropped the handshake: many clients connecting at once past sshd's MaxStartups."""
+    for attempt in range(1, 4):
+        try:
+            return connect(target, timeout)
+        except distsvc.errors.HostUnreachable as error:
+            if not error.dropped or attempt == 3:
+                raise
+            time.sleep(random.uniform(0.1, 0.4) * attempt)
+    raise AssertionError("unreachable")
 
 
 class Sessions:
@@ -521,7 +538,7 @@ class Pool:
             if failed is not None and failed[0] >= waited_from:
                 raise failed[1]
             try:
-                connection = connect(target, timeout)
+                connection = _connect_retrying_drops(target, timeout)
             except distsvc.errors.HostUnreachable as error:
                 with self._lock:
                     self._failed[target] = (time.monotonic(), error)
