@@ -22,7 +22,8 @@ def add_parser(sub: Any, name: str) -> None:
         name, help="run a command on the best host, or on every host with --all",
         parents=[distsvc.commands.run.parser()], add_help=False, conflict_handler="resolve")
     p.add_argument("--all", action="store_true",
-                   help="run on every host at once; output lines are prefixed by host; the "
+                   help="run on every host at once (stdin is not read: the commands read "
+                   "end-of-file); output lines are prefixed by host; the "
                    "status is the highest of them (255 if a host was unreachable, 128+N if "
                    "signal N stopped the run)")
     p.add_argument("-j", "--jobs", metavar="N",
