@@ -93,3 +93,55 @@ def test_a_host_allowing_fewer_sessions_teaches_the_pool_its_limit(
         finally:
             helpers.reap(clients)
         helpers.wait_for(lambda: not client.bed.remote_processes(marker), 10, "the commands")
+
+
+def test_ctrl_c_takes_another_connection_when_the_commands_is_full(
+        client: conftest.Client) -> None:
+    """MaxSessions 1 here, so that the signal's session is refused on the command's own
+    connection and must be delivered over another one."""
+    with sshbed.extra_host(client.bed, "single", "127.0.0.21", max_sessions=1) as single:
+        with open(client.home / ".ssh" / "known_hosts", "a") as known:
+            known.write(single.known_hosts_line + "\n")
+        client.configure(hosts=[single])
+        process = client.popen("distsvc-run", "sleep", "1103.5", stdin=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        try:
+            helpers.wait_for(lambda: client.bed.remote_processes("sleep 1103.5"), 30,
+                             "the command")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 130
+            assert process.stderr is not None
+            assert b"could not deliver" not in process.stderr.read()
+        finally:
+            helpers.reap([process])
+        helpers.wait_for(lambda: not client.bed.remote_processes("1103.5"), 10, "the command")
+
+
+def test_a_signal_that_cannot_be_delivered_is_said_and_ends_the_command(
+        client: conftest.Client) -> None:
+    """MaxSessions 1 behind a proxy that takes no second connection: no session can carry the
+    signal. It is said on stderr (even with -q), and the command's session is closed, which
+    ends it on the host."""
+    with sshbed.extra_host(client.bed, "single", "127.0.0.22", max_sessions=1) as single, \
+            conftest.TcpProxy(single.address, single.port) as proxy:
+        (client.home / ".ssh" / "known_hosts").write_text(
+            f"[127.0.0.1]:{proxy.port} {single.host_key}\n")
+        client.configure(hosts=[], unknown=[{"name": "proxied", "address": "127.0.0.1",
+                                             "port": proxy.port, "user": client.bed.user}])
+        # Measured now, so the command needs no probe: one connection, which it fills.
+        assert client.run("distsvc", "hosts").returncode == 0
+        process = client.popen("distsvc-run", "-q", "sleep", "1104.5",
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            helpers.wait_for(lambda: client.bed.remote_processes("sleep 1104.5"), 30,
+                             "the command")
+            proxy.stop_accepting()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 255
+            assert process.stderr is not None
+            err = process.stderr.read().decode()
+            assert "could not deliver SIGINT to the command on proxied" in err, err
+            assert "session was closed" in err, err
+        finally:
+            helpers.reap([process])
+        helpers.wait_for(lambda: not client.bed.remote_processes("1104.5"), 15, "the command")
