@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
+
+import pytest
 
 import conftest
 import helpers
@@ -145,3 +148,28 @@ def test_a_signal_that_cannot_be_delivered_is_said_and_ends_the_command(
         finally:
             helpers.reap([process])
         helpers.wait_for(lambda: not client.bed.remote_processes("1104.5"), 15, "the command")
+
+
+def test_a_long_lived_connection_does_not_remember_every_session(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko keeps an entry per channel id a transport ever had; the pool forgets the
+    finished ones, so a connection that lives for weeks does not grow with every command."""
+    import distsvc.adapters.ssh
+    import distsvc.config
+
+    client = conftest.Client(bed, tmp_path / "client")  # this process is the client
+    for name, value in client.env.items():
+        monkeypatch.setenv(name, value)
+    host = client.bed.hosts[0]
+    pool = distsvc.adapters.ssh.Pool()
+    try:
+        sessions = pool.sessions(distsvc.config.Host(name=host.name, address=host.address,
+                                                     port=host.port, user=client.bed.user),
+                                 "strict", 10.0)
+        for _ in range(60):
+            assert sessions.run("true") == (0, b"")
+        [connection] = [c for cs in pool._connections.values() for c in cs]
+        assert len(connection.transport.channels_seen) <= 2
+        assert connection.sessions == 0
+    finally:
+        pool.close_all()

@@ -174,6 +174,17 @@ class Connection:
         with self._lock:
             self.sessions -= 1
             self.used = time.monotonic()
+        self._forget_finished_channels()
+
+    def _forget_finished_channels(self) -> None:
+        """paramiko remembers every channel id a transport ever had (`channels_seen`), so a
+        connection that lives for weeks would grow by one entry per session. A channel the
+        server has closed (it left `_channels`) gets no more messages: its id can go."""
+        transport = self.transport
+        with transport.lock:
+            live = transport._channels  # type: ignore[attr-defined]
+            for chanid in [c for c in transport.channels_seen if live.get(c) is None]:
+                del transport.channels_seen[chanid]
 
     def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
              timeout: float = OPEN_TIMEOUT, reserved: bool = False) -> RemoteProcess:
