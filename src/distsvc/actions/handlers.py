@@ -64,6 +64,13 @@ def _measure_after_request(daemon: distsvc.actions.serve.Daemon,
     threading.Thread(target=measure, daemon=True, name="measure").start()
 
 
+def _adopt_agent(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any]) -> None:
+    """The client's ssh-agent, for the daemon's new connections if its own is unset or gone
+    (see Pool.adopt_agent); the process environment stays as it was."""
+    agent = request.get("ssh_auth_sock")
+    daemon.pool.adopt_agent(agent if isinstance(agent, str) else None)
+
+
 def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
                   peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
     with distsvc.state.locked(daemon.state_dir):
@@ -96,6 +103,7 @@ def handle_best(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
 def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
                  peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
     config = distsvc.config.from_wire(_field(request, "config", dict))
+    _adopt_agent(daemon, request)
     rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
                                         daemon.pool)
     return {"ok": True, "rows": rows}
@@ -172,12 +180,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
         raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
     if not config.hosts:
         raise distsvc.errors.CannotRun("no hosts configured")
-    agent = env.get("SSH_AUTH_SOCK") or request.get("ssh_auth_sock")
-    current = os.environ.get("SSH_AUTH_SOCK", "")
-    if isinstance(agent, str) and agent and (not current or not os.path.exists(current)):
-        # A daemon started by systemd may not know the user's agent, and one it adopted may
-        # be gone (an `ssh -A` session that ended): take the client's.
-        os.environ["SSH_AUTH_SOCK"] = agent
+    _adopt_agent(daemon, request)
     options = distsvc.actions.run.Options(
         workdir=_field(request, "workdir", str), tty=request.get("tty"),
         stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
@@ -186,10 +189,13 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     job_id = next(daemon.job_ids)
     log = distsvc.log.get(job=job_id, peer_pid=peer.pid)
 
+    def warn(message: str) -> None:  # what -q does not silence (a refused host key)
+        with contextlib.suppress(OSError):
+            peer.send({"type": "notice", "message": message})
+
     def say(message: str) -> None:
         if not options.quiet:
-            with contextlib.suppress(OSError):
-                peer.send({"type": "notice", "message": message})
+            warn(message)
 
     def started(host: str) -> None:
         with daemon.lock:
@@ -204,7 +210,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
             argv, options, config, env, options.workdir or "/", str(request.get("term") or
                                                                    "xterm"),
             daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started, reader_pid=peer.pid)
+            started=started, reader_pid=peer.pid, warn=warn)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

@@ -27,7 +27,8 @@ def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
                pool: distsvc.adapters.ssh.Pool) -> Probed:
     """Probe within config.probe_timeout over a pooled connection (made if needed).
 
-    An unreachable host is `unknown`; its connection, if any, leaves the pool.
+    An unreachable host is `unknown` (`refused` for a refused host key); its connection,
+    if any, leaves the pool.
     """
     started = time.monotonic()
     deadline = started + config.probe_timeout
@@ -54,6 +55,8 @@ def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
             str(error) or type(error).__name__)
         if connection is not None and not connection.alive():
             pool.discard(connection)  # a live one stays: other commands may be using it
+        if isinstance(error, distsvc.errors.HostKeyRefused):
+            return Probed(host, distsvc.state.refused(reason))
         return Probed(host, distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=now, error=reason))
 

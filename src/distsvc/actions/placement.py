@@ -63,6 +63,13 @@ def record(state: distsvc.state.State, name: str, measured: distsvc.state.HostSt
     state.hosts[name] = measured
 
 
+def refusals(hosts: collections.abc.Iterable[distsvc.config.Host], state: distsvc.state.State
+              ) -> list[tuple[str, str]]:
+    """(name, reason) of each of `hosts` whose host key was refused."""
+    return [(h.name, entry.error or "host key refused") for h in hosts
+            if (entry := state.hosts.get(h.name)) and entry.state == distsvc.state.REFUSED]
+
+
 def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.State) -> str:
     unknown = distsvc.state.HostState(error="not measured")
     reasons = [f"{h.name} ({state.hosts.get(h.name, unknown).error or 'unknown'})"
@@ -73,9 +80,13 @@ def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.Stat
 def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
            notice: collections.abc.Callable[[str], None], pool: distsvc.adapters.ssh.Pool,
            interrupted: collections.abc.Callable[[], int | None] = lambda: None,
-           job_pid: int | None = None) -> Choice:
+           job_pid: int | None = None,
+           warn: collections.abc.Callable[[str], None] | None = None) -> Choice:
     """The best host not in `exclude`, with the job (process `job_pid`, default this one)
     already recorded on it.
+
+    Each host left out for a refused host key is said through `warn` (default `notice`),
+    which -q does not silence: the user must decide about the key.
 
     When every host is at its slot limit, waits for a free slot until `interrupted()` names
     a signal, which ends the wait with Interrupted.
@@ -108,6 +119,8 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
                 choice = Choice(best.host, placement)
             distsvc.state.write(directory, state)
         if choice is not None:
+            for name, reason in refusals(hosts, state):
+                (warn or notice)(f"distsvc: {name} not used: {reason}")
             return choice
         if not known:
             raise distsvc.errors.CannotRun(unreachable_summary(config, state))
@@ -117,11 +130,11 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
         time.sleep(SLOT_WAIT_INTERVAL)
 
 
-def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement
-                     ) -> None:
+def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement,
+                     refused: bool = False) -> None:
     with distsvc.state.locked(directory):
         state = distsvc.state.read(directory)
-        state.hosts[host] = distsvc.state.HostState(
+        state.hosts[host] = distsvc.state.refused(reason) if refused else distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=time.time(), error=reason)
         state.placements = [p for p in state.placements if p != placement]
         distsvc.state.write(directory, state)

@@ -31,11 +31,11 @@ class Options:
     workdir: str | None = None  # None: the current directory
     tty: bool | None = None  # None: a terminal when stdin and stdout are terminals
     stdin: bool = True  # False: like `ssh -n`, the command reads end-of-file
-    quiet: bool = False  # no notices on stderr
+    quiet: bool = False  # no notices on stderr (but a refused host key is always said)
 
 
-def notice(options: Options, message: str) -> None:
-    if not options.quiet:
+def notice(options: Options, message: str, always: bool = False) -> None:
+    if always or not options.quiet:
         print(message, file=sys.stderr, flush=True)
 
 
@@ -134,7 +134,8 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
         try:
             return distsvc.actions.client.run(
                 argv, options, config, env, workdir, term, wants_terminal(options), environ,
-                lambda m: notice(options, m))
+                # The daemon already leaves out what -q silences.
+                lambda m: notice(options, m, always=True))
         except distsvc.actions.client.Unavailable as why:
             distsvc.actions.client.fall_back(environ, why)
             distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
@@ -152,7 +153,8 @@ def run_in_process(argv: Sequence[str], options: Options, config: distsvc.config
     try:
         with distsvc.actions.relay.SignalCatcher() as signals:
             return run_on_best(argv, options, config, env, workdir, term, directory, pool,
-                               signals, lambda message: notice(options, message))
+                               signals, lambda message: notice(options, message),
+                               warn=lambda message: notice(options, message, always=True))
     finally:
         pool.close_all()
 
@@ -163,17 +165,19 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 say: Callable[[str], None], job_pid: int | None = None,
                 fds: tuple[int, int, int] = (0, 1, 2),
                 started: Callable[[str], None] = lambda host: None,
-                reader_pid: int | None = None) -> int:
+                reader_pid: int | None = None,
+                warn: Callable[[str], None] | None = None) -> int:
     """Choose a host, falling back to the next ones that fail to connect, and run there.
 
     A daemon passes its client's pid and fds, and `started` to hear which host runs it.
+    `say` tells what -q silences, `warn` (default `say`) what it does not: refused host keys.
     """
     import distsvc.actions.placement
 
     tried: set[str] = set()
     while True:
         choice = distsvc.actions.placement.choose(
-            config, directory, tried, say, pool, signals.terminating, job_pid)
+            config, directory, tried, say, pool, signals.terminating, job_pid, warn)
         try:
             # A session that cannot be started gets one more try before the host counts as
             # unreachable: on a fresh pooled connection if the old one had died unnoticed,
@@ -204,9 +208,10 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                     if own is not None:
                         own.close()
         except distsvc.errors.HostUnreachable as error:
+            refused = isinstance(error, distsvc.errors.HostKeyRefused)
             distsvc.actions.placement.mark_unreachable(
-                directory, choice.host.name, error.reason, choice.placement)
+                directory, choice.host.name, error.reason, choice.placement, refused)
             tried.add(choice.host.name)
-            say(f"distsvc: {error.message}; trying the next host")
+            ((warn or say) if refused else say)(f"distsvc: {error.message}; trying the next host")
         finally:
             distsvc.actions.placement.release(directory, choice.placement)

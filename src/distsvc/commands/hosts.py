@@ -57,7 +57,7 @@ def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
 
     if distsvc.actions.client.enabled(os.environ):
         request = {"type": "hosts", "config": distsvc.config.to_mapping(config),
-                   "refresh": refresh}
+                   "refresh": refresh, "ssh_auth_sock": os.environ.get("SSH_AUTH_SOCK", "")}
         try:
             rows: list[dict[str, Any]] = distsvc.actions.client.query(request, os.environ)["rows"]
             return rows
