@@ -79,8 +79,16 @@ def _ssh_config() -> paramiko.SSHConfig:
 
 def resolve(host: distsvc.config.Host, host_key_policy: str,
             ssh_config: paramiko.SSHConfig | None = None) -> Target:
-    """Apply ~/.ssh/config to a configured host; distsvc's own settings win."""
-    options = (ssh_config or _ssh_config()).lookup(host.address or host.name)
+    """Apply ~/.ssh/config to a configured host; distsvc's own settings win.
+
+    Raises HostUnreachable when ~/.ssh/config cannot be read or says something unusable.
+    """
+    try:
+        options = (ssh_config or _ssh_config()).lookup(host.address or host.name)
+        port = host.port or int(options.get("port", 22))
+    except (OSError, ValueError, paramiko.SSHException) as error:
+        raise distsvc.errors.HostUnreachable(
+            host.name, f"~/.ssh/config is unusable: {error}") from None
     known = options.get("userknownhostsfile")
     known_files = tuple(os.path.expanduser(p) for p in known.split()) if known else (
         os.path.expanduser("~/.ssh/known_hosts"),)
@@ -90,7 +98,7 @@ def resolve(host: distsvc.config.Host, host_key_policy: str,
     return Target(
         label=host.name,
         hostname=str(options.get("hostname", host.address or host.name)),
-        port=host.port or int(options.get("port", 22)),
+        port=port,
         user=host.user or str(options.get("user") or getpass.getuser()),
         identity_files=tuple(os.path.expanduser(p) for p in options.get("identityfile", [])),
         proxy_command=None if proxy_command in (None, "none") else str(proxy_command),
@@ -170,10 +178,15 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
 
 class _ProxyCommand(paramiko.ProxyCommand):
     """paramiko's ProxyCommand, whose close() also reaps the process and closes its pipes
-    (paramiko's only sends SIGTERM: every connection would leave a zombie and three fds)."""
+    (paramiko's only sends SIGTERM: every connection would leave a zombie and three fds),
+    and which keeps the last line the command wrote on stderr: why it failed."""
+
+    _said: str | None = None
 
     def close(self) -> None:
-        if self.process.poll() is None:
+        if self.process.stderr is None or self.process.stderr.closed:
+            return  # closed already (paramiko's transport closes it too)
+        if self.process.poll() is None:  # we end it: what it said is not why it failed
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
             try:
@@ -181,24 +194,29 @@ class _ProxyCommand(paramiko.ProxyCommand):
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        else:
+            self._said = self._read_stderr()
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             if pipe is not None:
                 pipe.close()
 
-    def last_words(self) -> str | None:
-        """The last line the command wrote on stderr, once it has ended (why it failed)."""
+    def _read_stderr(self) -> str | None:
         stderr = self.process.stderr
-        if stderr is None or stderr.closed:
-            return None
-        try:
-            self.process.wait(0.5)  # its end of output may come just before its exit
-        except subprocess.TimeoutExpired:
-            return None
         # Non-blocking: a process it left behind may still hold the pipe open.
-        if not select.select([stderr], [], [], 0)[0]:
+        if stderr is None or not select.select([stderr], [], [], 0)[0]:
             return None
         lines = os.read(stderr.fileno(), 65536).decode("utf-8", "replace").strip()
         return lines.splitlines()[-1][:200] if lines else None
+
+    def last_words(self) -> str | None:
+        """The last line the command wrote on stderr, if it ended by itself."""
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            try:
+                self.process.wait(0.5)  # its end of output may come just before its exit
+            except subprocess.TimeoutExpired:
+                return None  # still running: it did not fail, something else did
+            self._said = self._read_stderr()
+        return self._said
 
 
 def _open_socket(target: Target, timeout: float, jump: Connection | None) -> Any:
@@ -436,6 +454,8 @@ def _explain(error: BaseException, target: Target, timeout: float, late: bool,
         return f"the ProxyCommand failed ({error.error}); run it by hand to see why"
     if late or isinstance(error, (socket.timeout, TimeoutError)) or text.endswith("timed out"):
         return f"no answer within {timeout:g} s (is the host up? a firewall dropping packets?)"
+    if isinstance(error, UnicodeError):  # from the IDNA codec, before any lookup
+        return f"{target.hostname!r} is not a valid host name (check HostName in ~/.ssh/config)"
     if isinstance(error, socket.gaierror):
         return (f"cannot resolve the host name {target.hostname!r} (check the name, its "
                 "HostName in ~/.ssh/config, or DNS)")
@@ -535,7 +555,7 @@ def _connect(target: Target, deadline: float, agent_socket: str | None, hops: in
         if isinstance(error, paramiko.BadHostKeyException):
             raise distsvc.errors.HostKeyRefused(
                 target.label, _explain(error, target, timeout, late)) from None
-        if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
+        if isinstance(error, (OSError, EOFError, UnicodeError, paramiko.SSHException)):
             raise distsvc.errors.HostUnreachable(
                 target.label, _explain(error, target, timeout, late, proxy_said)) from None
         raise
