@@ -52,6 +52,16 @@ class HostUnreachable(CannotRun):
         super().__init__(f"{host}: {reason}")
 
 
+class SessionRefused(HostUnreachable):
+    """The host refused one more session (its MaxSessions) or the command's start: nothing ran,
+    so another connection or host may run it."""
+
+
+class StartUncertain(CannotRun):
+    """The connection failed after the command was sent: it may be running, so it is never
+    run again (the remote wrapper ends it once its session is gone)."""
+
+
 class HostKeyRefused(HostUnreachable):
     """Host key unknown or changed. Never falls back silently: the user must decide."""
 
