@@ -38,7 +38,7 @@ CASES = [
     (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), TARGET,
      "cannot resolve the host name '127.0.0.2'"),
     (UnicodeError("label empty or too long"), TARGET, "is not a valid host name"),
-    (socket.timeout("timed out"), TARGET, "no answer within 5 s"),
+    (TimeoutError("timed out"), TARGET, "no answer within 5 s"),
     (paramiko.SSHException("Error reading SSH protocol bannertimed out"), TARGET,
      "no answer within 5 s"),
     (paramiko.SSHException("Error reading SSH protocol banner"), TARGET,
