@@ -44,11 +44,16 @@ class CannotRun(DistsvcError):
 
 
 class HostUnreachable(CannotRun):
-    """One host could not be used; callers may fall back to another."""
+    """One host could not be used; callers may fall back to another.
 
-    def __init__(self, host: str, reason: str) -> None:
+    `dropped`: the server closed the connection during the handshake, as sshd does at random
+    past MaxStartups (10 unauthenticated connections by default): worth another try soon.
+    """
+
+    def __init__(self, host: str, reason: str, dropped: bool = False) -> None:
         self.host = host
         self.reason = reason
+        self.dropped = dropped
         super().__init__(f"{host}: {reason}")
 
 

@@ -18,7 +18,9 @@ import distsvc.adapters.terminal
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 STATUS_CONNECTION_LOST = -1
-HANGUP_DRAIN = 5.0  # after a hang-up, output still unread this long after the end is dropped
+# Output a command ended by a signal (Ctrl-C, a hang-up) left unread this long is dropped, as
+# a local command's unwritten output dies with it.
+END_DRAIN = 5.0
 
 
 class Process(Protocol):
@@ -70,9 +72,11 @@ class Output:
     def fileno(self) -> int:
         return self._own if self._own is not None else self.fd
 
-    def write(self, data: bytes) -> None:
-        """Queue `data` and write what the reader takes now. Raises OutputClosed."""
-        self.pending += data
+    def write(self, data: bytes, drop_past: int | None = None) -> None:
+        """Queue `data` (beyond `drop_past` bytes pending, drop it) and write what the reader
+        takes now. Raises OutputClosed."""
+        if drop_past is None or len(self.pending) < drop_past:
+            self.pending += data
         self.flush()
 
     def flush(self) -> None:
@@ -250,24 +254,28 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
         outputs += [Output(stdout_fd), Output(stderr_fd)]
         out, err = outputs
         status: int | None = None
-        hung_up_at: float | None = None
+        asked_to_end_at: float | None = None
         while True:
             for signum in events.take():
                 if signum == signal.SIGWINCH:
                     if terminal_fd is not None:
                         process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
                     continue
-                if signum == signal.SIGHUP and hung_up_at is None:
-                    hung_up_at = time.monotonic()
+                if asked_to_end_at is None:
+                    asked_to_end_at = time.monotonic()
                 if status is None:
                     deliveries.append(threading.Thread(
                         target=deliver, args=(signum,), daemon=True, name="signal"))
                     deliveries[-1].start()
-            behind = len(out.pending) >= BACKLOG or len(err.pending) >= BACKLOG
+            # Once the command is asked to end, its output is read on (its end arrives behind
+            # it) and what a stalled reader cannot take is dropped, as it would die with a
+            # local command.
+            ending = asked_to_end_at is not None
+            behind = not ending and (len(out.pending) >= BACKLOG or len(err.pending) >= BACKLOG)
             if status is None and not behind:
                 finished = process.finished()  # decided before the last reads: nothing lost
-                out.write(process.read_stdout())
-                err.write(process.read_stderr())
+                out.write(process.read_stdout(), drop_past=BACKLOG if ending else None)
+                err.write(process.read_stderr(), drop_past=BACKLOG if ending else None)
                 if finished:
                     status = process.exit_status()
                 elif process.connection_lost():
@@ -279,9 +287,9 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
                 err.flush()
             if status is not None and not out.pending and not err.pending:
                 return status
-            if status is not None and hung_up_at is not None and (
-                    time.monotonic() - hung_up_at > HANGUP_DRAIN):
-                return status  # nobody reads the rest: do not wait for them forever
+            if status is not None and asked_to_end_at is not None and (
+                    time.monotonic() - asked_to_end_at > END_DRAIN):
+                return status  # ended by a signal and nobody reads the rest: drop it
             reading = [events.fileno()] + ([process.fileno()] if status is None and not behind
                                            else [])
             writing = [o.fileno() for o in outputs if o.pending]

@@ -206,6 +206,10 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
             tried.add(choice.host.name)
             (warn if refused else say)(f"distsvc: {error.message}; trying the next host")
         except (OSError, EOFError) as error:
-            raise distsvc.errors.CannotRun(f"{choice.host.name}: {error}") from None
+            # paramiko's own words ("Socket is closed") say little: say what it means.
+            raise distsvc.errors.CannotRun(
+                f"{choice.host.name}: the connection failed while the command ran "
+                f"({str(error) or type(error).__name__}); its state is unknown, so it is not "
+                "run again (it is ended on the host within a few seconds)") from None
         finally:
             distsvc.actions.placement.release(directory, choice.placement)

@@ -23,6 +23,7 @@ import getpass
 import hashlib
 import logging
 import os
+import random
 import select
 import socket
 import stat
@@ -384,6 +385,7 @@ class Connection:
                         label, "refused to start the command") from None
             finally:
                 timer.cancel()
+                timer.join()
         except BaseException:
             if channel is not None:
                 channel.close()
@@ -633,7 +635,7 @@ def _connect(target: Target, deadline: float, agent_socket: str | None, hops: in
             try:
                 jump = _connect(hop, deadline, agent_socket, hops + 1)
             except distsvc.errors.HostUnreachable as error:
-                raise type(error)(target.label, _via(hop, error)) from None
+                raise type(error)(target.label, _via(hop, error), error.dropped) from None
         sock = _open_socket(target, max(0.1, deadline - time.monotonic()), jump)
         for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts_files):
             if os.path.isfile(path):
@@ -668,13 +670,32 @@ def _connect(target: Target, deadline: float, agent_socket: str | None, hops: in
             raise distsvc.errors.HostKeyRefused(
                 target.label, _explain(error, target, timeout, late)) from None
         if isinstance(error, (OSError, EOFError, UnicodeError, paramiko.SSHException)):
+            # (A ProxyCommand that ended said why: not a drop worth another try.)
+            dropped = not late and not proxy_said and any(
+                isinstance(e, (EOFError, ConnectionResetError))
+                for e in (error, error.__cause__, error.__context__))
             raise distsvc.errors.HostUnreachable(
-                target.label, _explain(error, target, timeout, late, proxy_said)) from None
+                target.label, _explain(error, target, timeout, late, proxy_said),
+                dropped) from None
         raise
     finally:
         if agent is not None:
             agent.close()  # authentication is over: the keys are not needed again
 
+
+
+def _connect_retrying_drops(target: Target, timeout: float, agent_socket: str | None
+                            ) -> Connection:
+    """connect(), tried again (up to 3 times, a fraction of a second apart, at random) when the
+    server dropped the handshake: many clients connecting at once past sshd's MaxStartups."""
+    for attempt in range(1, 4):
+        try:
+            return connect(target, timeout, agent_socket)
+        except distsvc.errors.HostUnreachable as error:
+            if not error.dropped or attempt == 3:
+                raise
+            time.sleep(random.uniform(0.1, 0.4) * attempt)
+    raise AssertionError("unreachable")
 
 
 class Sessions:
@@ -795,7 +816,7 @@ class Pool:
             if failed is not None and failed[0] >= waited_from:
                 raise failed[1]
             try:
-                connection = connect(target, timeout, self._agent())
+                connection = _connect_retrying_drops(target, timeout, self._agent())
             except distsvc.errors.HostUnreachable as error:
                 with self._lock:
                     self._failed[target] = (time.monotonic(), error)
