@@ -8,9 +8,10 @@ are ProtocolErrors: the daemon answers them with an error and closes that connec
 Requests (client to daemon), each {"v": 1, "type": ..., ...}:
   status                      -> {"ok": true, "version", "uptime", "hosts", "connections", "jobs"}
   best    config              -> {"ok": true, "host": NAME or null, "ranked": [...]}
-  hosts   config, refresh     -> {"ok": true, "rows": [...]}
+  hosts   config, refresh, ssh_auth_sock -> {"ok": true, "rows": [...]}
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
-  run     config, argv, workdir, env, tty, term  (+ stdin, stdout, stderr passed as fds)
+  run     config, argv, workdir, env, tty, term, quiet, ssh_auth_sock
+          (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent)
           then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size
