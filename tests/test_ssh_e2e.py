@@ -200,8 +200,10 @@ def test_connect_failures_read_as_one_line_each(client: conftest.Client) -> None
     assert line.startswith("distsvc: no reachable host: closed (")
     assert rows["closed"] == (f"connection refused at 127.0.0.6:{closed_port} "
                               "(is sshd running there, on that port?)")
-    assert rows["closer"].startswith("127.0.0.6:") and "closed the connection before the SSH " \
-        "greeting" in rows["closer"]
+    # closed at once: an end of file, or a reset if our greeting was already on its way
+    assert rows["closer"].startswith("127.0.0.6:") and (
+        "closed the connection before the SSH greeting" in rows["closer"]
+        or "reset the connection" in rows["closer"])
     assert rows["ghost"].startswith("cannot resolve the host name")
     assert rows["badname"] == ("'bad..name' is not a valid host name (check HostName in "
                                "~/.ssh/config)")
@@ -247,3 +249,59 @@ def test_the_daemon_uses_a_clients_agent_without_changing_its_environment(
             running.daemon.pool.close_all()
         agent.send_signal(signal.SIGTERM)
         agent.wait()
+
+
+def test_failed_connects_leave_no_fd_thread_or_process_behind(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process: a refused key, a refused jump host key and a failing ProxyCommand,
+    thirty times each; counted from /proc."""
+    import threading
+
+    import distsvc.adapters.ssh as ssh
+    import distsvc.config
+
+    client = conftest.Client(bed, tmp_path / "client")
+    monkeypatch.setenv("HOME", str(client.home))
+    h1, h2 = bed.hosts[0], bed.hosts[1]
+    (client.home / ".ssh" / "known_hosts").write_text(h2.known_hosts_line + "\n")
+    (client.home / ".ssh" / "config").write_text(
+        f"Host j\n  HostName {h1.address}\n  Port {h1.port}\n  User {bed.user}\n"
+        f"Host viaj\n  HostName {h2.address}\n  Port {h2.port}\n  User {bed.user}\n"
+        "  ProxyJump j\n"
+        "Host p\n  HostName 127.0.0.9\n  ProxyCommand sh -c 'echo no >&2; exit 1'\n")
+    hosts = [distsvc.config.Host("h1", address=h1.address, port=h1.port, user=bed.user),
+             distsvc.config.Host("viaj"), distsvc.config.Host("p")]
+
+    def children() -> int:
+        count = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    count += stat.read().rpartition(")")[2].split()[1] == str(os.getpid())
+            except OSError:
+                pass
+        return count
+
+    def counts() -> tuple[int, int, int]:
+        return len(os.listdir("/proc/self/fd")), threading.active_count(), children()
+
+    def attempt() -> list[str]:
+        reasons = []
+        for host in hosts:
+            with pytest.raises(distsvc.errors.HostUnreachable) as error:
+                ssh.connect(ssh.resolve(host, "strict"), 10.0)
+            reasons.append(error.value.reason)
+        return reasons
+
+    import distsvc.errors
+
+    first = attempt()
+    assert "host key not known" in first[0] and first[1].startswith("jump host j: host key")
+    assert first[2] == "the ProxyCommand failed: no"
+    before = counts()
+    for _ in range(30):
+        attempt()
+    # No more than before (what earlier tests left may still be ending meanwhile).
+    helpers.wait_for(lambda: all(n <= b for n, b in zip(counts(), before, strict=True)), 10,
+                     f"fds, threads and child processes back to {before}")
+    assert all(n <= b for n, b in zip(counts(), before, strict=True)), (counts(), before)

@@ -184,10 +184,29 @@ class _ProxyCommand(paramiko.ProxyCommand):
     and which keeps the last line the command wrote on stderr: why it failed."""
 
     _said: str | None = None
+    _ended = False  # its output ended: it is exiting by itself
+
+    def recv(self, size: int) -> bytes:
+        """As a socket does: what is there, b"" at the end. paramiko's loops until it has
+        `size` bytes, so a command that ended would spin until the handshake timed out."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        if not select.select([stdout], [], [], self.timeout)[0]:
+            raise TimeoutError()  # socket.timeout, which paramiko polls with
+        try:
+            data = os.read(stdout.fileno(), size)
+            self._ended |= not data
+            return data
+        except OSError as error:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd), error.strerror or str(error)
+                                               ) from None
 
     def close(self) -> None:
         if self.process.stderr is None or self.process.stderr.closed:
             return  # closed already (paramiko's transport closes it too)
+        if self._ended:  # let it exit by itself, and keep what it said
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(0.5)
         if self.process.poll() is None:  # we end it: what it said is not why it failed
             with contextlib.suppress(ProcessLookupError):
                 self.process.terminate()
