@@ -188,17 +188,30 @@ class TcpProxy:
 
     @staticmethod
     def _pipe(source: Any, sink: Any) -> None:
+        import socket
+
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
         except OSError:
             pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)  # pass the end on, as a router would
+
+    def stop_accepting(self) -> None:
+        """New connections are refused; those made go on."""
+        import socket
+
+        # close() alone would leave the blocked accept() listening on in the kernel.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
 
     def cut(self) -> None:
         import socket
         import struct
 
-        self.listener.close()
+        self.stop_accepting()
         for s in self.sockets:
             try:
                 # Linger 0: a reset, as from a vanished peer. shutdown() wakes the relay
