@@ -306,7 +306,7 @@ def machine() -> dict[str, str]:
     code = first_line(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
     return {
         "code": f"{code} (working tree at the time of the run)",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "CPU": f"{os.cpu_count()} CPUs (nproc {first_line(['nproc'])})"
                + (f", {cpu[1].strip()}" if cpu else ""),
         "memory": f"{int(memory[1]) / MIB:.1f} GiB" if memory else "?",

@@ -17,7 +17,6 @@ import os
 import socket
 import struct
 import sys
-
 import tomllib
 
 DENIED = ("HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "TERM", "XDG_RUNTIME_DIR")

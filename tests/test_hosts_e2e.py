@@ -6,6 +6,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 import conftest
 import helpers
 
@@ -166,3 +168,30 @@ def test_a_restarted_host_is_used_again(client: conftest.Client) -> None:
     result = client.run("distsvc-run", *WHERE)
     assert result.stdout.decode().strip() == bed.hosts[0].address, result.stderr
     assert b"trying the next host" not in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["unknown", "changed"])
+def test_a_refused_host_key_is_said_even_with_quiet_and_the_host_shown_refused(
+        client: conftest.Client, kind: str) -> None:
+    """The best host's key is refused: the command runs on the next host, and stderr says
+    which host was left out and how to fix it, although -q silences every other notice."""
+    bed = client.bed
+    h1, h2 = bed.hosts[0], bed.hosts[1]
+    known = h2.known_hosts_line + "\n"
+    if kind == "changed":  # h1's address with h3's key: what a man in the middle would show
+        known += f"[{h1.address}]:{h1.port} {bed.hosts[2].host_key}\n"
+    (client.home / ".ssh" / "known_hosts").write_text(known)
+    client.configure(hosts=[h1, h2], probes={"h1": "echo 0.1", "h2": "echo 0.9"})
+    expected = ("host key not known", "--accept-new") if kind == "unknown" else (
+        "host key CHANGED", "ssh-keygen -R")
+    for _ in range(2):  # every command says it, not only the one that probed
+        result = client.run("distsvc-run", "-q", *WHERE)
+        assert (result.returncode, result.stdout.decode().strip()) == (0, h2.address)
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("distsvc: h1 not used: "), lines
+        assert all(part in lines[0] for part in expected), lines
+    rows = hosts_json(client)
+    assert [r["host"] for r in rows] == ["h2", "h1"]
+    assert rows[1]["state"] == "refused" and expected[0] in rows[1]["error"]
+    table = client.run("distsvc", "hosts").stdout.decode().splitlines()
+    assert table[2].split()[:2] == ["h1", "refused"] and expected[0] in table[2]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+from pathlib import Path
+
+import pytest
 
 import conftest
+import helpers
+import sshbed
 
 WHERE = ["sh", "-c", 'set -- $SSH_CONNECTION; echo "$3"']
 
@@ -102,3 +108,200 @@ def test_proxy_command(client: conftest.Client) -> None:
     client.configure(hosts=[], unknown=[{"name": "viaproxy"}])
     result = client.run("distsvc-run", *WHERE)
     assert result.stdout.decode().strip() == target.address, result.stderr
+
+
+def _two_hop_config(client: conftest.Client) -> tuple[str, str]:
+    """~/.ssh/config reaching h3 through h1 (an alias) and then h2 (user@host:port); returns
+    the two hops as written."""
+    bed = client.bed
+    j1, j2, target = bed.hosts[0], bed.hosts[1], bed.hosts[2]
+    second = f"{bed.user}@{j2.address}:{j2.port}"
+    (client.home / ".ssh" / "config").write_text(
+        f"Host j1\n  HostName {j1.address}\n  Port {j1.port}\n  User {bed.user}\n"
+        f"Host inner\n  HostName {target.address}\n  Port {target.port}\n"
+        f"  User {bed.user}\n  ProxyJump j1,{second}\n")
+    client.configure(hosts=[], unknown=[{"name": "inner"}])
+    return "j1", second
+
+
+def test_proxy_jump_through_two_hops(client: conftest.Client) -> None:
+    _two_hop_config(client)
+    result = client.run("distsvc-run", *WHERE)
+    assert result.stdout.decode().strip() == client.bed.hosts[2].address, result.stderr
+
+
+def test_jump_host_keys_are_checked_refused_by_name_then_accepted_with_accept_new(
+        client: conftest.Client) -> None:
+    bed = client.bed
+    first, second = _two_hop_config(client)
+    known = client.home / ".ssh" / "known_hosts"
+    known.write_text(bed.hosts[2].known_hosts_line + "\n")  # only the target's key is known
+    result = client.run("distsvc-run", "true")
+    assert result.returncode == 255
+    (line,) = result.stderr.decode().splitlines()
+    assert f"inner (jump host {first}: host key not known" in line and "--accept-new" in line
+
+    known.write_text(bed.hosts[0].known_hosts_line + "\n" + bed.hosts[2].known_hosts_line + "\n")
+    result = client.run("distsvc-run", "true")
+    assert result.returncode == 255
+    (line,) = result.stderr.decode().splitlines()
+    assert f"jump host {second}: host key not known" in line
+    assert f"`ssh -J {first} -p {bed.hosts[1].port} {bed.user}@{bed.hosts[1].address} true`" \
+        in line  # how to check that key by hand, through the hop before it
+
+    known.write_text(bed.hosts[2].known_hosts_line + "\n")
+    result = client.run("distsvc-run", "--accept-new", *WHERE)
+    assert result.stdout.decode().strip() == bed.hosts[2].address, result.stderr
+    assert bed.hosts[0].host_key in known.read_text()
+    assert bed.hosts[1].host_key in known.read_text()
+    assert client.run("distsvc-run", "true").returncode == 0  # now known without the option
+
+
+def test_connect_failures_read_as_one_line_each(client: conftest.Client) -> None:
+    """A refused port, names that cannot resolve (made so locally: a name over 255 bytes
+    fails in the resolver before any query is sent, an empty label in the IDNA codec), a
+    ProxyCommand that fails or cannot start, and a server that closes at once."""
+    import socket
+    import threading
+
+    closed_port = sshbed.free_port("127.0.0.6")
+    closer = socket.create_server(("127.0.0.6", 0))
+
+    def close_at_once() -> None:
+        while True:
+            try:
+                connection, _ = closer.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=close_at_once, daemon=True).start()
+    too_long = ".".join(["a" * 60] * 5)
+    (client.home / ".ssh" / "config").write_text(
+        f"Host ghost\n  HostName {too_long}\n"
+        "Host badname\n  HostName bad..name\n"
+        "Host viaproxy\n  HostName 127.0.0.7\n"
+        "  ProxyCommand sh -c 'echo \"proxy: no way through to %h\" >&2; exit 1'\n"
+        "Host noproxy\n  HostName 127.0.0.7\n  ProxyCommand /nonexistent/proxy %h\n")
+    user = client.bed.user
+    client.configure(hosts=[], unknown=[
+        {"name": "closed", "address": "127.0.0.6", "port": closed_port, "user": user},
+        {"name": "closer", "address": "127.0.0.6", "port": closer.getsockname()[1],
+         "user": user},
+        {"name": "ghost"}, {"name": "badname"}, {"name": "viaproxy"}, {"name": "noproxy"}])
+    try:
+        result = client.run("distsvc-run", "true")
+        rows = {r["host"]: r["error"] for r in json.loads(
+            client.run("distsvc", "hosts", "--json").stdout)}
+    finally:
+        closer.close()
+    assert result.returncode == 255
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("distsvc: no reachable host: closed (")
+    assert rows["closed"] == (f"connection refused at 127.0.0.6:{closed_port} "
+                              "(is sshd running there, on that port?)")
+    # closed at once: an end of file, or a reset if our greeting was already on its way
+    assert rows["closer"].startswith("127.0.0.6:") and (
+        "closed the connection before the SSH greeting" in rows["closer"]
+        or "reset the connection" in rows["closer"])
+    assert rows["ghost"].startswith("cannot resolve the host name")
+    assert rows["badname"] == ("'bad..name' is not a valid host name (check HostName in "
+                               "~/.ssh/config)")
+    assert rows["viaproxy"] == "the ProxyCommand failed: proxy: no way through to 127.0.0.7"
+    assert rows["noproxy"].startswith("ProxyCommand `/nonexistent/proxy 127.0.0.7` could not "
+                                      "start: No such file or directory")
+    for raw in ("Error reading SSH protocol banner", "[Errno", "Name or service not known",
+                "Traceback", "Unable to connect", "No existing session"):
+        assert raw not in line and not any(raw in e for e in rows.values())
+
+
+def test_the_daemon_uses_a_clients_agent_without_changing_its_environment(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process daemon that knows no agent serves a client whose key is only in its
+    ssh-agent: the agent's socket travels with the request; os.environ stays as it was."""
+    import test_daemon
+
+    client = conftest.Client(bed, tmp_path / "client")
+    agent_key = client.home / "agent_key"
+    (client.home / ".ssh" / "id_ed25519").rename(agent_key)
+    socket_path = client.home / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)],
+                             stdout=subprocess.DEVNULL)
+    running = None
+    try:
+        helpers.wait_for(socket_path.exists, 20, "the ssh-agent's socket")
+        subprocess.run(["ssh-add", "-q", str(agent_key)], check=True,
+                       env={**os.environ, "SSH_AUTH_SOCK": str(socket_path)})
+        client.configure(hosts=bed.hosts[:1])
+        monkeypatch.setenv("HOME", str(client.home))  # ~/.ssh as the daemon's user sees it
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        before = dict(os.environ)
+        running = test_daemon.start(dict(client.env))
+        result = client.run("distsvc-run", "echo", "via agent", env={
+            "SSH_AUTH_SOCK": str(socket_path), "DISTSVC_DAEMON": "required"})
+        assert (result.returncode, result.stdout) == (0, b"via agent\n"), result.stderr
+        assert running.status()["connections"] == 1
+        assert dict(os.environ) == before
+    finally:
+        if running is not None:
+            running.stop.set()  # type: ignore[attr-defined]
+            running.thread.join(20)
+            running.daemon.pool.close_all()
+        agent.send_signal(signal.SIGTERM)
+        agent.wait()
+
+
+def test_failed_connects_leave_no_fd_thread_or_process_behind(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process: a refused key, a refused jump host key and a failing ProxyCommand,
+    thirty times each; counted from /proc."""
+    import threading
+
+    import distsvc.adapters.ssh as ssh
+    import distsvc.config
+
+    client = conftest.Client(bed, tmp_path / "client")
+    monkeypatch.setenv("HOME", str(client.home))
+    h1, h2 = bed.hosts[0], bed.hosts[1]
+    (client.home / ".ssh" / "known_hosts").write_text(h2.known_hosts_line + "\n")
+    (client.home / ".ssh" / "config").write_text(
+        f"Host j\n  HostName {h1.address}\n  Port {h1.port}\n  User {bed.user}\n"
+        f"Host viaj\n  HostName {h2.address}\n  Port {h2.port}\n  User {bed.user}\n"
+        "  ProxyJump j\n"
+        "Host p\n  HostName 127.0.0.9\n  ProxyCommand sh -c 'echo no >&2; exit 1'\n")
+    hosts = [distsvc.config.Host("h1", address=h1.address, port=h1.port, user=bed.user),
+             distsvc.config.Host("viaj"), distsvc.config.Host("p")]
+
+    def children() -> int:
+        count = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    count += stat.read().rpartition(")")[2].split()[1] == str(os.getpid())
+            except OSError:
+                pass
+        return count
+
+    def counts() -> tuple[int, int, int]:
+        return len(os.listdir("/proc/self/fd")), threading.active_count(), children()
+
+    def attempt() -> list[str]:
+        reasons = []
+        for host in hosts:
+            with pytest.raises(distsvc.errors.HostUnreachable) as error:
+                ssh.connect(ssh.resolve(host, "strict"), 10.0)
+            reasons.append(error.value.reason)
+        return reasons
+
+    import distsvc.errors
+
+    first = attempt()
+    assert "host key not known" in first[0] and first[1].startswith("jump host j: host key")
+    assert first[2] == "the ProxyCommand failed: no"
+    before = counts()
+    for _ in range(30):
+        attempt()
+    # No more than before (what earlier tests left may still be ending meanwhile).
+    helpers.wait_for(lambda: all(n <= b for n, b in zip(counts(), before, strict=True)), 10,
+                     f"fds, threads and child processes back to {before}")
+    assert all(n <= b for n, b in zip(counts(), before, strict=True)), (counts(), before)

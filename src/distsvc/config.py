@@ -9,18 +9,13 @@ import dataclasses
 import json
 import math
 import re
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import distsvc.errors
 import distsvc.paths
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the fallback the design allows for older Pythons
-    import tomli as tomllib
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 

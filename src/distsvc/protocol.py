@@ -10,11 +10,12 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
   status                      -> {"ok": true, "version", "pid", "uptime", "hosts", "rss_kib",
                                   "connections", "connections_per_host", "retiring", "jobs"}
   best    config              -> {"ok": true, "host": NAME or null, "ranked": [...]}
-  hosts   config, refresh     -> {"ok": true, "rows": [...]}
+  hosts   config, refresh, ssh_auth_sock -> {"ok": true, "rows": [...]}
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
-  run     config, argv, workdir, env, tty, term, heartbeats: true
+  run     config, argv, workdir, env, tty, term, quiet, ssh_auth_sock, heartbeats: true
           optional host: NAME  runs there, no choosing or falling back (`run --all`)
-          (+ stdin, stdout, stderr passed as fds), then, on the same connection:
+          (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent),
+          then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size
           daemon -> client    {"type": "notice", "message"}      one line for stderr

@@ -27,6 +27,7 @@ LOCK_FILE = "state.lock"
 
 UP = "up"
 UNKNOWN = "unknown"
+REFUSED = "refused"  # its host key (or a jump host's) is unknown or changed: the user decides
 
 
 @dataclasses.dataclass
@@ -37,6 +38,13 @@ class HostState:
     measurement: distsvc.probe.Measurement | None = None
     error: str | None = None
     last_used: float | None = None
+
+
+def refused(reason: str) -> HostState:
+    """A host whose key was refused. It has no measurement time, so the next choice probes
+    it again: once the user has accepted the key (or passes --accept-new), the very next
+    command may use it, and until then each command says why it does not."""
+    return HostState(state=REFUSED, error=reason)
 
 
 @dataclasses.dataclass(frozen=True)

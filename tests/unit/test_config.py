@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,6 @@ import pytest
 import distsvc.config
 import distsvc.errors
 from distsvc.config import DEFAULT_ENV_DENY, Config, EnvFilter, Host
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DISTSVC = Path(sys.executable).parent / "distsvc"
 

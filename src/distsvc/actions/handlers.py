@@ -64,6 +64,13 @@ def _measure_after_request(daemon: distsvc.actions.serve.Daemon,
     threading.Thread(target=measure, daemon=True, name="measure").start()
 
 
+def _adopt_agent(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any]) -> None:
+    """The client's ssh-agent, for the daemon's new connections if its own is unset or gone
+    (see Pool.adopt_agent); the process environment stays as it was."""
+    agent = request.get("ssh_auth_sock")
+    daemon.pool.adopt_agent(agent if isinstance(agent, str) else None)
+
+
 def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
                   peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
     with distsvc.state.locked(daemon.state_dir):
@@ -98,6 +105,7 @@ def handle_best(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
 def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
                  peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
     config = distsvc.config.from_wire(_field(request, "config", dict))
+    _adopt_agent(daemon, request)
     rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
                                         daemon.pool)
     return {"ok": True, "rows": rows}
@@ -177,12 +185,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     pinned = request.get("host")
     if pinned is not None and pinned not in {h.name for h in config.hosts}:
         raise distsvc.protocol.ProtocolError("field 'host' names no configured host")
-    agent = env.get("SSH_AUTH_SOCK") or request.get("ssh_auth_sock")
-    current = os.environ.get("SSH_AUTH_SOCK", "")
-    if isinstance(agent, str) and agent and (not current or not os.path.exists(current)):
-        # A daemon started by systemd may not know the user's agent, and one it adopted may
-        # be gone (an `ssh -A` session that ended): take the client's.
-        os.environ["SSH_AUTH_SOCK"] = agent
+    _adopt_agent(daemon, request)
     options = distsvc.actions.run.Options(
         workdir=_field(request, "workdir", str), tty=request.get("tty"),
         stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
@@ -192,7 +195,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     job_id = next(daemon.job_ids)
     log = distsvc.log.get(job=job_id, peer_pid=peer.pid)
 
-    def warn(message: str) -> None:
+    def warn(message: str) -> None:  # what -q does not silence (a refused host key)
         with contextlib.suppress(OSError):
             peer.send({"type": "notice", "message": message})
 

@@ -27,7 +27,8 @@ class Probed:
 def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
                pool: distsvc.adapters.ssh.Pool) -> Probed:
     """Probe within config.probe_timeout on a session of its own (a pooled connection with
-    room, or a new one). An unreachable host is `unknown`; a dead connection leaves the pool
+    room, or a new one). An unreachable host is `unknown`
+    (`refused` for a refused host key); a dead connection leaves the pool
     the next time it is looked at."""
     started = time.monotonic()
     deadline = started + config.probe_timeout
@@ -52,6 +53,8 @@ def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
         reason = (error.reason if isinstance(error, distsvc.errors.HostUnreachable)
                   else error.message if isinstance(error, distsvc.errors.CannotRun)
                   else str(error) or type(error).__name__)
+        if isinstance(error, distsvc.errors.HostKeyRefused):
+            return Probed(host, distsvc.state.refused(reason))
         return Probed(host, distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=now, error=reason))
 

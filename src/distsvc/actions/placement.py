@@ -85,6 +85,13 @@ def record(state: distsvc.state.State, name: str, measured: distsvc.state.HostSt
     state.hosts[name] = measured
 
 
+def refusals(hosts: collections.abc.Iterable[distsvc.config.Host], state: distsvc.state.State
+              ) -> list[tuple[str, str]]:
+    """(name, reason) of each of `hosts` whose host key was refused."""
+    return [(h.name, entry.error or "host key refused") for h in hosts
+            if (entry := state.hosts.get(h.name)) and entry.state == distsvc.state.REFUSED]
+
+
 def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.State) -> str:
     unknown = distsvc.state.HostState(error="not measured")
     reasons = [f"{h.name} ({state.hosts.get(h.name, unknown).error or 'unknown'})"
@@ -124,7 +131,8 @@ def _place(config: distsvc.config.Config, state: distsvc.state.State, now: float
 def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
            notice: collections.abc.Callable[[str], None], pool: distsvc.adapters.ssh.Pool,
            interrupted: collections.abc.Callable[[], int | None] = lambda: None,
-           job_pid: int | None = None) -> Choice:
+           job_pid: int | None = None,
+           warn: collections.abc.Callable[[str], None] | None = None) -> Choice:
     """The best host not in `exclude`, with the job (process `job_pid`, default this one)
     already recorded on it.
 
@@ -133,6 +141,9 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
     measured again at once (at most every RETRY_AFTER seconds), so a host that recovered
     serves the very next command. When every usable host is at its slot limit, waits for a
     free slot until `interrupted()` names a signal, which ends the wait with Interrupted.
+
+    Each host left out for a refused host key is said through `warn` (default `notice`),
+    which -q does not silence: the user must decide about the key.
     """
     waited = False
     retried = False
@@ -152,6 +163,9 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
             if choice is not None:
                 distsvc.state.write(directory, state)
         if choice is not None:
+            hosts = [h for h in config.hosts if h.name not in exclude]
+            for name, reason in refusals(hosts, state):
+                (warn or notice)(f"distsvc: {name} not used: {reason}")
             return choice
         failed = _failed_hosts(config, state, exclude)
         if failed and not retried:
@@ -192,11 +206,11 @@ def pin(config: distsvc.config.Config, name: str, directory: Path,
     return Choice(host, placement)
 
 
-def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement
-                     ) -> None:
+def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement,
+                     refused: bool = False) -> None:
     with distsvc.state.locked(directory):
         state = distsvc.state.read(directory)
-        state.hosts[host] = distsvc.state.HostState(
+        state.hosts[host] = distsvc.state.refused(reason) if refused else distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=time.time(), error=reason)
         state.placements = [p for p in state.placements if p != placement]
         distsvc.state.write(directory, state)

@@ -31,7 +31,7 @@ class Options:
     workdir: str | None = None  # None: the current directory
     tty: bool | None = None  # None: a terminal when stdin and stdout are terminals
     stdin: bool = True  # False: like `ssh -n`, the command reads end-of-file
-    quiet: bool = False  # no notices on stderr
+    quiet: bool = False  # no notices on stderr (but a refused host key is always said)
 
 
 def notice(options: Options, message: str) -> None:
@@ -197,9 +197,10 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
     the session or its start refused); once it may have started, a failure is reported and
     it is never run again. A daemon passes its client's pid and fds, and `started` to hear
     which host runs it. `say` is for notices --quiet silences, `warn` (default: `say`) for
-    what the user must hear anyway. With `pinned` (a host's name: `run --all` runs on each),
-    only there: nothing is chosen or probed, a host that cannot be reached is the command's
-    failure, and it is connected before `started`.
+    what the user must hear anyway (a refused host key, a signal not delivered). With
+    `pinned` (a host's name: `run --all` runs on each), only there: nothing is chosen or
+    probed, a host that cannot be reached is the command's failure, and it is connected
+    before `started`.
     """
     import distsvc.actions.placement
 
@@ -208,7 +209,7 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
     while True:
         if pinned is None:
             choice = distsvc.actions.placement.choose(
-                config, directory, tried, say, pool, signals.terminating, job_pid)
+                config, directory, tried, say, pool, signals.terminating, job_pid, warn)
         else:
             choice = distsvc.actions.placement.pin(
                 config, pinned, directory, signals.terminating, job_pid)
@@ -224,12 +225,13 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
             return execute(sessions, argv, options, env, workdir, term, signals, warn, fds,
                            own_terminal=job_pid is None, reader_pid=reader_pid)
         except distsvc.errors.HostUnreachable as error:
+            refused = isinstance(error, distsvc.errors.HostKeyRefused)
             distsvc.actions.placement.mark_unreachable(
-                directory, choice.host.name, error.reason, choice.placement)
+                directory, choice.host.name, error.reason, choice.placement, refused)
             if pinned is not None:
                 raise
             tried.add(choice.host.name)
-            say(f"distsvc: {error.message}; trying the next host")
+            (warn if refused else say)(f"distsvc: {error.message}; trying the next host")
         except (OSError, EOFError) as error:
             # paramiko's own words ("Socket is closed") say little: say what it means.
             raise distsvc.errors.CannotRun(

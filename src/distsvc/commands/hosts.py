@@ -46,7 +46,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                       _fmt(r["age_s"], " s ago", 0), jobs, r["error"] or ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
     return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)) + "  " + line[-1]
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1]
         for line in lines).replace("  \n", "\n").rstrip() + "\n"
 
 
@@ -57,7 +57,7 @@ def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
 
     if distsvc.actions.client.enabled(os.environ):
         request = {"type": "hosts", "config": distsvc.config.to_mapping(config),
-                   "refresh": refresh}
+                   "refresh": refresh, "ssh_auth_sock": os.environ.get("SSH_AUTH_SOCK", "")}
         try:
             rows: list[dict[str, Any]] = distsvc.actions.client.query(request, os.environ)["rows"]
             return rows
