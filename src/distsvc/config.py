@@ -9,13 +9,18 @@ import dataclasses
 import json
 import math
 import re
-import tomllib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import distsvc.errors
 import distsvc.paths
+
+if sys.version_info >= (3, 11):  # noqa: UP036 - kept: tomli is the design's fallback
+    import tomllib
+else:  # pragma: no cover - the design's fallback; requires-python keeps it unused for now
+    import tomli as tomllib
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 
