@@ -140,6 +140,11 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
         raise distsvc.errors.CannotRun(
             f"{sessions.label}: {abandoned[0]} could not be delivered, so the command's session "
             "was closed; its state is unknown (it is ended on the host within a few seconds)")
+    if status == distsvc.actions.relay.STATUS_CONNECTION_LOST and process.connection.silent:
+        raise distsvc.errors.CannotRun(
+            f"{sessions.label}: the host stopped answering (no reply for "
+            f"{distsvc.adapters.ssh.KEEPALIVE_TIMEOUT:g} s), so its connection was closed; the "
+            "command's state is unknown (it is ended there once the host answers again)")
     if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
         raise distsvc.errors.CannotRun(
             f"{sessions.label}: connection lost; the command's state is unknown "

@@ -308,6 +308,11 @@ def agent_usable(path: str | None) -> bool:
 # OpenSSH's default MaxSessions: the sessions one connection carries before the server refuses
 # the next. A server that refuses earlier teaches the pool its own limit.
 SESSIONS_PER_CONNECTION = 10
+# A connection carrying sessions is asked for a reply (an SSH global request) when it was not
+# answered for KEEPALIVE_INTERVAL, and counted dead when no reply comes for KEEPALIVE_TIMEOUT:
+# a frozen host's kernel still acknowledges TCP, so TCP keepalive alone never notices it.
+KEEPALIVE_INTERVAL = 10.0
+KEEPALIVE_TIMEOUT = 20.0
 OPEN_TIMEOUT = 15.0  # for a session and its start to be confirmed by the server
 
 
@@ -330,6 +335,10 @@ class Connection:
         self.sessions = 0
         self.used = time.monotonic()
         self._lock = threading.Lock()
+        self._closing: list[paramiko.Channel] = []  # closed by us, not yet by the server
+        self.silent = False  # closed because the server stopped answering
+        self._answered_at = time.monotonic()
+        self._asked_at: float | None = None
 
     def reserve(self) -> bool:
         """Take one session slot, if the connection is alive and has one free."""
@@ -340,21 +349,60 @@ class Connection:
             self.used = time.monotonic()
             return True
 
-    def release(self) -> None:
+    def release(self, channel: paramiko.Channel | None = None) -> None:
+        """Give a session slot back; `channel`, its closed channel, is kept until the server
+        has closed it too (see _forget_finished_channels)."""
         with self._lock:
             self.sessions -= 1
             self.used = time.monotonic()
+            if channel is not None:
+                self._closing.append(channel)
         self._forget_finished_channels()
 
     def _forget_finished_channels(self) -> None:
         """paramiko remembers every channel id a transport ever had (`channels_seen`), so a
-        connection that lives for weeks would grow by one entry per session. A channel the
-        server has closed (it left `_channels`) gets no more messages: its id can go."""
+        connection that lives for weeks would grow by one entry per session. An id may go
+        once the server has closed its channel too (the channel left `_channels`): no message
+        for it can follow. Until then the channel object is held here, because `_channels`
+        holds channels weakly, and a collected one would look closed too early: the server's
+        late close for an id forgotten would then end the whole connection ("unknown
+        channel")."""
         transport = self.transport
-        with transport.lock:
+        with self._lock, transport.lock:
             live = transport._channels  # type: ignore[attr-defined]
-            for chanid in [c for c in transport.channels_seen if live.get(c) is None]:
-                del transport.channels_seen[chanid]
+            still_open = []
+            for channel in self._closing:
+                if live.get(channel.chanid) is channel:
+                    still_open.append(channel)
+                else:
+                    transport.channels_seen.pop(channel.chanid, None)
+            self._closing = still_open
+
+    def check_answering(self, now: float) -> None:
+        """Ask a connection that carries sessions for a reply now and then; close it when an
+        answer is KEEPALIVE_TIMEOUT late, so its commands end as with a dropped connection.
+        Called by the pool's watcher every few seconds."""
+        with self._lock:
+            if self._asked_at is not None:
+                if now - self._asked_at <= KEEPALIVE_TIMEOUT:
+                    return
+                self.silent = True
+            elif self.sessions == 0 or now - self._answered_at < KEEPALIVE_INTERVAL:
+                return
+            else:
+                self._asked_at = now
+        if self.silent:
+            self.transport.close()
+        else:
+            threading.Thread(target=self._ask, daemon=True, name="keepalive").start()
+
+    def _ask(self) -> None:
+        # Any answer will do (OpenSSH refuses the request); paramiko waits for it, or for the
+        # transport's end, which check_answering() brings about when it is too late.
+        self.transport.global_request("keepalive@openssh.com", wait=True)
+        with self._lock:
+            self._answered_at = time.monotonic()
+            self._asked_at = None
 
     def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
              timeout: float = OPEN_TIMEOUT, reserved: bool = False) -> RemoteProcess:
@@ -419,7 +467,7 @@ class Connection:
         except BaseException:
             if channel is not None:
                 channel.close()
-            self.release()
+            self.release(channel)
             raise
         return RemoteProcess(channel, self)
 
@@ -547,7 +595,7 @@ class RemoteProcess:
                 return
             self._closed = True
         self.channel.close()
-        self.connection.release()
+        self.connection.release(self.channel)
 
     def abandon(self) -> None:
         """For a command that signals cannot reach: close its channel and, when nothing else
@@ -799,6 +847,8 @@ class Pool:
         self._connecting: dict[Target, threading.Lock] = {}
         self._failed: dict[Target, tuple[float, distsvc.errors.HostUnreachable]] = {}
         self._limits: dict[Target, int] = {}
+        self._watcher: threading.Thread | None = None
+        self._closed = threading.Event()
         # The ssh-agent new connections authenticate with: the one given, else this
         # process's own ($SSH_AUTH_SOCK, read here, never written).
         self._agent_socket = agent_socket or os.environ.get("SSH_AUTH_SOCK") or None
@@ -867,7 +917,22 @@ class Pool:
                 connection.reserve()
                 self._connections.setdefault(target, []).append(connection)
                 self._failed.pop(target, None)
+                if self._watcher is None:
+                    self._closed.clear()
+                    self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                                     name="ssh-watch")
+                    self._watcher.start()
             return connection
+
+    def _watch(self) -> None:
+        """Asks busy connections whether their server still answers (Connection.check_answering)."""
+        while not self._closed.wait(2.0):
+            with self._lock:
+                connections = [c for cs in self._connections.values() for c in cs]
+            now = time.monotonic()
+            for connection in connections:
+                if connection.alive():
+                    connection.check_answering(now)
 
     def learn_limit(self, target: Target, limit: int) -> None:
         """The host refused a session beyond `limit` on one connection: new ones carry that."""
@@ -901,5 +966,9 @@ class Pool:
         with self._lock:
             connections = [c for cs in self._connections.values() for c in cs]
             self._connections.clear()
+            watcher, self._watcher = self._watcher, None
+        self._closed.set()
+        if watcher is not None:
+            watcher.join()
         for connection in connections:
             connection.close()
