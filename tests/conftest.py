@@ -173,18 +173,28 @@ class TcpProxy:
 
     @staticmethod
     def _pipe(source: Any, sink: Any) -> None:
+        import socket
+
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)  # pass the end on, so the far side closes too
         except OSError:
             pass
 
     def cut(self) -> None:
+        """The connections open now are cut, and no new ones are taken."""
+        self.listener.close()
+        self.sever()
+
+    def sever(self) -> None:
+        """The connections open now are cut; new ones are still relayed (the network is
+        back at once)."""
         import socket
         import struct
 
-        self.listener.close()
-        for s in self.sockets:
+        severed, self.sockets = self.sockets, []
+        for s in severed:
             try:
                 # Linger 0: a reset, as from a vanished peer. shutdown() wakes the relay
                 # threads blocked in recv(), which close() alone would not.

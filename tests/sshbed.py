@@ -50,6 +50,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -109,14 +116,25 @@ class Host:
             self.process = None
 
     @contextlib.contextmanager
-    def hung(self) -> Iterator[None]:
-        """The server accepts TCP connections (the kernel does) but never answers."""
+    def hung(self, connections: bool = False) -> Iterator[None]:
+        """The server accepts TCP connections (the kernel does) but never answers.
+
+        With `connections`, the sshd processes serving connections already open stop too,
+        as when the whole machine freezes: what runs there goes on, but nothing is heard of
+        it (the kernel still acknowledges TCP, so keepalives do not notice)."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
+        stopped = [self.process.pid]
+        if connections:
+            stopped += [pid for pid in descendants(self.process.pid) if _command(pid) == "sshd"]
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         try:
             yield
         finally:
-            self.process.send_signal(signal.SIGCONT)
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 @dataclasses.dataclass
@@ -199,10 +217,31 @@ LogLevel ERROR
 """
 
 
-def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key: Path) -> Path:
+def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key: Path,
+                 max_sessions: int | None = None) -> Path:
     path = root / f"sshd-{host}.conf"
-    path.write_text(f"ListenAddress {address}:{port}\n" + sshd_settings(root, user, key))
+    path.write_text(f"ListenAddress {address}:{port}\n"
+                    + sshd_settings(root, user, key, max_sessions=max_sessions))
     return path
+
+
+@contextlib.contextmanager
+def extra_host(bed: Bed, name: str, address: str,
+               max_sessions: int | None = None) -> Iterator[Host]:
+    """One more server for one test, with settings of its own (say why where it is used),
+    stopped at the end. Not in bed.hosts: a client needs its known_hosts_line added."""
+    port = free_port(address)
+    key = bed.root / f"hostkey-{name}"
+    for old in (key, key.with_suffix(".pub")):  # a name used before in this bed
+        old.unlink(missing_ok=True)
+    public = keygen(key)
+    config = _sshd_config(bed.root, bed.user, name, address, port, key, max_sessions)
+    host = Host(name, address, port, " ".join(public.split()[:2]), config)
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()
 
 
 @contextlib.contextmanager
