@@ -296,7 +296,7 @@ WARM_CHANNEL_SCRIPT = """if True:
     import distsvc.adapters.ssh, distsvc.config, distsvc.remote
     config = distsvc.config.load(None, os.environ)
     pool = distsvc.adapters.ssh.Pool()
-    connection = pool.get(config.hosts[0], config.host_key_policy, 10.0)
+    connection = pool.sessions(config.hosts[0], config.host_key_policy, 10.0)
     runs, workdir = int(sys.argv[1]), sys.argv[2]
     out = {}
     def timed(name, command, stdin=b""):

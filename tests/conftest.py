@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -106,15 +107,16 @@ def start_daemon(client: Client) -> subprocess.Popen[bytes]:
     return daemon
 
 
-@pytest.fixture(params=["direct", "daemon"])
-def client(request: pytest.FixtureRequest, bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
-    """A user, once working without a daemon (DISTSVC_DAEMON=off) and once through one
-    (DISTSVC_DAEMON=required: a daemon that does not answer fails the command, so the test
-    cannot pass through the in-process fallback)."""
-    client = Client(bed, tmp_path / "client")
-    client.mode = request.param
+@contextlib.contextmanager
+def user(bed: sshbed.Bed, home: Path, mode: str) -> Iterator[Client]:
+    """A user working without a daemon (mode "direct": DISTSVC_DAEMON=off) or through one
+    ("daemon": DISTSVC_DAEMON=required, so a daemon that does not answer fails the command
+    and a test cannot pass through the in-process fallback). No test may leave processes
+    on the hosts."""
+    client = Client(bed, home)
+    client.mode = mode
     daemon = None
-    if request.param == "direct":
+    if mode == "direct":
         client.env["DISTSVC_DAEMON"] = "off"
     else:
         client.env["DISTSVC_DAEMON"] = "required"
@@ -125,13 +127,26 @@ def client(request: pytest.FixtureRequest, bed: sshbed.Bed, tmp_path: Path) -> I
         if daemon is not None:
             daemon.terminate()
             daemon.wait(20)
-    # No test may leave the test user's processes behind on the hosts.
     deadline = time.monotonic() + 8
     while (stray := bed.stray_processes()) and time.monotonic() < deadline:
         time.sleep(0.2)
     if stray:
         subprocess.run(["pkill", "-KILL", "-u", bed.user])
         pytest.fail(f"processes left on the hosts: {stray}")
+
+
+@pytest.fixture(params=["direct", "daemon"])
+def client(request: pytest.FixtureRequest, bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
+    """A user, once working without a daemon and once through one (see user())."""
+    with user(bed, tmp_path / "client", request.param) as client:
+        yield client
+
+
+@pytest.fixture
+def daemon_client(bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
+    """A user whose commands go through a daemon, for what only a daemon does."""
+    with user(bed, tmp_path / "client", "daemon") as client:
+        yield client
 
 
 class TcpProxy:

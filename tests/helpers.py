@@ -28,6 +28,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
+def reap(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Kill and wait for whichever of `processes` a failed test left running."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def sleeps_with(marker: str) -> list[int]:
     """PIDs of the `sleep MARKER` processes on this machine."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True,

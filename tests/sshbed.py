@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 SSHD = "/usr/sbin/sshd"
 USER_PREFIX = "dsvctest"
@@ -218,25 +219,28 @@ LogLevel ERROR
 
 
 def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key: Path,
-                 max_sessions: int | None = None) -> Path:
+                 **limits: Any) -> Path:
     path = root / f"sshd-{host}.conf"
-    path.write_text(f"ListenAddress {address}:{port}\n"
-                    + sshd_settings(root, user, key, max_sessions=max_sessions))
+    path.write_text(f"ListenAddress {address}:{port}\n" + sshd_settings(root, user, key, **limits))
     return path
 
 
-@contextlib.contextmanager
-def extra_host(bed: Bed, name: str, address: str,
-               max_sessions: int | None = None) -> Iterator[Host]:
-    """One more server for one test, with settings of its own (say why where it is used),
-    stopped at the end. Not in bed.hosts: a client needs its known_hosts_line added."""
+def _new_host(root: Path, user: str, name: str, address: str, **limits: Any) -> Host:
     port = free_port(address)
-    key = bed.root / f"hostkey-{name}"
-    for old in (key, key.with_suffix(".pub")):  # a name used before in this bed
+    for old in (root / f"hostkey-{name}", root / f"hostkey-{name}.pub"):  # a name reused
         old.unlink(missing_ok=True)
-    public = keygen(key)
-    config = _sshd_config(bed.root, bed.user, name, address, port, key, max_sessions)
-    host = Host(name, address, port, " ".join(public.split()[:2]), config)
+    key_public = keygen(root / f"hostkey-{name}")
+    config = _sshd_config(root, user, name, address, port, root / f"hostkey-{name}", **limits)
+    return Host(name, address, port, " ".join(key_public.split()[:2]), config)
+
+
+@contextlib.contextmanager
+def extra_host(bed: Bed, name: str, address: str, *, max_sessions: int | None = None,
+               max_startups: str | None = None) -> Iterator[Host]:
+    """One more server for a test that needs settings of its own (it says why), stopped after.
+    Clients must add its known_hosts_line themselves."""
+    host = _new_host(bed.root, bed.user, name, address, max_sessions=max_sessions,
+                     max_startups=max_startups)
     host.start()
     try:
         yield host
@@ -260,12 +264,7 @@ def running(count: int = 4) -> Iterator[Bed]:
         (root / "authorized_keys").write_text(keygen(client_key) + "\n")
         (root / "authorized_keys").chmod(0o644)
         for index in range(count):
-            name, address = f"h{index + 1}", f"127.0.0.{index + 2}"
-            port = free_port(address)
-            key_public = keygen(root / f"hostkey-{name}")
-            config = _sshd_config(root, user.pw_name, name, address, port,
-                                  root / f"hostkey-{name}")
-            host = Host(name, address, port, " ".join(key_public.split()[:2]), config)
+            host = _new_host(root, user.pw_name, f"h{index + 1}", f"127.0.0.{index + 2}")
             host.start()
             hosts.append(host)
         yield Bed(root, user.pw_name, user.pw_uid, home, client_key, hosts)

@@ -206,12 +206,13 @@ def test_no_terminal_when_output_is_not_one(one_host: conftest.Client) -> None:
     assert result.stdout.strip() == b"not a tty"
 
 
-def test_a_background_run_does_not_read_the_terminal(one_host: conftest.Client,
+def test_a_background_run_does_not_read_the_terminal(daemon_client: conftest.Client,
                                                      tmp_path) -> None:
     """Through a daemon, which is outside the terminal's session and so gets no SIGTTIN: a
-    run in a background process group leaves what the user types to the shell."""
-    if one_host.mode != "daemon":
-        pytest.skip("in-process, the kernel stops a background reader (SIGTTIN)")
+    run in a background process group leaves what the user types to the shell. (In-process,
+    the kernel itself stops a background reader.)"""
+    one_host = daemon_client
+    one_host.configure(hosts=one_host.bed.hosts[:1])
     out = tmp_path / "out"
     term = helpers.Terminal(one_host, "/bin/sh", "-c",
                             f"setsid -w {conftest.BIN}/distsvc-run -T cat > {out}; echo DONE")
@@ -225,3 +226,46 @@ def test_a_background_run_does_not_read_the_terminal(one_host: conftest.Client,
         assert b"typed-for-the-shell" not in out.read_bytes()
     finally:
         term.close()
+
+
+def test_signals_reach_the_command_while_nobody_reads_its_output(
+        one_host: conftest.Client) -> None:
+    """`distsvc-run yes | stalled-reader`: the pipe is full and stays full, yet Ctrl-C works."""
+    process = one_host.popen("distsvc-run", "sh", "-c", "exec yes 1008.5",
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    try:
+        helpers.wait_for(lambda: one_host.bed.remote_processes("yes 1008.5"), 20, "the command")
+        time.sleep(1)  # long enough for every buffer on the way to fill
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    helpers.wait_for(lambda: not one_host.bed.remote_processes("1008.5"), 10, "the command")
+
+
+def test_a_vanished_client_with_a_stalled_reader_ends_the_command(
+        daemon_client: conftest.Client) -> None:
+    """The daemon writes to the client's pipe, which nobody reads; the client is killed: the
+    hang-up still ends the remote command, and the daemon gives up the unread output."""
+    daemon_client.configure(hosts=daemon_client.bed.hosts[:1])
+    process = daemon_client.popen("distsvc-run", "sh", "-c", "exec yes 1009.5",
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL)
+    try:
+        helpers.wait_for(lambda: daemon_client.bed.remote_processes("yes 1009.5"), 20,
+                         "the command")
+        time.sleep(1)
+        process.kill()
+        process.wait()
+        helpers.wait_for(lambda: not daemon_client.bed.remote_processes("1009.5"), 15,
+                         "the command to end")
+        after = daemon_client.run("distsvc-run", "echo", "served")
+        assert (after.returncode, after.stdout) == (0, b"served\n")
+    finally:
+        assert process.stdout is not None
+        process.stdout.close()

@@ -44,12 +44,27 @@ class CannotRun(DistsvcError):
 
 
 class HostUnreachable(CannotRun):
-    """One host could not be used; callers may fall back to another."""
+    """One host could not be used; callers may fall back to another.
 
-    def __init__(self, host: str, reason: str) -> None:
+    `dropped`: the server closed the connection during the handshake, as sshd does at random
+    past MaxStartups (10 unauthenticated connections by default): worth another try soon.
+    """
+
+    def __init__(self, host: str, reason: str, dropped: bool = False) -> None:
         self.host = host
         self.reason = reason
+        self.dropped = dropped
         super().__init__(f"{host}: {reason}")
+
+
+class SessionRefused(HostUnreachable):
+    """The host refused one more session (its MaxSessions) or the command's start: nothing ran,
+    so another connection or host may run it."""
+
+
+class StartUncertain(CannotRun):
+    """The connection failed after the command was sent: it may be running, so it is never
+    run again (the remote wrapper ends it once its session is gone)."""
 
 
 class HostKeyRefused(HostUnreachable):

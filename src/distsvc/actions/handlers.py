@@ -186,10 +186,13 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     job_id = next(daemon.job_ids)
     log = distsvc.log.get(job=job_id, peer_pid=peer.pid)
 
+    def warn(message: str) -> None:
+        with contextlib.suppress(OSError):
+            peer.send({"type": "notice", "message": message})
+
     def say(message: str) -> None:
         if not options.quiet:
-            with contextlib.suppress(OSError):
-                peer.send({"type": "notice", "message": message})
+            warn(message)
 
     def started(host: str) -> None:
         with daemon.lock:
@@ -204,7 +207,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
             argv, options, config, env, options.workdir or "/", str(request.get("term") or
                                                                    "xterm"),
             daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started, reader_pid=peer.pid)
+            started=started, reader_pid=peer.pid, warn=warn)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

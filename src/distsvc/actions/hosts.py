@@ -28,12 +28,8 @@ def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: b
     own_pool = pool is None
     pool = pool or distsvc.adapters.ssh.Pool()
     try:
-        with distsvc.state.locked(directory):
-            state = distsvc.state.read(directory)
-            state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
-            now = time.time()
-            distsvc.actions.placement.refresh(config, state, now, pool, force=refresh)
-            distsvc.state.write(directory, state)
+        state = distsvc.actions.placement.refresh(config, directory, pool, force=refresh)
+        now = time.time()
     finally:
         if own_pool:
             pool.close_all()

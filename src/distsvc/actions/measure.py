@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 
@@ -25,18 +26,16 @@ class Probed:
 
 def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
                pool: distsvc.adapters.ssh.Pool) -> Probed:
-    """Probe within config.probe_timeout over a pooled connection (made if needed).
-
-    An unreachable host is `unknown`; its connection, if any, leaves the pool.
-    """
+    """Probe within config.probe_timeout on a session of its own (a pooled connection with
+    room, or a new one). An unreachable host is `unknown`; a dead connection leaves the pool
+    the next time it is looked at."""
     started = time.monotonic()
     deadline = started + config.probe_timeout
     now = time.time()
-    connection = None
     try:
-        connection = pool.get(host, config.host_key_policy, config.probe_timeout)
+        sessions = pool.sessions(host, config.host_key_policy, config.probe_timeout)
         probe_started = time.monotonic()
-        status, output = connection.run(
+        status, output = sessions.run(
             distsvc.remote.probe_command(host.probe),
             timeout=max(0.05, deadline - time.monotonic()))
         access_ms = (time.monotonic() - probe_started) * 1000
@@ -49,19 +48,48 @@ def probe_host(host: distsvc.config.Host, config: distsvc.config.Config,
         return Probed(host, distsvc.state.HostState(
             state=distsvc.state.UP, measured_at=now, access_ms=round(access_ms, 2),
             measurement=measurement))
-    except (distsvc.errors.HostUnreachable, TimeoutError, OSError, EOFError) as error:
-        reason = error.reason if isinstance(error, distsvc.errors.HostUnreachable) else (
-            str(error) or type(error).__name__)
-        if connection is not None and not connection.alive():
-            pool.discard(connection)  # a live one stays: other commands may be using it
+    except (distsvc.errors.CannotRun, TimeoutError, OSError, EOFError) as error:
+        reason = (error.reason if isinstance(error, distsvc.errors.HostUnreachable)
+                  else error.message if isinstance(error, distsvc.errors.CannotRun)
+                  else str(error) or type(error).__name__)
         return Probed(host, distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=now, error=reason))
+
+
+_in_flight_lock = threading.Lock()
+_in_flight: dict[tuple[int, str], concurrent.futures.Future[Probed]] = {}
+
+
+def probe_shared(host: distsvc.config.Host, config: distsvc.config.Config,
+                 pool: distsvc.adapters.ssh.Pool) -> Probed:
+    """probe_host, but callers that ask for a host already being probed over the same pool
+    share that probe's result (fifty commands arriving at once make one probe per host)."""
+    key = (id(pool), host.name)
+    with _in_flight_lock:
+        future = _in_flight.get(key)
+        mine = future is None
+        if future is None:
+            future = _in_flight[key] = concurrent.futures.Future()
+    if not mine:
+        return future.result()
+    try:
+        result = probe_host(host, config, pool)
+        future.set_result(result)
+        return result
+    except BaseException as error:
+        future.set_exception(error)
+        raise
+    finally:
+        with _in_flight_lock:
+            del _in_flight[key]
 
 
 def probe_hosts(hosts: Sequence[distsvc.config.Host], config: distsvc.config.Config,
                 pool: distsvc.adapters.ssh.Pool) -> list[Probed]:
     if not hosts:
         return []
+    if len(hosts) == 1:
+        return [probe_shared(hosts[0], config, pool)]
     workers = min(MAX_CONCURRENT_PROBES, len(hosts))
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="probe") as pool_:
-        return list(pool_.map(lambda h: probe_host(h, config, pool), hosts))
+        return list(pool_.map(lambda h: probe_shared(h, config, pool), hosts))

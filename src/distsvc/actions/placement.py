@@ -1,9 +1,10 @@
 """Choosing a host for a job and recording the placement, atomically under the state lock.
 
 Without a daemon, each client keeps the shared state itself: measurements older than
-config.max_age are refreshed (under the lock, so simultaneous clients do not all probe), the
-best host with a free slot is chosen and the job is recorded there before the lock is
-released, so the next client already counts it.
+config.max_age are refreshed (outside the lock: it is never held during SSH I/O; probes of
+one host within a process are shared), then under the lock the best host with a free slot is
+chosen and the job is recorded there before the lock is released, so the next client already
+counts it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # importing it for real would load paramiko
     import distsvc.adapters.ssh
 
 SLOT_WAIT_INTERVAL = 0.5
+# A host that failed is measured again this soon when no other host will do.
+RETRY_AFTER = 2.0
 # Anonymous placements (answers to `best` queries) kept per host: enough to spread a burst,
 # few enough that a script asking in a loop does not grow the state file without bound.
 MAX_ANONYMOUS_PER_HOST = 64
@@ -40,20 +43,39 @@ def _prune(state: distsvc.state.State) -> None:
     state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
 
 
-def refresh(config: distsvc.config.Config, state: distsvc.state.State, now: float,
-            pool: distsvc.adapters.ssh.Pool, force: bool = False) -> list[str]:
-    """Probe the hosts whose measurement is older than max_age; update `state` in place.
-
-    Returns the names of the hosts probed. Their connections stay in `pool`.
-    """
-    import distsvc.actions.measure
-
-    stale = [h for h in config.hosts if force or (
+def stale_hosts(config: distsvc.config.Config, state: distsvc.state.State, now: float,
+                exclude: collections.abc.Set[str] = frozenset()) -> list[distsvc.config.Host]:
+    """The hosts whose measurement is missing or older than max_age."""
+    return [h for h in config.hosts if h.name not in exclude and (
         (entry := state.hosts.get(h.name)) is None or entry.measured_at is None
         or now - entry.measured_at > config.max_age)]
-    for probed in distsvc.actions.measure.probe_hosts(stale, config, pool):
-        record(state, probed.host.name, probed.state)
-    return [h.name for h in stale]
+
+
+def refresh(config: distsvc.config.Config, directory: Path, pool: distsvc.adapters.ssh.Pool,
+            force: bool = False) -> distsvc.state.State:
+    """Probe the hosts older than max_age (every host with `force`) and merge the results
+    into the state file; the state as written. Connections stay in `pool`."""
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+    hosts = list(config.hosts) if force else stale_hosts(config, state, time.time())
+    return measure(config, directory, hosts, pool)
+
+
+def measure(config: distsvc.config.Config, directory: Path,
+            hosts: collections.abc.Sequence[distsvc.config.Host],
+            pool: distsvc.adapters.ssh.Pool) -> distsvc.state.State:
+    """Probe `hosts` without holding the state lock (SSH may take seconds), then merge the
+    results into the state file under it; the state as written."""
+    import distsvc.actions.measure
+
+    probed = distsvc.actions.measure.probe_hosts(hosts, config, pool)
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        _prune(state)
+        for result in probed:
+            record(state, result.host.name, result.state)
+        distsvc.state.write(directory, state)
+    return state
 
 
 def record(state: distsvc.state.State, name: str, measured: distsvc.state.HostState) -> None:
@@ -70,6 +92,35 @@ def unreachable_summary(config: distsvc.config.Config, state: distsvc.state.Stat
     return "no reachable host: " + ", ".join(reasons)
 
 
+def _failed_hosts(config: distsvc.config.Config, state: distsvc.state.State,
+                  exclude: collections.abc.Set[str]) -> list[distsvc.config.Host]:
+    return [h for h in config.hosts if h.name not in exclude
+            and (entry := state.hosts.get(h.name)) is not None
+            and entry.state != distsvc.state.UP]
+
+
+def _place(config: distsvc.config.Config, state: distsvc.state.State, now: float,
+           exclude: collections.abc.Set[str], pid: int) -> tuple[Choice | None, bool]:
+    """Record the job on the best free host, in `state`: (the choice or None, whether any
+    host is usable at all, free or at its slot limit)."""
+    hosts = [h for h in config.hosts if h.name not in exclude]
+    ranked = distsvc.ranking.rank(hosts, state, now, stale_after=config.max_age * 2)
+    known = [r for r in ranked if r.score is not None]
+    free = distsvc.ranking.candidates(ranked)
+    if not free:
+        return None, bool(known)
+    best = free[0]
+    placement = distsvc.state.Placement(
+        host=best.host.name, pid=pid, started=distsvc.state.process_start_time(pid),
+        placed_at=now)
+    state.placements.append(placement)
+    anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name]
+    for old in anonymous[:-MAX_ANONYMOUS_PER_HOST]:
+        state.placements.remove(old)
+    state.hosts[best.host.name].last_used = now
+    return Choice(best.host, placement), True
+
+
 def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
            notice: collections.abc.Callable[[str], None], pool: distsvc.adapters.ssh.Pool,
            interrupted: collections.abc.Callable[[], int | None] = lambda: None,
@@ -77,44 +128,46 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
     """The best host not in `exclude`, with the job (process `job_pid`, default this one)
     already recorded on it.
 
-    When every host is at its slot limit, waits for a free slot until `interrupted()` names
-    a signal, which ends the wait with Interrupted.
+    Hosts older than max_age are measured first (outside the state lock). A host that failed
+    (probe or connect) only ranks last: when no other host is free, the failed ones are
+    measured again at once (at most every RETRY_AFTER seconds), so a host that recovered
+    serves the very next command. When every usable host is at its slot limit, waits for a
+    free slot until `interrupted()` names a signal, which ends the wait with Interrupted.
     """
     waited = False
+    retried = False
     pid = os.getpid() if job_pid is None else job_pid
     while True:
         if (signum := interrupted()) is not None:
             raise distsvc.errors.Interrupted(signum)
         with distsvc.state.locked(directory):
             state = distsvc.state.read(directory)
+        if stale := stale_hosts(config, state, time.time(), exclude):
+            measure(config, directory, stale, pool)
+        with distsvc.state.locked(directory):
+            state = distsvc.state.read(directory)
             _prune(state)
             now = time.time()
-            refresh(config, state, now, pool)
-            hosts = [h for h in config.hosts if h.name not in exclude]
-            ranked = distsvc.ranking.rank(hosts, state, now, stale_after=config.max_age * 2)
-            known = [r for r in ranked if r.score is not None]
-            free = distsvc.ranking.candidates(ranked)
-            choice = None
-            if free:
-                best = free[0]
-                placement = distsvc.state.Placement(
-                    host=best.host.name, pid=pid,
-                    started=distsvc.state.process_start_time(pid), placed_at=now)
-                state.placements.append(placement)
-                anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name]
-                for old in anonymous[:-MAX_ANONYMOUS_PER_HOST]:
-                    state.placements.remove(old)
-                state.hosts[best.host.name].last_used = now
-                choice = Choice(best.host, placement)
-            distsvc.state.write(directory, state)
+            choice, usable = _place(config, state, now, exclude, pid)
+            if choice is not None:
+                distsvc.state.write(directory, state)
         if choice is not None:
             return choice
-        if not known:
+        failed = _failed_hosts(config, state, exclude)
+        if failed and not retried:
+            # A failure is a hint, not a ban: with nothing better, try them again now.
+            retried = True
+            last = max((state.hosts[h.name].measured_at or 0.0) for h in failed)
+            time.sleep(max(0.0, min(RETRY_AFTER, last + RETRY_AFTER - time.time())))
+            measure(config, directory, failed, pool)
+            continue
+        if not usable:
             raise distsvc.errors.CannotRun(unreachable_summary(config, state))
         if not waited:
             notice("distsvc: every host is at its slot limit; waiting for a free slot")
             waited = True
-        time.sleep(SLOT_WAIT_INTERVAL)
+        retried = False  # while waiting, failed hosts are retried every turn of the wait
+        time.sleep(max(SLOT_WAIT_INTERVAL, RETRY_AFTER if failed else 0.0))
 
 
 def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement

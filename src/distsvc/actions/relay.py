@@ -7,6 +7,8 @@ import contextlib
 import os
 import select
 import signal
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +18,9 @@ import distsvc.adapters.terminal
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 STATUS_CONNECTION_LOST = -1
+# Output a command ended by a signal (Ctrl-C, a hang-up) left unread this long is dropped, as
+# a local command's unwritten output dies with it.
+END_DRAIN = 5.0
 
 
 class Process(Protocol):
@@ -34,19 +39,75 @@ class OutputClosed(Exception):
     """Our stdout or stderr was closed by the reader (e.g. `| head`)."""
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
+BACKLOG = 1 << 20  # output held for a stalled reader before the relay stops reading more
+
+
+class Output:
+    """One of the command's output streams, written without ever blocking the relay.
+
+    A reader that stops reading (a paused pager, Ctrl-S on a terminal) must not stop the relay
+    from handling signals and hang-ups. O_NONBLOCK cannot be set on the fd itself: the open file
+    description is shared with the user's shell and every other holder. So pipes and terminals
+    are reopened through /proc/self/fd (a new description to the same pipe or terminal, with
+    O_NONBLOCK of its own), and sockets are written with MSG_DONTWAIT. Regular files (which do
+    not stall, and whose offset must be shared) and anything that cannot be reopened take plain
+    writes.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = bytearray()
+        self._own: int | None = None
+        self._socket: socket.socket | None = None
         try:
-            written = os.write(fd, view)
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+                self._own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK
+                                    | os.O_NOCTTY | os.O_CLOEXEC)
+            elif stat.S_ISSOCK(mode):
+                self._socket = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            pass
+
+    def fileno(self) -> int:
+        return self._own if self._own is not None else self.fd
+
+    def write(self, data: bytes, drop_past: int | None = None) -> None:
+        """Queue `data` (beyond `drop_past` bytes pending, drop it) and write what the reader
+        takes now. Raises OutputClosed."""
+        if drop_past is None or len(self.pending) < drop_past:
+            self.pending += data
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                if self._socket is not None:
+                    written = self._socket.send(self.pending, socket.MSG_DONTWAIT)
+                elif self._own is not None:
+                    written = os.write(self._own, self.pending)
+                else:
+                    written = self._write_blocking()
+            except (BlockingIOError, InterruptedError):
+                return  # the reader is behind: the relay waits for it with select()
+            except OSError as error:
+                # EPIPE from `| head`, ENOSPC, EIO: a local matter that ends this command only.
+                raise OutputClosed(str(error)) from None
+            del self.pending[:written]
+
+    def _write_blocking(self) -> int:
+        try:
+            return os.write(self.fd, self.pending)
         except BlockingIOError:
-            # Output inherited in non-blocking mode (common under node or CI runners).
-            select.select([], [fd], [])
-            continue
-        except OSError as error:
-            # EPIPE from `| head`, ENOSPC, EIO: a local matter that ends this command only.
-            raise OutputClosed(str(error)) from None
-        view = view[written:]
+            # Inherited in non-blocking mode (common under node or CI runners).
+            select.select([], [self.fd], [])
+            return 0
+
+    def close(self) -> None:
+        if self._own is not None:
+            os.close(self._own)
+        if self._socket is not None:
+            self._socket.close()
 
 
 class StdinPump:
@@ -176,34 +237,67 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
     `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a
-    thread) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; with a terminal
-    (`terminal_fd`), a SIGWINCH event passes its new size on. `reader_pid`: see StdinPump.
+    thread, joined before returning) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; with
+    a terminal (`terminal_fd`), a SIGWINCH event passes its new size on. `reader_pid`: see
+    StdinPump. While a reader of our output is behind, no more output is read from the
+    command (the SSH window then holds the command back) but events are still handled.
     """
     stdin_fd, stdout_fd, stderr_fd = fds
     pump = None
+    deliveries: list[threading.Thread] = []
+    outputs: list[Output] = []
     if stdin_fd is not None:
         pump = StdinPump(process, stdin_fd, reader_pid)
     else:
         process.close_stdin()
     try:
+        outputs += [Output(stdout_fd), Output(stderr_fd)]
+        out, err = outputs
+        status: int | None = None
+        asked_to_end_at: float | None = None
         while True:
             for signum in events.take():
                 if signum == signal.SIGWINCH:
                     if terminal_fd is not None:
                         process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
-                else:
-                    threading.Thread(target=deliver, args=(signum,), daemon=True,
-                                     name="signal").start()
-            finished = process.finished()  # decided before the last reads: nothing is lost
-            _write_all(stdout_fd, process.read_stdout())
-            _write_all(stderr_fd, process.read_stderr())
-            if finished:
-                return process.exit_status()
-            if process.connection_lost():
-                _write_all(stdout_fd, process.read_stdout())
-                _write_all(stderr_fd, process.read_stderr())
-                return STATUS_CONNECTION_LOST
-            select.select([process.fileno(), events.fileno()], [], [], 1.0)
+                    continue
+                if asked_to_end_at is None:
+                    asked_to_end_at = time.monotonic()
+                if status is None:
+                    deliveries.append(threading.Thread(
+                        target=deliver, args=(signum,), daemon=True, name="signal"))
+                    deliveries[-1].start()
+            # Once the command is asked to end, its output is read on (its end arrives behind
+            # it) and what a stalled reader cannot take is dropped, as it would die with a
+            # local command.
+            ending = asked_to_end_at is not None
+            behind = not ending and (len(out.pending) >= BACKLOG or len(err.pending) >= BACKLOG)
+            if status is None and not behind:
+                finished = process.finished()  # decided before the last reads: nothing lost
+                out.write(process.read_stdout(), drop_past=BACKLOG if ending else None)
+                err.write(process.read_stderr(), drop_past=BACKLOG if ending else None)
+                if finished:
+                    status = process.exit_status()
+                elif process.connection_lost():
+                    out.write(process.read_stdout())
+                    err.write(process.read_stderr())
+                    status = STATUS_CONNECTION_LOST
+            else:
+                out.flush()
+                err.flush()
+            if status is not None and not out.pending and not err.pending:
+                return status
+            if status is not None and asked_to_end_at is not None and (
+                    time.monotonic() - asked_to_end_at > END_DRAIN):
+                return status  # ended by a signal and nobody reads the rest: drop it
+            reading = [events.fileno()] + ([process.fileno()] if status is None and not behind
+                                           else [])
+            writing = [o.fileno() for o in outputs if o.pending]
+            select.select(reading, writing, [], 1.0)
     finally:
+        for output in outputs:
+            output.close()
         if pump is not None:
             pump.stop()
+        for delivery in deliveries:
+            delivery.join()

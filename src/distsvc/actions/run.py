@@ -64,14 +64,18 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
     return distsvc.adapters.local.run(argv, options.workdir, env)
 
 
-def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
+def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
-            events: distsvc.actions.relay.EventQueue, fds: tuple[int, int, int] = (0, 1, 2),
-            own_terminal: bool = True, reader_pid: int | None = None) -> int:
-    """Run argv on an open connection under the remote wrapper; the command's status.
+            events: distsvc.actions.relay.EventQueue, warn: Callable[[str], None],
+            fds: tuple[int, int, int] = (0, 1, 2), own_terminal: bool = True,
+            reader_pid: int | None = None) -> int:
+    """Run argv on a host under the remote wrapper; the command's status.
 
     `fds` are the stdin, stdout and stderr to relay (a daemon passes its client's). With a
     terminal, raw mode is set here only when `own_terminal` (a daemon's client sets its own).
+    `warn` says what the user must hear even with --quiet (a signal that could not be sent).
+    Raises HostUnreachable when nothing ran (the caller may try another host), CannotRun
+    (StartUncertain among them) when the command may have run.
     """
     import distsvc.remote
 
@@ -81,30 +85,38 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
     terminal = wants_terminal(options, fds)
     script = distsvc.remote.environment_script(env).encode()
     if terminal:
-        status, _ = connection.run(distsvc.remote.env_file_writer(token), stdin=script)
+        status, _ = sessions.run(distsvc.remote.env_file_writer(token), stdin=script)
         if status != 0:
             raise distsvc.errors.HostUnreachable(
-                connection.target.label, "could not store the environment in $TMPDIR")
+                sessions.label, "could not store the environment in $TMPDIR")
     size = distsvc.adapters.terminal.window_size(fds[0]) if terminal else (80, 24)
     try:
-        process = connection.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
-                                  term=term if terminal else None, size=size)
+        process = sessions.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
+                                term=term if terminal else None, size=size)
     except distsvc.errors.HostUnreachable:
         if terminal:  # the environment file holds secrets: do not leave it behind
             with contextlib.suppress(Exception):
-                connection.run(f'rm -f "{distsvc.remote.env_file(token)}"', timeout=5.0)
+                sessions.run(f'rm -f "{distsvc.remote.env_file(token)}"', timeout=5.0)
         raise
-    if not terminal:
-        process.write(script)
 
     def deliver(signum: int) -> None:
-        name = signal.Signals(signum).name.removeprefix("SIG")
-        with contextlib.suppress(Exception):
-            connection.run(distsvc.remote.kill_command(token, name), timeout=10.0)
+        """Send the signal on a session of its own (any connection with room, or a new one)."""
+        name = signal.Signals(signum).name
+        try:
+            sessions.run(distsvc.remote.kill_command(token, name.removeprefix("SIG")),
+                         timeout=15.0)
+        except (distsvc.errors.DistsvcError, TimeoutError, OSError, EOFError) as error:
+            reason = error.message if isinstance(error, distsvc.errors.DistsvcError) else (
+                str(error) or type(error).__name__)
+            warn(f"distsvc: could not deliver {name} to the command on {sessions.label} "
+                 f"({reason}); it ends when its connection does")
 
     streams = (fds[0] if options.stdin else None, fds[1], fds[2])
     terminal_fd = fds[0] if terminal else None
     with contextlib.ExitStack() as stack:
+        stack.callback(process.close)
+        if not terminal:
+            process.write(script)
         if terminal and own_terminal:
             stack.enter_context(distsvc.adapters.terminal.raw_mode(fds[0]))
         try:
@@ -116,7 +128,7 @@ def execute(connection: distsvc.adapters.ssh.Connection, argv: Sequence[str],
             return 128 + signal.SIGPIPE
     if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
         raise distsvc.errors.CannotRun(
-            f"{connection.target.label}: connection lost; the command's state is unknown "
+            f"{sessions.label}: connection lost; the command's state is unknown "
             "(it is ended on the host within a few seconds)")
     return status
 
@@ -152,7 +164,9 @@ def run_in_process(argv: Sequence[str], options: Options, config: distsvc.config
     try:
         with distsvc.actions.relay.SignalCatcher() as signals:
             return run_on_best(argv, options, config, env, workdir, term, directory, pool,
-                               signals, lambda message: notice(options, message))
+                               signals, lambda message: notice(options, message),
+                               warn=lambda message: print(message, file=sys.stderr,
+                                                          flush=True))
     finally:
         pool.close_all()
 
@@ -163,50 +177,38 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 say: Callable[[str], None], job_pid: int | None = None,
                 fds: tuple[int, int, int] = (0, 1, 2),
                 started: Callable[[str], None] = lambda host: None,
-                reader_pid: int | None = None) -> int:
-    """Choose a host, falling back to the next ones that fail to connect, and run there.
+                reader_pid: int | None = None,
+                warn: Callable[[str], None] | None = None) -> int:
+    """Choose a host, falling back to the next ones while nothing ran, and run there.
 
-    A daemon passes its client's pid and fds, and `started` to hear which host runs it.
+    A command is tried on another host only when it provably did not start (no connection,
+    the session or its start refused); once it may have started, a failure is reported and
+    it is never run again. A daemon passes its client's pid and fds, and `started` to hear
+    which host runs it. `say` is for notices --quiet silences, `warn` (default: `say`) for
+    what the user must hear anyway.
     """
     import distsvc.actions.placement
 
+    warn = warn or say
     tried: set[str] = set()
     while True:
         choice = distsvc.actions.placement.choose(
             config, directory, tried, say, pool, signals.terminating, job_pid)
         try:
-            # A session that cannot be started gets one more try before the host counts as
-            # unreachable: on a fresh pooled connection if the old one had died unnoticed,
-            # on a connection of its own if the host refused one more session on a live one.
-            connection = pool.get(choice.host, config.host_key_policy, config.connect_timeout)
-            for attempt in (1, 2):
-                own = None
-                if attempt == 2:
-                    if connection.alive():
-                        connection = own = pool.unpooled(
-                            choice.host, config.host_key_policy, config.connect_timeout)
-                    else:
-                        pool.discard(connection)
-                        connection = pool.get(choice.host, config.host_key_policy,
-                                              config.connect_timeout)
-                try:
-                    if attempt == 1:
-                        started(choice.host.name)
-                    return execute(connection, argv, options, env, workdir, term, signals,
-                                   fds, own_terminal=job_pid is None,
-                                   reader_pid=reader_pid)
-                except distsvc.errors.HostUnreachable:
-                    if attempt == 2:
-                        raise
-                except (OSError, EOFError) as error:
-                    raise distsvc.errors.CannotRun(f"{choice.host.name}: {error}") from None
-                finally:
-                    if own is not None:
-                        own.close()
+            started(choice.host.name)
+            sessions = pool.sessions(choice.host, config.host_key_policy, config.connect_timeout)
+            return execute(sessions, argv, options, env, workdir, term, signals, warn, fds,
+                           own_terminal=job_pid is None, reader_pid=reader_pid)
         except distsvc.errors.HostUnreachable as error:
             distsvc.actions.placement.mark_unreachable(
                 directory, choice.host.name, error.reason, choice.placement)
             tried.add(choice.host.name)
             say(f"distsvc: {error.message}; trying the next host")
+        except (OSError, EOFError) as error:
+            # paramiko's own words ("Socket is closed") say little: say what it means.
+            raise distsvc.errors.CannotRun(
+                f"{choice.host.name}: the connection failed while the command ran "
+                f"({str(error) or type(error).__name__}); its state is unknown, so it is not "
+                "run again (it is ended on the host within a few seconds)") from None
         finally:
             distsvc.actions.placement.release(directory, choice.placement)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
-import distsvc.actions.measure
 import distsvc.actions.placement
 import distsvc.adapters.ssh
 import distsvc.config
@@ -21,20 +20,16 @@ def measure_into_state(hosts: Sequence[distsvc.config.Host], config: distsvc.con
     if not hosts:
         return
     log = distsvc.log.get()
-    probed = distsvc.actions.measure.probe_hosts(hosts, config, pool)
-    directory = distsvc.paths.state_dir(environ)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
-        for result in probed:
-            distsvc.actions.placement.record(state, result.host.name, result.state)
-        distsvc.state.write(directory, state)
-    for result in probed:
-        m = result.state.measurement
+    state = distsvc.actions.placement.measure(
+        config, distsvc.paths.state_dir(environ), hosts, pool)
+    for host in hosts:
+        entry = state.hosts[host.name]
+        m = entry.measurement
         if m is None:
-            log.info("host unknown", host=result.host.name, error=result.state.error)
+            log.info("host unknown", host=host.name, error=entry.error)
         else:
-            log.info("host measured", host=result.host.name, load=m.load1, cpus=m.cpus,
-                     psi=m.psi_some_avg10, metric=m.metric, access_ms=result.state.access_ms)
+            log.info("host measured", host=host.name, load=m.load1, cpus=m.cpus,
+                     psi=m.psi_some_avg10, metric=m.metric, access_ms=entry.access_ms)
 
 
 def timer_pass(config: distsvc.config.Config, environ: Mapping[str, str],

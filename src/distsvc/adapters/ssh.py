@@ -12,14 +12,17 @@ commands that do not connect anywhere do not pay its import time.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import getpass
 import hashlib
 import os
+import random
 import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -132,96 +135,201 @@ def _open_socket(target: Target, timeout: float, jump: Connection | None) -> Any
     return sock
 
 
+# OpenSSH's default MaxSessions: the sessions one connection carries before the server refuses
+# the next. A server that refuses earlier teaches the pool its own limit.
+SESSIONS_PER_CONNECTION = 10
+OPEN_TIMEOUT = 15.0  # for a session and its start to be confirmed by the server
+
+
 class Connection:
-    """An authenticated SSH connection to one host."""
+    """An authenticated SSH connection to one host, carrying up to `limit` sessions at once.
+
+    A session is reserved (reserve()) before it is opened and released when its process is
+    closed, so the count is exact however a command ends.
+    """
 
     def __init__(self, target: Target, client: paramiko.SSHClient,
-                 jump: Connection | None) -> None:
+                 jump: Connection | None, limit: int = SESSIONS_PER_CONNECTION) -> None:
         self.target = target
         self.client = client
         self.jump = jump
         transport = client.get_transport()
         assert transport is not None
         self.transport: paramiko.Transport = transport
-        self._channels: list[paramiko.Channel] = []
+        self.limit = limit
+        self.sessions = 0
+        self.used = time.monotonic()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> bool:
+        """Take one session slot, if the connection is alive and has one free."""
+        with self._lock:
+            if self.sessions >= self.limit or not self.alive():
+                return False
+            self.sessions += 1
+            self.used = time.monotonic()
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.sessions -= 1
+            self.used = time.monotonic()
 
     def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
-             timeout: float = 15.0) -> RemoteProcess:
-        """Start `command`; with `term`, on a pseudo-terminal of `size` (columns, rows).
+             timeout: float = OPEN_TIMEOUT, reserved: bool = False) -> RemoteProcess:
+        """Start `command` on a session (`reserved`: one the caller took with reserve()); with
+        `term`, on a pseudo-terminal of `size` (columns, rows). The slot is released when the
+        process is closed, or here on failure.
 
-        Raises HostUnreachable when no session can be started (e.g. a pooled connection
-        whose server went away): nothing ran, so the caller may try elsewhere.
+        Raises SessionRefused when the server refused the session or the command's start
+        (nothing ran: the caller may try another connection), HostUnreachable when the
+        connection is dead or the host stopped answering before the command was sent (nothing
+        ran), and StartUncertain when the command was sent but its start was never confirmed
+        (it may be running: never retry it).
         """
+        label = self.target.label
+        if not reserved and not self.reserve():
+            raise distsvc.errors.SessionRefused(
+                label, f"all {self.limit} sessions of the connection are in use")
+        channel = None
+        expired = threading.Event()
         try:
-            channel = self.transport.open_session(
-                window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
-            if term is not None:
-                channel.get_pty(term=term, width=size[0], height=size[1])
-            channel.exec_command(command)
-            self._channels.append(channel)
-        except (paramiko.SSHException, EOFError, OSError) as error:
-            raise distsvc.errors.HostUnreachable(
-                self.target.label, f"could not start a session: {error or type(error).__name__}"
-            ) from None
-        return RemoteProcess(channel)
+            try:
+                channel = self.transport.open_session(
+                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+            except paramiko.ChannelException:
+                # OpenSSH refuses a session beyond MaxSessions: learn its limit.
+                self.limit = max(1, self.sessions - 1)
+                raise distsvc.errors.SessionRefused(
+                    label, f"refused a session beyond {self.limit} on one connection") from None
+            except (paramiko.SSHException, EOFError, OSError):
+                if self.alive():
+                    raise distsvc.errors.HostUnreachable(
+                        label, f"no session within {timeout:g} s (the host stopped answering)"
+                    ) from None
+                raise distsvc.errors.HostUnreachable(label, "connection lost") from None
+            opened = channel
 
-    def run(self, command: str, stdin: bytes = b"", timeout: float = 10.0) -> tuple[int, bytes]:
+            def expire() -> None:  # paramiko waits for the server's replies without a bound
+                expired.set()
+                opened.close()
+
+            timer = threading.Timer(timeout, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                if term is not None:
+                    try:
+                        channel.get_pty(term=term, width=size[0], height=size[1])
+                    except (paramiko.SSHException, EOFError, OSError):
+                        raise self._failed(expired, "a pseudo-terminal", timeout) from None
+                try:
+                    channel.exec_command(command)
+                except (paramiko.SSHException, EOFError, OSError):
+                    if expired.is_set() or not self.alive():
+                        raise distsvc.errors.StartUncertain(
+                            f"{label}: the connection failed while the command was starting; "
+                            "it may have run, so it is not run again") from None
+                    raise distsvc.errors.SessionRefused(
+                        label, "refused to start the command") from None
+            finally:
+                timer.cancel()
+                timer.join()
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            self.release()
+            raise
+        return RemoteProcess(channel, self)
+
+    def _failed(self, expired: threading.Event, what: str,
+                timeout: float) -> distsvc.errors.HostUnreachable:
+        label = self.target.label
+        if expired.is_set():
+            return distsvc.errors.HostUnreachable(
+                label, f"no answer within {timeout:g} s (the host stopped answering)")
+        if not self.alive():
+            return distsvc.errors.HostUnreachable(label, "connection lost")
+        return distsvc.errors.SessionRefused(label, f"refused {what}")
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 10.0
+            ) -> tuple[int, bytes]:
         """Run to completion: (exit status or -1, stdout). Raises TimeoutError past `timeout`."""
-        deadline = time.monotonic() + timeout
-        process = self.open(command, timeout=timeout)
-        try:
-            if stdin:
-                process.channel.sendall(stdin)
-            process.close_stdin()
-            out = bytearray()
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no answer within {timeout:g} s")
-                select.select([process.fileno()], [], [], remaining)
-                out += process.read_stdout()
-                process.read_stderr()
-                if process.finished():
-                    return process.exit_status(), bytes(out)
-        finally:
-            process.channel.close()
+        return run_to_end(self.open(command, timeout=timeout), stdin, timeout)
 
     def alive(self) -> bool:
         return self.transport.is_active()
 
-    def busy(self) -> bool:
-        """Whether a command started with open() is still running on this connection."""
-        self._channels = [c for c in self._channels if not c.closed]
-        return bool(self._channels)
-
     def close(self) -> None:
         self.client.close()
+        sock = self.transport.sock
+        if isinstance(sock, paramiko.ProxyCommand):
+            # paramiko only sends SIGTERM: reap the proxy so it does not stay a zombie.
+            with contextlib.suppress(Exception):
+                sock.process.wait(2)
+            if sock.process.poll() is None:
+                sock.process.kill()
+                sock.process.wait()
         if self.jump is not None:
             self.jump.close()
 
 
-class RemoteProcess:
-    """A command running on a channel; the relay in distsvc.actions drives it."""
+def run_to_end(process: RemoteProcess, stdin: bytes, timeout: float) -> tuple[int, bytes]:
+    """Feed `stdin`, collect stdout until the command ends: (exit status or -1, stdout).
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    Raises TimeoutError past `timeout`. Closes the process in every case.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        if stdin:
+            process.channel.sendall(stdin)
+        process.close_stdin()
+        out = bytearray()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer within {timeout:g} s")
+            select.select([process.fileno()], [], [], remaining)
+            out += process.read_stdout()
+            process.read_stderr()
+            if process.finished():
+                return process.exit_status(), bytes(out)
+    finally:
+        process.close()
+
+
+def _drain(ready: Callable[[], bool], receive: Callable[[int], bytes], limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and ready():
+        chunks.append(receive(limit - size))
+        size += len(chunks[-1])
+    return b"".join(chunks)
+
+
+class RemoteProcess:
+    """A command running on a channel; the relay in distsvc.actions drives it.
+
+    close() must be called when done with it: it closes the channel (and the pipe behind
+    fileno(), which paramiko only closes then) and gives the session slot back.
+    """
+
+    def __init__(self, channel: paramiko.Channel, connection: Connection) -> None:
         self.channel = channel
+        self.connection = connection
         self._fileno = channel.fileno()
+        self._closed = False
 
     def fileno(self) -> int:
         """Readable when output, end of output or the exit status arrives."""
         return self._fileno
 
-    def read_stdout(self) -> bytes:
-        chunks = []
-        while self.channel.recv_ready():
-            chunks.append(self.channel.recv(1 << 20))
-        return b"".join(chunks)
+    def read_stdout(self, limit: int = 1 << 20) -> bytes:
+        """What has arrived on stdout, at most about `limit` bytes."""
+        return _drain(self.channel.recv_ready, self.channel.recv, limit)
 
-    def read_stderr(self) -> bytes:
-        chunks = []
-        while self.channel.recv_stderr_ready():
-            chunks.append(self.channel.recv_stderr(1 << 20))
-        return b"".join(chunks)
+    def read_stderr(self, limit: int = 1 << 20) -> bytes:
+        return _drain(self.channel.recv_stderr_ready, self.channel.recv_stderr, limit)
 
     def write(self, data: bytes) -> None:
         self.channel.sendall(data)
@@ -249,6 +357,13 @@ class RemoteProcess:
     def connection_lost(self) -> bool:
         transport = self.channel.get_transport()
         return transport is None or not transport.is_active()
+
+    def close(self) -> None:
+        """End the channel (the remote wrapper's watcher then ends the command's tree)."""
+        if not self._closed:
+            self._closed = True
+            self.channel.close()
+            self.connection.release()
 
 
 def _explain(error: BaseException, target: Target, timeout: float, late: bool) -> str:
@@ -301,9 +416,69 @@ def connect(target: Target, timeout: float, jump_policy: str = "strict") -> Conn
             raise distsvc.errors.HostKeyRefused(
                 target.label, _explain(error, target, timeout, late)) from None
         if isinstance(error, (OSError, EOFError, paramiko.SSHException)):
+            dropped = not late and any(isinstance(e, (EOFError, ConnectionResetError))
+                                       for e in (error, error.__cause__, error.__context__))
             raise distsvc.errors.HostUnreachable(
-                target.label, _explain(error, target, timeout, late)) from None
+                target.label, _explain(error, target, timeout, late), dropped) from None
         raise
+
+
+def _connect_retrying_drops(target: Target, timeout: float) -> Connection:
+    """connect(), tried again (up to 3 times, a fraction of a second apart, at random) when the
+    server dropped the handshake: many clients connecting at once past sshd's MaxStartups."""
+    for attempt in range(1, 4):
+        try:
+            return connect(target, timeout)
+        except distsvc.errors.HostUnreachable as error:
+            if not error.dropped or attempt == 3:
+                raise
+            time.sleep(random.uniform(0.1, 0.4) * attempt)
+    raise AssertionError("unreachable")
+
+
+class Sessions:
+    """Sessions on one host over the pool's connections to it.
+
+    A command, a probe or a signal delivery each take a session of their own: on a pooled
+    connection with a free slot, else on a new connection (a host at its MaxSessions gets
+    as many connections as its commands need).
+    """
+
+    def __init__(self, pool: Pool, target: Target, timeout: float) -> None:
+        self.pool = pool
+        self.target = target
+        self.timeout = timeout  # for connecting
+
+    @property
+    def label(self) -> str:
+        return self.target.label
+
+    def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
+             timeout: float = OPEN_TIMEOUT) -> RemoteProcess:
+        """Start `command` (see Connection.open for what it raises)."""
+        error: distsvc.errors.HostUnreachable | None = None
+        for _ in range(3):
+            connection = self.pool.lease(self.target, self.timeout)
+            try:
+                return connection.open(command, term=term, size=size, timeout=timeout,
+                                       reserved=True)
+            except distsvc.errors.SessionRefused as refused:
+                self.pool.learn_limit(self.target, connection.limit)
+                error = refused  # the next lease finds a slot elsewhere, or connects anew
+            except distsvc.errors.HostUnreachable as unreachable:
+                if connection.alive():
+                    raise  # alive but not answering: another connection would fare no better
+                error = unreachable  # a pooled connection that died unnoticed: a fresh one
+        assert error is not None
+        raise error
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 10.0
+            ) -> tuple[int, bytes]:
+        """Run to completion: (exit status or -1, stdout). Raises TimeoutError past `timeout`,
+        HostUnreachable when no session could be had (nothing ran)."""
+        started = time.monotonic()
+        process = self.open(command, timeout=timeout)
+        return run_to_end(process, stdin, max(0.05, timeout - (time.monotonic() - started)))
 
 
 class Pool:
@@ -311,70 +486,101 @@ class Pool:
 
     The client process keeps one for its lifetime (the probe's connection is reused for the
     command); the daemon keeps one for its lifetime (connections stay warm between commands).
+    Handshakes to one host are made one at a time (sshd's MaxStartups drops concurrent
+    unauthenticated connections at random past 10): those who wait share the new connection.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._connections: dict[Target, Connection] = {}
-        self._used: dict[Target, float] = {}
+        self._connections: dict[Target, list[Connection]] = {}
+        self._connecting: dict[Target, threading.Lock] = {}
+        self._failed: dict[Target, tuple[float, distsvc.errors.HostUnreachable]] = {}
+        self._limits: dict[Target, int] = {}
 
-    def get(self, host: distsvc.config.Host, host_key_policy: str, timeout: float
-            ) -> Connection:
-        """A live connection to `host`: the pooled one, or a new one. Raises HostUnreachable."""
-        target = resolve(host, host_key_policy)
+    def sessions(self, host: distsvc.config.Host, host_key_policy: str, timeout: float
+                 ) -> Sessions:
+        """Sessions on `host`; connections are made when a session needs one."""
+        return Sessions(self, resolve(host, host_key_policy), timeout)
+
+    def _reserve_pooled(self, target: Target) -> Connection | None:
+        found = None
         with self._lock:
-            connection = self._connections.get(target)
-            if connection is not None and not connection.alive():
-                del self._connections[target]
-                connection.close()
-                connection = None
-        if connection is None:
-            connection = connect(target, timeout)
+            connections = self._connections.setdefault(target, [])
+            dead = [c for c in connections if not c.alive()]
+            for connection in dead:
+                connections.remove(connection)
+            for connection in connections:
+                if connection.reserve():
+                    found = connection
+                    break
+        for gone in dead:
+            gone.close()
+        return found
+
+    def lease(self, target: Target, timeout: float) -> Connection:
+        """A connection to `target` with one session reserved for the caller.
+
+        Raises HostUnreachable (HostKeyRefused) when connecting fails; callers that waited for
+        that same attempt get its error at once instead of trying again one after another.
+        """
+        connection = self._reserve_pooled(target)
+        if connection is not None:
+            return connection
+        waited_from = time.monotonic()
+        with self._lock:
+            connecting = self._connecting.setdefault(target, threading.Lock())
+        with connecting:
+            connection = self._reserve_pooled(target)
+            if connection is not None:
+                return connection
             with self._lock:
-                raced = self._connections.get(target)
-                if raced is not None and raced.alive():
-                    connection.close()
-                    connection = raced
-                else:
-                    self._connections[target] = connection
-        with self._lock:
-            self._used[target] = time.monotonic()
-        return connection
+                failed = self._failed.get(target)
+            if failed is not None and failed[0] >= waited_from:
+                raise failed[1]
+            try:
+                connection = _connect_retrying_drops(target, timeout)
+            except distsvc.errors.HostUnreachable as error:
+                with self._lock:
+                    self._failed[target] = (time.monotonic(), error)
+                raise
+            with self._lock:
+                connection.limit = self._limits.get(target, SESSIONS_PER_CONNECTION)
+                connection.reserve()
+                self._connections.setdefault(target, []).append(connection)
+                self._failed.pop(target, None)
+            return connection
 
-    def unpooled(self, host: distsvc.config.Host, host_key_policy: str, timeout: float
-                 ) -> Connection:
-        """A connection of its own (the caller closes it), for when the host refuses one more
-        session on the pooled connection (OpenSSH's MaxSessions is 10 by default)."""
-        return connect(resolve(host, host_key_policy), timeout)
-
-    def discard(self, connection: Connection) -> None:
-        """Drop a connection that failed, so the next get() connects afresh. Only for a
-        connection that is dead or broken: the other commands on it end with it."""
+    def learn_limit(self, target: Target, limit: int) -> None:
+        """The host refused a session beyond `limit` on one connection: new ones carry that."""
         with self._lock:
-            if self._connections.get(connection.target) is connection:
-                del self._connections[connection.target]
-        connection.close()
+            self._limits[target] = min(limit, self._limits.get(target, limit))
 
     def close_idle(self, idle_for: float) -> int:
+        """Close connections that carried no session for `idle_for` seconds."""
         now = time.monotonic()
         with self._lock:
-            idle = [t for t, used in self._used.items() if now - used > idle_for
-                    and not (t in self._connections and self._connections[t].busy())]
-            closing = [self._connections.pop(t) for t in idle if t in self._connections]
-            for t in idle:
-                del self._used[t]
+            closing = []
+            for connections in self._connections.values():
+                for connection in list(connections):
+                    if connection.sessions == 0 and now - connection.used > idle_for:
+                        connections.remove(connection)
+                        closing.append(connection)
         for connection in closing:
             connection.close()
         return len(closing)
 
-    def size(self) -> int:
+    def counts(self) -> dict[str, int]:
+        """Live connections by host label."""
         with self._lock:
-            return sum(1 for c in self._connections.values() if c.alive())
+            return {t.label: n for t, cs in self._connections.items()
+                    if (n := sum(1 for c in cs if c.alive()))}
+
+    def size(self) -> int:
+        return sum(self.counts().values())
 
     def close_all(self) -> None:
         with self._lock:
-            connections = list(self._connections.values())
+            connections = [c for cs in self._connections.values() for c in cs]
             self._connections.clear()
-            self._used.clear()
         for connection in connections:
             connection.close()

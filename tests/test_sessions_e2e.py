@@ -1,0 +1,95 @@
+"""Hosts at OpenSSH's defaults (MaxSessions 10, MaxStartups 10:30:100), more commands than
+one connection carries, and hosts that fail and recover. Against real sshd, both without a
+daemon and through one (DISTSVC_DAEMON=required)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import conftest
+import helpers
+import sshbed
+
+COMMANDS = 25  # on one host: more than its MaxSessions, in the daemon on pooled connections
+
+
+def test_more_commands_than_max_sessions_all_run_are_measured_and_signalled(
+        client: conftest.Client) -> None:
+    client.configure(hosts=client.bed.hosts[:1])
+    marker = "1101.5"
+    clients = [client.popen("distsvc-run", "sh", "-c", f"sleep {marker}",
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+               for _ in range(COMMANDS)]
+    try:
+        helpers.wait_for(lambda: len(client.bed.remote_processes(f"sleep {marker}"))
+                         >= COMMANDS, 90, f"{COMMANDS} commands running on h1")
+        # The probe needs a session too: it gets one on another connection.
+        hosts = client.run("distsvc", "hosts", "--refresh", "--json")
+        row = json.loads(hosts.stdout)[0]
+        assert (row["host"], row["state"]) == ("h1", "up"), row
+        # Ctrl-C, SIGTERM and hang-ups reach every command, whichever connection carries it.
+        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+        for index, process in enumerate(clients):
+            process.send_signal(signals[index % 3])
+        statuses = [p.wait(60) for p in clients]
+        assert statuses == [128 + signals[i % 3] for i in range(COMMANDS)], [
+            p.stderr.read() if p.stderr else b"" for p in clients]
+    finally:
+        helpers.reap(clients)
+    helpers.wait_for(lambda: not client.bed.remote_processes(marker), 10, "every command to end")
+
+
+def test_a_recovered_host_serves_the_very_next_command(client: conftest.Client) -> None:
+    host = client.bed.hosts[0]
+    client.configure(hosts=[host])
+    assert client.run("distsvc-run", "true").returncode == 0
+    host.stop()
+    try:
+        down = client.run("distsvc-run", "true")
+        assert down.returncode == 255 and b"no reachable host" in down.stderr, down.stderr
+    finally:
+        host.start()
+    # Not max_age (30 s) later: at once (within the few seconds of the retry back-off).
+    up = client.run("distsvc-run", "echo", "back")
+    assert (up.returncode, up.stdout) == (0, b"back\n"), up.stderr
+
+
+def test_a_failed_host_only_ranks_last(client: conftest.Client) -> None:
+    first, second = client.bed.hosts[:2]
+    client.configure(hosts=[first, second])
+    first.stop()
+    try:
+        result = client.run("distsvc-run", "sh", "-c", 'set -- $SSH_CONNECTION; echo "$3"')
+        assert (result.returncode, result.stdout) == (0, f"{second.address}\n".encode())
+    finally:
+        first.start()
+    # Measured down a moment ago and now back: the next command still goes where it can.
+    assert client.run("distsvc-run", "true").returncode == 0
+
+
+def test_a_host_allowing_fewer_sessions_teaches_the_pool_its_limit(
+        daemon_client: conftest.Client) -> None:
+    """MaxSessions 2 here (below OpenSSH's 10) so that the daemon's pool meets a refusal it
+    could not predict and must learn from it. (Without a daemon each command is a process
+    with a connection of its own.)"""
+    client = daemon_client
+    with sshbed.extra_host(client.bed, "tight", "127.0.0.20", max_sessions=2) as tight:
+        with open(client.home / ".ssh" / "known_hosts", "a") as known:
+            known.write(tight.known_hosts_line + "\n")
+        client.configure(hosts=[tight])
+        marker = "1102.5"
+        clients = [client.popen("distsvc-run", "sleep", marker, stdin=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE) for _ in range(7)]
+        try:
+            helpers.wait_for(lambda: len(client.bed.remote_processes(f"sleep {marker}")) >= 7,
+                             60, "7 commands on a host allowing 2 sessions a connection")
+            status = json.loads(client.run("distsvc", "status", "--json").stdout)
+            assert status["connections"] >= 4, status
+            for process in clients:
+                process.send_signal(signal.SIGINT)
+            assert [p.wait(60) for p in clients] == [130] * 7
+        finally:
+            helpers.reap(clients)
+        helpers.wait_for(lambda: not client.bed.remote_processes(marker), 10, "the commands")
