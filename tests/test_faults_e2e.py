@@ -208,25 +208,29 @@ def test_host_that_stops_answering_before_a_command(client: conftest.Client) -> 
     assert b"trying the next host" not in err
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def one_session_host(client: conftest.Client) -> Iterator[sshbed.Host]:
     """A server with `MaxSessions 1`: one running command fills a connection, so the next
     session on it is refused for certain with two commands instead of eleven held open."""
-    with sshbed.extra_host(client.bed, f"one-{client.mode}", "127.0.0.20",
-                           max_sessions=1) as host:
+    with sshbed.extra_host(client.bed, "one-session", "127.0.0.21", max_sessions=1) as host:
         with open(client.home / ".ssh" / "known_hosts", "a") as known:
             known.write(host.known_hosts_line + "\n")
+        client.configure(hosts=[host], extra=TIMEOUTS)
         yield host
 
 
-@pytest.mark.parametrize("client", ["daemon"], indirect=True)
 def test_a_refused_session_is_run_once_on_another_connection(
-        client: conftest.Client, one_session_host: sshbed.Host) -> None:
+        daemon_client: conftest.Client) -> None:
     """Through the daemon, whose connection to the host is shared (in-process, each client
     has a connection of its own, so nothing is refused). The refused session provably did
     not start, so the command runs elsewhere: exactly once."""
+    client = daemon_client
     once = home_file(client.bed, "refused-once")
-    client.configure(hosts=[one_session_host], extra=TIMEOUTS)
+    with one_session_host(client):
+        refused_session_run_once(client, once)
+
+
+def refused_session_run_once(client: conftest.Client, once: Path) -> None:
     first = client.popen("distsvc-run", "sleep", "4104.5", stderr=subprocess.PIPE)
     try:
         helpers.wait_for(lambda: helpers.sleeps_with("4104.5"), 30, "the first command")
@@ -246,10 +250,14 @@ def test_a_refused_session_is_run_once_on_another_connection(
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_reaches_a_command_on_a_full_connection(
-        client: conftest.Client, one_session_host: sshbed.Host, signum: int) -> None:
+        client: conftest.Client, signum: int) -> None:
     """The command's own session fills its connection (MaxSessions 1), so the signal
     cannot travel on a second session there: it must go another way, never be dropped."""
-    client.configure(hosts=[one_session_host], extra=TIMEOUTS)
+    with one_session_host(client):
+        signal_on_a_full_connection(client, signum)
+
+
+def signal_on_a_full_connection(client: conftest.Client, signum: int) -> None:
     marker = f"4105.{int(signum)}"
     process = client.popen("distsvc-run", "sh", "-c",
                            f"trap '' HUP; sleep {marker} & sleep {marker}; wait",
@@ -259,33 +267,3 @@ def test_a_signal_reaches_a_command_on_a_full_connection(
     status, err = finished(process, TOLD_WITHIN)
     assert status == 128 + signum, err
     helpers.wait_for(lambda: not helpers.sleeps_with(marker), 10, "the tree to end")
-
-
-@pytest.mark.parametrize("client", ["daemon"], indirect=True)
-def test_more_commands_than_max_sessions_on_one_host_all_run_and_all_get_signals(
-        client: conftest.Client) -> None:
-    """25 commands at once through the daemon on one host at OpenSSH's default MaxSessions
-    10 (in-process, every client has its own connection): all run, the host is still
-    measured, and Ctrl-C, SIGTERM and a vanished client each reach their command."""
-    client.configure(hosts=client.bed.hosts[:1], extra=TIMEOUTS)
-    count = 25
-    processes = [client.popen("distsvc-run", "sleep", "4106.5", stdin=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for _ in range(count)]
-    try:
-        helpers.wait_for(lambda: len(helpers.sleeps_with("4106.5")) == count, 60,
-                         f"{count} commands running")
-        rows = json.loads(client.run("distsvc", "hosts", "--refresh", "--json").stdout)
-        assert rows[0]["state"] == "up", rows
-        signals = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
-        for i, process in enumerate(processes):
-            process.send_signal(signals[i % 3])
-        outcomes = [finished(process, TOLD_WITHIN) for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    expected = [-signal.SIGKILL if s == signal.SIGKILL else 128 + s
-                for s in (signals[i % 3] for i in range(count))]
-    assert [status for status, _ in outcomes] == expected, outcomes
-    helpers.wait_for(lambda: not helpers.sleeps_with("4106.5"), 20, "every tree to end")
