@@ -193,13 +193,23 @@ class TcpProxy:
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
-            sink.shutdown(socket.SHUT_WR)  # pass the end on, so the far side closes too
         except OSError:
             pass
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)  # pass the end on, as a router would
+
+    def stop_accepting(self) -> None:
+        """New connections are refused; those made go on."""
+        import socket
+
+        # close() alone would leave the blocked accept() listening on in the kernel.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
 
     def cut(self) -> None:
         """The connections open now are cut, and no new ones are taken."""
-        self.listener.close()
+        self.stop_accepting()
         self.sever()
 
     def sever(self) -> None:

@@ -246,6 +246,8 @@ def extra_host(bed: Bed, name: str, address: str, *, max_sessions: int | None = 
         yield host
     finally:
         host.stop()
+        for path in bed.root.glob(f"hostkey-{name}*"):  # the next test may use the name
+            path.unlink()
 
 
 @contextlib.contextmanager

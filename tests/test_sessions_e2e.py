@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
+
+import pytest
 
 import conftest
 import helpers
@@ -93,3 +96,80 @@ def test_a_host_allowing_fewer_sessions_teaches_the_pool_its_limit(
         finally:
             helpers.reap(clients)
         helpers.wait_for(lambda: not client.bed.remote_processes(marker), 10, "the commands")
+
+
+def test_ctrl_c_takes_another_connection_when_the_commands_is_full(
+        client: conftest.Client) -> None:
+    """MaxSessions 1 here, so that the signal's session is refused on the command's own
+    connection and must be delivered over another one."""
+    with sshbed.extra_host(client.bed, "single", "127.0.0.21", max_sessions=1) as single:
+        with open(client.home / ".ssh" / "known_hosts", "a") as known:
+            known.write(single.known_hosts_line + "\n")
+        client.configure(hosts=[single])
+        process = client.popen("distsvc-run", "sleep", "1103.5", stdin=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        try:
+            helpers.wait_for(lambda: client.bed.remote_processes("sleep 1103.5"), 30,
+                             "the command")
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 130
+            assert process.stderr is not None
+            assert b"could not deliver" not in process.stderr.read()
+        finally:
+            helpers.reap([process])
+        helpers.wait_for(lambda: not client.bed.remote_processes("1103.5"), 10, "the command")
+
+
+def test_a_signal_that_cannot_be_delivered_is_said_and_ends_the_command(
+        client: conftest.Client) -> None:
+    """MaxSessions 1 behind a proxy that takes no second connection: no session can carry the
+    signal. It is said on stderr (even with -q), and the command's session is closed, which
+    ends it on the host."""
+    with sshbed.extra_host(client.bed, "single", "127.0.0.22", max_sessions=1) as single, \
+            conftest.TcpProxy(single.address, single.port) as proxy:
+        (client.home / ".ssh" / "known_hosts").write_text(
+            f"[127.0.0.1]:{proxy.port} {single.host_key}\n")
+        client.configure(hosts=[], unknown=[{"name": "proxied", "address": "127.0.0.1",
+                                             "port": proxy.port, "user": client.bed.user}])
+        # Measured now, so the command needs no probe: one connection, which it fills.
+        assert client.run("distsvc", "hosts").returncode == 0
+        process = client.popen("distsvc-run", "-q", "sleep", "1104.5",
+                               stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            helpers.wait_for(lambda: client.bed.remote_processes("sleep 1104.5"), 30,
+                             "the command")
+            proxy.stop_accepting()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(60) == 255
+            assert process.stderr is not None
+            err = process.stderr.read().decode()
+            assert "could not deliver SIGINT to the command on proxied" in err, err
+            assert "session was closed" in err, err
+        finally:
+            helpers.reap([process])
+        helpers.wait_for(lambda: not client.bed.remote_processes("1104.5"), 15, "the command")
+
+
+def test_a_long_lived_connection_does_not_remember_every_session(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko keeps an entry per channel id a transport ever had; the pool forgets the
+    finished ones, so a connection that lives for weeks does not grow with every command."""
+    import distsvc.adapters.ssh
+    import distsvc.config
+
+    client = conftest.Client(bed, tmp_path / "client")  # this process is the client
+    for name, value in client.env.items():
+        monkeypatch.setenv(name, value)
+    host = client.bed.hosts[0]
+    pool = distsvc.adapters.ssh.Pool()
+    try:
+        sessions = pool.sessions(distsvc.config.Host(name=host.name, address=host.address,
+                                                     port=host.port, user=client.bed.user),
+                                 "strict", 10.0)
+        for _ in range(60):
+            assert sessions.run("true") == (0, b"")
+        [connection] = [c for cs in pool._connections.values() for c in cs]
+        assert len(connection.transport.channels_seen) <= 2
+        assert connection.sessions == 0
+    finally:
+        pool.close_all()

@@ -160,7 +160,10 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
                                          else {"type": "signal", "signal": signum})
                 with contextlib.suppress(OSError):
                     distsvc.adapters.unix.send(sock, event)
-            ready, _, _ = select.select([sock.fileno(), signals.fileno()], [], [], 1.0)
+            # Messages already read with an earlier one ("started" and "exit" often come in
+            # one read) are taken first: the socket will not wake select() for them.
+            ready = [sock.fileno()] if reader.pending else select.select(
+                [sock.fileno(), signals.fileno()], [], [], 1.0)[0]
             if sock.fileno() in ready:
                 try:
                     message = reader.receive()

@@ -18,6 +18,7 @@ import distsvc.adapters.terminal
 
 RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 STATUS_CONNECTION_LOST = -1
+ABANDON = 0  # event: signals cannot reach the command; close its session and stop relaying
 # Output a command ended by a signal (Ctrl-C, a hang-up) left unread this long is dropped, as
 # a local command's unwritten output dies with it.
 END_DRAIN = 5.0
@@ -33,6 +34,7 @@ class Process(Protocol):
     def finished(self) -> bool: ...
     def exit_status(self) -> int: ...
     def connection_lost(self) -> bool: ...
+    def abandon(self) -> None: ...
 
 
 class OutputClosed(Exception):
@@ -237,7 +239,8 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
     `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a
-    thread, joined before returning) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; with
+    thread, joined before returning) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; an
+    ABANDON event (a signal that could not be delivered) closes the command's session; with
     a terminal (`terminal_fd`), a SIGWINCH event passes its new size on. `reader_pid`: see
     StdinPump. While a reader of our output is behind, no more output is read from the
     command (the SSH window then holds the command back) but events are still handled.
@@ -261,6 +264,9 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
                     if terminal_fd is not None:
                         process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
                     continue
+                if signum == ABANDON:
+                    process.abandon()  # here, not in the delivering thread: select() uses its fd
+                    return STATUS_CONNECTION_LOST
                 if asked_to_end_at is None:
                     asked_to_end_at = time.monotonic()
                 if status is None:

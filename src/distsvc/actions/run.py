@@ -64,6 +64,11 @@ def run_locally(argv: Sequence[str], options: Options, environ: Mapping[str, str
     return distsvc.adapters.local.run(argv, options.workdir, env)
 
 
+def warn(message: str) -> None:
+    """What the user hears even with --quiet."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
             events: distsvc.actions.relay.EventQueue, warn: Callable[[str], None],
@@ -99,8 +104,11 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
                 sessions.run(f'rm -f "{distsvc.remote.env_file(token)}"', timeout=5.0)
         raise
 
+    abandoned: list[str] = []
+
     def deliver(signum: int) -> None:
-        """Send the signal on a session of its own (any connection with room, or a new one)."""
+        """Send the signal on a session of its own (any connection with room, or a new one);
+        when no session can be had, close the command's own channel instead."""
         name = signal.Signals(signum).name
         try:
             sessions.run(distsvc.remote.kill_command(token, name.removeprefix("SIG")),
@@ -109,7 +117,9 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
             reason = error.message if isinstance(error, distsvc.errors.DistsvcError) else (
                 str(error) or type(error).__name__)
             warn(f"distsvc: could not deliver {name} to the command on {sessions.label} "
-                 f"({reason}); it ends when its connection does")
+                 f"({reason}); closing its session instead")
+            abandoned.append(name)
+            events.add(distsvc.actions.relay.ABANDON)
 
     streams = (fds[0] if options.stdin else None, fds[1], fds[2])
     terminal_fd = fds[0] if terminal else None
@@ -126,6 +136,10 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
             # Whoever read our output is gone (`| head`): end the command as SIGPIPE would.
             deliver(signal.SIGPIPE)
             return 128 + signal.SIGPIPE
+    if status == distsvc.actions.relay.STATUS_CONNECTION_LOST and abandoned:
+        raise distsvc.errors.CannotRun(
+            f"{sessions.label}: {abandoned[0]} could not be delivered, so the command's session "
+            "was closed; its state is unknown (it is ended on the host within a few seconds)")
     if status == distsvc.actions.relay.STATUS_CONNECTION_LOST:
         raise distsvc.errors.CannotRun(
             f"{sessions.label}: connection lost; the command's state is unknown "
@@ -146,7 +160,7 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
         try:
             return distsvc.actions.client.run(
                 argv, options, config, env, workdir, term, wants_terminal(options), environ,
-                lambda m: notice(options, m))
+                warn)  # the daemon already left out what --quiet silences
         except distsvc.actions.client.Unavailable as why:
             distsvc.actions.client.fall_back(environ, why)
             distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
@@ -164,9 +178,7 @@ def run_in_process(argv: Sequence[str], options: Options, config: distsvc.config
     try:
         with distsvc.actions.relay.SignalCatcher() as signals:
             return run_on_best(argv, options, config, env, workdir, term, directory, pool,
-                               signals, lambda message: notice(options, message),
-                               warn=lambda message: print(message, file=sys.stderr,
-                                                          flush=True))
+                               signals, lambda message: notice(options, message), warn=warn)
     finally:
         pool.close_all()
 

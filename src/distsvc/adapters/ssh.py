@@ -174,6 +174,17 @@ class Connection:
         with self._lock:
             self.sessions -= 1
             self.used = time.monotonic()
+        self._forget_finished_channels()
+
+    def _forget_finished_channels(self) -> None:
+        """paramiko remembers every channel id a transport ever had (`channels_seen`), so a
+        connection that lives for weeks would grow by one entry per session. A channel the
+        server has closed (it left `_channels`) gets no more messages: its id can go."""
+        transport = self.transport
+        with transport.lock:
+            live = transport._channels  # type: ignore[attr-defined]
+            for chanid in [c for c in transport.channels_seen if live.get(c) is None]:
+                del transport.channels_seen[chanid]
 
     def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
              timeout: float = OPEN_TIMEOUT, reserved: bool = False) -> RemoteProcess:
@@ -319,6 +330,7 @@ class RemoteProcess:
         self.connection = connection
         self._fileno = channel.fileno()
         self._closed = False
+        self._close_lock = threading.Lock()
 
     def fileno(self) -> int:
         """Readable when output, end of output or the exit status arrives."""
@@ -359,11 +371,21 @@ class RemoteProcess:
         return transport is None or not transport.is_active()
 
     def close(self) -> None:
-        """End the channel (the remote wrapper's watcher then ends the command's tree)."""
-        if not self._closed:
+        """Close the channel and give its session slot back (once, from any thread)."""
+        with self._close_lock:
+            if self._closed:
+                return
             self._closed = True
-            self.channel.close()
-            self.connection.release()
+        self.channel.close()
+        self.connection.release()
+
+    def abandon(self) -> None:
+        """For a command that signals cannot reach: close its channel and, when nothing else
+        runs on its connection, the connection too; the remote wrapper's watcher then ends
+        the command's tree, as when a connection drops."""
+        self.close()
+        if self.connection.sessions == 0:
+            self.connection.close()
 
 
 def _explain(error: BaseException, target: Target, timeout: float, late: bool) -> str:
