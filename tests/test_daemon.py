@@ -6,9 +6,12 @@ test_systemd_e2e.py; commands through the daemon against sshd in the *_e2e.py te
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import random
+import signal
 import socket
 import stat
 import struct
@@ -22,11 +25,15 @@ from typing import Any
 
 import pytest
 
+import conftest
 import distsvc.actions.client
 import distsvc.actions.serve
 import distsvc.adapters.unix
+import distsvc.log
+import distsvc.paths
 import distsvc.protocol
 import helpers
+import sshbed
 
 NOBODY = 65534
 
@@ -178,7 +185,8 @@ def test_a_silent_client_does_not_hold_up_others(running: Running) -> None:
             assert running.status()["ok"]
 
 
-def test_another_user_is_refused_by_peer_credentials(running: Running) -> None:
+def test_another_user_is_refused_by_peer_credentials(running: Running, tmp_base: Path) -> None:
+    # (tmp_base: with the runtime directory opened, the client looks in the /tmp fallback.)
     # Open the door on purpose, so only the daemon's own peer check stands in the way.
     running.directory.parent.chmod(0o711)
     running.directory.chmod(0o711)
@@ -340,10 +348,256 @@ def test_a_symlinked_socket_is_never_used(tmp_path: Path) -> None:
         planted.close()
 
 
-def test_runtime_directory_open_to_others_is_refused(tmp_path: Path) -> None:
-    environ = user_environ(tmp_path)
-    directory = distsvc.adapters.unix.claim_directory(environ)
-    directory.chmod(0o755)
+@pytest.mark.parametrize("spoil", ["runtime open", "distsvc open", "distsvc not ours",
+                                   "distsvc a file"])
+def test_a_runtime_directory_that_is_not_private_makes_both_sides_use_tmp(
+        reachable_tmp: Path, tmp_base: Path, spoil: str) -> None:
+    environ = {**user_environ(reachable_tmp), "DISTSVC_TMP_BASE": str(tmp_base)}
+    runtime = Path(environ["XDG_RUNTIME_DIR"])
+    if spoil == "runtime open":
+        runtime.chmod(0o755)
+    elif spoil == "distsvc a file":
+        (runtime / "distsvc").write_text("")
+    else:
+        (runtime / "distsvc").mkdir(mode=0o700)
+        if spoil == "distsvc open":
+            (runtime / "distsvc").chmod(0o755)
+        else:
+            os.chown(runtime / "distsvc", NOBODY, NOBODY)
+    fallback = candidate(tmp_base, 0)
     assert distsvc.adapters.unix.find_socket(environ) is None
-    with pytest.raises(PermissionError):
-        distsvc.adapters.unix.claim_directory(environ)
+    # A real daemon and a real client, each deciding for itself.
+    daemon = subprocess.Popen([sys.executable, "-m", "distsvc", "daemon"], env=environ,
+                              stderr=subprocess.PIPE, cwd="/")
+    try:
+        helpers.wait_for(lambda: (fallback / "distsvc.sock").exists() or daemon.poll(), 20,
+                         "the daemon's socket in the fallback location")
+        assert distsvc.adapters.unix.find_socket(environ) == fallback / "distsvc.sock"
+        status = subprocess.run([sys.executable, "-m", "distsvc", "status", "--json"],
+                                env=environ, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert json.loads(status.stdout)["pid"] == daemon.pid
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=20)
+    assert daemon.returncode == 0
+    assert b"not a private directory" in err and b"serving in /tmp" in err
+    assert not list(runtime.glob("distsvc/distsvc.sock"))
+
+
+# Lifecycle: retiring for a newer client, the log of a spawned daemon, what status shows.
+
+def test_status_shows_memory_and_connections(running: Running) -> None:
+    answer = running.status()
+    assert answer["rss_kib"] > 1000  # a Python process with paramiko loaded
+    assert answer["connections"] == 0 and answer["connections_per_host"] == {}
+    assert answer["retiring"] is False
+
+
+def test_a_client_of_another_version_makes_the_daemon_retire(running: Running) -> None:
+    running.daemon.identity = "0.0.1+old"  # as if this daemon predated an upgrade
+    # The same version: served, and the daemon stays.
+    assert distsvc.actions.client.query({"type": "status", "client": running.daemon.identity},
+                                        running.environ)["ok"]
+    time.sleep(1.5)
+    assert running.thread.is_alive()
+    # A real client of this installation: served, then the daemon leaves...
+    first = subprocess.run([sys.executable, "-m", "distsvc", "status", "--json"],
+                           env=running.environ, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0 and json.loads(first.stdout)["retiring"] is True
+    running.thread.join(20)
+    assert not running.thread.is_alive(), "the old daemon did not retire"
+    # ... and a daemon of the client's version serves the next one.
+    daemon = subprocess.Popen([sys.executable, "-m", "distsvc", "daemon"], env=running.environ,
+                              stderr=subprocess.DEVNULL, cwd="/")
+    try:
+        def answered() -> Any:
+            done = subprocess.run([sys.executable, "-m", "distsvc", "status", "--json"],
+                                  env=running.environ, capture_output=True, text=True,
+                                  timeout=30)
+            return done.returncode == 0 and json.loads(done.stdout)
+        answer = helpers.wait_for(answered, 30, "the new daemon")
+        assert answer["pid"] == daemon.pid and answer["retiring"] is False
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+
+
+def test_a_spawned_daemon_that_cannot_start_says_why_in_status(reachable_tmp: Path) -> None:
+    environ = user_environ(reachable_tmp)
+    runtime = Path(environ["XDG_RUNTIME_DIR"])
+    (runtime / "distsvc").mkdir(mode=0o700)
+    (runtime / "distsvc" / "daemon.lock").mkdir()  # the daemon cannot take its lock
+    log = distsvc.paths.daemon_log(environ)
+    distsvc.actions.client.spawn(environ)
+    helpers.wait_for(lambda: log.exists() and "cannot start" in log.read_text(), 30,
+                     "the daemon's failure in its log")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    status = subprocess.run([sys.executable, "-m", "distsvc", "status"], env=environ,
+                            capture_output=True, text=True, timeout=30)
+    assert status.returncode == 3 and "not running" in status.stdout
+    (line,) = [line for line in status.stdout.splitlines() if "last start failed" in line]
+    assert "daemon cannot start" in line and "Is a directory" in line and str(log) in line
+    # Once a start succeeds, the old failure is no longer reported.
+    (runtime / "distsvc" / "daemon.lock").rmdir()
+    distsvc.actions.client.spawn(environ)
+    helpers.wait_for(lambda: "daemon ready" in log.read_text(), 30, "the daemon to start")
+    try:
+        answer = json.loads(subprocess.run(
+            [sys.executable, "-m", "distsvc", "status", "--json"], env=environ,
+            capture_output=True, text=True, timeout=30).stdout)
+        assert answer["ok"]
+    finally:
+        os.kill(answer["pid"], signal.SIGTERM)
+    helpers.wait_for(lambda: "daemon stopped" in log.read_text(), 20, "the daemon to stop")
+    assert distsvc.log.last_start_failure(log) is None
+
+
+def test_the_daemon_log_is_rotated_when_it_grows(tmp_path: Path) -> None:
+    log = tmp_path / "state" / "daemon.log"
+    log.parent.mkdir()
+    log.write_bytes(b"x" * (distsvc.log.LOG_LIMIT + 1))
+    os.close(distsvc.log.open_daemon_log(log, "test"))
+    assert log.with_name("daemon.log.1").stat().st_size == distsvc.log.LOG_LIMIT + 1
+    assert log.read_text().startswith(distsvc.log.START_MARK)
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_sd_notify_without_systemd_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          abstract: bool) -> None:
+    import distsvc.adapters.systemd
+
+    name = f"distsvc-test-{os.getpid()}" if abstract else str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind("\0" + name if abstract else name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name if abstract else name)
+        distsvc.adapters.systemd.notify(READY=1, STATUS="serving")
+        receiver.settimeout(5)
+        assert receiver.recv(4096) == b"READY=1\nSTATUS=serving"
+
+
+# Against real sshd: the daemon dies, hangs or is stopped while it carries commands.
+
+def daemon_pid(client: conftest.Client) -> int:
+    return int(json.loads(client.run("distsvc", "status", "--json").stdout)["pid"])
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie counts: the fixture reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def start_sleeps(client: conftest.Client, count: int) -> list[tuple[str, subprocess.Popen[bytes]]]:
+    """`count` commands `sleep MARKER` through the daemon, each running on its host."""
+    started = []
+    for _ in range(count):
+        marker = str(random.randrange(10**6, 10**7))
+        process = client.popen("distsvc-run", "sleep", marker, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append((marker, process))
+    for marker, _ in started:
+        helpers.wait_for(lambda m=marker: client.bed.remote_processes(f"sleep {m}"), 30,
+                         f"sleep {marker} on its host")
+    return started
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_client_whose_daemon_dies_or_hangs_is_told_within_seconds(
+        daemon_client: conftest.Client, fault: int) -> None:
+    client = daemon_client
+    client.configure(hosts=client.bed.hosts[:1])
+    pid = daemon_pid(client)
+    ((marker, process),) = start_sleeps(client, 1)
+    os.kill(pid, fault)
+    try:
+        # Bounded generously: the heartbeat silence is 10 s (a SIGKILL is seen at once).
+        assert process.wait(timeout=60) == 255
+    finally:
+        if fault == signal.SIGSTOP:
+            os.kill(pid, signal.SIGCONT)
+    # (Read only now: the stopped daemon held the client's stdout and stderr open.)
+    _, err = process.communicate(timeout=30)
+    # (The resumed daemon may pass on what the command wrote as it was hung up: "Hangup".)
+    line, *rest = err.decode().splitlines()
+    assert not [other for other in rest if "distsvc" in other], err
+    how = "went away" if fault == signal.SIGKILL else "stopped answering (nothing for 10 s)"
+    assert line.startswith(f"distsvc: the daemon {how} while sleep {marker} ran on h1; "
+                           "the command is ended there")
+    # Ended on the host: by the resumed daemon (its client hung up), or by the remote wrapper
+    # when the dead daemon's connection went away.
+    helpers.wait_for(lambda: not client.bed.remote_processes(f"sleep {marker}"), 20,
+                     "the command to be ended on its host")
+    if fault == signal.SIGSTOP:  # the resumed daemon serves on
+        result = client.run("distsvc-run", "echo", "served")
+        assert (result.returncode, result.stdout) == (0, b"served\n")
+        answer = json.loads(client.run("distsvc", "status", "--json").stdout)
+        assert answer["pid"] == pid and answer["connections_per_host"] == {"h1": 1}
+        assert answer["jobs"] == []
+
+
+def test_a_stopped_daemon_ends_the_running_commands_and_tells_their_clients(
+        daemon_client: conftest.Client) -> None:
+    client = daemon_client
+    client.configure(hosts=client.bed.hosts[:2])
+    pid = daemon_pid(client)
+    commands = start_sleeps(client, 3)
+    os.kill(pid, signal.SIGTERM)
+    for marker, process in commands:
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 255
+        # After what the command says as SIGTERM ends it (the shell's "Terminated").
+        *_, line = err.decode().splitlines()
+        assert err.count(b"distsvc") == 1, err
+        assert line.startswith(f"distsvc: the daemon was stopped (restart?) while sleep {marker}"
+                               " ran on h") and line.endswith("; the command was ended there")
+        assert not client.bed.remote_processes(f"sleep {marker}")
+    helpers.wait_for(lambda: gone(pid), 20, "the daemon to exit")
+    result = client.run("distsvc-run", "true")
+    assert result.returncode == 255 and b"DISTSVC_DAEMON=required" in result.stderr
+
+
+def test_a_stop_tells_the_client_even_when_its_host_hangs(daemon_client: conftest.Client) -> None:
+    client = daemon_client
+    host = client.bed.hosts[0]
+    client.configure(hosts=[host])
+    pid = daemon_pid(client)
+    ((marker, process),) = start_sleeps(client, 1)
+    assert host.process is not None
+    # The servers of the host's connections hang (the listener still accepts): the command's
+    # end can never be seen, so the stop's grace runs out.
+    frozen = [p for p in sshbed.descendants(host.process.pid)
+              if Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
+    for p in frozen:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 255
+        helpers.wait_for(lambda: gone(pid), 30, "the daemon to exit")
+    finally:
+        for p in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
+    _, err = process.communicate(timeout=30)
+    assert err.count(b"distsvc:") == 1, err
+    assert err.decode().splitlines()[-1] == (
+        f"distsvc: the daemon was stopped (restart?) while sleep {marker} ran on h1; the "
+        "command is ended there as the daemon's connection closes")
+    helpers.wait_for(lambda: not client.bed.remote_processes(f"sleep {marker}"), 30,
+                     "the command to be ended on its host")
+
+
+def test_a_daemon_with_an_invalid_configuration_starts_with_the_defaults(
+        reachable_tmp: Path) -> None:
+    environ = user_environ(reachable_tmp)
+    path = Path(environ["XDG_CONFIG_HOME"]) / "distsvc" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text("hosts = 3\n")
+    r = start(environ)  # a daemon that refused would leave every command in-process
+    try:
+        assert r.status()["ok"] and r.status()["hosts_configured"] == 0
+    finally:
+        r.stop.set()  # type: ignore[attr-defined]
+        r.thread.join(10)

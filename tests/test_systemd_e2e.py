@@ -7,9 +7,11 @@ inside the container (on its private loopback, 127.0.0.2) is the host they measu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +293,160 @@ def test_idle_daemon_exits_and_the_socket_restarts_it(box: container.Container) 
         assert box.run_as_user(["distsvc", "status"]).returncode == 0
     finally:
         box.write_file(config, original, owner=box.user)
+
+
+# The daemon's life under systemd: restart and stop mid-command, no systemd-python, an old
+# version left running, a unit that cannot start.
+
+DROP_IN = ".config/systemd/user/distsvc.service.d/test.conf"
+REQUIRED = {"DISTSVC_DAEMON": "required"}
+
+
+@contextlib.contextmanager
+def service_override(c: container.Container, text: str) -> Iterator[None]:
+    """distsvc.service with a drop-in of the user's; the daemon stopped before and after."""
+    systemctl(c, "stop", "distsvc.service")
+    c.write_file(f"{c.home}/{DROP_IN}", text, owner=c.user)
+    systemctl(c, "daemon-reload")
+    try:
+        yield
+    finally:
+        c.run(["rm", "-f", f"{c.home}/{DROP_IN}"])
+        systemctl(c, "daemon-reload")
+        systemctl(c, "stop", "distsvc.service")
+        systemctl(c, "reset-failed", "distsvc.service", "distsvc.socket", check=False)
+        systemctl(c, "start", "distsvc.socket")
+
+
+def main_pid(c: container.Container) -> int:
+    return int(systemctl(c, "show", "-p", "MainPID", "--value", "distsvc.service"))
+
+
+def status(c: container.Container) -> dict[str, Any]:
+    return json.loads(c.run_as_user(["distsvc", "status", "--json"], env=REQUIRED).stdout)  # type: ignore[no-any-return]
+
+
+def remote_left(c: container.Container, marker: str) -> str:
+    """The test user's processes whose command line holds `marker` (sshd's children too)."""
+    return c.run(["pgrep", "-a", "-u", c.user, "-f", marker], check=False).stdout.strip()
+
+
+def start_sleeps(c: container.Container, count: int
+                 ) -> list[tuple[str, container.ContainerProcess]]:
+    started = []
+    for _ in range(count):
+        marker = str(random.randrange(10**6, 10**7))
+        process = c.popen_as_user(["distsvc-run", "sleep", marker], env=REQUIRED,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append((marker, process))
+    for marker, _ in started:
+        wait_until(lambda m=marker: remote_left(c, f"^sleep {m}$"), 30, f"sleep {marker} on h1")
+    return started
+
+
+@pytest.mark.parametrize("how", ["restart", "stop"])
+def test_restart_or_stop_while_commands_run(box: container.Container, how: str) -> None:
+    systemctl(box, "start", "distsvc.socket")
+    old = status(box)["pid"]
+    commands = start_sleeps(box, 3)
+    assert len(status(box)["jobs"]) == 3
+    systemctl(box, how, "distsvc.service")
+    for marker, process in commands:
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 255, err
+        # After what the command says as SIGTERM ends it (the shell's "Terminated").
+        assert err.count(b"distsvc:") == 1, err
+        assert err.decode().splitlines()[-1] == (
+            f"distsvc: the daemon was stopped (restart?) while sleep {marker} ran on h1; "
+            "the command was ended there")
+        wait_until(lambda m=marker: not remote_left(box, m), 20, f"sleep {marker} to be gone")
+    if how == "restart":
+        assert systemctl(box, "is-active", "distsvc.service") == "active"
+    # The next command is served by a new daemon (socket-activated after a stop).
+    result = box.run_as_user(["distsvc-run", "echo", "next"], env=REQUIRED)
+    assert result.stdout == "next\n"
+    new = status(box)["pid"]
+    assert new != old and new == main_pid(box)
+    assert systemctl(box, "show", "-p", "NRestarts", "--value", "distsvc.service") == "0"
+
+
+def test_the_daemon_works_without_systemd_python(box: container.Container) -> None:
+    # A second installation, like one made without the [systemd] extra: the project's venv
+    # minus systemd-python, so `import systemd` really fails in the daemon.
+    venv = "/opt/distsvc-nosd"
+    box.run(["/usr/bin/python3", "-m", "venv", "--without-pip", venv])
+    site = f"{container.VENV_BIN.parent}/lib/python3.11/site-packages"
+    ours = box.run([f"{venv}/bin/python", "-c",
+                    "import site; print(site.getsitepackages()[0])"]).stdout.strip()
+    box.run(["sh", "-c", f'for f in {site}/*; do case "${{f##*/}}" in systemd*|pystemd*) ;; '
+             f'*) ln -s "$f" {ours}/ ;; esac; done'])
+    box.write_file(f"{venv}/bin/distsvc", f"#!{venv}/bin/python\nimport sys\n"
+                   "from distsvc.commands.main import main\nsys.exit(main())\n", mode=0o755)
+    missing = box.run([f"{venv}/bin/python", "-c", "import systemd"], check=False)
+    assert "No module named 'systemd'" in missing.stderr
+    with service_override(box, f"[Service]\nExecStart=\nExecStart={venv}/bin/distsvc daemon\n"):
+        result = box.run_as_user(["distsvc-run", "sh", "-c", "echo out; exit 4"], env=REQUIRED,
+                                 check=False)
+        assert (result.returncode, result.stdout) == (4, "out\n"), result.stderr
+        pid = status(box)["pid"]
+        assert pid == main_pid(box)
+        assert box.read_file(f"/proc/{pid}/cmdline").startswith(f"{venv}/bin/python")
+        # Socket activation, readiness, status and watchdog, all without the module.
+        assert "serving" in systemctl(box, "show", "-p", "StatusText", "--value",
+                                      "distsvc.service")
+        assert systemctl(box, "show", "-p", "NRestarts", "--value", "distsvc.service") == "0"
+        entries = box.wait_for_journal("distsvc.service", "job ended")
+        messages = [str(e.get("MESSAGE")) for e in entries if str(e.get("_PID")) == str(pid)]
+        assert any("systemd-python is not installed" in m for m in messages)
+        assert any("daemon ready" in m for m in messages)
+        assert not any("Traceback" in m for m in messages)
+
+
+OLD_DAEMON = """\
+import sys
+import distsvc
+distsvc.identity = lambda: "0.0.1+old"  # as if installed before an upgrade
+from distsvc.commands.main import main
+sys.exit(main(["daemon"]))
+"""
+
+
+def test_an_old_daemon_is_replaced_within_one_command(box: container.Container) -> None:
+    box.write_file("/opt/distsvc-old-daemon.py", OLD_DAEMON)
+    with service_override(box, f"[Service]\nExecStart=\n"
+                          f"ExecStart={container.VENV_BIN}/python /opt/distsvc-old-daemon.py\n"):
+        command = box.popen_as_user(["distsvc-run", "sh", "-c", "sleep 3; echo finished"],
+                                    env=REQUIRED, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        old = wait_until(lambda: main_pid(box), 30, "the old daemon to start")
+        assert "distsvc-old-daemon.py" in box.read_file(f"/proc/{old}/cmdline")
+        # The upgrade: the old daemon's files are replaced while it runs.
+        box.run(["rm", "-f", f"{box.home}/{DROP_IN}"])
+        systemctl(box, "daemon-reload")
+        # The old daemon finishes the command of the new client, then leaves ...
+        out, err = command.communicate(timeout=60)
+        assert (command.returncode, out) == (0, b"finished\n"), err
+        wait_until(lambda: main_pid(box) != old, 30, "the old daemon to leave")
+        # ... and the next command starts the new one.
+        result = box.run_as_user(["distsvc-run", "echo", "new"], env=REQUIRED)
+        assert result.stdout == "new\n"
+        answer = status(box)
+        assert answer["pid"] not in (old, 0) and answer["retiring"] is False
+        assert "distsvc-old-daemon.py" not in box.read_file(f"/proc/{answer['pid']}/cmdline")
+        entries = box.wait_for_journal("distsvc.service", "retiring: a newer daemon takes over")
+        assert [e for e in entries if "a client of another version" in str(e.get("MESSAGE"))
+                and str(e.get("_PID")) == str(old)]
+
+
+def test_status_says_why_the_service_cannot_start(box: container.Container) -> None:
+    with service_override(box, "[Service]\nExecStart=\nExecStart=/usr/bin/distsvc daemon "
+                          "--no-such-option\n"):
+        systemctl(box, "restart", "distsvc.socket")
+        done = box.run_as_user(["distsvc", "status"], check=False, timeout=60)
+        assert done.returncode == 3 and "not running" in done.stdout
+        wait_until(lambda: systemctl(box, "show", "-p", "Result", "--value", "distsvc.service")
+                   != "success", 30, "the service to fail")
+        done = box.run_as_user(["distsvc", "status"], check=False, timeout=60)
+        (line,) = [line for line in done.stdout.splitlines() if "last start failed" in line]
+        assert "distsvc.service failed (exit-code, exit status 2)" in line
+        assert "unrecognized arguments: --no-such-option" in line

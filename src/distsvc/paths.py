@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,15 +25,54 @@ def saved_environment_file(environ: Mapping[str, str]) -> Path:
     return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "distsvc" / "environment.json"
 
 
+def private_dir(path: Path) -> bool:
+    """An existing directory, not a symlink, owned by us and closed to everyone else."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+            and stat.S_IMODE(info.st_mode) & 0o077 == 0)
+
+
+def runtime_dir(environ: Mapping[str, str]) -> Path | None:
+    """$XDG_RUNTIME_DIR/distsvc when it is usable: the runtime directory set, absolute and
+    private, and its distsvc directory private or not there yet. Else None, and the daemon's
+    socket goes to /tmp (adapters/unix.py), the state file to the state directory."""
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if not runtime or not os.path.isabs(runtime) or not private_dir(Path(runtime)):
+        return None
+    directory = Path(runtime) / "distsvc"
+    try:
+        os.lstat(directory)
+    except FileNotFoundError:
+        return directory
+    except OSError:
+        return None
+    return directory if private_dir(directory) else None
+
+
 def state_dir(environ: Mapping[str, str]) -> Path:
     """Directory of the host-load state file.
 
     The runtime directory is preferred: it is per user, per machine and per boot, which is
     exactly the lifetime of what the state holds (load readings and the local PIDs of jobs
-    placed on hosts). Without it, the XDG state directory is used with the machine's name in
-    the path, because a home directory may be shared between machines over NFS.
+    placed on hosts). Without a usable one, the XDG state directory is used with the
+    machine's name in the path, because a home directory may be shared between machines
+    over NFS.
     """
-    runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and os.path.isabs(runtime):
-        return Path(runtime) / "distsvc"
+    runtime = runtime_dir(environ)
+    if runtime is not None:
+        return runtime
     return _xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / socket.gethostname()
+
+
+def daemon_log(environ: Mapping[str, str]) -> Path:
+    """The log of a daemon a client started (one started by systemd logs to the journal).
+
+    In the XDG state directory, where a user looks for what a program left behind and which
+    outlives a reboot (a daemon that cannot start fails on every boot); with the machine's
+    name in the path because a home may be shared between machines over NFS.
+    """
+    return (_xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / socket.gethostname()
+            / "daemon.log")

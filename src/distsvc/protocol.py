@@ -5,18 +5,25 @@ object. Every message carries the protocol version `v`. Frames over MAX_FRAME by
 that are not JSON, JSON that is not an object, a wrong version and unknown request types
 are ProtocolErrors: the daemon answers them with an error and closes that connection only.
 
-Requests (client to daemon), each {"v": 1, "type": ..., ...}:
-  status                      -> {"ok": true, "version", "uptime", "hosts", "connections", "jobs"}
+Requests (client to daemon), each {"v": 1, "type": ..., "client": IDENTITY, ...}, where
+IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
+  status                      -> {"ok": true, "version", "pid", "uptime", "hosts", "rss_kib",
+                                  "connections", "connections_per_host", "retiring", "jobs"}
   best    config              -> {"ok": true, "host": NAME or null, "ranked": [...]}
   hosts   config, refresh     -> {"ok": true, "rows": [...]}
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
-  run     config, argv, workdir, env, tty, term  (+ stdin, stdout, stderr passed as fds)
-          then, on the same connection:
+  run     config, argv, workdir, env, tty, term, heartbeats: true
+          (+ stdin, stdout, stderr passed as fds), then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size
           daemon -> client    {"type": "notice", "message"}      one line for stderr
                               {"type": "started", "host"}
+                              {"type": "heartbeat"}              at once, then every ~2 s while
+                                                                 the request is in progress
                               {"type": "exit", "status": N}      the command's status; the end
+          A client that heard a heartbeat and then nothing for HEARTBEAT_SILENCE seconds
+          gives the daemon up (it died or hangs). A stop of the daemon ends the command and
+          answers with an error naming it instead of the exit message.
 Errors: {"ok": false, "error": "one line", "status": N}.
 Queries are one request and one answer per connection; only `run` keeps it open.
 """
@@ -32,6 +39,7 @@ MAX_FRAME = 1 << 20
 HEADER = struct.Struct("!I")
 REQUEST_TYPES = ("status", "best", "hosts", "scan", "run")
 RUN_MESSAGE_TYPES = ("signal", "resize")
+HEARTBEAT_SILENCE = 10.0  # seconds without a message after which a client gives up a daemon
 
 
 class ProtocolError(Exception):

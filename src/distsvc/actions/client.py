@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shlex
 import signal
 import socket
 import sys
@@ -22,11 +23,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import distsvc
 import distsvc.actions.relay
 import distsvc.adapters.terminal
 import distsvc.adapters.unix
 import distsvc.config
 import distsvc.errors
+import distsvc.paths
 import distsvc.protocol
 
 if TYPE_CHECKING:
@@ -58,17 +61,33 @@ def fall_back(environ: Mapping[str, str], why: Unavailable) -> None:
 
 
 def spawn(environ: Mapping[str, str]) -> None:
-    """Start a daemon in the background; if another one wins the lock, it exits by itself."""
+    """Start a daemon in the background; if another one wins the lock, it exits by itself.
+
+    Its stderr goes to the daemon log in the user's state directory (paths.daemon_log), after
+    a line that marks this start: a daemon that cannot start says why there, and `distsvc
+    status` shows it. The daemon keeps the file under distsvc.log.LOG_LIMIT bytes.
+    """
     import subprocess
+
+    import distsvc.log
 
     if not enabled(environ) or required(environ):
         return
-
+    log_path = distsvc.paths.daemon_log(environ)
     with contextlib.suppress(OSError):
-        subprocess.Popen(
-            [sys.executable, "-m", "distsvc", "daemon"], env=dict(environ),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True, cwd="/")
+        log_fd = distsvc.log.open_daemon_log(log_path, f"started by pid {os.getpid()}")
+        try:
+            subprocess.Popen(
+                [sys.executable, "-m", "distsvc", "daemon", "--log-file", str(log_path)],
+                env=dict(environ), stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                start_new_session=True, close_fds=True, cwd="/")
+        finally:
+            os.close(log_fd)
+
+
+def _identified(request: dict[str, Any]) -> dict[str, Any]:
+    """The request with our identity: a daemon of another installation retires."""
+    return {"client": distsvc.identity(), **request}
 
 
 def connect(environ: Mapping[str, str]) -> socket.socket:
@@ -107,7 +126,7 @@ def query(request: dict[str, Any], environ: Mapping[str, str],
     try:
         sock.settimeout(timeout)
         try:
-            distsvc.adapters.unix.send(sock, request)
+            distsvc.adapters.unix.send(sock, _identified(request))
             message = distsvc.adapters.unix.Reader(sock).receive()
         except (OSError, distsvc.protocol.ProtocolError) as error:
             raise Unavailable(f"daemon did not answer: {error}") from None
@@ -133,26 +152,50 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
             "type": "run", "config": distsvc.config.to_mapping(config), "argv": list(argv),
             "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
             "stdin": options.stdin, "quiet": options.quiet,
-            "ssh_auth_sock": environ.get("SSH_AUTH_SOCK", ""),
+            "ssh_auth_sock": environ.get("SSH_AUTH_SOCK", ""), "heartbeats": True,
         }
         with distsvc.actions.relay.SignalCatcher() as signals:
             try:
-                distsvc.adapters.unix.send(sock, request, fds=[stdin_fd, 1, 2])
+                distsvc.adapters.unix.send(sock, _identified(request), fds=[stdin_fd, 1, 2])
             except OSError as error:
                 raise Unavailable(f"daemon did not take the request: {error}") from None
-            return _follow(sock, signals, terminal, notice)
+            return _follow(sock, signals, terminal, notice, _describe(argv))
     finally:
         sock.close()
         if devnull is not None:
             os.close(devnull)
 
 
+def _describe(argv: Sequence[str]) -> str:
+    text = shlex.join(argv)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
-            terminal: bool, notice: Callable[[str], None]) -> int:
+            terminal: bool, notice: Callable[[str], None], what: str = "the command") -> int:
+    """Pass signals on and wait for the command's status.
+
+    Liveness: a daemon that sends heartbeats (every ~2 s) and then falls silent for
+    HEARTBEAT_SILENCE seconds died or hangs (SIGSTOP, a deadlock): we give it up with status
+    255 instead of waiting for it. (A daemon that sends none is of an older version: only its
+    start of the command is bounded, by START_TIMEOUT.) Once we close the connection, a
+    daemon that resumes treats it as a hang-up and ends the command; one that died lost its
+    SSH connections, so the remote wrapper ends it on the host.
+    """
     reader = distsvc.adapters.unix.Reader(sock)
     sock.settimeout(5.0)
     deadline = time.monotonic() + START_TIMEOUT
     started = False
+    beating = False
+    host = "its host"
+    last_heard = time.monotonic()
+
+    def gone(how: str, when: str = "") -> distsvc.errors.CannotRun:
+        if not started:
+            return distsvc.errors.CannotRun(f"the daemon {how} before {what} started")
+        return distsvc.errors.CannotRun(
+            f"the daemon {how} while {what} ran on {host}; the command is ended there{when}")
+
     with contextlib.ExitStack() as stack:
         while True:
             for signum in signals.take():
@@ -170,19 +213,22 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
                 except (OSError, distsvc.protocol.ProtocolError) as error:
                     if not started:  # nothing ran: do it without the daemon
                         raise Unavailable(f"the daemon dropped the request: {error}") from None
-                    raise distsvc.errors.CannotRun(f"lost the daemon: {error}") from None
+                    raise gone("went away") from None
                 if message is None:
                     if not started:
                         raise Unavailable("the daemon closed the connection before starting")
-                    raise distsvc.errors.CannotRun(
-                        "the daemon went away; the command is ended on its host")
+                    raise gone("went away")
+                last_heard = time.monotonic()
                 kind = message.get("type")
-                if kind == "notice":
+                if kind == "heartbeat":
+                    beating = True
+                elif kind == "notice":
                     notice(str(message.get("message", "")))
                 elif kind == "started":
                     if terminal and not started:
                         stack.enter_context(distsvc.adapters.terminal.raw_mode(0))
                     started = True
+                    host = str(message.get("host") or host)
                 elif kind == "exit":
                     status: int = message.get("status", 255)
                     return status
@@ -190,6 +236,10 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
                     if not started:
                         _answer_or_raise(message)
                     raise distsvc.errors.CannotRun(str(message.get("error", message)))
+            elif beating and time.monotonic() - last_heard > distsvc.protocol.HEARTBEAT_SILENCE:
+                raise gone(f"stopped answering (nothing for "
+                           f"{distsvc.protocol.HEARTBEAT_SILENCE:g} s)",
+                           " once the daemon resumes or its connection drops")
             elif not started and time.monotonic() > deadline:
                 raise distsvc.errors.CannotRun(
                     f"the daemon did not start the command within {START_TIMEOUT:g} s")

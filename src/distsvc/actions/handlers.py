@@ -74,11 +74,13 @@ def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
              for name, entry in state.hosts.items()}
     with daemon.lock:
         jobs = [dict(job, id=job_id) for job_id, job in daemon.jobs.items()]
+    per_host = daemon.pool.counts()
     return {"ok": True, "version": distsvc.__version__, "pid": os.getpid(),
             "uptime": round(time.monotonic() - daemon.started, 1),
             "config": str(daemon.config.source), "hosts_configured": len(daemon.config.hosts),
-            "hosts": hosts,
-            "connections": daemon.pool.size(), "jobs": jobs}
+            "hosts": hosts, "rss_kib": distsvc.actions.serve.rss_kib(),
+            "connections": sum(per_host.values()), "connections_per_host": per_host,
+            "retiring": daemon.retiring, "jobs": jobs}
 
 
 def handle_best(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
@@ -183,6 +185,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
         stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
     fds = (peer.reader.fds[0], peer.reader.fds[1], peer.reader.fds[2])
     events = ClientEvents(peer)
+    peer.attach(events)  # a stop of the daemon ends the command through its events
     job_id = next(daemon.job_ids)
     log = distsvc.log.get(job=job_id, peer_pid=peer.pid)
 
@@ -195,6 +198,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
             warn(message)
 
     def started(host: str) -> None:
+        peer.host = host
         with daemon.lock:
             daemon.jobs[job_id] = {"host": host, "argv": argv, "client_pid": peer.pid,
                                    "started": time.time()}

@@ -2,15 +2,26 @@
 
 `serve()` is a plain function over a listening socket, so tests run a daemon in-process.
 Request handlers live in distsvc.actions.handlers, one per request type, in a table.
+
+Its life: `serve()` accepts until asked to stop (SIGTERM), until idle, or until it retires
+(a client of another installation connected: it exits as soon as no request is in progress,
+and the next command starts the new version). While a `run` is in progress its client hears
+a heartbeat every HEARTBEAT_INTERVAL, sent from the accept loop, so a client notices a daemon
+that died or hangs. A stop ends every running command's remote tree (SIGTERM through the
+run's own event queue, as if its user had sent it), waits up to STOP_GRACE for the handlers,
+and tells each client why its command ended.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import os
 import select
+import shlex
+import signal
 import socket
 import threading
 import time
@@ -19,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import distsvc
+import distsvc.actions.relay
 import distsvc.adapters.ssh
 import distsvc.adapters.systemd
 import distsvc.adapters.unix
@@ -31,6 +43,9 @@ import distsvc.protocol
 REQUEST_TIMEOUT = 10.0  # a client has this long to send its request
 MAX_CONNECTIONS = 256  # beyond this, new connections are closed at once
 CONNECTION_IDLE = 600.0  # SSH connections unused this long are closed
+HEARTBEAT_INTERVAL = 2.0  # a running command's client hears from us at least this often
+STOP_GRACE = 5.0  # on a stop, how long running commands get to end their remote trees
+HEARTBEAT = {"type": "heartbeat"}
 
 
 @dataclasses.dataclass
@@ -50,6 +65,10 @@ class Daemon:
     measuring: set[str] = dataclasses.field(default_factory=set)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     job_ids: itertools.count[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
+    runs: set[Peer] = dataclasses.field(default_factory=set)  # `run` requests in progress
+    stopping: bool = False  # a stop is ending the running commands: new ones do not start
+    retiring: bool = False  # a client of another installation came: exit once not busy
+    identity: str = dataclasses.field(default_factory=lambda: distsvc.identity())  # at start
 
     def busy(self) -> bool:
         with self.lock:
@@ -77,21 +96,94 @@ class Daemon:
         self.config_mtime = mtime
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Peer:
-    """One client connection."""
+    """One client connection.
+
+    Messages to it are sent under `send_lock`: the handler's (notices, the exit status) and
+    the accept loop's heartbeats never interleave, and none is sent once it is closed. For a
+    `run`, `events` (set by its handler) is how a stop ends its command.
+    """
 
     sock: socket.socket
     reader: distsvc.adapters.unix.Reader
     pid: int
     uid: int
+    heartbeats: bool = False  # the client asked for them (older clients would not know them)
+    what: str = "the command"  # a `run`'s command line, for messages
+    host: str | None = None  # where its command runs, once it started
+    events: distsvc.actions.relay.EventQueue | None = None
+    stopped: bool = False  # a stop of the daemon ended (or prevented) its command
+    closed: bool = False
+    send_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    state_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     def send(self, message: dict[str, Any]) -> None:
-        distsvc.adapters.unix.send(self.sock, message)
+        with self.send_lock:
+            if self.closed:
+                raise OSError(errno.EBADF, "the connection is closed")
+            distsvc.adapters.unix.send(self.sock, message)
+
+    def send_if_writable(self, message: dict[str, Any]) -> None:
+        """Send a small message without ever blocking (the accept loop's heartbeats): skipped
+        while another send is under way or the client does not read what it was sent."""
+        if not self.send_lock.acquire(blocking=False):
+            return
+        try:
+            if not self.closed and distsvc.adapters.unix.writable(self.sock):
+                distsvc.adapters.unix.send(self.sock, message)
+        except OSError:
+            pass  # the handler finds out, on its own next send or read
+        finally:
+            self.send_lock.release()
+
+    def attach(self, events: distsvc.actions.relay.EventQueue) -> None:
+        """The run's event queue, from its handler; a stop already under way ends it at once."""
+        with self.state_lock:
+            self.events = events
+            if self.stopped:
+                events.add(signal.SIGTERM)
+
+    def stop_command(self) -> None:
+        """End its command as SIGTERM from its user would (the remote tree), from a stop."""
+        with self.state_lock:
+            self.stopped = True
+            if self.events is not None:
+                self.events.add(signal.SIGTERM)
+
+    def close(self) -> None:
+        with self.send_lock:
+            self.closed = True
+            self.sock.close()
+
+
+def describe(request: dict[str, Any]) -> str:
+    """A `run` request's command line, short, for messages."""
+    argv = request.get("argv")
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        text = shlex.join(argv)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return "the command"
+
+
+def stopped_message(peer: Peer, ended: bool = True) -> str:
+    """What the client of a command a stop ended is told (one line). Not `ended`: its end
+    was not seen in time, and the host ends it when the daemon's connection closes."""
+    if peer.host is None:
+        return f"the daemon was stopped (restart?) before {peer.what} started; it did not run"
+    return (f"the daemon was stopped (restart?) while {peer.what} ran on {peer.host}; "
+            + ("the command was ended there" if ended else
+               "the command is ended there as the daemon's connection closes"))
 
 
 def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
-    config = distsvc.config.load(config_path, environ)
+    try:
+        config = distsvc.config.load(config_path, environ)
+    except distsvc.errors.ConfigError as error:
+        # Every request carries its client's configuration: the daemon's own only sets its
+        # idle exit. A daemon that refused to start would leave every command in-process.
+        distsvc.log.get().error("configuration invalid, using the defaults", error=error.message)
+        config = distsvc.config.load(Path(os.devnull), {})
     path = config_path or distsvc.paths.config_file(environ)
     try:
         mtime: float | None = path.stat().st_mtime
@@ -120,6 +212,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
     log = distsvc.log.get()
     reader = distsvc.adapters.unix.Reader(sock)
     user_request = True
+    peer: Peer | None = None
     try:
         pid, uid = distsvc.adapters.unix.peer_credentials(sock)
         if uid != os.getuid():
@@ -140,8 +233,12 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         # The scan timer's passes are not the user's activity: they must not keep an idle
         # daemon alive.
         user_request = kind != "scan"
+        check_identity(daemon, request, pid)
         daemon.reload_config_if_changed()
-        peer = Peer(sock, reader, pid, uid)
+        peer = Peer(sock, reader, pid, uid, heartbeats=request.get("heartbeats") is True,
+                    what=describe(request))
+        if kind == "run":
+            register_run(daemon, peer)
         try:
             response = distsvc.actions.handlers.HANDLERS[kind](daemon, request, peer)
         except distsvc.errors.DistsvcError as error:
@@ -151,6 +248,8 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         except Exception as error:  # one request failing must not take the daemon down
             log.exception("request failed", request=kind, peer_pid=pid)
             response = distsvc.protocol.error(f"internal error: {error!r}", 255)
+        if peer.stopped:
+            response = distsvc.protocol.error(stopped_message(peer), 255)
         if response is not None:
             with contextlib.suppress(OSError):
                 peer.send(response)
@@ -158,11 +257,55 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         log.info("connection ended", error=str(error))
     finally:
         reader.close_fds()
-        sock.close()
         with daemon.lock:
+            if peer is not None:
+                daemon.runs.discard(peer)
             daemon.connections -= 1
             if user_request:
                 daemon.last_activity = time.monotonic()
+        if peer is not None:
+            peer.close()
+        else:
+            sock.close()
+
+
+def register_run(daemon: Daemon, peer: Peer) -> None:
+    """A `run` in progress: its client gets heartbeats (the first at once, so it knows we
+    send them), and a stop ends its command, even one that comes before it started."""
+    with daemon.lock:
+        daemon.runs.add(peer)
+        if daemon.stopping:
+            peer.stop_command()
+    if peer.heartbeats:
+        peer.send_if_writable(HEARTBEAT)
+
+
+def check_identity(daemon: Daemon, request: dict[str, Any], peer_pid: int) -> None:
+    """A client of another installation (an upgrade, a git pull) makes the daemon retire: it
+    serves this request and the running ones, then exits, and the next command gets a daemon
+    of the client's version (socket activation, or the client starts one)."""
+    client = request.get("client")
+    if not isinstance(client, str) or client == daemon.identity:
+        return
+    with daemon.lock:
+        if daemon.retiring:
+            return
+        daemon.retiring = True
+    distsvc.log.get().info("a client of another version: retiring once the requests in "
+                           "progress are done", ours=daemon.identity, client=client,
+                           peer_pid=peer_pid)
+
+
+def rss_kib() -> int | None:
+    """This process's resident memory (VmRSS, KiB), from /proc."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def status_line(daemon: Daemon) -> str:
@@ -189,11 +332,12 @@ class Stop:
 
 
 def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
-    """Serve until `stop` is set or nothing happened for config.daemon_idle_exit seconds."""
+    """Serve until `stop` is set, the daemon retires, or nothing happened for
+    config.daemon_idle_exit seconds. A stop ends the running commands first."""
     log = distsvc.log.get()
     listener.setblocking(False)
     watchdog = distsvc.adapters.systemd.watchdog_interval()
-    last_ping = 0.0
+    last_ping = last_beat = 0.0
     distsvc.adapters.systemd.notify(READY=1, STATUS=status_line(daemon))
     log.info("daemon ready", version=distsvc.__version__, pid=os.getpid(),
              hosts=len(daemon.config.hosts))
@@ -203,13 +347,20 @@ def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
             # Pinged from the accept loop: a hung loop stops the pings and systemd restarts us.
             distsvc.adapters.systemd.notify(WATCHDOG=1, STATUS=status_line(daemon))
             last_ping = now
+        if now - last_beat >= HEARTBEAT_INTERVAL:
+            beat(daemon)  # from this loop too: a hung daemon falls silent
+            last_beat = now
         with daemon.lock:
             idle_for = now - daemon.last_activity
         # Checked on every turn: requests that are not the user's (scan passes) keep the loop
         # turning without counting as activity.
-        if not daemon.busy() and idle_for > daemon.config.daemon_idle_exit:
-            log.info("exiting after being idle", idle_seconds=round(idle_for))
-            break
+        if not daemon.busy():
+            if daemon.retiring:
+                log.info("retiring: a newer daemon takes over")
+                break
+            if idle_for > daemon.config.daemon_idle_exit:
+                log.info("exiting after being idle", idle_seconds=round(idle_for))
+                break
         # Wakes for a connection, a stop, or each second for the watchdog and idle checks.
         readable, _, _ = select.select([listener.fileno(), stop.wake_r], [], [], 1.0)
         if listener.fileno() not in readable or stop.is_set():
@@ -231,5 +382,49 @@ def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
             daemon.connections += 1
         threading.Thread(target=handle_connection, args=(daemon, sock), daemon=True,
                          name="connection").start()
+    if stop.is_set():
+        end_running_commands(daemon)
     distsvc.adapters.systemd.notify(STOPPING=1)
     daemon.pool.close_all()
+    log.info("daemon stopped")
+
+
+def beat(daemon: Daemon) -> None:
+    """A heartbeat to the client of every `run` in progress that asked for them."""
+    with daemon.lock:
+        peers = [peer for peer in daemon.runs if peer.heartbeats]
+    for peer in peers:
+        peer.send_if_writable(HEARTBEAT)
+
+
+def end_running_commands(daemon: Daemon, grace: float = STOP_GRACE) -> None:
+    """A stop: end every running command's remote tree, give the handlers `grace` seconds
+    to see it end and tell their clients, then tell the clients of the rest ourselves (their
+    commands end on the hosts when our connections close, which follows)."""
+    with daemon.lock:
+        daemon.stopping = True
+        runs = list(daemon.runs)
+    if not runs:
+        return
+    log = distsvc.log.get()
+    log.info("stopping: ending the running commands", commands=len(runs))
+    distsvc.adapters.systemd.notify(STOPPING=1, STATUS=f"stopping: ending {len(runs)} commands")
+    for peer in runs:
+        peer.stop_command()
+    deadline = time.monotonic() + grace
+    last_beat = time.monotonic()
+    while time.monotonic() < deadline:
+        with daemon.lock:
+            if not daemon.runs:
+                return
+        if time.monotonic() - last_beat >= HEARTBEAT_INTERVAL:
+            beat(daemon)
+            last_beat = time.monotonic()
+        time.sleep(0.05)
+    with daemon.lock:
+        left = list(daemon.runs)
+    log.warning("stopping: commands did not end in time; closing their connections",
+                commands=len(left))
+    for peer in left:
+        # The handler never sends its answer after this: we are about to exit.
+        peer.send_if_writable(distsvc.protocol.error(stopped_message(peer, ended=False), 255))

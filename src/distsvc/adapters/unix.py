@@ -1,10 +1,13 @@
 """The unix socket between clients and the daemon: where it lives, who may use it, framing.
 
 The socket lives in a directory only its user can reach: `$XDG_RUNTIME_DIR/distsvc/`, or
-without a runtime directory `/tmp/distsvc-USER-N/`. Every directory and socket is checked
-with lstat (symlinks are never followed): it must be owned by this user and closed to group
-and others, or it is skipped and the next N is tried. Another user can make us skip names,
-never make us use theirs. The daemon also checks each peer's uid (SO_PEERCRED).
+`/tmp/distsvc-USER-N/` when there is no usable runtime directory: unset, or it or its
+distsvc directory not private (a wrong mode or owner). Client and daemon decide that with
+the same function (`paths.runtime_dir`), so they always meet in the same place. Every directory
+and socket is checked with lstat (symlinks are never followed): it must be owned by this
+user and closed to group and others, or it is skipped and the next N is tried. Another user
+can make us skip names, never make us use theirs. The daemon also checks each peer's uid
+(SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import fcntl
 import itertools
 import os
 import pwd
+import select
 import socket
 import stat
 import struct
@@ -22,22 +26,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import distsvc.paths
 import distsvc.protocol
 
 SOCKET_NAME = "distsvc.sock"
 LOCK_FILE = "daemon.lock"  # held by the one daemon serving this directory
 RECEIVE_CHUNK = 65536
 MAX_FDS = 3
-
-
-def _private_dir(path: Path) -> bool:
-    """An existing directory, not a symlink, owned by us and closed to everyone else."""
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return False
-    return (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
-            and stat.S_IMODE(info.st_mode) & 0o077 == 0)
 
 
 def _own_socket(path: Path) -> bool:
@@ -55,18 +50,21 @@ def _tmp_candidates() -> Iterator[Path]:
         yield base / f"distsvc-{user}-{n}"
 
 
-def _runtime_dir(environ: Mapping[str, str]) -> Path | None:
+def runtime_dir_problem(environ: Mapping[str, str]) -> str | None:
+    """Why $XDG_RUNTIME_DIR is set but not used (for a warning), or None."""
     runtime = environ.get("XDG_RUNTIME_DIR", "")
-    return Path(runtime) / "distsvc" if runtime and os.path.isabs(runtime) else None
+    if not runtime or distsvc.paths.runtime_dir(environ) is not None:
+        return None
+    return (f"XDG_RUNTIME_DIR={runtime}: it or its distsvc directory is not a private "
+            "directory of this user (mode 0700, owned by us)")
 
 
 def find_socket(environ: Mapping[str, str]) -> Path | None:
     """The daemon's socket if a safe one exists, else None. Never trusts what it checks."""
-    runtime = _runtime_dir(environ)
+    runtime = distsvc.paths.runtime_dir(environ)
     if runtime is not None:
         path = runtime / SOCKET_NAME
-        secure = _private_dir(runtime.parent) and _private_dir(runtime) and _own_socket(path)
-        return path if secure else None
+        return path if _own_socket(path) else None
     for directory in _tmp_candidates():
         try:
             os.lstat(directory)
@@ -74,7 +72,7 @@ def find_socket(environ: Mapping[str, str]) -> Path | None:
             return None  # the first free name: no daemon made one yet
         except OSError:
             continue
-        if _private_dir(directory):
+        if distsvc.paths.private_dir(directory):
             path = directory / SOCKET_NAME
             return path if _own_socket(path) else None
     return None  # pragma: no cover - the candidates never run out
@@ -82,19 +80,19 @@ def find_socket(environ: Mapping[str, str]) -> Path | None:
 
 def claim_directory(environ: Mapping[str, str]) -> Path:
     """The directory the daemon binds in, created 0700 when missing; always a safe one."""
-    runtime = _runtime_dir(environ)
+    runtime = distsvc.paths.runtime_dir(environ)
     if runtime is not None:
         with contextlib.suppress(FileExistsError):
             runtime.mkdir(mode=0o700)
-        if not _private_dir(runtime):
-            raise PermissionError(f"{runtime} is not a private directory of this user")
-        return runtime
+        if distsvc.paths.private_dir(runtime):
+            return runtime
+        # Replaced since we looked: now clients look in /tmp too.
     for directory in _tmp_candidates():
         try:
             directory.mkdir(mode=0o700)  # atomic: fails if anything is there already
             return directory
         except FileExistsError:
-            if _private_dir(directory):
+            if distsvc.paths.private_dir(directory):
                 return directory
     raise AssertionError("unreachable")
 
@@ -155,6 +153,14 @@ def listen(directory: Path) -> socket.socket:
         os.umask(old_umask)
     sock.listen(128)
     return sock
+
+
+def writable(sock: socket.socket) -> bool:
+    """Whether a small message would be sent without blocking: a unix stream socket polls
+    writable only while at most a quarter of its send buffer is in use."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    return any(events & select.POLLOUT for _fd, events in poller.poll(0))
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""`distsvc status [--json]`: the daemon's health."""
+"""`distsvc status [--json]`: the daemon's health, or why none is running."""
 
 from __future__ import annotations
 
@@ -13,14 +13,35 @@ def add_parser(sub: Any, name: str) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def last_failure() -> str | None:
+    """Why the last daemon start failed: from the user manager (journal) or the log file."""
+    import distsvc.adapters.systemd
+    import distsvc.log
+    import distsvc.paths
+
+    failure = distsvc.adapters.systemd.service_failure()
+    if failure is not None:
+        return failure
+    path = distsvc.paths.daemon_log(os.environ)
+    failure = distsvc.log.last_start_failure(path)
+    return None if failure is None else f"{failure} (log: {path})"
+
+
 def run(args: argparse.Namespace) -> int:
     import distsvc.actions.client
 
     try:
         answer = distsvc.actions.client.query({"type": "status"}, os.environ)
     except distsvc.actions.client.Unavailable as why:
+        failure = last_failure()
+        if args.json:
+            print(json.dumps({"ok": False, "running": False, "why": str(why),
+                              "last_failure": failure}, indent=1))
+            return 3
         print(f"distsvc daemon: not running ({why}); commands work without it, and the next "
               "one starts it (or: systemctl --user enable --now distsvc.socket)")
+        if failure:
+            print(f"  last start failed: {failure}")
         return 3
     if args.json:
         print(json.dumps(answer, indent=1))
@@ -29,10 +50,16 @@ def run(args: argparse.Namespace) -> int:
     ages = [h["age"] for h in hosts.values() if h["age"] is not None]
     up = sum(1 for h in hosts.values() if h["state"] == "up")
     print(f"distsvc daemon {answer['version']}: running (pid {answer['pid']}), "
-          f"up {answer['uptime']:.0f} s")
+          f"up {answer['uptime']:.0f} s"
+          + (", retiring (a newer version is installed)" if answer.get("retiring") else ""))
+    if answer.get("rss_kib") is not None:
+        print(f"  memory:      {answer['rss_kib'] / 1024:.1f} MiB resident")
     print(f"  hosts:       {len(hosts)} known, {up} up"
           + (f", measured {min(ages):.0f}-{max(ages):.0f} s ago" if ages else ""))
-    print(f"  connections: {answer['connections']} held")
+    per_host = answer.get("connections_per_host") or {}
+    print(f"  connections: {answer['connections']} open"
+          + (" (" + ", ".join(f"{h} {n}" for h, n in sorted(per_host.items())) + ")"
+             if per_host else ""))
     print(f"  jobs:        {len(answer['jobs'])} running")
     for job in answer["jobs"]:
         print(f"    #{job['id']} on {job['host']}: {' '.join(job['argv'])[:60]}")
