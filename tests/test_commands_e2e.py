@@ -1,4 +1,5 @@
-"""distsvc's other commands against real OpenSSH servers: run --all, env, purge, shell."""
+"""distsvc's other commands against real OpenSSH servers: env, purge, shell (run --all: in
+test_run_all_e2e.py)."""
 
 from __future__ import annotations
 
@@ -6,33 +7,6 @@ import stat
 
 import conftest
 import helpers
-
-FAIL_ON_H2 = 'set -- $SSH_CONNECTION; [ "$3" = 127.0.0.3 ] && { echo bad; exit 4; }; echo ok'
-
-
-def test_run_all_prefixes_output_by_host_and_fails_if_any_failed(
-        client: conftest.Client) -> None:
-    client.configure()
-    result = client.run("distsvc", "run", "--all", "sh", "-c", FAIL_ON_H2)
-    assert sorted(result.stdout.decode().splitlines()) == [
-        "h1: ok", "h2: bad", "h3: ok", "h4: ok"]
-    assert result.returncode == 4
-    assert "failed on h2 (exit 4)" in result.stderr.decode()
-
-
-def test_run_all_succeeds_when_all_succeed(client: conftest.Client) -> None:
-    client.configure(hosts=client.bed.hosts[:2])
-    result = client.run("distsvc", "run", "--all", "--", "echo", "hello world")
-    assert sorted(result.stdout.decode().splitlines()) == ["h1: hello world", "h2: hello world"]
-    assert result.returncode == 0
-
-
-def test_run_all_reports_an_unreachable_host(client: conftest.Client) -> None:
-    client.configure(hosts=client.bed.hosts[:1], unknown=[
-        {"name": "dead", "address": "127.0.0.99", "port": 9, "user": client.bed.user}])
-    result = client.run("distsvc", "run", "--all", "true")
-    assert result.returncode == 255
-    assert "dead (" in result.stderr.decode()
 
 
 def test_saved_environment(client: conftest.Client) -> None:

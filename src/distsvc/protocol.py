@@ -13,6 +13,7 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
   hosts   config, refresh     -> {"ok": true, "rows": [...]}
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term, heartbeats: true
+          optional host: NAME  runs there, no choosing or falling back (`run --all`)
           (+ stdin, stdout, stderr passed as fds), then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size

@@ -135,6 +135,21 @@ def query(request: dict[str, Any], environ: Mapping[str, str],
         sock.close()
 
 
+def run_request(argv: Sequence[str], options: distsvc.actions.run.Options,
+                config: distsvc.config.Config, env: Mapping[str, str], workdir: str, term: str,
+                environ: Mapping[str, str], host: str | None = None) -> dict[str, Any]:
+    """The `run` request for argv; with `host`, pinned to that host (no choosing)."""
+    request = {
+        "type": "run", "config": distsvc.config.to_mapping(config), "argv": list(argv),
+        "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
+        "stdin": options.stdin, "quiet": options.quiet,
+        "ssh_auth_sock": environ.get("SSH_AUTH_SOCK", ""), "heartbeats": True,
+    }
+    if host is not None:
+        request["host"] = host
+    return request
+
+
 def run(argv: Sequence[str], options: distsvc.actions.run.Options,
         config: distsvc.config.Config, env: Mapping[str, str], workdir: str, term: str,
         terminal: bool, environ: Mapping[str, str], notice: Callable[[str], None]) -> int:
@@ -148,22 +163,30 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
         if not options.stdin:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             stdin_fd = devnull
-        request = {
-            "type": "run", "config": distsvc.config.to_mapping(config), "argv": list(argv),
-            "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
-            "stdin": options.stdin, "quiet": options.quiet,
-            "ssh_auth_sock": environ.get("SSH_AUTH_SOCK", ""), "heartbeats": True,
-        }
+        request = run_request(argv, options, config, env, workdir, term, environ)
         with distsvc.actions.relay.SignalCatcher() as signals:
-            try:
-                distsvc.adapters.unix.send(sock, _identified(request), fds=[stdin_fd, 1, 2])
-            except OSError as error:
-                raise Unavailable(f"daemon did not take the request: {error}") from None
-            return _follow(sock, signals, terminal, notice, _describe(argv))
+            return carry(sock, request, [stdin_fd, 1, 2], signals, terminal, notice)
     finally:
         sock.close()
         if devnull is not None:
             os.close(devnull)
+
+
+def carry(sock: socket.socket, request: dict[str, Any], fds: Sequence[int],
+          events: distsvc.actions.relay.EventQueue, terminal: bool,
+          notice: Callable[[str], None],
+          started: Callable[[str], None] = lambda host: None) -> int:
+    """Send a `run` request with its stdin, stdout and stderr `fds` on a connected `sock`,
+    pass on the signals queued in `events`, and return the command's status.
+
+    `started(host)` is called when the daemon starts it. Raises Unavailable while nothing
+    ran (the caller may work without the daemon), CannotRun after that.
+    """
+    try:
+        distsvc.adapters.unix.send(sock, _identified(request), fds=list(fds))
+    except OSError as error:
+        raise Unavailable(f"daemon did not take the request: {error}") from None
+    return _follow(sock, events, terminal, notice, _describe(request["argv"]), started)
 
 
 def _describe(argv: Sequence[str]) -> str:
@@ -171,8 +194,9 @@ def _describe(argv: Sequence[str]) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
-            terminal: bool, notice: Callable[[str], None], what: str = "the command") -> int:
+def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,
+            terminal: bool, notice: Callable[[str], None], what: str = "the command",
+            on_started: Callable[[str], None] = lambda host: None) -> int:
     """Pass signals on and wait for the command's status.
 
     Liveness: a daemon that sends heartbeats (every ~2 s) and then falls silent for
@@ -229,6 +253,7 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.SignalCatcher,
                         stack.enter_context(distsvc.adapters.terminal.raw_mode(0))
                     started = True
                     host = str(message.get("host") or host)
+                    on_started(host)
                 elif kind == "exit":
                     status: int = message.get("status", 255)
                     return status

@@ -174,6 +174,9 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
         raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
     if not config.hosts:
         raise distsvc.errors.CannotRun("no hosts configured")
+    pinned = request.get("host")
+    if pinned is not None and pinned not in {h.name for h in config.hosts}:
+        raise distsvc.protocol.ProtocolError("field 'host' names no configured host")
     agent = env.get("SSH_AUTH_SOCK") or request.get("ssh_auth_sock")
     current = os.environ.get("SSH_AUTH_SOCK", "")
     if isinstance(agent, str) and agent and (not current or not os.path.exists(current)):
@@ -211,7 +214,7 @@ def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
             argv, options, config, env, options.workdir or "/", str(request.get("term") or
                                                                    "xterm"),
             daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started, reader_pid=peer.pid, warn=warn)
+            started=started, reader_pid=peer.pid, warn=warn, pinned=pinned)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

@@ -170,6 +170,28 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
         time.sleep(max(SLOT_WAIT_INTERVAL, RETRY_AFTER if failed else 0.0))
 
 
+def pin(config: distsvc.config.Config, name: str, directory: Path,
+        interrupted: collections.abc.Callable[[], int | None] = lambda: None,
+        job_pid: int | None = None) -> Choice:
+    """Host `name` chosen by the caller (`run --all`), with the job recorded on it as choose()
+    does, so that other commands count it; nothing is probed."""
+    if (signum := interrupted()) is not None:
+        raise distsvc.errors.Interrupted(signum)
+    host = next(h for h in config.hosts if h.name == name)
+    pid = os.getpid() if job_pid is None else job_pid
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        _prune(state)
+        now = time.time()
+        placement = distsvc.state.Placement(
+            host=name, pid=pid, started=distsvc.state.process_start_time(pid), placed_at=now)
+        state.placements.append(placement)
+        if name in state.hosts:
+            state.hosts[name].last_used = now
+        distsvc.state.write(directory, state)
+    return Choice(host, placement)
+
+
 def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement
                      ) -> None:
     with distsvc.state.locked(directory):

@@ -190,30 +190,44 @@ def run_on_best(argv: Sequence[str], options: Options, config: distsvc.config.Co
                 fds: tuple[int, int, int] = (0, 1, 2),
                 started: Callable[[str], None] = lambda host: None,
                 reader_pid: int | None = None,
-                warn: Callable[[str], None] | None = None) -> int:
+                warn: Callable[[str], None] | None = None, pinned: str | None = None) -> int:
     """Choose a host, falling back to the next ones while nothing ran, and run there.
 
     A command is tried on another host only when it provably did not start (no connection,
     the session or its start refused); once it may have started, a failure is reported and
     it is never run again. A daemon passes its client's pid and fds, and `started` to hear
     which host runs it. `say` is for notices --quiet silences, `warn` (default: `say`) for
-    what the user must hear anyway.
+    what the user must hear anyway. With `pinned` (a host's name: `run --all` runs on each),
+    only there: nothing is chosen or probed, a host that cannot be reached is the command's
+    failure, and it is connected before `started`.
     """
     import distsvc.actions.placement
 
     warn = warn or say
     tried: set[str] = set()
     while True:
-        choice = distsvc.actions.placement.choose(
-            config, directory, tried, say, pool, signals.terminating, job_pid)
+        if pinned is None:
+            choice = distsvc.actions.placement.choose(
+                config, directory, tried, say, pool, signals.terminating, job_pid)
+        else:
+            choice = distsvc.actions.placement.pin(
+                config, pinned, directory, signals.terminating, job_pid)
         try:
-            started(choice.host.name)
             sessions = pool.sessions(choice.host, config.host_key_policy, config.connect_timeout)
+            if pinned is not None:
+                # Connected first: `run --all` leaves a host that does not answer behind when
+                # a signal comes, and it must find nothing started when it does answer.
+                pool.lease(sessions.target, config.connect_timeout).release()
+                if (signum := signals.terminating()) is not None:
+                    raise distsvc.errors.Interrupted(signum)
+            started(choice.host.name)
             return execute(sessions, argv, options, env, workdir, term, signals, warn, fds,
                            own_terminal=job_pid is None, reader_pid=reader_pid)
         except distsvc.errors.HostUnreachable as error:
             distsvc.actions.placement.mark_unreachable(
                 directory, choice.host.name, error.reason, choice.placement)
+            if pinned is not None:
+                raise
             tried.add(choice.host.name)
             say(f"distsvc: {error.message}; trying the next host")
         except (OSError, EOFError) as error:

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+import distsvc.actions.relay
+import distsvc.actions.remote_all
 import distsvc.actions.run
 import distsvc.commands.common
 import distsvc.commands.run
@@ -20,29 +22,57 @@ def add_parser(sub: Any, name: str) -> None:
         name, help="run a command on the best host, or on every host with --all",
         parents=[distsvc.commands.run.parser()], add_help=False, conflict_handler="resolve")
     p.add_argument("--all", action="store_true",
-                   help="run on every host at once; output lines are prefixed by host; the "
-                   "status is the highest of them (255 if a host was unreachable)")
+                   help="run on every host at once (stdin is not read: the commands read "
+                   "end-of-file); output lines are prefixed by host; the "
+                   "status is the highest of them (255 if a host was unreachable, 128+N if "
+                   "signal N stopped the run)")
+    p.add_argument("-j", "--jobs", metavar="N",
+                   help="with --all: at most N hosts at once (default: all of them, up to "
+                   f"{distsvc.actions.remote_all.DEFAULT_MAX_JOBS}; at most "
+                   f"{distsvc.actions.remote_all.MAX_JOBS})")
+
+
+def _jobs(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= distsvc.actions.remote_all.MAX_JOBS:
+        raise distsvc.errors.UsageError(
+            f"-j/--jobs: {value!r} is not a number of hosts from 1 to "
+            f"{distsvc.actions.remote_all.MAX_JOBS}")
+    return jobs
 
 
 def _run_all(args: argparse.Namespace, command: list[str]) -> int:
-    import distsvc.actions.remote_all
-
-    config = distsvc.commands.common.load_config(args)
-    if not config.hosts:
-        raise distsvc.errors.CannotRun("--all: no hosts configured")
-    saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(os.environ))
-    env = distsvc.environment.carried(os.environ, config.env, saved)
-    workdir = args.workdir or distsvc.actions.run.current_directory(os.environ)
-    outcomes = distsvc.actions.remote_all.run_everywhere(command, workdir, env, config)
-    failed = [o for o in outcomes if o.status != 0]
-    if failed and not args.quiet:
+    jobs = _jobs(args.jobs)
+    # Caught from here on: a signal at any moment stops the run cleanly.
+    with distsvc.actions.relay.SignalCatcher() as signals:
+        config = distsvc.commands.common.load_config(args)
+        if not config.hosts:
+            raise distsvc.errors.CannotRun("--all: no hosts configured")
+        saved = distsvc.environment.load_saved(
+            distsvc.paths.saved_environment_file(os.environ))
+        env = distsvc.environment.carried(os.environ, config.env, saved)
+        workdir = args.workdir or distsvc.actions.run.current_directory(os.environ)
+        result = distsvc.actions.remote_all.run_everywhere(
+            command, workdir, env, config, os.environ, signals, jobs, args.quiet)
+    # -q leaves out the hosts that merely exited non-zero, never the ones that could not run.
+    failed = [o for o in result.outcomes if o.status != 0 and (o.error or not args.quiet)]
+    if failed:
         print("distsvc: failed on " + ", ".join(
             f"{o.host} ({o.error or f'exit {o.status}'})" for o in failed), file=sys.stderr)
-    return max((o.status for o in outcomes), default=0)
+    if result.interrupted is not None:
+        return 128 + result.interrupted
+    return max((o.status for o in result.outcomes), default=0)
 
 
 def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.jobs is not None and not args.all:
+        raise distsvc.errors.UsageError("-j/--jobs goes with --all")
     if not command:
         raise distsvc.errors.UsageError("no command given (usage: distsvc run [--all] CMD...)")
     if args.all:
