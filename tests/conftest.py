@@ -208,11 +208,18 @@ class TcpProxy:
         self.listener.close()
 
     def cut(self) -> None:
+        """The connections open now are cut, and no new ones are taken."""
+        self.stop_accepting()
+        self.sever()
+
+    def sever(self) -> None:
+        """The connections open now are cut; new ones are still relayed (the network is
+        back at once)."""
         import socket
         import struct
 
-        self.stop_accepting()
-        for s in self.sockets:
+        severed, self.sockets = self.sockets, []
+        for s in severed:
             try:
                 # Linger 0: a reset, as from a vanished peer. shutdown() wakes the relay
                 # threads blocked in recv(), which close() alone would not.

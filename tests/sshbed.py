@@ -51,6 +51,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def free_port(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
@@ -110,14 +117,25 @@ class Host:
             self.process = None
 
     @contextlib.contextmanager
-    def hung(self) -> Iterator[None]:
-        """The server accepts TCP connections (the kernel does) but never answers."""
+    def hung(self, connections: bool = False) -> Iterator[None]:
+        """The server accepts TCP connections (the kernel does) but never answers.
+
+        With `connections`, the sshd processes serving connections already open stop too,
+        as when the whole machine freezes: what runs there goes on, but nothing is heard of
+        it (the kernel still acknowledges TCP, so keepalives do not notice)."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
+        stopped = [self.process.pid]
+        if connections:
+            stopped += [pid for pid in descendants(self.process.pid) if _command(pid) == "sshd"]
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         try:
             yield
         finally:
-            self.process.send_signal(signal.SIGCONT)
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 @dataclasses.dataclass
@@ -209,6 +227,8 @@ def _sshd_config(root: Path, user: str, host: str, address: str, port: int, key:
 
 def _new_host(root: Path, user: str, name: str, address: str, **limits: Any) -> Host:
     port = free_port(address)
+    for old in (root / f"hostkey-{name}", root / f"hostkey-{name}.pub"):  # a name reused
+        old.unlink(missing_ok=True)
     key_public = keygen(root / f"hostkey-{name}")
     config = _sshd_config(root, user, name, address, port, root / f"hostkey-{name}", **limits)
     return Host(name, address, port, " ".join(key_public.split()[:2]), config)
