@@ -88,7 +88,8 @@ def at_once(client: conftest.Client, count: int, prefix: str) -> None:
             out, err = process.communicate()
         outcomes.append((process.returncode, out, err))
     expected = [(i % 5, f"{prefix}-{i}\n".encode(), b"") for i in range(count)]
-    wrong = [(i, got) for i, (got, want) in enumerate(zip(outcomes, expected)) if got != want]
+    pairs = enumerate(zip(outcomes, expected, strict=True))
+    wrong = [(i, got) for i, (got, want) in pairs if got != want]
     assert not wrong, f"{len(wrong)} of {count} clients got the wrong result: {wrong[:5]}"
 
 
