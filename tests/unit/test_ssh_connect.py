@@ -12,7 +12,8 @@ import paramiko
 import pytest
 
 import distsvc.actions.placement
-import distsvc.adapters.ssh as ssh
+import distsvc.adapters.ssh
+import distsvc.adapters.ssh.handshake as ssh
 import distsvc.config
 import distsvc.errors
 import distsvc.ranking
@@ -175,7 +176,7 @@ def test_a_pool_adopts_a_clients_agent_only_when_its_own_is_unset_or_gone(
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     first, second = tmp_path / "a1.sock", tmp_path / "a2.sock"
     with _listening_socket(first), _listening_socket(second):
-        pool = ssh.Pool()
+        pool = distsvc.adapters.ssh.Pool()
         assert pool._agent() is None
         pool.adopt_agent(str(tmp_path / "stale.sock"))  # not there: not adopted
         assert pool._agent() is None
@@ -186,8 +187,8 @@ def test_a_pool_adopts_a_clients_agent_only_when_its_own_is_unset_or_gone(
     pool.adopt_agent(str(second))  # ours is gone: the client's
     assert pool._agent() == str(second)
     monkeypatch.setenv("SSH_AUTH_SOCK", "/from/the/environment")
-    assert ssh.Pool()._agent() == "/from/the/environment"
-    assert ssh.Pool("/given")._agent() == "/given"
+    assert distsvc.adapters.ssh.Pool()._agent() == "/from/the/environment"
+    assert distsvc.adapters.ssh.Pool("/given")._agent() == "/given"
 
 
 def test_a_refused_host_is_unusable_remeasured_and_listed() -> None:

@@ -1,0 +1,325 @@
+"""Authenticated connections and the sessions on them: one command each, its channel closed
+and its slot given back when it ends; refused, dead and uncertain starts told apart; a server
+that stops answering noticed by keepalive requests."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import paramiko
+
+import distsvc.config
+import distsvc.errors
+
+if TYPE_CHECKING:  # the handshake module makes connections: it imports this one
+    from distsvc.adapters.ssh.handshake import Target
+
+# Measured against OpenSSH 9.2 (docs/benchmarks.md): 4 MiB streams fastest. A much larger
+# window lets sshd queue megabytes it then copies over and over (16 MiB ran 3x slower).
+WINDOW_SIZE = 4 * 1024 * 1024
+MAX_PACKET_SIZE = 32768
+
+# OpenSSH's default MaxSessions: the sessions one connection carries before the server refuses
+# the next. A server that refuses earlier teaches the pool its own limit.
+SESSIONS_PER_CONNECTION = 10
+# A connection carrying sessions is asked for a reply (an SSH global request) when it was not
+# answered for KEEPALIVE_INTERVAL, and counted dead when no reply comes for KEEPALIVE_TIMEOUT:
+# a frozen host's kernel still acknowledges TCP, so TCP keepalive alone never notices it.
+KEEPALIVE_INTERVAL = 10.0
+KEEPALIVE_TIMEOUT = 20.0
+OPEN_TIMEOUT = 15.0  # for a session and its start to be confirmed by the server
+
+
+class Connection:
+    """An authenticated SSH connection to one host, carrying up to `limit` sessions at once.
+
+    A session is reserved (reserve()) before it is opened and released when its process is
+    closed, so the count is exact however a command ends.
+    """
+
+    def __init__(self, target: Target, client: paramiko.SSHClient,
+                 jump: Connection | None, limit: int = SESSIONS_PER_CONNECTION) -> None:
+        self.target = target
+        self.client = client
+        self.jump = jump
+        transport = client.get_transport()
+        assert transport is not None
+        self.transport: paramiko.Transport = transport
+        self.limit = limit
+        self.sessions = 0
+        self.used = time.monotonic()
+        self._lock = threading.Lock()
+        self._closing: list[paramiko.Channel] = []  # closed by us, not yet by the server
+        self.silent = False  # closed because the server stopped answering
+        self._answered_at = time.monotonic()
+        self._asked_at: float | None = None
+
+    def reserve(self) -> bool:
+        """Take one session slot, if the connection is alive and has one free."""
+        with self._lock:
+            if self.sessions >= self.limit or not self.alive():
+                return False
+            self.sessions += 1
+            self.used = time.monotonic()
+            return True
+
+    def release(self, channel: paramiko.Channel | None = None) -> None:
+        """Give a session slot back; `channel`, its closed channel, is kept until the server
+        has closed it too (see _forget_finished_channels)."""
+        with self._lock:
+            self.sessions -= 1
+            self.used = time.monotonic()
+            if channel is not None:
+                self._closing.append(channel)
+        self._forget_finished_channels()
+
+    def _forget_finished_channels(self) -> None:
+        """paramiko remembers every channel id a transport ever had (`channels_seen`), so a
+        connection that lives for weeks would grow by one entry per session. An id may go
+        once the server has closed its channel too (the channel left `_channels`): no message
+        for it can follow. Until then the channel object is held here, because `_channels`
+        holds channels weakly, and a collected one would look closed too early: the server's
+        late close for an id forgotten would then end the whole connection ("unknown
+        channel")."""
+        transport = self.transport
+        with self._lock, transport.lock:
+            live = transport._channels  # type: ignore[attr-defined]
+            still_open = []
+            for channel in self._closing:
+                if live.get(channel.chanid) is channel:
+                    still_open.append(channel)
+                else:
+                    transport.channels_seen.pop(channel.chanid, None)
+            self._closing = still_open
+
+    def check_answering(self, now: float) -> None:
+        """Ask a connection that carries sessions for a reply now and then; close it when an
+        answer is KEEPALIVE_TIMEOUT late, so its commands end as with a dropped connection.
+        Called by the pool's watcher every few seconds."""
+        with self._lock:
+            if self._asked_at is not None:
+                if now - self._asked_at <= KEEPALIVE_TIMEOUT:
+                    return
+                self.silent = True
+            elif self.sessions == 0 or now - self._answered_at < KEEPALIVE_INTERVAL:
+                return
+            else:
+                self._asked_at = now
+        if self.silent:
+            self.transport.close()
+        else:
+            threading.Thread(target=self._ask, daemon=True, name="keepalive").start()
+
+    def _ask(self) -> None:
+        # Any answer will do (OpenSSH refuses the request); paramiko waits for it, or for the
+        # transport's end, which check_answering() brings about when it is too late.
+        self.transport.global_request("keepalive@openssh.com", wait=True)
+        with self._lock:
+            self._answered_at = time.monotonic()
+            self._asked_at = None
+
+    def open(self, command: str, *, term: str | None = None, size: tuple[int, int] = (80, 24),
+             timeout: float = OPEN_TIMEOUT, reserved: bool = False) -> RemoteProcess:
+        """Start `command` on a session (`reserved`: one the caller took with reserve()); with
+        `term`, on a pseudo-terminal of `size` (columns, rows). The slot is released when the
+        process is closed, or here on failure.
+
+        Raises SessionRefused when the server refused the session or the command's start
+        (nothing ran: the caller may try another connection), HostUnreachable when the
+        connection is dead or the host stopped answering before the command was sent (nothing
+        ran), and StartUncertain when the command was sent but its start was never confirmed
+        (it may be running: never retry it).
+        """
+        label = self.target.label
+        if not reserved and not self.reserve():
+            raise distsvc.errors.SessionRefused(
+                label, f"all {self.limit} sessions of the connection are in use")
+        channel = None
+        expired = threading.Event()
+        try:
+            try:
+                channel = self.transport.open_session(
+                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+            except paramiko.ChannelException:
+                # OpenSSH refuses a session beyond MaxSessions: learn its limit.
+                self.limit = max(1, self.sessions - 1)
+                raise distsvc.errors.SessionRefused(
+                    label, f"refused a session beyond {self.limit} on one connection") from None
+            except (paramiko.SSHException, EOFError, OSError):
+                if self.alive():
+                    raise distsvc.errors.HostUnreachable(
+                        label, f"no session within {timeout:g} s (the host stopped answering)"
+                    ) from None
+                raise distsvc.errors.HostUnreachable(label, "connection lost") from None
+            opened = channel
+
+            def expire() -> None:  # paramiko waits for the server's replies without a bound
+                expired.set()
+                opened.close()
+
+            timer = threading.Timer(timeout, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                if term is not None:
+                    try:
+                        channel.get_pty(term=term, width=size[0], height=size[1])
+                    except (paramiko.SSHException, EOFError, OSError):
+                        raise self._failed(expired, "a pseudo-terminal", timeout) from None
+                try:
+                    channel.exec_command(command)
+                except (paramiko.SSHException, EOFError, OSError):
+                    if expired.is_set() or not self.alive():
+                        raise distsvc.errors.StartUncertain(
+                            f"{label}: the connection failed while the command was starting; "
+                            "it may have run, so it is not run again") from None
+                    raise distsvc.errors.SessionRefused(
+                        label, "refused to start the command") from None
+            finally:
+                timer.cancel()
+                timer.join()
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            self.release(channel)
+            raise
+        return RemoteProcess(channel, self)
+
+    def _failed(self, expired: threading.Event, what: str,
+                timeout: float) -> distsvc.errors.HostUnreachable:
+        label = self.target.label
+        if expired.is_set():
+            return distsvc.errors.HostUnreachable(
+                label, f"no answer within {timeout:g} s (the host stopped answering)")
+        if not self.alive():
+            return distsvc.errors.HostUnreachable(label, "connection lost")
+        return distsvc.errors.SessionRefused(label, f"refused {what}")
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 10.0
+            ) -> tuple[int, bytes]:
+        """Run to completion: (exit status or -1, stdout). Raises TimeoutError past `timeout`."""
+        return run_to_end(self.open(command, timeout=timeout), stdin, timeout)
+
+    def alive(self) -> bool:
+        return self.transport.is_active()
+
+    def close(self) -> None:
+        self.client.close()
+        sock = self.transport.sock
+        if isinstance(sock, paramiko.ProxyCommand):
+            # paramiko only sends SIGTERM: reap the proxy so it does not stay a zombie.
+            with contextlib.suppress(Exception):
+                sock.process.wait(2)
+            if sock.process.poll() is None:
+                sock.process.kill()
+                sock.process.wait()
+        if self.jump is not None:
+            self.jump.close()
+
+
+def run_to_end(process: RemoteProcess, stdin: bytes, timeout: float) -> tuple[int, bytes]:
+    """Feed `stdin`, collect stdout until the command ends: (exit status or -1, stdout).
+
+    Raises TimeoutError past `timeout`. Closes the process in every case.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        if stdin:
+            process.channel.sendall(stdin)
+        process.close_stdin()
+        out = bytearray()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer within {timeout:g} s")
+            select.select([process.fileno()], [], [], remaining)
+            out += process.read_stdout()
+            process.read_stderr()
+            if process.finished():
+                return process.exit_status(), bytes(out)
+    finally:
+        process.close()
+
+
+def _drain(ready: Callable[[], bool], receive: Callable[[int], bytes], limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and ready():
+        chunks.append(receive(limit - size))
+        size += len(chunks[-1])
+    return b"".join(chunks)
+
+
+class RemoteProcess:
+    """A command running on a channel; the relay in distsvc.actions drives it.
+
+    close() must be called when done with it: it closes the channel (and the pipe behind
+    fileno(), which paramiko only closes then) and gives the session slot back.
+    """
+
+    def __init__(self, channel: paramiko.Channel, connection: Connection) -> None:
+        self.channel = channel
+        self.connection = connection
+        self._fileno = channel.fileno()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def fileno(self) -> int:
+        """Readable when output, end of output or the exit status arrives."""
+        return self._fileno
+
+    def read_stdout(self, limit: int = 1 << 20) -> bytes:
+        """What has arrived on stdout, at most about `limit` bytes."""
+        return _drain(self.channel.recv_ready, self.channel.recv, limit)
+
+    def read_stderr(self, limit: int = 1 << 20) -> bytes:
+        return _drain(self.channel.recv_stderr_ready, self.channel.recv_stderr, limit)
+
+    def write(self, data: bytes) -> None:
+        self.channel.sendall(data)
+
+    def close_stdin(self) -> None:
+        self.channel.shutdown_write()
+
+    def resize(self, columns: int, rows: int) -> None:
+        self.channel.resize_pty(width=columns, height=rows)
+
+    def finished(self) -> bool:
+        """All output read and the command ended (or the channel closed)."""
+        # The end is checked before the buffers: output that arrives in between is then seen
+        # as not drained, never lost.
+        ended = self.channel.closed or (
+            bool(self.channel.eof_received) and self.channel.exit_status_ready())
+        return ended and not self.channel.recv_ready() and not self.channel.recv_stderr_ready()
+
+    def exit_status(self) -> int:
+        """The command's exit status; -1 if the channel closed without one."""
+        if self.channel.exit_status_ready():
+            return self.channel.recv_exit_status()
+        return -1
+
+    def connection_lost(self) -> bool:
+        transport = self.channel.get_transport()
+        return transport is None or not transport.is_active()
+
+    def close(self) -> None:
+        """Close the channel and give its session slot back (once, from any thread)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.channel.close()
+        self.connection.release(self.channel)
+
+    def abandon(self) -> None:
+        """For a command that signals cannot reach: close its channel and, when nothing else
+        runs on its connection, the connection too; the remote wrapper's watcher then ends
+        the command's tree, as when a connection drops."""
+        self.close()
+        if self.connection.sessions == 0:
+            self.connection.close()
