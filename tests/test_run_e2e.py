@@ -110,7 +110,7 @@ def test_signals_end_the_whole_remote_tree(one_host: conftest.Client, signum: in
     helpers.wait_for(lambda: len(one_host.bed.remote_processes(marker)) >= 2, 20, "the tree")
     process.send_signal(signum)
     assert process.wait(30) == 128 + signum
-    helpers.wait_for(lambda: not one_host.bed.remote_processes(marker), 5, "the tree to end")
+    helpers.wait_for(lambda: not one_host.bed.remote_processes(marker), 15, "the tree to end")
 
 
 def test_children_that_left_the_tree_are_ended_too(one_host: conftest.Client) -> None:
@@ -120,7 +120,7 @@ def test_children_that_left_the_tree_are_ended_too(one_host: conftest.Client) ->
     helpers.wait_for(lambda: len(one_host.bed.remote_processes("1003.5")) >= 2, 20, "the tree")
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 130
-    helpers.wait_for(lambda: not one_host.bed.remote_processes("1003.5"), 5, "the tree to end")
+    helpers.wait_for(lambda: not one_host.bed.remote_processes("1003.5"), 15, "the tree to end")
 
 
 def test_sigkill_of_the_client_ends_the_remote_tree_within_5s(
@@ -187,7 +187,7 @@ def test_ctrl_c_on_the_terminal_interrupts_the_command(one_host: conftest.Client
         assert termios.tcgetattr(term.slave) == term.initial_attributes
     finally:
         term.close()
-    helpers.wait_for(lambda: not one_host.bed.remote_processes("1006.5"), 5, "the command")
+    helpers.wait_for(lambda: not one_host.bed.remote_processes("1006.5"), 15, "the command")
 
 
 def test_sigterm_with_a_terminal_restores_it(one_host: conftest.Client) -> None:
