@@ -142,8 +142,11 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
             f"(choose another with --workdir)\\n' {where} \"$(uname -n)\" >&2; "
             f"exit {WRAPPER_STATUS_NO_WORKDIR}; }}")
     lines += [
-        # The watcher runs with INT/QUIT ignored (an asynchronous list) and HUP ignored by itself.
-        f"P=$_ds_p W=$$ /bin/sh -c {shlex.quote(_WATCHER)} distsvc-watcher </dev/null &",
+        # The watcher runs with INT/QUIT ignored (an asynchronous list) and HUP ignored by itself,
+        # and off the channel: a sleep of its own still holding the output would keep sshd from
+        # closing the session, a second after the command ended.
+        f"P=$_ds_p W=$$ /bin/sh -c {shlex.quote(_WATCHER)} distsvc-watcher"
+        " </dev/null >/dev/null 2>&1 &",
         "_ds_w=$!",
         # Deferred while the command runs: the wrapper outlives a Ctrl-C from the terminal and
         # reports the command's own status. The command itself gets default actions on exec.
