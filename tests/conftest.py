@@ -76,6 +76,17 @@ class Client:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def proxy_host(self, name: str, jump: sshbed.Host, target: sshbed.Host) -> None:
+        """~/.ssh/config's Host `name`: `target` through `ssh -W` over `jump` (a ProxyCommand
+        child per connection)."""
+        ssh = self.home / ".ssh"
+        proxy = (f"ssh -F /dev/null -i {ssh}/id_ed25519 -o BatchMode=yes "
+                 f"-o UserKnownHostsFile={ssh}/known_hosts -p {jump.port} "
+                 f"{self.bed.user}@{jump.address} -W %h:%p")
+        (ssh / "config").write_text(
+            f"Host {name}\n  HostName {target.address}\n  Port {target.port}\n"
+            f"  User {self.bed.user}\n  ProxyCommand {proxy}\n")
+
     def command(self, name: str, *args: str) -> list[str]:
         """A distsvc program by name, or any program by absolute path."""
         return [name if name.startswith("/") else str(BIN / name), *args]

@@ -1,4 +1,4 @@
-"""Hosts at OpenSSH's defaults (MaxSessions 10, MaxStartups 10:30:100), more commands than
+"""Hosts at OpenSSH's defaults for MaxSessions and MaxStartups, more commands than
 one connection carries, and hosts that fail and recover. Against real sshd, both without a
 daemon and through one (DISTSVC_DAEMON=required)."""
 

@@ -49,13 +49,7 @@ def proxied_hosts(client: conftest.Client) -> None:
     connection)."""
     bed = client.bed
     jump, target = bed.hosts[2], bed.hosts[3]
-    ssh = client.home / ".ssh"
-    proxy = (f"ssh -F /dev/null -i {ssh}/id_ed25519 -o BatchMode=yes "
-             f"-o UserKnownHostsFile={ssh}/known_hosts -p {jump.port} "
-             f"{bed.user}@{jump.address} -W %h:%p")
-    (ssh / "config").write_text(
-        f"Host viaproxy\n  HostName {target.address}\n  Port {target.port}\n"
-        f"  User {bed.user}\n  ProxyCommand {proxy}\n")
+    client.proxy_host("viaproxy", jump, target)
     client.configure(hosts=bed.hosts[:2], unknown=[{"name": "viaproxy"}])
 
 

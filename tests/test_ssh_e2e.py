@@ -98,13 +98,7 @@ def test_proxy_jump(client: conftest.Client) -> None:
 
 def test_proxy_command(client: conftest.Client) -> None:
     jump, target = client.bed.hosts[0], client.bed.hosts[3]
-    ssh = client.home / ".ssh"
-    proxy = (f"ssh -F /dev/null -i {ssh}/id_ed25519 -o BatchMode=yes "
-             f"-o UserKnownHostsFile={ssh}/known_hosts -p {jump.port} "
-             f"{client.bed.user}@{jump.address} -W %h:%p")
-    (ssh / "config").write_text(
-        f"Host viaproxy\n  HostName {target.address}\n  Port {target.port}\n"
-        f"  User {client.bed.user}\n  ProxyCommand {proxy}\n")
+    client.proxy_host("viaproxy", jump, target)
     client.configure(hosts=[], unknown=[{"name": "viaproxy"}])
     result = client.run("distsvc-run", *WHERE)
     assert result.stdout.decode().strip() == target.address, result.stderr
