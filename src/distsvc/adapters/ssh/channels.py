@@ -4,7 +4,6 @@ that stops answering noticed by keepalive requests."""
 
 from __future__ import annotations
 
-import contextlib
 import select
 import threading
 import time
@@ -209,15 +208,7 @@ class Connection:
         return self.transport.is_active()
 
     def close(self) -> None:
-        self.client.close()
-        sock = self.transport.sock
-        if isinstance(sock, paramiko.ProxyCommand):
-            # paramiko only sends SIGTERM: reap the proxy so it does not stay a zombie.
-            with contextlib.suppress(Exception):
-                sock.process.wait(2)
-            if sock.process.poll() is None:
-                sock.process.kill()
-                sock.process.wait()
+        self.client.close()  # a ProxyCommand is reaped by its own close (handshake)
         if self.jump is not None:
             self.jump.close()
 
