@@ -33,6 +33,7 @@ Queries are one request and one answer per connection; only `run` keeps it open.
 from __future__ import annotations
 
 import json
+import shlex
 import struct
 from typing import Any
 
@@ -98,3 +99,9 @@ def request_type(message: dict[str, Any]) -> str:
 
 def error(text: str, status: int = 1) -> dict[str, Any]:
     return {"ok": False, "error": text, "status": status}
+
+
+def describe_command(argv: list[str]) -> str:
+    """A run's command line, short, as both sides name it in messages to the user."""
+    text = shlex.join(argv)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shlex
 import signal
 import socket
 import sys
@@ -186,12 +185,8 @@ def carry(sock: socket.socket, request: dict[str, Any], fds: Sequence[int],
         distsvc.adapters.unix.send(sock, _identified(request), fds=list(fds))
     except OSError as error:
         raise Unavailable(f"daemon did not take the request: {error}") from None
-    return _follow(sock, events, terminal, notice, _describe(request["argv"]), started)
-
-
-def _describe(argv: Sequence[str]) -> str:
-    text = shlex.join(argv)
-    return text if len(text) <= 60 else text[:57] + "..."
+    what = distsvc.protocol.describe_command(request["argv"])
+    return _follow(sock, events, terminal, notice, what, started)
 
 
 def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,

@@ -20,7 +20,6 @@ import errno
 import itertools
 import os
 import select
-import shlex
 import signal
 import socket
 import threading
@@ -161,8 +160,7 @@ def describe(request: dict[str, Any]) -> str:
     """A `run` request's command line, short, for messages."""
     argv = request.get("argv")
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
-        text = shlex.join(argv)
-        return text if len(text) <= 60 else text[:57] + "..."
+        return distsvc.protocol.describe_command(argv)
     return "the command"
 
 
