@@ -1,7 +1,11 @@
 """Errors a user can act on, each with the exit status the commands return for it.
 
 Exit statuses are part of the interface (see docs/architecture.md):
-  2    bad input: usage or configuration
+  2    bad input: usage, configuration, a bad limit
+  4    a job cannot do what was asked now (it ended already, it is running, a unit left over,
+       an isolation or limit this machine cannot give)
+  5    no such job
+  126, 127  a job's command is not executable, or not found (as sh says)
   255  the command could not be run at all (no host, connection or host-key failure)
 Everything else is the command's own status (128+N when it died of signal N).
 """
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 EXIT_USAGE = 2
 EXIT_CANNOT_RUN = 255
+EXIT_JOB = 4
+EXIT_NO_SUCH_JOB = 5
 
 
 class DistsvcError(Exception):

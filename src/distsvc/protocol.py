@@ -26,8 +26,20 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
           A client that heard a heartbeat and then nothing for HEARTBEAT_SILENCE seconds
           gives the daemon up (it died or hangs). A stop of the daemon ends the command and
           answers with an error naming it instead of the exit message.
+Jobs (the records are jobs/record.py's JSON; "jobs": [RECORD...] in every answer):
+  job_start  argv, cwd, env, name, limits {field: value}, isolate [KIND...] or null (the
+             config's), best_effort                -> {"ok": true, "jobs": [RECORD]}
+  job_list   states [STATE...] or null             -> {"ok": true, "jobs": [...], "corrupt": [LINE...]}
+  job_status id                                    -> {"ok": true, "jobs": [RECORD]}
+  job_logs   id          -> {"ok": true, "jobs": [RECORD]} + the stdout and stderr files as
+                            fds, opened for reading: the client reads them itself
+  job_wait   ids         -> {"type": "heartbeat"} at once and every ~2 s, then
+                            {"ok": true, "jobs": [...]} once all have ended
+  job_stop   id, signal, grace -> {"ok": true, "jobs": [RECORD]} (SIGKILL after grace s)
+  job_pause, job_resume  id    -> {"ok": true, "jobs": [RECORD]} (+ "method" on resume)
+  job_remove ids; job_clean    -> {"ok": true, "removed": [ID...]}
 Errors: {"ok": false, "error": "one line", "status": N}.
-Queries are one request and one answer per connection; only `run` keeps it open.
+Queries are one request and one answer per connection; `run` and `job_wait` keep it open.
 """
 
 from __future__ import annotations
@@ -40,7 +52,9 @@ from typing import Any
 VERSION = 1
 MAX_FRAME = 1 << 20
 HEADER = struct.Struct("!I")
-REQUEST_TYPES = ("status", "best", "hosts", "scan", "run")
+REQUEST_TYPES = ("status", "best", "hosts", "scan", "run", "job_start", "job_list",
+                 "job_status", "job_logs", "job_wait", "job_stop", "job_pause", "job_resume",
+                 "job_remove", "job_clean")
 RUN_MESSAGE_TYPES = ("signal", "resize")
 HEARTBEAT_SILENCE = 10.0  # seconds without a message after which a client gives up a daemon
 

@@ -105,7 +105,7 @@ def connect(environ: Mapping[str, str]) -> socket.socket:
     return sock
 
 
-def _answer_or_raise(message: dict[str, Any] | None) -> dict[str, Any]:
+def answer_or_raise(message: dict[str, Any] | None) -> dict[str, Any]:
     if message is None:
         raise distsvc.errors.CannotRun("the daemon closed the connection without an answer")
     if message.get("ok") is False:
@@ -129,7 +129,7 @@ def query(request: dict[str, Any], environ: Mapping[str, str],
             message = distsvc.adapters.unix.Reader(sock).receive()
         except (OSError, distsvc.protocol.ProtocolError) as error:
             raise Unavailable(f"daemon did not answer: {error}") from None
-        return _answer_or_raise(message)
+        return answer_or_raise(message)
     finally:
         sock.close()
 
@@ -254,7 +254,7 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,
                     return status
                 else:
                     if not started:
-                        _answer_or_raise(message)
+                        answer_or_raise(message)
                     raise distsvc.errors.CannotRun(str(message.get("error", message)))
             elif beating and time.monotonic() - last_heard > distsvc.protocol.HEARTBEAT_SILENCE:
                 raise gone(f"stopped answering (nothing for "

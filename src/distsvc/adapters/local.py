@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import distsvc.errors
 import distsvc.remote
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+GATE_FD = 9  # where a gated child finds the pipe it waits on
 
 
 def status_of(returncode: int) -> int:
@@ -66,30 +67,59 @@ def _end_group(pgid: int, first: int | None) -> None:
             os.killpg(pgid, signum)
 
 
-def run(argv: Sequence[str], cwd: str | None, env: dict[str, str]) -> int:
+def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
+        gate: Callable[[int], None] | None = None) -> int:
     """Run argv here and return its status (128+N if a signal ended it).
 
     A signal received is passed to the command's process group; whatever it leaves running
-    (background jobs of a shell ignore SIGINT) is ended as on a remote host.
+    (background jobs of a shell ignore SIGINT) is ended as on a remote host. With `gate`,
+    the child waits before it execs argv until `gate(pid)` has returned (a transient scope
+    is made around it there, so not one instruction of argv runs outside its limits); a
+    gate that raises ends the child.
     """
     if cwd is not None and not os.path.isdir(cwd):
         raise distsvc.errors.CannotRun(f"{cwd}: no such directory")
     terminal = _terminal_fd()
 
+    gate_r = gate_w = -1
+
     def in_child() -> None:
         # Runs after setpgid: take the terminal before exec, so an early read cannot stop us.
         if terminal is not None:
             _give_terminal(terminal, os.getpgrp())
+        if gate is not None:
+            os.dup2(gate_r, GATE_FD)  # a shell redirects single-digit fds only
 
+    if gate is not None:
+        # Popen returns only once the child exec'd, so the wait is a shell's `read` before it
+        # execs argv itself (same exit status and signals: exec replaces it).
+        gate_r, gate_w = os.pipe()
+        argv = ["/bin/sh", "-c", f'read _ <&{GATE_FD}; exec {GATE_FD}<&-; exec "$@"', "sh",
+                *argv]
     try:
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, process_group=0,
-                                 preexec_fn=in_child if terminal is not None else None)
+                                 preexec_fn=in_child if terminal is not None or gate else None,
+                                 pass_fds=(GATE_FD,) if gate is not None else ())
     except FileNotFoundError:
         print(f"distsvc: {argv[0]}: command not found", file=sys.stderr)
         return 127
     except PermissionError as error:
         print(f"distsvc: {argv[0]}: {error.strerror}", file=sys.stderr)
         return 126
+    finally:
+        if gate is not None:
+            os.close(gate_r)
+    if gate is not None:
+        try:
+            gate(child.pid)
+        except BaseException:
+            os.close(gate_w)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+        os.write(gate_w, b"go\n")
+        os.close(gate_w)
     if terminal is not None:
         _give_terminal(terminal, child.pid)
     received: list[int] = []

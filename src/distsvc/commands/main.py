@@ -1,4 +1,4 @@
-"""`distsvc SUBCOMMAND`: hosts, best, run, status, config check, env, purge, daemon, scan."""
+"""`distsvc SUBCOMMAND`: hosts, best, run, job, status, config check, env, purge, daemon, scan."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import distsvc.commands.config_check
 import distsvc.commands.daemon
 import distsvc.commands.env
 import distsvc.commands.hosts
+import distsvc.commands.job
 import distsvc.commands.purge
 import distsvc.commands.run_all
 import distsvc.commands.scan
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "hosts": distsvc.commands.hosts,
     "best": distsvc.commands.best,
     "run": distsvc.commands.run_all,
+    "job": distsvc.commands.job,
     "status": distsvc.commands.status,
     "config": distsvc.commands.config_check,
     "env": distsvc.commands.env,

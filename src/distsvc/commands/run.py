@@ -14,6 +14,8 @@ import distsvc.errors
 if TYPE_CHECKING:
     import argparse
 
+    import distsvc.config
+
 
 def parser() -> argparse.ArgumentParser:
     import argparse
@@ -35,6 +37,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-n", dest="no_stdin", action="store_true",
                    help="do not read stdin (the command reads end-of-file)")
     p.add_argument("-q", "--quiet", action="store_true", help="no notices on stderr")
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="hand CMD to the daemon as a job (see `distsvc job`): print its ID "
+                   "and return at once")
+    p.add_argument("--name", help="with --detach: the job's name")
+    p.add_argument("--isolate", metavar="KINDS",
+                   help="with --detach: isolation, as for `distsvc job start`")
+    p.add_argument("--network", action="store_true",
+                   help="with --detach: keep the host's network")
+    import distsvc.commands.job  # argparse's path only: the common one stays small
+
+    distsvc.commands.job.add_limit_options(p)
     p.add_argument("--version", action="version",
                    version=distsvc.commands.common.version_string())
     distsvc.commands.common.add_config_options(p)
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         # neither imported nor built (~9 ms of a ~50 ms run through the daemon).
         args: argparse.Namespace | types.SimpleNamespace = types.SimpleNamespace(
             workdir=None, tty=None, no_stdin=False, quiet=False, config=None,
-            accept_new=False, command=argv)
+            accept_new=False, command=argv, detach=False)
     else:
         args = parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -64,7 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if not command:
             raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
+        if args.detach:
+            import distsvc.commands.job
+
+            args.json = False
+            args.command = command
+            return distsvc.commands.job.start(args)  # type: ignore[arg-type]
         config = distsvc.commands.common.load_config(args)
+        if limited(args):
+            return run_limited(args, command, config)
         return distsvc.actions.run.run(command, options_from(args), config, os.environ)
 
     return distsvc.commands.common.guarded(body)
@@ -72,3 +93,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def limited(args: argparse.Namespace | types.SimpleNamespace) -> bool:
+    return any(value is not None for name, value in vars(args).items()
+               if name.startswith("limit_"))
+
+
+def run_limited(args: argparse.Namespace | types.SimpleNamespace, command: list[str],
+                config: distsvc.config.Config) -> int:
+    """CMD here, in the foreground, inside a transient scope unit that carries the limits."""
+    import distsvc.actions.scope
+    import distsvc.commands.job
+
+    if config.hosts:
+        raise distsvc.errors.UsageError(
+            "limits on a foreground command apply on this machine only, and hosts are "
+            "configured (start it as a job: distsvc job start --memory ... CMD)")
+    limits = distsvc.commands.job.limits_from(args)  # type: ignore[arg-type]
+    return distsvc.actions.scope.run(command, options_from(args), limits,
+                                     bool(getattr(args, "best_effort", False)), os.environ)

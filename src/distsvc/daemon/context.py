@@ -23,6 +23,7 @@ import distsvc.actions.relay
 import distsvc.adapters.ssh
 import distsvc.adapters.unix
 import distsvc.config
+import distsvc.daemon.book
 import distsvc.errors
 import distsvc.log
 import distsvc.paths
@@ -50,10 +51,14 @@ class Daemon:
     stopping: bool = False  # a stop is ending the running commands: new ones do not start
     retiring: bool = False  # a client of another installation came: exit once not busy
     identity: str = dataclasses.field(default_factory=lambda: distsvc.identity())  # at start
+    book: distsvc.daemon.book.Book = dataclasses.field(
+        default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
 
     def busy(self) -> bool:
         with self.lock:
-            return self.connections > 0 or bool(self.jobs)
+            if self.connections > 0 or self.jobs:
+                return True
+        return self.book.running_count() > 0  # their records are written as they end
 
     def touch(self) -> None:
         with self.lock:
@@ -171,7 +176,8 @@ def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
         mtime = None
     return Daemon(environ=dict(environ), config_path=config_path, config=config,
                   config_mtime=mtime, pool=distsvc.adapters.ssh.Pool(),
-                  state_dir=distsvc.paths.state_dir(environ))
+                  state_dir=distsvc.paths.state_dir(environ),
+                  book=distsvc.daemon.book.Book(environ))
 
 
 def rss_kib() -> int | None:

@@ -22,6 +22,7 @@ import distsvc.actions.run
 import distsvc.actions.scan
 import distsvc.config
 import distsvc.daemon.context
+import distsvc.daemon.job_handlers
 import distsvc.errors
 import distsvc.log
 import distsvc.protocol
@@ -233,4 +234,5 @@ HANDLERS: dict[str, Handler] = {
     "hosts": handle_hosts,
     "scan": handle_scan,
     "run": handle_run,
+    **distsvc.daemon.job_handlers.JOB_HANDLERS,
 }
