@@ -204,6 +204,27 @@ def test_many_followers_of_the_same_fds_each_get_everything(job):
             assert reader.got[name].hexdigest() == job.written[name].hexdigest()
 
 
+def test_megabytes_of_binary_output_in_odd_writes_arrive_whole(job):
+    """Writes of every size, across chunk boundaries, to followers started at any moment."""
+    readers = [Reader() for _ in range(4)]
+    threads = [threading.Thread(target=output.follow, args=(job.readers, job.ended, r.write))
+               for r in readers]
+    threads[0].start()
+    sizes = [1, 4095, 4097, (1 << 20) - 1, (1 << 20) + 1, 3 << 20, 17, 65536]
+    for round in range(3):
+        for size in sizes:
+            job.write("stdout" if size % 2 else "stderr", os.urandom(size))
+        threads[round + 1].start()
+    job.over.set()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    for reader in readers:
+        for name in ("stdout", "stderr"):
+            assert reader.got[name].hexdigest() == job.written[name].hexdigest()
+        assert sum(reader.sizes.values()) == 3 * sum(sizes)
+
+
 def test_a_stopped_follower_holds_up_only_itself(job):
     stuck = threading.Event()
     release = threading.Event()

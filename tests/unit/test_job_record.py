@@ -52,6 +52,13 @@ def test_defaults_may_be_left_out():
     assert job.started is None and job.paused is False and job.output_cut == {}
 
 
+def test_whole_number_times_read_back_as_floats():
+    data = record.to_json(make_job(created=1700000000.0, started=None))
+    data["created"] = 1700000000
+    job = record.from_json(data)
+    assert isinstance(job.created, float) and job.started is None
+
+
 def corrupt(change) -> str:
     data = copy.deepcopy(record.to_json(make_job()))
     change(data)

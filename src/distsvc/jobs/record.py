@@ -131,6 +131,9 @@ def from_json(data: Any) -> Job:
     cut = values.get("output_cut", {})
     if not _map_of(cut, int) or not set(cut) <= set(STREAMS):
         raise CorruptRecord("output_cut: not an object of stdout/stderr byte counts")
+    for key in ("created", "started", "ended"):      # JSON may have written 5.0 as 5
+        if values.get(key) is not None:
+            values[key] = float(values[key])
     try:
         values["limits"] = limits_.from_json(values["limits"])
     except ValueError as error:
