@@ -181,10 +181,25 @@ def test_follow_never_moves_the_shared_offset_and_honours_start(job):
     assert [os.lseek(fd, 0, os.SEEK_CUR) for fd in job.readers.values()] == [2, 2]
 
 
+def followers(job: Job, count: int) -> tuple[list[Reader], list[threading.Thread]]:
+    """Readers, each with the thread that follows the job into it (not started yet)."""
+    readers = [Reader() for _ in range(count)]
+    return readers, [threading.Thread(target=output.follow,
+                                      args=(job.readers, job.ended, r.write)) for r in readers]
+
+
+def assert_each_got_everything(job: Job, readers: list[Reader],
+                               threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+    for reader in readers:
+        for name in ("stdout", "stderr"):
+            assert reader.got[name].hexdigest() == job.written[name].hexdigest()
+
+
 def test_many_followers_of_the_same_fds_each_get_everything(job):
-    readers = [Reader() for _ in range(20)]
-    threads = [threading.Thread(target=output.follow, args=(job.readers, job.ended, r.write))
-               for r in readers]
+    readers, threads = followers(job, 20)
     for thread in threads[:10]:
         thread.start()                      # before the output
     for round in range(100):
@@ -196,19 +211,12 @@ def test_many_followers_of_the_same_fds_each_get_everything(job):
     job.over.set()
     for thread in threads[15:]:             # after the end
         thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-    for reader in readers:
-        for name in ("stdout", "stderr"):
-            assert reader.got[name].hexdigest() == job.written[name].hexdigest()
+    assert_each_got_everything(job, readers, threads)
 
 
 def test_megabytes_of_binary_output_in_odd_writes_arrive_whole(job):
     """Writes of every size, across chunk boundaries, to followers started at any moment."""
-    readers = [Reader() for _ in range(4)]
-    threads = [threading.Thread(target=output.follow, args=(job.readers, job.ended, r.write))
-               for r in readers]
+    readers, threads = followers(job, 4)
     threads[0].start()
     sizes = [1, 4095, 4097, (1 << 20) - 1, (1 << 20) + 1, 3 << 20, 17, 65536]
     for round in range(3):
@@ -216,13 +224,8 @@ def test_megabytes_of_binary_output_in_odd_writes_arrive_whole(job):
             job.write("stdout" if size % 2 else "stderr", os.urandom(size))
         threads[round + 1].start()
     job.over.set()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-    for reader in readers:
-        for name in ("stdout", "stderr"):
-            assert reader.got[name].hexdigest() == job.written[name].hexdigest()
-        assert sum(reader.sizes.values()) == 3 * sum(sizes)
+    assert_each_got_everything(job, readers, threads)
+    assert all(sum(r.sizes.values()) == 3 * sum(sizes) for r in readers)
 
 
 def test_a_stopped_follower_holds_up_only_itself(job):
