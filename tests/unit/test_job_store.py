@@ -354,3 +354,20 @@ def test_a_reader_of_the_old_file_reads_it_whole(tmp_path):
         store.cut_output(path, 100)
         assert reader.read() == b"a" * 100 + b"b" * 100
     assert path.read_bytes().endswith(b"\n" + b"b" * 100)
+
+
+def test_cut_job_output_counts_what_was_dropped_in_the_record(root):
+    job = store.create(root, make_job(store.new_id(root), state="exited", exit_code=0))
+    store.output_path(root, job.id, "stdout").write_bytes(b"o" * 300)
+    store.output_path(root, job.id, "stderr").write_bytes(b"e" * 50)
+    store.cut_job_output(root, job, 100)
+    assert job.output_cut == {"stdout": 200}
+    assert store.load(root, job.id).output_cut == {"stdout": 200}
+    store.cut_job_output(root, job, 10)
+    assert store.load(root, job.id).output_cut == {"stdout": 290, "stderr": 40}
+
+
+def test_a_running_jobs_output_is_never_cut(root):
+    job = store.create(root, make_job(store.new_id(root)))
+    with pytest.raises(ValueError, match="only a finished job"):
+        store.cut_job_output(root, job, 0)

@@ -321,3 +321,23 @@ def cut_output(path: Path, max_bytes: int) -> int:
 
         _write_atomic(path, chunks())
     return dropped
+
+
+def cut_job_output(root: Path, job: Job, max_bytes: int) -> Job:
+    """Cut a finished job's streams to their last `max_bytes` each (jobs.max_output), add
+    what was dropped to the record's `output_cut`, and save the record if anything was cut.
+
+    A crash between a cut and the save leaves the record short of the truth; the marker in
+    the file keeps the true total.
+    """
+    if job.state not in FINAL:
+        raise ValueError(f"job {job.id} is {job.state}: only a finished job's output is cut")
+    cut = False
+    for stream in STREAMS:
+        dropped = cut_output(output_path(root, job.id, stream), max_bytes)
+        if dropped:
+            job.output_cut[stream] = job.output_cut.get(stream, 0) + dropped
+            cut = True
+    if cut:
+        save(root, job)
+    return job
