@@ -192,7 +192,8 @@ def _limit_text(check: _Checker, value: Any, where: str) -> str | None:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return f"{value:g}" if isinstance(value, float) else str(value)
+        # Plain digits ("1e+06" is no duration): as many decimals as a float can hold.
+        return f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
     check.problem(where, "must be a string such as \"512M\", or a number")
     return None
 

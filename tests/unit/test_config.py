@@ -425,6 +425,8 @@ def test_jobs_limits_may_be_plain_numbers():
     assert (jobs.max_age, jobs.max_output, jobs.keep, jobs.isolate) == (3600.0, 0, 0, ())
     assert distsvc.config.from_mapping(
         {"jobs": {"timeout": 1.5}}, "s", None).jobs.defaults.timeout == 1.5
+    assert distsvc.config.from_mapping(
+        {"jobs": {"timeout": 1e6}}, "s", None).jobs.defaults.timeout == 1e6
 
 
 def test_a_cpu_default_is_not_bound_by_this_machines_cpus():
