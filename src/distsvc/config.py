@@ -210,7 +210,7 @@ def _limit_value(check: _Checker, table: Mapping[str, Any], key: str, where: str
     try:
         return read(text)
     except job_limits.LimitError as error:
-        check.problem(f"{where}{key}", f"{text}: {error.why}")
+        check.problem(f"{where}{key}", f"{error.shown}: {error.why}")
         return None
 
 

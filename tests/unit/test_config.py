@@ -462,6 +462,11 @@ def test_bad_jobs_settings_are_problems_with_their_path(jobs, problem):
     assert found.startswith(problem), found
 
 
+def test_a_jobs_value_with_a_newline_is_reported_on_one_line():
+    (problem,) = problems_of({"jobs": {"timeout": "1\nm"}})
+    assert problem.startswith('jobs.timeout: "1\\nm": not a duration')
+
+
 def test_jobs_must_be_a_table():
     assert problems_of({"jobs": 3}) == ["jobs: must be a table"]
 

@@ -97,6 +97,13 @@ def test_bad_values_are_refused_with_one_line(name, text, message):
     assert "\n" not in str(caught.value)
 
 
+def test_a_value_with_a_newline_stays_on_one_line():
+    with pytest.raises(LimitError) as caught:
+        limits.parse("memory", "5\nX")
+    assert str(caught.value) == (
+        '--memory "5\\nX": not a size (use a number with K, M, G or T, e.g. 512M)')
+
+
 def test_cpu_bound_follows_the_cpu_count():
     assert limits.parse("cpu", "800%", cpus=8) == 800
     with pytest.raises(LimitError, match=r"1 CPU\)$"):

@@ -19,6 +19,7 @@ Choices (the option help and docs/architecture.md say the same):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -53,7 +54,9 @@ class LimitError(distsvc.errors.UsageError):
         self.field = field
         self.text = text
         self.why = why
-        super().__init__(f"{option(field)} {text}: {why}")
+        # What was written, kept to one line: quoted if it holds a newline or the like.
+        self.shown = text if text.isprintable() else json.dumps(text)
+        super().__init__(f"{option(field)} {self.shown}: {why}")
 
 
 @dataclasses.dataclass(frozen=True)
