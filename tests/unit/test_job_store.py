@@ -241,6 +241,38 @@ def test_load_all_is_newest_first_and_reports_corrupt_records(root):
     assert [c.id for c in corrupt] == ["5"]
 
 
+MAKER = """
+import sys, time
+from pathlib import Path
+from distsvc.jobs import store
+from distsvc.jobs.limits import Limits
+from distsvc.jobs.record import Job
+root = Path(sys.argv[1])
+for _ in range(60):
+    job = Job(id=store.new_id(root), name=None, argv=["true"], cwd="/", env_names=[],
+              limits=Limits(), not_enforced={}, isolation=[], placement={}, state="starting",
+              created=time.time())
+    store.create(root, job)
+    job.state = "running"
+    store.save(root, job)
+    if int(job.id) % 3 == 0:
+        store.remove(root, job.id)
+"""
+
+
+def test_readers_never_see_a_half_made_saved_or_removed_job(root):
+    store.ensure_root(root)
+    maker = subprocess.Popen([sys.executable, "-c", MAKER, str(root)])
+    while maker.poll() is None:
+        jobs, corrupt = store.load_all(root)
+        assert corrupt == []
+        assert all(j.state in ("starting", "running") for j in jobs)
+    assert maker.wait(timeout=60) == 0
+    jobs, corrupt = store.load_all(root)
+    assert corrupt == [] and len(jobs) == 40
+    assert [n for n in os.listdir(root) if n.startswith(".")] == []
+
+
 def test_load_all_of_no_directory_is_empty(root):
     assert store.load_all(root) == ([], [])
 
