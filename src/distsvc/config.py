@@ -6,16 +6,18 @@ This module only reads and checks; it never connects anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import distsvc.errors
 import distsvc.paths
+from distsvc.jobs import limits as job_limits
 
 if sys.version_info >= (3, 11):  # noqa: UP036 - kept: tomli is the design's fallback
     import tomllib
@@ -23,6 +25,7 @@ else:  # pragma: no cover - the design's fallback; requires-python keeps it unus
     import tomli as tomllib
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
+_T = TypeVar("_T")
 
 # Variables that describe this machine or this login session, not the user's work:
 # carrying them to another host would make the command lie about where it runs.
@@ -54,6 +57,25 @@ class EnvFilter:
     deny: tuple[str, ...] = DEFAULT_ENV_DENY
 
 
+ISOLATIONS = ("pid", "mount", "network")
+# Which limits may have a default in [jobs], and which may bound all jobs together in
+# [jobs.all] (the slice: a timeout or a per-directory bandwidth means nothing there).
+JOB_DEFAULT_LIMITS = ("memory", "cpu", "tasks", "io_weight", "timeout")
+ALL_JOBS_LIMITS = ("memory", "cpu", "tasks", "io_weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobsConfig:
+    """`[jobs]`: defaults for each job's limits and isolation, retention, and `[jobs.all]`."""
+
+    defaults: job_limits.Limits = dataclasses.field(default_factory=job_limits.Limits)
+    isolate: tuple[str, ...] = ISOLATIONS
+    keep: int = 100                      # finished jobs kept, newest first
+    max_age: float = 30 * 86400.0        # seconds a finished job is kept
+    max_output: int = 1 << 30            # bytes kept of each stream (the last ones)
+    all: job_limits.Limits = dataclasses.field(default_factory=job_limits.Limits)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     source: str
@@ -64,11 +86,13 @@ class Config:
     host_key_policy: str = "strict"
     env: EnvFilter = EnvFilter()
     daemon_idle_exit: float = 600.0
+    jobs: JobsConfig = JobsConfig()
 
 
 _HOST_KEYS = {f.name for f in dataclasses.fields(Host)}
 _TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env",
-             "daemon_idle_exit"}
+             "daemon_idle_exit", "jobs"}
+_JOBS_KEYS = {*JOB_DEFAULT_LIMITS, "isolate", "keep", "max_age", "max_output", "all"}
 _HOST_SPEC = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
@@ -162,6 +186,81 @@ def _check_host(check: _Checker, raw: Any, where: str) -> Host | None:
     )
 
 
+def _limit_text(check: _Checker, value: Any, where: str) -> str | None:
+    """A limit as TOML gives it: a string ("512M", "10m"), or a plain number for the limits
+    that have one (bytes, seconds, tasks)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        # Plain digits ("1e+06" is no duration): as many decimals as a float can hold.
+        return f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else str(value)
+    check.problem(where, "must be a string such as \"512M\", or a number")
+    return None
+
+
+def _limit_value(check: _Checker, table: Mapping[str, Any], key: str, where: str,
+                 read: Callable[[str], _T]) -> _T | None:
+    """One limit-like setting read as the command-line option would be; None if absent or
+    bad (the problem is recorded with its path)."""
+    if key not in table:
+        return None
+    text = _limit_text(check, table[key], f"{where}{key}")
+    if text is None:
+        return None
+    try:
+        return read(text)
+    except job_limits.LimitError as error:
+        check.problem(f"{where}{key}", f"{error.shown}: {error.why}")
+        return None
+
+
+def _limits(check: _Checker, table: Mapping[str, Any], names: tuple[str, ...],
+            where: str) -> job_limits.Limits:
+    values: dict[str, Any] = {}
+    for name in names:
+        # The file may be shared by machines of any size: no bound by this one's CPUs.
+        value = _limit_value(check, table, name, where, functools.partial(
+            job_limits.parse, name, cpus=job_limits.MAX_CPUS))
+        if value is not None:
+            values[name] = value
+    return job_limits.Limits(**values)
+
+
+def _check_jobs(check: _Checker, raw: Any) -> JobsConfig:
+    """`[jobs]`, with the same syntax and rules as the command-line options."""
+    if not isinstance(raw, dict):
+        check.problem("jobs", "must be a table")
+        return JobsConfig()
+    check.unknown_keys(raw, _JOBS_KEYS, "jobs.")
+    isolate = JobsConfig.isolate
+    if "isolate" in raw:
+        value = raw["isolate"]
+        if (not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+                or not set(value) <= set(ISOLATIONS) or len(set(value)) != len(value)):
+            check.problem("jobs.isolate", "must be a list of distinct names from "
+                                          f"{', '.join(ISOLATIONS)} (or [] for none)")
+        else:
+            isolate = tuple(value)
+    keep = check.integer(raw, "keep", "jobs.", 0, 1_000_000)
+    max_age = _limit_value(check, raw, "max_age", "jobs.",
+                           functools.partial(job_limits.parse_duration, "max_age"))
+    max_output = _limit_value(check, raw, "max_output", "jobs.",
+                              functools.partial(job_limits.parse_size, "max_output", minimum=0))
+    all_table = raw.get("all", {})
+    if not isinstance(all_table, dict):
+        check.problem("jobs.all", "must be a table")
+        all_table = {}
+    check.unknown_keys(all_table, set(ALL_JOBS_LIMITS), "jobs.all.")
+    return JobsConfig(
+        defaults=_limits(check, raw, JOB_DEFAULT_LIMITS, "jobs."),
+        isolate=isolate,
+        keep=JobsConfig.keep if keep is None else keep,
+        max_age=JobsConfig.max_age if max_age is None else max_age,
+        max_output=JobsConfig.max_output if max_output is None else max_output,
+        all=_limits(check, all_table, ALL_JOBS_LIMITS, "jobs.all."),
+    )
+
+
 def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) -> Config:
     """Validate parsed TOML (and DISTSVC_HOSTS), raising ConfigError with every problem."""
     check = _Checker()
@@ -220,6 +319,7 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
             allow=allow if allow is not None else EnvFilter.allow,
             deny=DEFAULT_ENV_DENY + (deny or ()),
         ),
+        jobs=_check_jobs(check, data.get("jobs", {})),
     )
     if check.problems:
         raise distsvc.errors.ConfigError(source, check.problems)
@@ -253,7 +353,28 @@ def to_mapping(config: Config) -> dict[str, Any]:
     data = dataclasses.asdict(config)
     data["hosts"] = [{k: v for k, v in h.items() if v is not None} for h in data["hosts"]]
     data["env"] = {"allow": list(config.env.allow), "deny": list(config.env.deny)}
+    data["jobs"] = _jobs_mapping(config.jobs)
     return data
+
+
+def _limits_mapping(limits: job_limits.Limits) -> dict[str, Any]:
+    """Limits as they are written in the file (what from_mapping reads back)."""
+    shown: dict[str, Any] = dict(job_limits.describe(limits))
+    for name in ("tasks", "io_weight"):
+        if name in shown:
+            shown[name] = int(shown[name])
+    return shown
+
+
+def _jobs_mapping(jobs: JobsConfig) -> dict[str, Any]:
+    return {
+        **_limits_mapping(jobs.defaults),
+        "isolate": list(jobs.isolate),
+        "keep": jobs.keep,
+        "max_age": job_limits.format_duration(jobs.max_age),
+        "max_output": job_limits.format_size(jobs.max_output),
+        "all": _limits_mapping(jobs.all),
+    }
 
 
 def from_wire(data: Any) -> Config:

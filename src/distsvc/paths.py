@@ -76,3 +76,14 @@ def daemon_log(environ: Mapping[str, str]) -> Path:
     """
     return (_xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / socket.gethostname()
             / "daemon.log")
+
+
+def jobs_dir(environ: Mapping[str, str]) -> Path:
+    """Where local jobs keep their records and output: `$XDG_STATE_HOME/distsvc/jobs`.
+
+    The state directory, since records and output outlive the daemon and a reboot: they
+    are the user's until removed. Unlike the daemon's log it has no machine name in the
+    path, so IDs are unique per user; a home shared between machines (NFS) would therefore
+    share its jobs too, and the daemon of one machine would not find the others' units.
+    """
+    return _xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / "jobs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 
 import distsvc.config
 import distsvc.errors
-from distsvc.config import DEFAULT_ENV_DENY, Config, EnvFilter, Host
+from distsvc.config import DEFAULT_ENV_DENY, Config, EnvFilter, Host, JobsConfig
+from distsvc.jobs.limits import Limits
 
 DISTSVC = Path(sys.executable).parent / "distsvc"
 
@@ -378,6 +380,112 @@ def test_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
         distsvc.config.load(path, {})
 
 
+# --- [jobs] --------------------------------------------------------------------------------
+
+JOBS_TOML = """\
+[jobs]
+memory = "1.5G"
+cpu = "150%"
+tasks = 64
+io_weight = 200
+timeout = "90m"
+isolate = ["pid"]
+keep = 5
+max_age = "7d"
+max_output = "10M"
+
+[jobs.all]
+memory = "8G"
+cpu = "400%"
+tasks = 1000
+"""
+
+
+def test_jobs_defaults():
+    jobs = distsvc.config.from_mapping({}, "s", None).jobs
+    assert jobs == JobsConfig()
+    assert jobs.defaults == Limits() and jobs.all == Limits()
+    assert jobs.isolate == ("pid", "mount", "network")
+    assert (jobs.keep, jobs.max_age, jobs.max_output) == (100, 30 * 86400.0, 1 << 30)
+
+
+def test_jobs_table_is_read_with_the_options_syntax():
+    jobs = distsvc.config.from_mapping(tomllib.loads(JOBS_TOML), "s", None).jobs
+    assert jobs == JobsConfig(
+        defaults=Limits(memory=3 << 29, cpu=150, tasks=64, io_weight=200, timeout=5400.0),
+        isolate=("pid",), keep=5, max_age=7 * 86400.0, max_output=10 << 20,
+        all=Limits(memory=8 << 30, cpu=400, tasks=1000))
+
+
+def test_jobs_limits_may_be_plain_numbers():
+    jobs = distsvc.config.from_mapping(
+        {"jobs": {"memory": 1 << 30, "timeout": 90, "max_age": 3600, "max_output": 0,
+                  "keep": 0, "isolate": []}}, "s", None).jobs
+    assert jobs.defaults == Limits(memory=1 << 30, timeout=90.0)
+    assert (jobs.max_age, jobs.max_output, jobs.keep, jobs.isolate) == (3600.0, 0, 0, ())
+    assert distsvc.config.from_mapping(
+        {"jobs": {"timeout": 1.5}}, "s", None).jobs.defaults.timeout == 1.5
+    assert distsvc.config.from_mapping(
+        {"jobs": {"timeout": 1e6}}, "s", None).jobs.defaults.timeout == 1e6
+
+
+def test_a_cpu_default_is_not_bound_by_this_machines_cpus():
+    jobs = distsvc.config.from_mapping({"jobs": {"cpu": "6400%"}}, "s", None).jobs
+    assert jobs.defaults.cpu == 6400
+
+
+@pytest.mark.parametrize(("jobs", "problem"), [
+    ({"memory": "5X"}, "jobs.memory: 5X: not a size (use a number with K, M, G or T, e.g. 512M)"),
+    ({"memory": "1K"}, "jobs.memory: 1K: too small (at least 1M)"),
+    ({"memory": True}, 'jobs.memory: must be a string such as "512M", or a number'),
+    ({"cpu": "150"}, "jobs.cpu: 150: not a percentage (use N% of one CPU, e.g. 150%)"),
+    ({"tasks": 0}, "jobs.tasks: 0: out of range (use 1 to 4194304)"),
+    ({"io_weight": "heavy"}, "jobs.io_weight: heavy: not a whole number (use 1 to 10000)"),
+    ({"timeout": "0"}, "jobs.timeout: 0: too short (more than 0 seconds)"),
+    ({"timeout": [1]}, 'jobs.timeout: must be a string such as "512M", or a number'),
+    ({"io_read": "1M"}, "jobs.io_read: unknown setting"),
+    ({"isolate": ["pid", "users"]}, "jobs.isolate: must be a list of distinct names from "
+                                    "pid, mount, network (or [] for none)"),
+    ({"isolate": ["pid", "pid"]}, "jobs.isolate: must be a list of distinct names"),
+    ({"isolate": "pid"}, "jobs.isolate: must be a list"),
+    ({"keep": -1}, "jobs.keep: must be between 0 and 1000000"),
+    ({"keep": "5"}, "jobs.keep: must be an integer"),
+    ({"max_age": "soon"}, "jobs.max_age: soon: not a duration"),
+    ({"max_output": "lots"}, "jobs.max_output: lots: not a size"),
+    ({"all": {"timeout": "1m"}}, "jobs.all.timeout: unknown setting"),
+    ({"all": {"memory": "1"}}, "jobs.all.memory: 1: too small (at least 1M)"),
+    ({"all": []}, "jobs.all: must be a table"),
+    ({"colour": 1}, "jobs.colour: unknown setting"),
+])
+def test_bad_jobs_settings_are_problems_with_their_path(jobs, problem):
+    (found,) = problems_of({"jobs": jobs})
+    assert found.startswith(problem), found
+
+
+def test_a_jobs_value_with_a_newline_is_reported_on_one_line():
+    (problem,) = problems_of({"jobs": {"timeout": "1\nm"}})
+    assert problem.startswith('jobs.timeout: "1\\nm": not a duration')
+
+
+def test_jobs_must_be_a_table():
+    assert problems_of({"jobs": 3}) == ["jobs: must be a table"]
+
+
+def test_every_bad_jobs_setting_is_reported_at_once():
+    problems = problems_of({"jobs": {"memory": "x", "cpu": "x", "keep": "x",
+                                     "all": {"tasks": "x"}}})
+    assert [p.split(":")[0] for p in problems] == [
+        "jobs.keep", "jobs.memory", "jobs.cpu", "jobs.all.tasks"]
+
+
+def test_jobs_settings_travel_to_the_daemon_unchanged():
+    config = distsvc.config.from_mapping(tomllib.loads(JOBS_TOML), "s", None)
+    wired = json.loads(json.dumps(distsvc.config.to_mapping(config)))
+    assert distsvc.config.from_wire(wired).jobs == config.jobs
+    default = distsvc.config.from_mapping({}, "s", None)
+    assert distsvc.config.from_wire(distsvc.config.to_mapping(default)).jobs == JobsConfig()
+
+
 def test_to_mapping_drops_unset_host_fields():
     config = distsvc.config.from_mapping(FILE_HOSTS, "s", None)
     data = distsvc.config.to_mapping(config)
@@ -492,12 +600,28 @@ def test_cli_config_check_prints_the_effective_config(tmp_path):
         "host_key_policy": "accept-new",
         "daemon_idle_exit": 600.0,
         "env": {"allow": ["LANG", "LC_*", "MY_*"], "deny": [*DEFAULT_ENV_DENY, "MY_SECRET*"]},
+        "jobs": {"isolate": ["pid", "mount", "network"], "keep": 100, "max_age": "30d",
+                 "max_output": "1G"},
         "hosts": [
             {"name": "alpha", "address": "10.0.0.1", "port": 2222, "user": "bob", "slots": 4,
              "probe": "cat /tmp/load"},
             {"name": "beta"},
         ],
     }
+
+
+def test_cli_config_check_prints_jobs_settings_that_read_back_the_same(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(JOBS_TOML)
+    result = config_check(tmp_path, "--config", str(good))
+    assert result.returncode == 0, result.stderr
+    printed = tomllib.loads(result.stdout)
+    assert printed["jobs"] == {
+        "memory": "1536M", "cpu": "150%", "tasks": 64, "io_weight": 200, "timeout": "1h30m",
+        "isolate": ["pid"], "keep": 5, "max_age": "7d", "max_output": "10M",
+        "all": {"memory": "8G", "cpu": "400%", "tasks": 1000}}
+    again = distsvc.config.from_mapping(printed, "printed", None)
+    assert again.jobs == distsvc.config.from_mapping(tomllib.loads(JOBS_TOML), "s", None).jobs
 
 
 def test_cli_config_check_applies_distsvc_hosts_and_accept_new(tmp_path):

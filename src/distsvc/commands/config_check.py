@@ -27,8 +27,13 @@ def render(config: distsvc.config.Config) -> str:
     lines = [f"# effective configuration (from {data.pop('source')})"]
     hosts = data.pop("hosts")
     env = data.pop("env")
+    jobs = data.pop("jobs")
+    all_jobs = jobs.pop("all")
     lines += [f"{key} = {_toml_value(value)}" for key, value in data.items()]
     lines += ["", "[env]"] + [f"{k} = {_toml_value(v)}" for k, v in env.items()]
+    lines += ["", "[jobs]"] + [f"{k} = {_toml_value(v)}" for k, v in jobs.items()]
+    if all_jobs:
+        lines += ["", "[jobs.all]"] + [f"{k} = {_toml_value(v)}" for k, v in all_jobs.items()]
     for host in hosts:
         lines += ["", "[[hosts]]"] + [f"{k} = {_toml_value(v)}" for k, v in host.items()]
     if not hosts:

@@ -1,0 +1,305 @@
+"""A job's record: what was asked, where it runs, and how it ended; a versioned JSON document.
+
+Pure: no I/O (store.py keeps the files). Also here, because they decide what a record says:
+reading a job's end from systemd's unit properties (`finished`), the status `distsvc job
+wait` exits with (`exit_status`), and the state in words (`describe_state`).
+
+States: queued, starting, running (maybe paused), then one of FINAL: exited (exit_code),
+killed (signal), timeout, oom, failed (never started: reason), unknown (the end cannot be
+learned any more, e.g. the unit vanished with the machine's reboot: reason). "unknown" is
+final because nothing will ever tell more: `wait` returns for it and `clean` removes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal as signals
+from typing import Any
+
+import distsvc.errors
+from distsvc.jobs import limits as limits_
+
+VERSION = 1
+
+STATES = ("queued", "starting", "running", "exited", "killed", "timeout", "oom", "failed",
+          "unknown")
+FINAL = frozenset({"exited", "killed", "timeout", "oom", "failed", "unknown"})
+PAUSE_METHODS = ("freezer", "signals")
+STREAMS = ("stdout", "stderr")
+
+# A reason that starts with this makes `wait` exit 127, as a shell does for a missing command.
+NOT_FOUND = "command not found"
+
+
+class CorruptRecord(distsvc.errors.DistsvcError):
+    """A record that cannot be read. Reported (by `list`, `status`), never a crash.
+
+    from_json raises it with `why` only; the store adds the job's id and the file's path.
+    """
+
+    def __init__(self, why: str, id: str | None = None, path: str | None = None) -> None:
+        self.why = why
+        self.id = id
+        self.path = path
+        if id is None:
+            message = f"corrupt job record: {why}"
+        else:
+            message = (f"job {id}: corrupt record {path}: {why} "
+                       f"(`distsvc job remove {id}` deletes it)")
+        super().__init__(message)
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    name: str | None
+    argv: list[str]
+    cwd: str
+    env_names: list[str]
+    limits: limits_.Limits
+    not_enforced: dict[str, str]    # limit field -> why it is not enforced (--best-effort)
+    isolation: list[str]            # "pid", "mount", "network" as applied
+    placement: dict[str, str]       # {"kind": "local", "unit": ..., "manager": "user"|"system"}
+    state: str
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str | None = None
+    cpu_ns: int | None = None
+    memory_peak: int | None = None
+    memory_current: int | None = None
+    paused: bool = False
+    pause_method: str | None = None
+    output_cut: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def to_json(job: Job) -> dict[str, Any]:
+    data = dataclasses.asdict(job)
+    data["limits"] = limits_.to_json(job.limits)
+    return {"version": VERSION, **data}
+
+
+# Field -> (accepted types, may be None). Lists and dicts are checked item by item below.
+_SCALARS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "id": ((str,), False), "name": ((str,), True), "cwd": ((str,), False),
+    "state": ((str,), False), "created": ((int, float), False),
+    "started": ((int, float), True), "ended": ((int, float), True),
+    "exit_code": ((int,), True), "signal": ((int,), True), "reason": ((str,), True),
+    "cpu_ns": ((int,), True), "memory_peak": ((int,), True), "memory_current": ((int,), True),
+    "paused": ((bool,), False), "pause_method": ((str,), True),
+}
+_STRING_LISTS = ("argv", "env_names", "isolation")
+_STRING_MAPS = ("not_enforced", "placement")
+_DEFAULTS = {f.name for f in dataclasses.fields(Job)
+             if f.default is not dataclasses.MISSING
+             or f.default_factory is not dataclasses.MISSING}
+
+
+def from_json(data: Any) -> Job:
+    """A record read back; CorruptRecord(why) on anything malformed, so no half-valid record
+    reaches the daemon (it would fail later, far from the cause)."""
+    if not isinstance(data, dict):
+        raise CorruptRecord("not a JSON object")
+    version = data.get("version")
+    if version != VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
+            raise CorruptRecord(f"version {version} is newer than this distsvc reads "
+                                f"({VERSION}); upgrade distsvc")
+        raise CorruptRecord(f"version {version!r} is not {VERSION}")
+    fields = {f.name for f in dataclasses.fields(Job)}
+    unknown = sorted(set(data) - fields - {"version"})
+    if unknown:
+        raise CorruptRecord(f"unknown field {unknown[0]!r}")
+    missing = sorted(fields - _DEFAULTS - set(data))
+    if missing:
+        raise CorruptRecord(f"missing field {missing[0]!r}")
+    values = {k: v for k, v in data.items() if k != "version"}
+    for key, (types, optional) in _SCALARS.items():
+        if key not in values or (optional and values[key] is None):
+            continue
+        value = values[key]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise CorruptRecord(f"{key}: wrong type {type(value).__name__}")
+    for key in _STRING_LISTS:
+        if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+            raise CorruptRecord(f"{key}: not a list of strings")
+    for key in _STRING_MAPS:
+        if not _map_of(values[key], str):
+            raise CorruptRecord(f"{key}: not an object of strings")
+    cut = values.get("output_cut", {})
+    if not _map_of(cut, int) or not set(cut) <= set(STREAMS):
+        raise CorruptRecord("output_cut: not an object of stdout/stderr byte counts")
+    for key in ("created", "started", "ended"):      # JSON may have written 5.0 as 5
+        if values.get(key) is not None:
+            values[key] = float(values[key])
+    try:
+        values["limits"] = limits_.from_json(values["limits"])
+    except ValueError as error:
+        raise CorruptRecord(str(error)) from None
+    job = Job(**values)
+    _check_consistent(job)
+    return job
+
+
+def _map_of(value: Any, kind: type) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value.values())
+
+
+def _check_consistent(job: Job) -> None:
+    if job.state not in STATES:
+        raise CorruptRecord(f"state: unknown state {job.state!r}")
+    if job.pause_method is not None and job.pause_method not in PAUSE_METHODS:
+        raise CorruptRecord(f"pause_method: unknown method {job.pause_method!r}")
+    if job.state == "exited" and job.exit_code is None:
+        raise CorruptRecord("state exited without exit_code")
+    if job.state == "killed" and job.signal is None:
+        raise CorruptRecord("state killed without signal")
+    if not job.argv:
+        raise CorruptRecord("argv: empty")
+
+
+# systemd's own exit codes for a unit process it could not set up (systemd.exec(5), "PROCESS
+# EXIT CODES"): the command never ran.
+SYSTEMD_EXIT_CODES = {
+    200: "cannot change to the working directory",
+    201: "cannot set the scheduling priority",
+    202: "cannot set up file descriptors",
+    203: "cannot execute the command (not found or not executable)",
+    204: "out of memory while setting up",
+    205: "cannot set resource limits",
+    206: "cannot adjust the OOM score",
+    207: "cannot set the signal mask",
+    208: "cannot set up standard input",
+    209: "cannot set up standard output",
+    210: "cannot change root",
+    211: "cannot set the I/O priority",
+    212: "cannot set the timer slack",
+    213: "cannot set securebits",
+    214: "cannot set the scheduling policy",
+    215: "cannot set the CPU affinity",
+    216: "cannot set the group",
+    217: "cannot set the user",
+    218: "cannot drop capabilities",
+    219: "cannot set up the cgroup",
+    220: "cannot create a session",
+    221: "execution was not confirmed",
+    222: "cannot set up standard error",
+    224: "PAM failed",
+    225: "cannot set up the network namespace",
+    226: "cannot set up the namespaces",
+    227: "cannot set no_new_privileges",
+    228: "cannot apply the seccomp filter",
+    229: "cannot set the SELinux context",
+    230: "cannot set the execution domain (personality)",
+    231: "cannot set the AppArmor profile",
+    232: "cannot restrict address families",
+    233: "cannot create the runtime directory",
+    235: "cannot change ownership",
+    236: "cannot set the SMACK label",
+    237: "cannot set up the kernel keyring",
+    238: "cannot create the state directory",
+    239: "cannot create the cache directory",
+    240: "cannot create the logs directory",
+    241: "cannot create the configuration directory",
+    242: "cannot set the NUMA policy",
+    243: "cannot set up credentials",
+}
+
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3   # ExecMainCode (siginfo's si_code)
+_ENDED = ("active", "inactive", "failed")       # states in which systemd's figures are final
+
+
+def finished(active_state: str, result: str, exec_main_code: int, exec_main_status: int, *,
+             command_started: bool = False
+             ) -> tuple[str, int | None, int | None, str | None] | None:
+    """How a job's unit ended, from its properties: (state, exit_code, signal, reason), or
+    None while it runs (or is being stopped, when its figures are not final yet).
+
+    The unit is kept after exit (RemainAfterExit), so "active" with a main process that has
+    exited means done. Result wins over the exit: "oom-kill" and "timeout" are what the user
+    must hear even though the process was also killed by a signal. Exit codes 200-243 with
+    result "exit-code" are systemd's own failures to set the process up (the command never
+    ran), unless `command_started` says the command is known to have started (then they are
+    its own).
+    """
+    if active_state not in _ENDED:
+        return None
+    if result == "oom-kill":
+        return ("oom", None, None, None)
+    if result == "timeout":
+        return ("timeout", None, None, None)
+    if exec_main_code in (CLD_KILLED, CLD_DUMPED):
+        return ("killed", None, exec_main_status, None)
+    if exec_main_code == CLD_EXITED:
+        why = SYSTEMD_EXIT_CODES.get(exec_main_status)
+        if why is not None and result == "exit-code" and not command_started:
+            if exec_main_status == 203:
+                why = f"{NOT_FOUND} or not executable ({why})"
+            return ("failed", None, None, f"{why} (systemd exit code {exec_main_status})")
+        return ("exited", exec_main_status, None, None)
+    if active_state == "active":
+        return None      # no main process has exited: still running
+    if result == "success":
+        return ("unknown", None, None, "the unit ended without an exit status")
+    return ("failed", None, None, f"systemd could not start the unit (result: {result})")
+
+
+EXIT_TIMEOUT = 124      # as timeout(1)
+EXIT_OOM = 137          # 128 + SIGKILL, what a shell shows for an OOM-killed command
+EXIT_NOT_FOUND = 127    # as a shell for a missing command
+EXIT_NOT_STARTED = 126  # as a shell for a command that cannot be executed
+EXIT_UNKNOWN = 255      # distsvc's "could not be run / cannot tell"
+
+
+def exit_status(job: Job) -> int:
+    """What `distsvc job wait` exits with, as a shell would for the command run here.
+
+    exited: its code; killed: 128+signal; timeout: 124 (as timeout(1)); oom: 137 (the
+    SIGKILL the kernel sent); failed: 127 when the command was not found (the reason starts
+    with NOT_FOUND), else 126 (could not be run); unknown, or a job not finished: 255.
+    """
+    if job.state == "exited" and job.exit_code is not None:
+        return job.exit_code
+    if job.state == "killed" and job.signal is not None:
+        return 128 + job.signal
+    if job.state == "timeout":
+        return EXIT_TIMEOUT
+    if job.state == "oom":
+        return EXIT_OOM
+    if job.state == "failed":
+        reason = job.reason or ""
+        return EXIT_NOT_FOUND if reason.startswith(NOT_FOUND) else EXIT_NOT_STARTED
+    return EXIT_UNKNOWN
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signals.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_state(job: Job) -> str:
+    """The state in words, for `list` and `status`."""
+    if job.state == "exited":
+        return f"exited {job.exit_code}"
+    if job.state == "killed":
+        return f"killed by {signal_name(job.signal or 0)}"
+    if job.state == "timeout":
+        if job.limits.timeout is None:
+            return "timed out"
+        return f"timed out after {limits_.format_duration(job.limits.timeout)}"
+    if job.state == "oom":
+        if job.limits.memory is None:
+            return "out of memory"
+        return f"out of memory (limit {limits_.format_size(job.limits.memory)})"
+    if job.state == "failed":
+        return f"failed to start: {job.reason or 'no reason given'}"
+    if job.state == "unknown":
+        return f"unknown: {job.reason or 'no reason given'}"
+    if job.state == "running" and job.paused:
+        return f"paused ({job.pause_method or 'unknown method'})"
+    return job.state
