@@ -29,7 +29,8 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
 Jobs (the records are jobs/record.py's JSON; "jobs": [RECORD...] in every answer):
   job_start  argv, cwd, env, name, limits {field: value}, isolate [KIND...] or null (the
              config's), best_effort                -> {"ok": true, "jobs": [RECORD]}
-  job_list   states [STATE...] or null             -> {"ok": true, "jobs": [...], "corrupt": [LINE...]}
+  job_list   states [STATE...] or null             -> {"ok": true, "jobs": [...],
+                                                       "corrupt": [LINE...]}
   job_status id                                    -> {"ok": true, "jobs": [RECORD]}
   job_logs   id          -> {"ok": true, "jobs": [RECORD]} + the stdout and stderr files as
                             fds, opened for reading: the client reads them itself

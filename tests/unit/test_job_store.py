@@ -185,7 +185,7 @@ def test_unknown_ids_are_one_line_with_usage_status(root):
     with pytest.raises(NoSuchJob) as caught:
         store.load(root, "17")
     assert caught.value.message == "no job 17 (see `distsvc job list`)"
-    assert caught.value.exit_status == distsvc.errors.EXIT_USAGE
+    assert caught.value.exit_status == distsvc.errors.EXIT_NO_SUCH_JOB
 
 
 @pytest.mark.parametrize("bad", ["../x", "0", "-1", "1/../2", "", "abc", "1\n"])

@@ -175,12 +175,10 @@ def read_output(job_id: str, environ: Mapping[str, str], streams: Sequence[str],
     try:
         chosen = {name: fd for name, fd in zip(("stdout", "stderr"), fds, strict=True)
                   if name in streams}
-        if tail is not None:
-            for name, fd in chosen.items():
-                write(name, distsvc.jobs.output.tail_fd(fd, tail))
+        start = None if tail is None else {
+            name: distsvc.jobs.output.tail_offset(fd, tail) for name, fd in chosen.items()}
         if waiter is None:
-            if tail is None:
-                distsvc.jobs.output.dump(chosen, write)
+            distsvc.jobs.output.dump(chosen, write, start)
             return job
         final: list[dict[str, Any]] = []
 
@@ -193,7 +191,7 @@ def read_output(job_id: str, environ: Mapping[str, str], streams: Sequence[str],
                 final.extend(jobs)
             return bool(final)
 
-        distsvc.jobs.output.follow(chosen, ended, write)
+        distsvc.jobs.output.follow(chosen, ended, write, start)
         return final[0] if final else job
     finally:
         for fd in fds:

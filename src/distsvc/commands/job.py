@@ -65,7 +65,7 @@ def add_parser(sub: Any, name: str) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def verb(name: str, text: str, ids: str | None = None) -> argparse.ArgumentParser:
-        v = verbs.add_parser(name, help=text, description=text)
+        v: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
         v.add_argument("--json", action="store_true", help="machine-readable output")
         if ids == "one":
             v.add_argument("id", metavar="ID")
@@ -106,8 +106,8 @@ def _signal_number(text: str) -> int:
         number = int(name)
     else:
         try:
-            number = signal.Signals(name if name.startswith("SIG") else "SIG" + name).value
-        except ValueError:
+            number = signal.Signals[name if name.startswith("SIG") else "SIG" + name].value
+        except KeyError:
             number = 0
     if not 0 < number < signal.NSIG:
         raise distsvc.errors.UsageError(f"--signal {text}: not a signal (e.g. TERM, INT, 9)")

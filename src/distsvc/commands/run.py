@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         if not command:
             raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
         if args.detach:
-            import distsvc.commands.job
+            from distsvc.commands import job
 
             args.json = False
             args.command = command
-            return distsvc.commands.job.start(args)  # type: ignore[arg-type]
+            return job.start(args)  # type: ignore[arg-type]
         config = distsvc.commands.common.load_config(args)
         if limited(args):
             return run_limited(args, command, config)

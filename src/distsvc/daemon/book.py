@@ -138,7 +138,7 @@ class Book:
                 path = distsvc.jobs.store.output_path(self.root, job.id, stream)
                 cut = distsvc.jobs.store.cut_output(path, max_output)
                 if cut:
-                    job.output_cut[stream] = cut
+                    job.output_cut[stream] = job.output_cut.get(stream, 0) + cut
         self.save(job)  # the final record first: only then may the unit (and status) go
         try:
             distsvc.jobs.local.collect(manager, job)
@@ -175,7 +175,7 @@ class Book:
         with self.changed:
             job = self.jobs.get(job_id)
         if job is None:
-            raise NoSuchJob(job_id)
+            raise distsvc.jobs.store.NoSuchJob(job_id)
         return job
 
     def add(self, job: distsvc.jobs.record.Job) -> None:
@@ -204,10 +204,3 @@ class Book:
             if self._manager is not None:
                 self._manager.close()
                 self._manager = None
-
-
-class NoSuchJob(distsvc.errors.DistsvcError):
-    exit_status = distsvc.errors.EXIT_NO_SUCH_JOB
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"no job {job_id} (see `distsvc job list`)")

@@ -40,9 +40,9 @@ _LEFTOVER_AGE = 3600.0   # a .new-* directory this old is a crashed create, not 
 
 
 class NoSuchJob(distsvc.errors.DistsvcError):
-    """An ID with no job: bad input, status 2 like every usage error."""
+    """An ID with no job: a status of its own, so scripts tell it from other failures."""
 
-    exit_status = distsvc.errors.EXIT_USAGE
+    exit_status = distsvc.errors.EXIT_NO_SUCH_JOB
 
     def __init__(self, id: str) -> None:
         self.id = id

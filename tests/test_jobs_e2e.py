@@ -1,0 +1,253 @@
+"""Local jobs end to end: `distsvc job ...` as a user of a real systemd user manager.
+
+In the booted container (tests/container.py): the daemon is started by its socket unit, as
+installed, and each job is a transient unit of the test user's manager. cgroups here are
+hybrid, so limits can only be recorded (`--best-effort`); their enforcement is proven in the
+VM bed (test_jobs_vm.py). Every test's jobs are its own (IDs from its own `start`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import container
+
+PROJECT = Path(__file__).resolve().parents[1]
+UNITS = ("distsvc.socket", "distsvc.service")
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[container.Container]:
+    reason = container.can_boot()
+    if reason:
+        pytest.fail(reason)
+    with container.booted() as c:
+        c.run(["ln", "-sf", str(container.VENV_BIN / "distsvc"), "/usr/bin/distsvc"])
+        for unit in UNITS:
+            c.write_file(f"/usr/lib/systemd/user/{unit}",
+                         (PROJECT / "systemd" / unit).read_text())
+        c.run_as_user(["systemctl", "--user", "daemon-reload"])
+        c.run_as_user(["systemctl", "--user", "enable", "--now", "distsvc.socket"])
+        yield c
+
+
+def job(c: container.Container, *args: str, check: bool = True, timeout: float = 60,
+        env: dict[str, str] | None = None) -> Any:
+    return c.run_as_user(["distsvc", "job", *args], check=check, timeout=timeout,
+                         env={"DISTSVC_DAEMON": "required", **(env or {})})
+
+
+def start(c: container.Container, *args: str) -> str:
+    job_id = str(job(c, "start", *args).stdout.strip())
+    assert job_id.isdigit(), job_id
+    return job_id
+
+
+def status(c: container.Container, job_id: str) -> dict[str, Any]:
+    return json.loads(job(c, "status", "--json", job_id).stdout)  # type: ignore[no-any-return]
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+    return value
+
+
+def processes(c: container.Container, needle: str) -> list[str]:
+    out = c.run(["ps", "-eo", "pid=,stat=,args="]).stdout
+    return [line for line in out.splitlines() if needle in line and "ps -eo" not in line]
+
+
+def units(c: container.Container) -> list[str]:
+    out = c.run_as_user(["systemctl", "--user", "list-units", "--all", "--plain",
+                         "--no-legend", "distsvc-job-*"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def test_a_job_keeps_its_status_and_both_streams(box: container.Container) -> None:
+    job_id = start(box, "--isolate", "none", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert job(box, "wait", job_id, check=False).returncode == 3
+    record = status(box, job_id)
+    assert record["state"] == "exited" and record["exit_code"] == 3
+    assert record["placement"]["unit"] == f"distsvc-job-{job_id}.service"
+    assert job(box, "logs", "--stdout", job_id).stdout == "out\n"
+    assert job(box, "logs", "--stderr", job_id).stderr == "err\n"
+    both = job(box, "logs", job_id)
+    assert (both.stdout, both.stderr) == ("out\n", "err\n")
+    listed = json.loads(job(box, "list", "--json").stdout)["jobs"]
+    assert listed[0]["id"] == job_id  # newest first
+    text = job(box, "status", job_id).stdout
+    assert "exited 3" in text and "echo out" in text
+    # The unit went once the record was written.
+    wait_until(lambda: f"distsvc-job-{job_id}.service" not in units(box), 10, "the unit to go")
+
+
+def test_a_fast_true_reads_as_success_and_a_signal_as_a_signal(
+        box: container.Container) -> None:
+    fast = start(box, "true")
+    killed = start(box, "sh", "-c", "kill -TERM $$")
+    assert job(box, "wait", fast, check=False).returncode == 0
+    assert status(box, fast)["state"] == "exited"
+    assert job(box, "wait", killed, check=False).returncode == 143
+    record = status(box, killed)
+    assert record["state"] == "killed" and record["signal"] == 15
+
+
+def test_stop_ends_a_double_forked_grandchild(box: container.Container) -> None:
+    job_id = start(box, "sh", "-c", "(setsid sleep 3001 &); sleep 3002")
+    wait_until(lambda: processes(box, "sleep 3001") and processes(box, "sleep 3002"), 20,
+               "the tree")
+    out = job(box, "stop", "--grace", "2", job_id).stdout
+    assert f"job {job_id}:" in out
+    wait_until(lambda: not processes(box, "sleep 300"), 20, "the tree to end")
+    assert status(box, job_id)["state"] in ("killed", "exited")
+    again = job(box, "stop", job_id, check=False)
+    assert again.returncode == 4 and "ended already" in again.stderr
+
+
+def test_pause_and_resume_the_whole_tree(box: container.Container) -> None:
+    script = ("sh -c 'sh -c \"while :; do echo tick; sleep 0.1; done\"' & "
+              "while :; do :; done")
+    job_id = start(box, "sh", "-c", script)
+    wait_until(lambda: "tick" in job(box, "logs", "--stdout", job_id).stdout, 20, "output")
+    answer = json.loads(job(box, "pause", "--json", job_id).stdout)
+    assert answer["jobs"][0]["paused"] is True
+    method = answer["jobs"][0]["pause_method"]
+    assert method in ("freezer", "signals")
+    time.sleep(0.5)
+    before = job(box, "logs", "--stdout", job_id).stdout
+    cpu_before = status(box, job_id)["cpu_ns"]
+    time.sleep(1.0)
+    assert job(box, "logs", "--stdout", job_id).stdout == before  # nothing ran
+    cpu_after = status(box, job_id)["cpu_ns"]
+    if cpu_before is not None and cpu_after is not None:
+        assert cpu_after - cpu_before < 50_000_000  # a busy loop would have used ~1 s
+    resumed = job(box, "resume", job_id).stdout
+    assert method in resumed
+    wait_until(lambda: len(job(box, "logs", "--stdout", job_id).stdout) > len(before), 20,
+               "output after resume")
+    job(box, "stop", "--grace", "1", job_id)
+
+
+def test_jobs_outlive_a_daemon_restart(box: container.Container) -> None:
+    quick = start(box, "sh", "-c", "sleep 3; exit 7")
+    slow = start(box, "sleep", "3003")
+    box.run_as_user(["systemctl", "--user", "stop", "distsvc.service"])
+    time.sleep(4)  # the quick one ends while no daemon runs
+    assert processes(box, "sleep 3003")
+    assert job(box, "wait", quick, check=False).returncode == 7  # the socket starts a daemon
+    assert status(box, quick)["state"] == "exited"
+    assert status(box, slow)["state"] == "running"
+    job(box, "stop", "--grace", "1", slow)
+
+
+def test_wait_goes_on_across_a_daemon_restart(box: container.Container) -> None:
+    job_id = start(box, "sh", "-c", "sleep 4; exit 5")
+    waiter = box.popen_as_user(["distsvc", "job", "wait", job_id],
+                               env={"DISTSVC_DAEMON": "required"})
+    time.sleep(1)
+    box.run_as_user(["systemctl", "--user", "restart", "distsvc.service"])
+    assert waiter.wait(60) == 5
+
+
+def test_followers_get_every_byte(box: container.Container) -> None:
+    writer = ("import os, sys, time\n"
+              "time.sleep(2)\n"
+              "r = __import__('random').Random(7)\n"
+              "for _ in range(50):\n"
+              "    sys.stdout.buffer.write(r.randbytes(1 << 20)); sys.stdout.flush()\n")
+    job_id = start(box, "python3", "-c", writer)
+    follow = ["sh", "-c", f"distsvc job logs --follow --stdout {job_id} | sha256sum"]
+    env = {"DISTSVC_DAEMON": "required"}
+    followers = [box.popen_as_user(follow, env=env, stdout=-1, text=True) for _ in range(8)]
+    stopped = box.popen_as_user(follow, env=env, stdout=-1, text=True)
+    stopped.send_signal(19)  # SIGSTOP: a follower that reads nothing
+    time.sleep(2.5)
+    followers += [box.popen_as_user(follow, env=env, stdout=-1, text=True) for _ in range(6)]
+    assert job(box, "wait", job_id, timeout=120).returncode == 0  # not held by `stopped`
+    followers += [box.popen_as_user(follow, env=env, stdout=-1, text=True) for _ in range(6)]
+    expected = hashlib.sha256(box.host_path(
+        f"{box.home}/.local/state/distsvc/jobs/{job_id}/stdout").read_bytes()).hexdigest()
+    assert len(box.host_path(
+        f"{box.home}/.local/state/distsvc/jobs/{job_id}/stdout").read_bytes()) == 50 << 20
+    for follower in followers:
+        out, _ = follower.communicate(timeout=120)
+        assert out.split()[0] == expected
+    stopped.send_signal(18)
+    out, _ = stopped.communicate(timeout=120)
+    assert out.split()[0] == expected
+
+
+def test_bad_input_gets_one_line_and_its_own_status(box: container.Container) -> None:
+    cases = [
+        (["status", "99999"], 5, "no job 99999"),
+        (["start", "--memory", "5X", "true"], 2, "--memory"),
+        (["start", "no-such-command-here"], 127, "command not found"),
+        (["start", "/etc/hostname"], 126, "not executable"),
+        (["start", "--memory", "64M", "true"], 4, "--best-effort"),
+    ]
+    for args, code, text in cases:
+        result = job(box, *args, check=False)
+        assert result.returncode == code, (args, result)
+        assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1, result
+    running = start(box, "sleep", "3004")
+    result = job(box, "remove", running, check=False)
+    assert result.returncode == 4 and "stop it first" in result.stderr
+    job(box, "stop", "--grace", "1", running)
+    job(box, "wait", running, check=False)
+    assert job(box, "remove", running).returncode == 0
+    assert job(box, "status", running, check=False).returncode == 5
+
+
+def test_limits_with_best_effort_are_recorded_and_said_not_enforced(
+        box: container.Container) -> None:
+    job_id = start(box, "--best-effort", "--memory", "64M", "--cpu", "50%", "--tasks", "20",
+                   "--timeout", "1h", "sleep", "3005")
+    unit = f"distsvc-job-{job_id}.service"
+    shown = box.run_as_user(["systemctl", "--user", "show", unit, "-p", "MemoryMax",
+                             "-p", "CPUQuotaPerSecUSec", "-p", "TasksMax",
+                             "-p", "RuntimeMaxUSec"]).stdout
+    assert "MemoryMax=67108864" in shown and "TasksMax=20" in shown
+    assert "CPUQuotaPerSecUSec=500ms" in shown and "RuntimeMaxUSec=1h" in shown
+    record = status(box, job_id)
+    assert "memory" in record["not_enforced"]
+    assert "not enforced" in job(box, "status", job_id).stdout
+    job(box, "stop", "--grace", "1", job_id)
+
+
+def test_isolation_is_observed_from_inside(box: container.Container) -> None:
+    script = "ps -e -o pid= | wc -l; cat /proc/net/dev; ls -A /tmp | wc -l"
+    job_id = start(box, "sh", "-c", script)
+    assert job(box, "wait", job_id, check=False).returncode == 0, status(box, job_id)
+    out = job(box, "logs", "--stdout", job_id).stdout.splitlines()
+    assert int(out[0]) <= 4, out  # unshare, sh, ps (and wc): not the container's processes
+    interfaces = [line.split(":")[0].strip() for line in out if ":" in line]
+    assert interfaces == ["lo"], out
+    assert out[-1] == "0"
+    assert set(status(box, job_id)["isolation"]) == {"pid", "mount", "network"}
+
+
+def test_many_short_jobs_leave_no_units_and_the_daemon_flat(box: container.Container) -> None:
+    ids = [start(box, "true") for _ in range(3)]
+    job(box, "wait", *ids)
+    pid = box.run_as_user(["systemctl", "--user", "show", "-p", "MainPID", "--value",
+                           "distsvc.service"]).stdout.strip()
+    fds_before = len(list(box.host_path(f"/proc/{pid}/fd").iterdir()))
+    loop = ("for i in $(seq 1 200); do distsvc job start --isolate none true; done | "
+            "xargs distsvc job wait")
+    box.run_as_user(["sh", "-c", loop], env={"DISTSVC_DAEMON": "required"}, timeout=600)
+    wait_until(lambda: not units(box), 30, "no job units left")
+    fds_after = len(list(box.host_path(f"/proc/{pid}/fd").iterdir()))
+    assert fds_after <= fds_before + 2, (fds_before, fds_after)
+    assert job(box, "clean").returncode == 0
+    assert json.loads(job(box, "list", "--json", "--state", "exited").stdout)["jobs"] == []
