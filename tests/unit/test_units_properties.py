@@ -164,3 +164,8 @@ def test_state_reads_missing_accounting_as_none() -> None:
     assert state.memory_peak is None  # not there at all (systemd 252)
     assert state.limits == {"MemoryMax": None, "TasksMax": 64}
     assert (state.active_state, state.sub_state, state.result) == ("active", "exited", "success")
+
+
+def test_exec_start_doubles_dollars_so_systemd_passes_arguments_unchanged() -> None:
+    assert units.exec_start(["sh", "-c", "kill -TERM $$; echo ${HOME} $X"]) == [
+        ("sh", ["sh", "-c", "kill -TERM $$$$; echo $${HOME} $$X"], False)]

@@ -229,9 +229,13 @@ def encode_properties(properties: Mapping[str, object]) -> Args:
 
 
 def exec_start(argv: Sequence[str]) -> list[tuple[str, list[str], bool]]:
-    """ExecStart's value for one command line: the path searched by systemd in its PATH
-    (an absolute path, or a name; systemd 239+), the argv, and `ignore failure`: False."""
-    return [(argv[0], list(argv), False)]
+    """ExecStart's value for one command line: the program (an absolute path, or a name
+    systemd looks up in its PATH), the argv, and `ignore failure`: False.
+
+    systemd substitutes $NAME and ${NAME} from the unit's environment in ExecStart arguments,
+    given over D-Bus too, and turns $$ into $: every $ is doubled so the command gets its
+    arguments exactly (`sh -c 'kill -TERM $$'` would otherwise read `kill -TERM $`)."""
+    return [(argv[0], [arg.replace("$", "$$") for arg in argv], False)]
 
 
 # Reading ----------------------------------------------------------------------------------
