@@ -1,7 +1,7 @@
-"""The systemd adapter: socket activation, readiness and watchdog notifications, the journal.
+"""Socket activation, readiness and watchdog notifications, the journal, why the service failed.
 
-The one place distsvc talks to systemd. Everything degrades to a no-op when the process was
-not started by systemd (no LISTEN_FDS, no NOTIFY_SOCKET, no JOURNAL_STREAM).
+What the daemon needs from the systemd that started it. Everything degrades to a no-op when
+the process was not started by systemd (no LISTEN_FDS, no NOTIFY_SOCKET, no JOURNAL_STREAM).
 
 Socket activation and sd_notify are done here by hand (a few lines each, as sd_listen_fds(3)
 and sd_notify(3) describe them), so the daemon works under systemd without systemd-python;
