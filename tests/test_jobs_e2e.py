@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_pause_and_resume_the_whole_tree(box: container.Container) -> None:
 def test_jobs_outlive_a_daemon_restart(box: container.Container) -> None:
     quick = start(box, "sh", "-c", "sleep 3; exit 7")
     slow = start(box, "sleep", "3003")
-    box.run_as_user(["systemctl", "--user", "stop", "distsvc.service"])
+    box.run_as_user(["systemctl", "--user", "kill", "-s", "KILL", "distsvc.service"])
     time.sleep(4)  # the quick one ends while no daemon runs
     assert processes(box, "sleep 3003")
     assert job(box, "wait", quick, check=False).returncode == 7  # the socket starts a daemon
@@ -256,3 +257,101 @@ def test_many_short_jobs_leave_no_units_and_the_daemon_flat(box: container.Conta
     assert fds_after <= fds_before + 2, (fds_before, fds_after)
     assert job(box, "clean").returncode == 0
     assert json.loads(job(box, "list", "--json", "--state", "exited").stdout)["jobs"] == []
+
+
+def test_timeout_ends_the_job_and_reads_as_timed_out(box: container.Container) -> None:
+    job_id = start(box, "--timeout", "1s", "sleep", "3006")
+    assert job(box, "wait", job_id, check=False).returncode == 124
+    assert status(box, job_id)["state"] == "timeout"
+    assert "timed out" in job(box, "status", job_id).stdout
+    assert not processes(box, "sleep 3006")
+
+
+def test_a_unit_left_behind_is_one_line_and_nothing_else_moves(
+        box: container.Container) -> None:
+    last = int(start(box, "true"))
+    squatter = f"distsvc-job-{last + 1}.service"
+    box.run_as_user(["systemd-run", "--user", "--unit", squatter, "sleep", "3007"])
+    result = job(box, "start", "true", check=False)
+    assert result.returncode == 4 and squatter in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    box.run_as_user(["systemctl", "--user", "stop", squatter])
+    after = start(box, "true")  # the next one starts; the ID is not reused
+    assert int(after) > last + 1
+    assert job(box, "wait", after).returncode == 0
+
+
+def test_a_corrupt_record_is_reported_and_the_rest_served(box: container.Container) -> None:
+    job_id = start(box, "true")
+    job(box, "wait", job_id)
+    box.run_as_user(["systemctl", "--user", "kill", "-s", "KILL", "distsvc.service"])
+    box.write_file(f"{box.home}/.local/state/distsvc/jobs/{job_id}/job.json", "{not json",
+                   owner=box.user, mode=0o600)
+    listed = job(box, "list")
+    assert str(job_id) in listed.stderr and listed.returncode == 0
+    fine = start(box, "true")
+    assert job(box, "wait", fine).returncode == 0
+    result = job(box, "status", job_id, check=False)
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_another_user_cannot_reach_the_jobs(box: container.Container) -> None:
+    job_id = start(box, "sleep", "3008")
+    if "intruder" not in box.users:
+        box.add_user("intruder")
+    sock = f"{box.runtime_dir()}/distsvc/distsvc.sock"
+    connect = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+    result = box.run_as_user(["python3", "-c", connect, sock], user="intruder", check=False)
+    assert result.returncode != 0 and "Permission denied" in result.stderr
+    result = box.run_as_user(["distsvc", "job", "stop", job_id], user="intruder", check=False,
+                             env={"DISTSVC_DAEMON": "required"})
+    assert result.returncode == 255  # its own (absent) daemon: never this user's jobs
+    assert processes(box, "sleep 3008")
+    mode = box.host_path(f"{box.home}/.local/state/distsvc/jobs/{job_id}/stdout").stat()
+    assert mode.st_mode & 0o777 == 0o600
+    job(box, "stop", "--grace", "1", job_id)
+
+
+def test_detach_and_list_filters(box: container.Container) -> None:
+    result = box.run_as_user(["distsvc-run", "--detach", "--name", "nightly", "sleep", "3009"],
+                             env={"DISTSVC_DAEMON": "required"})
+    job_id = result.stdout.strip()
+    assert job_id.isdigit()
+    running = json.loads(job(box, "list", "--json", "--state", "running").stdout)["jobs"]
+    assert [j["id"] for j in running if j["name"] == "nightly"] == [job_id]
+    assert "nightly" in job(box, "list").stdout
+    job(box, "stop", "--grace", "1", "--signal", "INT", job_id)
+    assert status(box, job_id)["signal"] == 2
+    exited = json.loads(job(box, "list", "--json", "--state", "running").stdout)["jobs"]
+    assert job_id not in [j["id"] for j in exited]
+
+
+def test_retention_keeps_the_newest_and_cuts_big_output(box: container.Container) -> None:
+    config = f"{box.home}/.config/distsvc/config.toml"
+    box.write_file(config, '[jobs]\nkeep = 2\nmax_output = "1K"\n', owner=box.user)
+    time.sleep(1.1)  # a new mtime for the daemon to see
+    try:
+        ids = [start(box, "sh", "-c", "head -c 3000 /dev/zero | tr '\\0' x") for _ in range(4)]
+        job(box, "wait", ids[-1])
+        wait_until(lambda: job(box, "status", ids[0], check=False).returncode == 5, 20,
+                   "the oldest to be removed")
+        record = status(box, ids[-1])
+        assert record["output_cut"]["stdout"] > 0
+        out = job(box, "logs", "--stdout", ids[-1]).stdout
+        assert "bytes cut" in out and out.endswith("x")
+    finally:
+        box.run_as_user(["rm", "-f", config])
+
+
+def test_a_foreground_command_runs_in_a_scope_with_its_limits(
+        box: container.Container) -> None:
+    result = box.run_as_user(
+        ["distsvc-run", "--memory", "64M", "--best-effort", "sh", "-c",
+         "cat /proc/self/cgroup; exit 7"], check=False)
+    assert result.returncode == 7, result
+    assert re.search(r"^0::/.*/distsvc-run-[0-9]+-[0-9a-f]+\.scope$", result.stdout,
+                     re.MULTILINE), result.stdout
+    refused = box.run_as_user(["distsvc-run", "--memory", "64M", "true"], check=False)
+    assert refused.returncode == 4 and "--best-effort" in refused.stderr
+    bad = box.run_as_user(["distsvc-run", "--cpu", "lots", "true"], check=False)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

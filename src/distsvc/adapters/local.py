@@ -19,7 +19,6 @@ import distsvc.errors
 import distsvc.remote
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-GATE_FD = 9  # where a gated child finds the pipe it waits on
 
 
 def status_of(returncode: int) -> int:
@@ -67,6 +66,22 @@ def _end_group(pgid: int, first: int | None) -> None:
             os.killpg(pgid, signum)
 
 
+def _low_pipe() -> tuple[int, int]:
+    """A pipe whose read end is a single digit: a POSIX shell redirects no other."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    if read_end > 9:
+        low = fcntl.fcntl(read_end, fcntl.F_DUPFD, 3)
+        os.close(read_end)
+        read_end = low
+        if low > 9:
+            os.close(low)
+            os.close(write_end)
+            raise distsvc.errors.CannotRun("no free file descriptor below 10 for the scope's gate")
+    return read_end, write_end
+
+
 def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         gate: Callable[[int], None] | None = None) -> int:
     """Run argv here and return its status (128+N if a signal ended it).
@@ -87,19 +102,17 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         # Runs after setpgid: take the terminal before exec, so an early read cannot stop us.
         if terminal is not None:
             _give_terminal(terminal, os.getpgrp())
-        if gate is not None:
-            os.dup2(gate_r, GATE_FD)  # a shell redirects single-digit fds only
 
     if gate is not None:
         # Popen returns only once the child exec'd, so the wait is a shell's `read` before it
         # execs argv itself (same exit status and signals: exec replaces it).
-        gate_r, gate_w = os.pipe()
-        argv = ["/bin/sh", "-c", f'read _ <&{GATE_FD}; exec {GATE_FD}<&-; exec "$@"', "sh",
+        gate_r, gate_w = _low_pipe()
+        argv = ["/bin/sh", "-c", f'read _ <&{gate_r}; exec {gate_r}<&-; exec "$@"', "sh",
                 *argv]
     try:
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, process_group=0,
-                                 preexec_fn=in_child if terminal is not None or gate else None,
-                                 pass_fds=(GATE_FD,) if gate is not None else ())
+                                 preexec_fn=in_child if terminal is not None else None,
+                                 pass_fds=(gate_r,) if gate is not None else ())
     except FileNotFoundError:
         print(f"distsvc: {argv[0]}: command not found", file=sys.stderr)
         return 127

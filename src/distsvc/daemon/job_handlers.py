@@ -114,7 +114,7 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     plan = distsvc.jobs.isolation.plan(applied, manager.user)
     log = distsvc.log.get(job=job.id, peer_pid=peer.pid)
     try:
-        distsvc.jobs.local.start(manager, book.root, job, env, plan)
+        distsvc.jobs.local.start(manager, book.root, job, env, plan, daemon.config.jobs.all)
     except distsvc.errors.DistsvcError as error:
         job.state, job.reason, job.ended = "failed", error.message, time.time()
         book.save(job)

@@ -97,8 +97,12 @@ def properties(job: distsvc.jobs.record.Job, env: Mapping[str, str], root: Path,
 
 
 def start(manager: units.Manager, root: Path, job: distsvc.jobs.record.Job,
-          env: Mapping[str, str], plan: distsvc.jobs.isolation.Plan) -> None:
-    """Start the job's unit; its record says "starting" until the first refresh."""
+          env: Mapping[str, str], plan: distsvc.jobs.isolation.Plan,
+          all_jobs: distsvc.jobs.limits.Limits | None = None) -> None:
+    """Start the job's unit in SLICE; `all_jobs` are the limits of the slice, set when it is
+    made (by the first job while none runs: a slice's limits are not changed under its jobs)."""
+    if all_jobs is not None and not distsvc.jobs.limits.is_empty(all_jobs):
+        manager.start_slice(SLICE, distsvc.jobs.limits.properties(all_jobs, "/"))
     argv = [*plan.argv_prefix, *job.argv]
     description = f"distsvc job {job.id}: {distsvc.protocol.describe_command(job.argv)}"
     try:
