@@ -1,7 +1,8 @@
 """The daemon's jobs: their records in memory, their units watched, their waiters woken.
 
 Records are the truth on disk (jobs/store.py); the book holds them in memory and writes each
-change through. One thread watches the running jobs' units (every WATCH_INTERVAL): when a job
+change through. One thread watches the running jobs' units (every WATCH_INTERVAL, and every YOUNG_INTERVAL
+while a job is young, since most short jobs end within a second): when a job
 ends, its final record is written (fsync) BEFORE its unit is let go, so an exit status is
 never lost, and everyone waiting on the book's condition is woken. At the daemon's start the
 book reloads every record and brings the unfinished ones up to date: a job that ended while
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     import distsvc.config
 
 WATCH_INTERVAL = 0.2
+YOUNG_INTERVAL = 0.02  # while a job is in its first YOUNG seconds: short jobs are common
+YOUNG = 2.0
 
 
 class Book:
@@ -88,9 +91,15 @@ class Book:
                                                  name="job-watcher")
                 self._watcher.start()
 
+    def _interval(self) -> float:
+        now = time.time()
+        with self.changed:
+            young = any(now - job.created < YOUNG for job in self.unfinished())
+        return YOUNG_INTERVAL if young else WATCH_INTERVAL
+
     def _watch(self) -> None:
         while True:
-            time.sleep(WATCH_INTERVAL)
+            time.sleep(self._interval())
             try:
                 if not self.tick():
                     with self.changed:
