@@ -2,7 +2,8 @@
 
 Records are the truth on disk (jobs/store.py); the book holds them in memory and writes each
 change through. One thread watches the running jobs' units (every WATCH_INTERVAL, every
-YOUNG_INTERVAL while a job is young: most short jobs end within a second): when a job ends, its final record is written (fsync) BEFORE its unit is let go, so an exit status is
+YOUNG_INTERVAL while a job is young: most short jobs end within a second). When a job
+ends, its final record is written (fsync) BEFORE its unit is let go, so an exit status is
 never lost, and everyone waiting on the book's condition is woken. At the daemon's start the
 book reloads every record and brings the unfinished ones up to date: a job that ended while
 no daemon ran gets its true status then.
