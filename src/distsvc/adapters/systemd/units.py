@@ -107,6 +107,8 @@ LIMITS = ("MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "IOWeight", "RuntimeMax
 """The limits `UnitState.limits` reads back (None: not set, i.e. infinity)."""
 
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+SYSTEMD_EXIT_STATUSES = (200, 243)
+"""The exit statuses systemd's own set-up of a process fails with (systemd.exec(5))."""
 
 
 class UnitError(distsvc.errors.DistsvcError):
@@ -242,6 +244,14 @@ def exec_start(argv: Sequence[str]) -> list[tuple[str, list[str], bool]]:
 
 def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+def _decoded(value: object) -> object:
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_decoded(item) for item in value)
+    return value
 
 
 def _usec_time(value: object) -> float | None:
@@ -387,8 +397,20 @@ class Manager:
         except Exception as error:
             raise self._error(name, "start", error) from None
         result = self._wait_job(job, name, "start")
-        if result != "done":
+        if result != "done" and not self._ran(name):
             raise UnitError(f"cannot start {name}: {self._failure(name, result)}")
+
+    def _ran(self, name: str) -> bool:
+        """Whether a service whose start job failed ran its command all the same: one that
+        ends at once (`sh -c 'exit 3'`) can fail the unit before a Type=exec start job is
+        done. Not when systemd's own set-up failed (exit statuses 200-243: EXIT_CHDIR,
+        EXIT_EXEC...) or the unit never got a main process."""
+        state = self.state(name)
+        if state is None or state.started_at is None:
+            return False
+        return not (state.result == "exit-code" and state.exec_main_code == CLD_EXITED
+                    and SYSTEMD_EXIT_STATUSES[0] <= state.exec_main_status
+                    <= SYSTEMD_EXIT_STATUSES[1])
 
     def _failure(self, name: str, job_result: str) -> str:
         state = self.state(name)
@@ -442,6 +464,20 @@ class Manager:
         if _text(unit.get(b"LoadState")) == "not-found":
             return None
         return state_from(name, unit, typed)
+
+    def properties(self, name: str) -> dict[str, object] | None:
+        """Every property of the unit as the manager reads it back (the Unit interface's and
+        its type's), strings decoded: what a status display or a test compares with what was
+        asked. None: no such unit loaded."""
+        path = self._unit_path(name)
+        if path is None:
+            return None
+        try:
+            found = {**self._get_all(path, UNIT_IFACE),
+                     **self._get_all(path, _type_interface(name))}
+        except Exception as error:
+            raise self._error(name, "read the properties of", error) from None
+        return {_text(key): _decoded(value) for key, value in found.items()}
 
     def kill(self, name: str, signum: int) -> None:
         """Signal every process of the unit (KillUnit, who="all")."""
