@@ -18,19 +18,25 @@ import json
 import secrets
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import container
 
-PRELUDE = """
+PRELUDE = f"""
 import json, os, signal, subprocess, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from helpers import wait_for as _wait_for
 from distsvc.adapters.systemd.units import Manager, UnitError, UnitExists, Unsupported
 from distsvc.jobs import isolation
 
 m = Manager()
 HOME = os.environ["HOME"]
+""" + """
+def wait_for(predicate, what, timeout=30):
+    return _wait_for(predicate, timeout, what)
 
 def wait_end(name, timeout=30):
     deadline = time.monotonic() + timeout
@@ -41,20 +47,19 @@ def wait_end(name, timeout=30):
         time.sleep(0.05)
     raise AssertionError(f"{name} did not end: {m.state(name)}")
 
-def wait_for(predicate, what, timeout=30):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
-
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
+    except OSError:  # gone (ENOENT), or going while read (ESRCH)
         return False
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 def proc_state(pid):
     with open(f"/proc/{pid}/stat") as f:
@@ -72,11 +77,7 @@ def out(value):
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[container.Container]:
-    reason = container.can_boot()
-    if reason:
-        pytest.fail(reason)
-    with container.booted() as c:
-        yield c
+    yield from container.container_fixture()
 
 
 @pytest.fixture()
@@ -241,7 +242,7 @@ def test_kill_and_stop_end_a_double_forked_grandchild(box: container.Container, 
                          "TimeoutStopUSec": 10000000}, "tree")
         def two_sleeps():
             pids = m.processes(name)
-            comms = [open(f"/proc/{pid}/comm").read().strip() for pid in pids if alive(pid)]
+            comms = [comm(pid) for pid in pids]
             return comms == ["sleep", "sleep"] and pids
         pids = wait_for(two_sleeps, "two sleeps")
         main = m.state(name).main_pid
