@@ -467,3 +467,27 @@ def test_a_command_that_cannot_be_executed_fails_the_start(box: container.Contai
         out(said)
     """, f"{unit}-noexec.service")
     assert "exit status 203: the command could not be executed" in got
+
+
+def test_one_manager_serves_several_threads(box: container.Container, unit: str) -> None:
+    got = inside(box, """
+        import threading
+        prefix, errors, results = sys.argv[1], [], {}
+        def work(i):
+            try:
+                for j in range(5):
+                    name = f"{prefix}-{i}-{j}.service"
+                    m.start_service(name, ["sh", "-c", f"exit {i}"],
+                                    {"RemainAfterExit": True, "Type": "exec"}, "thread")
+                    state = wait_end(name)
+                    results[name] = state.exec_main_status
+                    cleanup(name)
+            except Exception as error:
+                errors.append(repr(error))
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        out({"errors": errors, "results": results})
+    """, unit)
+    assert got["errors"] == []
+    assert got["results"] == {f"{unit}-{i}-{j}.service": i for i in range(6) for j in range(5)}

@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import errno
 import os
+import select
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,8 @@ UINT64_MAX = 2**64 - 1
 JOB_TIMEOUT = 60.0
 """Seconds a start or stop job may take before we give up waiting (systemd's own default
 start and stop timeouts are 90 s; ours are set per unit)."""
+WAIT_SLICE = 0.05
+"""Longest wait for the bus without looking whether another thread got our job's end."""
 
 # systemd's D-Bus property names and signatures (systemd.exec(5), .resource-control(5),
 # .service(5), .scope(5), .kill(5), .unit(5); the signatures as in src/core/dbus-*.c).
@@ -368,26 +371,36 @@ class Manager:
         return UnitError(f"cannot {doing} {name}: {message}")
 
     def _wait_job(self, job: bytes, name: str, doing: str) -> str:
-        """Wait for JobRemoved of `job`; its result ("done", "failed", "canceled"...)."""
+        """Wait for JobRemoved of `job`; its result ("done", "failed", "canceled"...).
+
+        Messages are read under the lock; the waiting for more is done without it (a select
+        on the bus's fd, at most WAIT_SLICE long, since another thread's call may read our
+        signal off the socket and leave it in `_removed` or sd-bus's queue)."""
         deadline = time.monotonic() + JOB_TIMEOUT
         while True:
             with self._lock:
+                self._drain()
                 if job in self._removed:
                     return self._removed.pop(job)
-                message = self._bus.process()
-                if message.is_empty():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise UnitError(f"cannot {doing} {name}: systemd did not finish the "
-                                        f"job within {JOB_TIMEOUT:.0f} s")
-                    self._bus.wait(int(min(left, 1.0) * 1e6))
-                    continue
-                if message.is_signal(MANAGER_IFACE, b"JobRemoved"):
-                    message.process_reply(False)
-                    _id, path, _unit, result = message.body
-                    self._removed[path] = _text(result)
-                    while len(self._removed) > 1024:  # others' jobs nobody waits for
-                        self._removed.popitem(last=False)
+                fd = self._bus.get_fd()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UnitError(f"cannot {doing} {name}: systemd did not finish the job "
+                                f"within {JOB_TIMEOUT:.0f} s")
+            select.select([fd], [], [], min(left, WAIT_SLICE))
+
+    def _drain(self) -> None:
+        """Process every message waiting; note the JobRemoved signals (the lock is held)."""
+        while True:
+            message = self._bus.process()
+            if message.is_empty():
+                return
+            if message.is_signal(MANAGER_IFACE, b"JobRemoved"):
+                message.process_reply(False)
+                _id, path, _unit, result = message.body
+                self._removed[path] = _text(result)
+                while len(self._removed) > 1024:  # others' jobs nobody waits for
+                    self._removed.popitem(last=False)
 
     def _start(self, name: str, properties: Mapping[str, object]) -> None:
         args = [(ord("s"), name.encode()), (ord("s"), b"fail"), *encode_properties(properties),
