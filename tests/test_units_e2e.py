@@ -33,7 +33,7 @@ from distsvc.adapters.systemd.units import Manager, UnitError, UnitExists, Unsup
 from distsvc.jobs import isolation
 
 m = Manager()
-HOME = os.environ["HOME"]
+HOME = os.environ.get("HOME") or "/root"
 """ + """
 def wait_for(predicate, what, timeout=30):
     return _wait_for(predicate, timeout, what)
@@ -93,10 +93,13 @@ def unit(box: container.Container) -> Iterator[str]:
     assert left == "", f"units left behind: {left}"
 
 
-def inside(c: container.Container, code: str, *args: str, timeout: float = 90) -> Any:
-    """Run PRELUDE + `code` as the test user in the container; the JSON of its last line."""
-    done = c.run_as_user(["python3", "-c", PRELUDE + textwrap.dedent(code), *args],
-                         timeout=timeout, check=False)
+def inside(c: container.Container, code: str, *args: str, timeout: float = 90,
+           root: bool = False) -> Any:
+    """Run PRELUDE + `code` as the test user (or root: the system manager) in the container;
+    the JSON of its last line."""
+    argv = [str(container.VENV_BIN / "python3"), "-c", PRELUDE + textwrap.dedent(code), *args]
+    run = c.run if root else c.run_as_user
+    done = run(argv, timeout=timeout, check=False)
     assert done.returncode == 0, f"snippet failed ({done.returncode}):\n{done.stderr}"
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -491,3 +494,63 @@ def test_one_manager_serves_several_threads(box: container.Container, unit: str)
     """, unit)
     assert got["errors"] == []
     assert got["results"] == {f"{unit}-{i}-{j}.service": i for i in range(6) for j in range(5)}
+
+
+def test_many_units_leave_no_fds_threads_or_units_behind(box: container.Container,
+                                                         unit: str) -> None:
+    got = inside(box, """
+        prefix = sys.argv[1]
+        def counts():
+            return len(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task"))
+        def cycle(i):
+            name = f"{prefix}-{i}.service"
+            m.start_service(name, ["true"], {"RemainAfterExit": True, "Type": "exec"}, "many")
+            wait_end(name)
+            m.state(name), m.processes(name), m.properties(name)
+            cleanup(name)
+        cycle(0)
+        before = counts()
+        for i in range(1, 201):
+            cycle(i)
+        out({"before": before, "after": counts()})
+    """, unit, timeout=110)
+    assert got["after"] == got["before"]
+
+
+def test_as_root_the_system_manager_runs_an_isolated_job(box: container.Container,
+                                                          unit: str) -> None:
+    """Root's jobs go to the system manager: no user namespaces needed, ProtectProc given."""
+    got = inside(box, """
+        name, script = sys.argv[1], sys.argv[2]
+        plan = isolation.plan(isolation.KINDS, m.user)
+        stdout = f"/root/{name}.out"
+        m.start_service(name, [*plan.argv_prefix, "/bin/sh", "-c", script + "exit 4"],
+                        {**plan.properties, "RemainAfterExit": True, "Type": "exec",
+                         "StandardOutputFileToAppend": stdout}, "root job")
+        state = wait_end(name)
+        back = m.properties(name)
+        cleanup(name)
+        seen = dict(line.partition("=")[::2] for line in open(stdout).read().splitlines())
+        out({"user": m.user, "probe": isolation.probe(m), "seen": seen,
+             "status": [state.exec_main_code, state.exec_main_status],
+             "protect": back["ProtectProc"], "private_users": back["PrivateUsers"],
+             "controllers": sorted(m.delegated_controllers())})
+    """, f"{unit}-root.service", ISOLATED_SCRIPT, root=True)
+    assert got["user"] is False
+    assert got["probe"] == {"pid": None, "mount": None, "network": None}
+    assert got["status"] == [1, 4]
+    assert set(got["seen"]["ps"].split()) == {"python3", "sh", "ps", "tr"}
+    assert got["seen"]["tmp"] == "0" and got["seen"]["ifaces"].split() == ["lo"]
+    assert got["protect"] == "invisible" and got["private_users"] is False
+    # The system manager enforces with the v1 controllers of this hybrid layout.
+    assert got["controllers"] == ["cpu", "io", "memory", "pids"]
+
+
+def test_no_bus_is_one_clear_line(box: container.Container, unit: str) -> None:
+    done = box.run_as_user(
+        [str(container.VENV_BIN / "python3"), "-c",
+         "from distsvc.adapters.systemd.units import Manager, UnitError\n"
+         "try:\n    Manager()\nexcept UnitError as e:\n    print(e.message)"],
+        env={"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"})
+    assert done.stdout.startswith("cannot reach your user's service manager over D-Bus (")
+    assert done.stdout.count("\n") == 1
