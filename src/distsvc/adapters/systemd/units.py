@@ -555,7 +555,8 @@ class Manager:
         On a pure cgroup v2 layout: those enabled in the manager's own cgroup (for a user
         manager, what user@.service delegates: Debian's `cpu memory pids`). On a hybrid or
         v1 layout the controllers are v1 hierarchies: a user manager gets none of them, the
-        system manager those that are mounted (cpu, memory, pids, io as blkio)."""
+        system manager those mounted writable (cpu, memory, pids, io as blkio; none in an
+        nspawn container, which mounts them read-only)."""
         if _mount_type("/sys/fs/cgroup") == "cgroup2":
             try:
                 group = _text(self._get(MANAGER_PATH, MANAGER_IFACE, b"ControlGroup", b"s"))
@@ -564,9 +565,8 @@ class Manager:
             return _controllers(f"/sys/fs/cgroup{group}/cgroup.controllers")
         if self.user:
             return frozenset()
-        mounted = {name for name in ("cpu", "memory", "pids", "blkio")
-                   if _mount_type(f"/sys/fs/cgroup/{name}") == "cgroup"}
-        return frozenset("io" if name == "blkio" else name for name in mounted)
+        return frozenset("io" if name == "blkio" else name
+                         for name in ("cpu", "memory", "pids", "blkio") if _writable_v1(name))
 
     def close(self) -> None:
         with self._lock:
@@ -575,19 +575,31 @@ class Manager:
                 self._bus = None
 
 
-def _mount_type(path: str) -> str | None:
-    """The file system type mounted at `path` (the last mount there, which is the one seen),
-    from /proc/self/mountinfo."""
+def _mount(path: str) -> tuple[str, str] | None:
+    """(file system type, mount options) of what is mounted at `path` (the last mount there,
+    which is the one seen), from /proc/self/mountinfo."""
     found = None
     try:
         with open("/proc/self/mountinfo") as lines:
             for line in lines:
                 fields = line.split()
                 if fields[4] == path:
-                    found = fields[fields.index("-") + 1]
+                    found = (fields[fields.index("-") + 1], fields[5])
     except OSError:
         pass
     return found
+
+
+def _mount_type(path: str) -> str | None:
+    mounted = _mount(path)
+    return mounted[0] if mounted else None
+
+
+def _writable_v1(name: str) -> bool:
+    """Whether the v1 hierarchy of controller `name` is mounted, and writable: nspawn mounts
+    them read-only in a container, where the manager cannot set any limit with them."""
+    mounted = _mount(f"/sys/fs/cgroup/{name}")
+    return mounted is not None and mounted[0] == "cgroup" and "rw" in mounted[1].split(",")
 
 
 def _controllers(path: str) -> frozenset[str]:
