@@ -286,6 +286,11 @@ def test_freeze_is_unsupported_here_and_sigstop_of_every_process_pauses_the_tree
             froze = m.state(name).freezer_state
         except Unsupported as error:
             froze = error.message
+        try:
+            m.thaw(name)
+            thawed = m.state(name).freezer_state
+        except Unsupported as error:
+            thawed = error.message
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         stopped = wait_for(lambda: all(proc_state(p) == "T" for p in pids) and
@@ -296,13 +301,15 @@ def test_freeze_is_unsupported_here_and_sigstop_of_every_process_pauses_the_tree
                            [proc_state(p) for p in pids], "all resumed")
         cgroup = open("/proc/self/mountinfo").read()
         cleanup(name)
-        out({"froze": froze, "stopped": stopped, "resumed": resumed,
+        out({"froze": froze, "thawed": thawed, "stopped": stopped, "resumed": resumed,
              "hybrid": " /sys/fs/cgroup/unified " in cgroup})
     """, f"{unit}-pause.service")
     assert got["hybrid"]
     # systemd 252 freezes only with the cgroup v2 freezer of a pure v2 layout.
     assert got["froze"] == f"cannot freeze {unit}-pause.service: Unit '{unit}-pause.service' " \
                            "does not support freezing."
+    assert got["thawed"] == f"cannot thaw {unit}-pause.service: Unit '{unit}-pause.service' " \
+                            "does not support freezing."
     assert got["stopped"] == ["T"] * 4
     assert "T" not in got["resumed"]
 
