@@ -26,6 +26,7 @@ import collections
 import dataclasses
 import errno
 import os
+import select
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,8 @@ UINT64_MAX = 2**64 - 1
 JOB_TIMEOUT = 60.0
 """Seconds a start or stop job may take before we give up waiting (systemd's own default
 start and stop timeouts are 90 s; ours are set per unit)."""
+WAIT_SLICE = 0.05
+"""Longest wait for the bus without looking whether another thread got our job's end."""
 
 # systemd's D-Bus property names and signatures (systemd.exec(5), .resource-control(5),
 # .service(5), .scope(5), .kill(5), .unit(5); the signatures as in src/core/dbus-*.c).
@@ -107,6 +110,8 @@ LIMITS = ("MemoryMax", "CPUQuotaPerSecUSec", "TasksMax", "IOWeight", "RuntimeMax
 """The limits `UnitState.limits` reads back (None: not set, i.e. infinity)."""
 
 CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+SYSTEMD_EXIT_STATUSES = (200, 243)
+"""The exit statuses systemd's own set-up of a process fails with (systemd.exec(5))."""
 
 
 class UnitError(distsvc.errors.DistsvcError):
@@ -244,6 +249,14 @@ def _text(value: object) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
 
 
+def _decoded(value: object) -> object:
+    if isinstance(value, bytes):
+        return _text(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_decoded(item) for item in value)
+    return value
+
+
 def _usec_time(value: object) -> float | None:
     return value / 1e6 if isinstance(value, int) and value not in (0, UINT64_MAX) else None
 
@@ -358,26 +371,36 @@ class Manager:
         return UnitError(f"cannot {doing} {name}: {message}")
 
     def _wait_job(self, job: bytes, name: str, doing: str) -> str:
-        """Wait for JobRemoved of `job`; its result ("done", "failed", "canceled"...)."""
+        """Wait for JobRemoved of `job`; its result ("done", "failed", "canceled"...).
+
+        Messages are read under the lock; the waiting for more is done without it (a select
+        on the bus's fd, at most WAIT_SLICE long, since another thread's call may read our
+        signal off the socket and leave it in `_removed` or sd-bus's queue)."""
         deadline = time.monotonic() + JOB_TIMEOUT
         while True:
             with self._lock:
+                self._drain()
                 if job in self._removed:
                     return self._removed.pop(job)
-                message = self._bus.process()
-                if message.is_empty():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise UnitError(f"cannot {doing} {name}: systemd did not finish the "
-                                        f"job within {JOB_TIMEOUT:.0f} s")
-                    self._bus.wait(int(min(left, 1.0) * 1e6))
-                    continue
-                if message.is_signal(MANAGER_IFACE, b"JobRemoved"):
-                    message.process_reply(False)
-                    _id, path, _unit, result = message.body
-                    self._removed[path] = _text(result)
-                    while len(self._removed) > 1024:  # others' jobs nobody waits for
-                        self._removed.popitem(last=False)
+                fd = self._bus.get_fd()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UnitError(f"cannot {doing} {name}: systemd did not finish the job "
+                                f"within {JOB_TIMEOUT:.0f} s")
+            select.select([fd], [], [], min(left, WAIT_SLICE))
+
+    def _drain(self) -> None:
+        """Process every message waiting; note the JobRemoved signals (the lock is held)."""
+        while True:
+            message = self._bus.process()
+            if message.is_empty():
+                return
+            if message.is_signal(MANAGER_IFACE, b"JobRemoved"):
+                message.process_reply(False)
+                _id, path, _unit, result = message.body
+                self._removed[path] = _text(result)
+                while len(self._removed) > 1024:  # others' jobs nobody waits for
+                    self._removed.popitem(last=False)
 
     def _start(self, name: str, properties: Mapping[str, object]) -> None:
         args = [(ord("s"), name.encode()), (ord("s"), b"fail"), *encode_properties(properties),
@@ -387,8 +410,20 @@ class Manager:
         except Exception as error:
             raise self._error(name, "start", error) from None
         result = self._wait_job(job, name, "start")
-        if result != "done":
+        if result != "done" and not self._ran(name):
             raise UnitError(f"cannot start {name}: {self._failure(name, result)}")
+
+    def _ran(self, name: str) -> bool:
+        """Whether a service whose start job failed ran its command all the same: one that
+        ends at once (`sh -c 'exit 3'`) can fail the unit before a Type=exec start job is
+        done. Not when systemd's own set-up failed (exit statuses 200-243: EXIT_CHDIR,
+        EXIT_EXEC...) or the unit never got a main process."""
+        state = self.state(name)
+        if state is None or state.started_at is None:
+            return False
+        return not (state.result == "exit-code" and state.exec_main_code == CLD_EXITED
+                    and SYSTEMD_EXIT_STATUSES[0] <= state.exec_main_status
+                    <= SYSTEMD_EXIT_STATUSES[1])
 
     def _failure(self, name: str, job_result: str) -> str:
         state = self.state(name)
@@ -442,6 +477,20 @@ class Manager:
         if _text(unit.get(b"LoadState")) == "not-found":
             return None
         return state_from(name, unit, typed)
+
+    def properties(self, name: str) -> dict[str, object] | None:
+        """Every property of the unit as the manager reads it back (the Unit interface's and
+        its type's), strings decoded: what a status display or a test compares with what was
+        asked. None: no such unit loaded."""
+        path = self._unit_path(name)
+        if path is None:
+            return None
+        try:
+            found = {**self._get_all(path, UNIT_IFACE),
+                     **self._get_all(path, _type_interface(name))}
+        except Exception as error:
+            raise self._error(name, "read the properties of", error) from None
+        return {_text(key): _decoded(value) for key, value in found.items()}
 
     def kill(self, name: str, signum: int) -> None:
         """Signal every process of the unit (KillUnit, who="all")."""
@@ -506,7 +555,8 @@ class Manager:
         On a pure cgroup v2 layout: those enabled in the manager's own cgroup (for a user
         manager, what user@.service delegates: Debian's `cpu memory pids`). On a hybrid or
         v1 layout the controllers are v1 hierarchies: a user manager gets none of them, the
-        system manager those that are mounted (cpu, memory, pids, io as blkio)."""
+        system manager those mounted writable (cpu, memory, pids, io as blkio; none in an
+        nspawn container, which mounts them read-only)."""
         if _mount_type("/sys/fs/cgroup") == "cgroup2":
             try:
                 group = _text(self._get(MANAGER_PATH, MANAGER_IFACE, b"ControlGroup", b"s"))
@@ -515,9 +565,8 @@ class Manager:
             return _controllers(f"/sys/fs/cgroup{group}/cgroup.controllers")
         if self.user:
             return frozenset()
-        mounted = {name for name in ("cpu", "memory", "pids", "blkio")
-                   if _mount_type(f"/sys/fs/cgroup/{name}") == "cgroup"}
-        return frozenset("io" if name == "blkio" else name for name in mounted)
+        return frozenset("io" if name == "blkio" else name
+                         for name in ("cpu", "memory", "pids", "blkio") if _writable_v1(name))
 
     def close(self) -> None:
         with self._lock:
@@ -526,19 +575,31 @@ class Manager:
                 self._bus = None
 
 
-def _mount_type(path: str) -> str | None:
-    """The file system type mounted at `path` (the last mount there, which is the one seen),
-    from /proc/self/mountinfo."""
+def _mount(path: str) -> tuple[str, str] | None:
+    """(file system type, mount options) of what is mounted at `path` (the last mount there,
+    which is the one seen), from /proc/self/mountinfo."""
     found = None
     try:
         with open("/proc/self/mountinfo") as lines:
             for line in lines:
                 fields = line.split()
                 if fields[4] == path:
-                    found = fields[fields.index("-") + 1]
+                    found = (fields[fields.index("-") + 1], fields[5])
     except OSError:
         pass
     return found
+
+
+def _mount_type(path: str) -> str | None:
+    mounted = _mount(path)
+    return mounted[0] if mounted else None
+
+
+def _writable_v1(name: str) -> bool:
+    """Whether the v1 hierarchy of controller `name` is mounted, and writable: nspawn mounts
+    them read-only in a container, where the manager cannot set any limit with them."""
+    mounted = _mount(f"/sys/fs/cgroup/{name}")
+    return mounted is not None and mounted[0] == "cgroup" and "rw" in mounted[1].split(",")
 
 
 def _controllers(path: str) -> frozenset[str]:
