@@ -85,7 +85,13 @@ def test_a_job_keeps_its_status_and_both_streams(box: container.Container) -> No
     assert job(box, "logs", "--stderr", job_id).stderr == "err\n"
     both = job(box, "logs", job_id)
     assert (both.stdout, both.stderr) == ("out\n", "err\n")
+    lines = start(box, "sh", "-c", "printf 'a\\nb\\nc\\n'")
+    job(box, "wait", lines)
+    assert job(box, "logs", "--tail", "2", lines).stdout == "b\nc\n"
+    assert job(box, "logs", "-f", "-n", "1", lines).stdout == "c\n"
     listed = json.loads(job(box, "list", "--json").stdout)["jobs"]
+    assert listed[0]["id"] == lines
+    listed = listed[1:]
     assert listed[0]["id"] == job_id  # newest first
     text = job(box, "status", job_id).stdout
     assert "exited 3" in text and "echo out" in text

@@ -3,48 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from types import ModuleType
 
-import distsvc.commands.best
 import distsvc.commands.common
-import distsvc.commands.config_check
-import distsvc.commands.daemon
-import distsvc.commands.env
-import distsvc.commands.hosts
-import distsvc.commands.job
-import distsvc.commands.purge
-import distsvc.commands.run_all
-import distsvc.commands.scan
-import distsvc.commands.status
 
+# Each subcommand's module (with add_parser and run), imported only when its parser is built:
+# `distsvc job start` need not load what `distsvc hosts` uses.
 SUBCOMMANDS = {
-    "hosts": distsvc.commands.hosts,
-    "best": distsvc.commands.best,
-    "run": distsvc.commands.run_all,
-    "job": distsvc.commands.job,
-    "status": distsvc.commands.status,
-    "config": distsvc.commands.config_check,
-    "env": distsvc.commands.env,
-    "purge": distsvc.commands.purge,
-    "daemon": distsvc.commands.daemon,
-    "scan": distsvc.commands.scan,
+    "hosts": "hosts",
+    "best": "best",
+    "run": "run_all",
+    "job": "job",
+    "status": "status",
+    "config": "config_check",
+    "env": "env",
+    "purge": "purge",
+    "daemon": "daemon",
+    "scan": "scan",
 }
 
 
-def parser() -> argparse.ArgumentParser:
+def module(name: str) -> ModuleType:
+    return importlib.import_module(f"distsvc.commands.{SUBCOMMANDS[name]}")
+
+
+def parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `only` (a subcommand named first on the command line) just
+    that subcommand's: the same arguments, without importing the others."""
     p = argparse.ArgumentParser(
         prog="distsvc", description="Run commands on the least-loaded of your SSH hosts.")
     p.add_argument("--version", action="version",
                    version=distsvc.commands.common.version_string())
     sub = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
-    for name, module in SUBCOMMANDS.items():
-        module.add_parser(sub, name)
+    for name in [only] if only in SUBCOMMANDS else SUBCOMMANDS:
+        module(name).add_parser(sub, name)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return distsvc.commands.common.guarded(lambda: int(SUBCOMMANDS[args.subcommand].run(args)))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(argv[0] if argv else None).parse_args(argv)
+    return distsvc.commands.common.guarded(lambda: int(module(args.subcommand).run(args)))
 
 
 if __name__ == "__main__":
