@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import sshbed
+import vmbed
 
 BIN = Path(sys.executable).parent
 
@@ -239,3 +240,9 @@ class TcpProxy:
                 s.close()
             except OSError:
                 pass
+
+
+@pytest.fixture(scope="session")
+def vm() -> Iterator[vmbed.VM]:
+    """The QEMU VM bed (tests/vmbed.py): a pure cgroup v2 kernel, where limits are enforced."""
+    yield from vmbed.vm_fixture()
