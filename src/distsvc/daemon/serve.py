@@ -169,6 +169,14 @@ class Stop:
         return self.event.is_set()
 
 
+def _load_jobs(daemon: distsvc.daemon.context.Daemon) -> None:
+    try:
+        daemon.book.configure(daemon.config)
+        daemon.book.load()
+    except Exception:  # a bus that does not answer must not take the daemon down
+        distsvc.log.get().exception("could not bring the jobs up to date")
+
+
 def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: Stop) -> None:
     """Serve until `stop` is set, the daemon retires, or nothing happened for
     config.daemon_idle_exit seconds. A stop ends the running commands first."""
@@ -179,6 +187,10 @@ def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: 
     distsvc.adapters.systemd.notify(READY=1, STATUS=status_line(daemon))
     log.info("daemon ready", version=distsvc.__version__, pid=os.getpid(),
              hosts=len(daemon.config.hosts))
+    if daemon.book.root.is_dir():
+        # Jobs that ended while no daemon ran get their records (and their units go) now,
+        # not only when someone asks; it stays busy (so alive) while jobs run.
+        threading.Thread(target=_load_jobs, args=(daemon,), daemon=True, name="jobs").start()
     while not stop.is_set():
         now = time.monotonic()
         if watchdog is not None and now - last_ping >= watchdog:
