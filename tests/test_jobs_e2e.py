@@ -252,17 +252,61 @@ def test_many_short_jobs_leave_no_units_and_the_daemon_flat(box: container.Conta
     pid = box.run_as_user(["systemctl", "--user", "show", "-p", "MainPID", "--value",
                            "distsvc.service"]).stdout.strip()
     fds_before = len(list(box.host_path(f"/proc/{pid}/fd").iterdir()))
-    # In batches of 50, each waited for before the next: retention keeps 100 ended jobs.
-    loop = ("for b in $(seq 1 20); do for i in $(seq 1 50); do "
-            "distsvc job start --isolate none true; done | xargs distsvc job wait || exit; done")
+    # A long job keeps the watcher looking while the short ones start: a look at a job whose
+    # unit is still being made must not take its status for lost.
+    long = start(box, "sleep", "3010")
+    # In batches of 50, each waited for and checked before the next (retention keeps 100).
+    check = ("import json, sys; jobs = json.load(sys.stdin)['jobs']; "
+             "bad = [(j['id'], j['state'], j['exit_code'], j['reason']) for j in jobs "
+             "if j['state'] != 'exited' or j['exit_code'] != 1]; print(bad); "
+             "sys.exit(1 if bad else 0)")
+    loop = ("for b in $(seq 1 20); do "
+            "ids=$(for i in $(seq 1 50); do distsvc job start --isolate none false; done); "
+            "distsvc job wait --json $ids | python3 -c \"$CHECK\" || exit; done")
     started = time.monotonic()
-    box.run_as_user(["sh", "-c", loop], env={"DISTSVC_DAEMON": "required"}, timeout=1200)
+    box.run_as_user(["sh", "-c", loop], env={"DISTSVC_DAEMON": "required", "CHECK": check},
+                    timeout=1200)
     print(f"1,000 jobs started and waited for in {time.monotonic() - started:.1f} s")
-    wait_until(lambda: not units(box), 30, "no job units left")
+    wait_until(lambda: units(box) == [f"distsvc-job-{long}.service"], 30, "no units left")
     fds_after = len(list(box.host_path(f"/proc/{pid}/fd").iterdir()))
     assert fds_after <= fds_before + 2, (fds_before, fds_after)
+    job(box, "stop", "--grace", "1", long)
     assert job(box, "clean").returncode == 0
     assert json.loads(job(box, "list", "--json", "--state", "exited").stdout)["jobs"] == []
+    wait_until(lambda: not units(box), 30, "no units left")
+
+
+def test_a_long_job_outlived_by_many_keeps_its_status_and_last_bytes(
+        box: container.Container) -> None:
+    config = f"{box.home}/.config/distsvc/config.toml"
+    box.write_file(config, "[jobs]\nkeep = 2\n", owner=box.user)
+    time.sleep(1.1)  # a new mtime for the daemon to see
+    try:
+        long = start(box, "sh", "-c", "sleep 4; echo last-line; exit 3")
+        follower = box.popen_as_user(["distsvc", "job", "logs", "-f", long],
+                                     env={"DISTSVC_DAEMON": "required"}, stdout=-1, text=True)
+        for _ in range(3):  # each waited for at once: keep = 2 removes the older ones
+            job(box, "wait", start(box, "true"))
+        assert job(box, "wait", long, check=False).returncode == 3
+        out, _ = follower.communicate(timeout=60)
+        assert out == "last-line\n" and follower.returncode == 0
+    finally:
+        box.run_as_user(["rm", "-f", config])
+
+
+def test_a_command_is_found_in_the_jobs_own_path(box: container.Container) -> None:
+    box.run_as_user(["mkdir", "-p", f"{box.home}/bin"])
+    box.write_file(f"{box.home}/bin/mytool", "#!/bin/sh\necho mine; exit 6\n", owner=box.user,
+                   mode=0o755)
+    path = f"{box.home}/bin:{container.PATH}"
+    for isolate in ("none", "pid"):
+        result = box.run_as_user(["distsvc", "job", "start", "--isolate", isolate, "mytool"],
+                                 env={"DISTSVC_DAEMON": "required", "PATH": path})
+        job_id = result.stdout.strip()
+        assert job(box, "wait", job_id, check=False).returncode == 6, status(box, job_id)
+        assert job(box, "logs", job_id).stdout == "mine\n"
+    job_id = start(box, "--isolate", "none", "./bin/mytool")
+    assert job(box, "wait", job_id, check=False).returncode == 6, status(box, job_id)
 
 
 def test_timeout_ends_the_job_and_reads_as_timed_out(box: container.Container) -> None:

@@ -181,17 +181,24 @@ def read_output(job_id: str, environ: Mapping[str, str], streams: Sequence[str],
             distsvc.jobs.output.dump(chosen, write, start)
             return job
         final: list[dict[str, Any]] = []
+        failed: list[distsvc.errors.DistsvcError] = []
 
         def ended(timeout: float) -> bool:
             assert waiter is not None
-            if final:
+            if final or failed:
                 return True
-            jobs = waiter.poll(timeout)
+            try:
+                jobs = waiter.poll(timeout)
+            except distsvc.errors.DistsvcError as error:
+                failed.append(error)  # e.g. removed meanwhile: what the files hold is shown
+                return True
             if jobs is not None:
                 final.extend(jobs)
             return bool(final)
 
         distsvc.jobs.output.follow(chosen, ended, write, start)
+        if failed:
+            raise failed[0]
         return final[0] if final else job
     finally:
         for fd in fds:

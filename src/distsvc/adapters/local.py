@@ -19,6 +19,7 @@ import distsvc.errors
 import distsvc.remote
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+GATE_CLOSED = 125  # a held child whose gate closed without the word to go on
 
 
 def status_of(returncode: int) -> int:
@@ -107,7 +108,9 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         # Popen returns only once the child exec'd, so the wait is a shell's `read` before it
         # execs argv itself (same exit status and signals: exec replaces it).
         gate_r, gate_w = _low_pipe()
-        argv = ["/bin/sh", "-c", f'read _ <&{gate_r}; exec {gate_r}<&-; exec "$@"', "sh",
+        # Without the word (we died, or the scope failed) it exits: CMD never runs unheld.
+        argv = ["/bin/sh", "-c",
+                f'read _ <&{gate_r} || exit {GATE_CLOSED}; exec {gate_r}<&-; exec "$@"', "sh",
                 *argv]
     try:
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, process_group=0,
@@ -126,12 +129,13 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         try:
             gate(child.pid)
         except BaseException:
-            os.close(gate_w)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
+            os.close(gate_w)
             child.wait()
             raise
-        os.write(gate_w, b"go\n")
+        with contextlib.suppress(BrokenPipeError):  # a Ctrl-C ended it while held: its status
+            os.write(gate_w, b"go\n")
         os.close(gate_w)
     if terminal is not None:
         _give_terminal(terminal, child.pid)

@@ -28,6 +28,7 @@ LIMIT_OPTIONS = (  # option, field, help
     ("--timeout", "timeout", "end the job after this long, e.g. 90s, 10m, 2h (RuntimeMaxSec)"),
 )
 ISOLATION = ("pid", "mount", "network")
+MAX_GRACE = 3600.0
 
 
 def add_limit_options(p: argparse.ArgumentParser) -> None:
@@ -280,6 +281,9 @@ def _simple(kind: str) -> Any:
             message["ids"] = args.ids
         if kind == "job_stop":
             message["signal"] = _signal_number(args.signal)
+            if not 0 <= args.grace <= MAX_GRACE:  # also refuses nan and inf
+                raise distsvc.errors.UsageError(
+                    f"--grace {args.grace:g}: must be 0 to {MAX_GRACE:g} seconds")
             message["grace"] = args.grace
         answer = distsvc.actions.jobs.request(message, os.environ, timeout=args_timeout(args))
         if args.json:

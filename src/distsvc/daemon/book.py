@@ -11,6 +11,7 @@ no daemon ran gets its true status then.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ class Book:
         self._isolation: dict[str, str | None] | None = None
         self._watcher: threading.Thread | None = None
         self._manager_lock = threading.Lock()
+        self._tick_lock = threading.Lock()  # one tick at a time: a job is finished once
 
     # -- the manager, made on first use: importing pystemd costs, and most daemons never
     # run a job.
@@ -54,6 +56,14 @@ class Book:
 
                 self._manager = distsvc.adapters.systemd.units.Manager()
             return self._manager
+
+    def forget_manager(self) -> None:
+        """After a bus failure: the next call connects again (the bus may have restarted)."""
+        with self._manager_lock:
+            if self._manager is not None:
+                with contextlib.suppress(Exception):
+                    self._manager.close()
+                self._manager = None
 
     def isolation(self) -> dict[str, str | None]:
         """Which isolation kinds this manager can give (probed once per daemon)."""
@@ -72,6 +82,7 @@ class Book:
         with self.changed:
             if self.loaded:
                 return
+            distsvc.jobs.store.sweep(self.root, time.time())
             jobs, corrupt = distsvc.jobs.store.load_all(self.root)
             self.jobs = {job.id: job for job in jobs}
             self.corrupt = [error.message for error in corrupt]
@@ -80,8 +91,8 @@ class Book:
         for line in self.corrupt:
             distsvc.log.get().error("job record unreadable", error=line)
         if unfinished:
+            self.watch()  # first, so a failing first look is tried again
             self.tick()
-            self.watch()
 
     def watch(self) -> None:
         """Make sure the watcher runs (it ends by itself once no job is unfinished)."""
@@ -107,7 +118,8 @@ class Book:
                             self._watcher = None
                             return
             except Exception:  # the watcher must not die: jobs would never be recorded
-                distsvc.log.get().exception("job watcher failed; trying again")
+                distsvc.log.get().exception("job watcher failed; connecting again")
+                self.forget_manager()
                 time.sleep(1.0)
 
     def unfinished(self) -> list[distsvc.jobs.record.Job]:
@@ -118,37 +130,51 @@ class Book:
         """One look at every unfinished job; True while some are left."""
         import distsvc.jobs.local
 
-        with self.changed:
-            unfinished = self.unfinished()
-        if not unfinished:
-            return False
-        manager = self.manager()
-        ended = []
-        for job in unfinished:
-            before = (job.state, job.cpu_ns, job.memory_peak)
-            if distsvc.jobs.local.refresh(manager, job):
-                ended.append(job)
-            elif (job.state, job.cpu_ns, job.memory_peak) != before and job.state != before[0]:
-                self.save(job)
-        for job in ended:
-            self._finish(manager, job)
-        if ended:
+        with self._tick_lock:
             with self.changed:
-                self.changed.notify_all()
-        return True
+                unfinished = self.unfinished()
+            if not unfinished:
+                return False
+            manager = self.manager()
+            ended = []
+            for job in unfinished:
+                before = job.state
+                if distsvc.jobs.local.refresh(manager, job):
+                    ended.append(job)
+                elif job.state != before:
+                    self._save_quietly(job)
+            for job in ended:
+                try:
+                    self._finish(manager, job)
+                except Exception:  # one job's trouble (disk full...) must not strand others
+                    distsvc.log.get().exception("could not record a job's end", job=job.id)
+            if ended:
+                self.apply_retention()
+                with self.changed:
+                    self.changed.notify_all()
+            return True
+
+    def _save_quietly(self, job: distsvc.jobs.record.Job) -> None:
+        with self.changed:
+            if job.id not in self.jobs:
+                return  # removed meanwhile
+        self.save(job)
 
     def _finish(self, manager: distsvc.adapters.systemd.units.Manager,
                 job: distsvc.jobs.record.Job) -> None:
         import distsvc.jobs.local
 
-        if self.retention is not None:
-            _, _, max_output = self.retention
-            for stream in ("stdout", "stderr"):
-                path = distsvc.jobs.store.output_path(self.root, job.id, stream)
-                cut = distsvc.jobs.store.cut_output(path, max_output)
-                if cut:
-                    job.output_cut[stream] = job.output_cut.get(stream, 0) + cut
-        self.save(job)  # the final record first: only then may the unit (and status) go
+        with self.changed:
+            removed = job.id not in self.jobs
+        if not removed:
+            if self.retention is not None:
+                _, _, max_output = self.retention
+                for stream in ("stdout", "stderr"):
+                    path = distsvc.jobs.store.output_path(self.root, job.id, stream)
+                    cut = distsvc.jobs.store.cut_output(path, max_output)
+                    if cut:
+                        job.output_cut[stream] = job.output_cut.get(stream, 0) + cut
+            self.save(job)  # the final record first: only then may the unit (and status) go
         try:
             distsvc.jobs.local.collect(manager, job)
         except distsvc.errors.DistsvcError as error:
@@ -156,7 +182,6 @@ class Book:
                                       error=error.message)
         distsvc.log.get().info("job ended", job=job.id, state=job.state,
                                exit_code=job.exit_code, signal=job.signal)
-        self.apply_retention()
 
     def save(self, job: distsvc.jobs.record.Job) -> None:
         distsvc.jobs.store.save(self.root, job)

@@ -55,10 +55,14 @@ class Daemon:
         default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
 
     def busy(self) -> bool:
+        """Serving a request, or carrying a command."""
         with self.lock:
-            if self.connections > 0 or self.jobs:
-                return True
-        return self.book.running_count() > 0  # their records are written as they end
+            return self.connections > 0 or bool(self.jobs)
+
+    def watching_jobs(self) -> bool:
+        """Jobs run whose end it should record: no idle exit (a retiring daemon may go: the
+        next one records them)."""
+        return self.book.running_count() > 0
 
     def touch(self) -> None:
         with self.lock:

@@ -30,6 +30,7 @@ Daemon = distsvc.daemon.context.Daemon
 Peer = distsvc.daemon.context.Peer
 Answer = dict[str, Any]
 WAIT_BEAT = 2.0  # a waiting client hears a heartbeat this often
+MAX_GRACE = 3600.0  # seconds between a stop's signal and its SIGKILL, at most
 STREAMS = ("stdout", "stderr")
 
 
@@ -84,14 +85,17 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
         raise distsvc.protocol.ProtocolError("field 'cwd' must be an absolute path")
     name = request.get("name")
     best_effort = request.get("best_effort") is True
-    asked = distsvc.jobs.limits.from_json(request.get("limits") or {})
+    try:
+        asked = distsvc.jobs.limits.from_json(request.get("limits") or {})
+    except ValueError as error:
+        raise distsvc.protocol.ProtocolError(str(error)) from None
     limits = distsvc.jobs.limits.merge(daemon.config.jobs.defaults, asked)
     kinds = request.get("isolate")
     if kinds is None:
         kinds = list(daemon.config.jobs.isolate)
     if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
         raise distsvc.protocol.ProtocolError("field 'isolate' must be a list of names")
-    distsvc.jobs.local.check_command(argv, cwd, env)
+    program = distsvc.jobs.local.check_command(argv, cwd, env)
     manager = book.manager()
     not_enforced = distsvc.jobs.local.unenforceable(limits, manager.delegated_controllers())
     if not_enforced and not best_effort:
@@ -110,18 +114,24 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     if left_out:
         job.reason = "isolation left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
     distsvc.jobs.store.create(book.root, job)
-    book.add(job)
     plan = distsvc.jobs.isolation.plan(applied, manager.user)
     log = distsvc.log.get(job=job.id, peer_pid=peer.pid)
     try:
-        distsvc.jobs.local.start(manager, book.root, job, env, plan, daemon.config.jobs.all)
+        distsvc.jobs.local.start(manager, book.root, job, env, plan, daemon.config.jobs.all,
+                                 program)
     except distsvc.errors.DistsvcError as error:
         job.state, job.reason, job.ended = "failed", error.message, time.time()
         book.save(job)
+        book.add(job)
+        if not isinstance(error, distsvc.jobs.local.UnitLeftOver):
+            distsvc.jobs.local.forget_unit(manager, job)  # a start that failed once loaded
         log.warning("job failed to start", error=error.message)
         raise
+    # Into the book (and so the watcher's sight) only once its unit exists: a look before
+    # would find no unit and call the job's status lost.
     job.state = "running"
     book.save(job)
+    book.add(job)
     book.watch()
     log.info("job started", unit=job.placement["unit"], argv=" ".join(argv)[:200])
     return _answer(job)
@@ -151,8 +161,11 @@ def handle_job_logs(daemon: Daemon, request: dict[str, Any], peer: Peer) -> None
     fds = []
     try:
         for stream in STREAMS:
-            fds.append(os.open(distsvc.jobs.store.output_path(book.root, job.id, stream),
-                               os.O_RDONLY | os.O_CLOEXEC))
+            try:
+                fds.append(os.open(distsvc.jobs.store.output_path(book.root, job.id, stream),
+                                   os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                raise distsvc.jobs.store.NoSuchJob(job.id) from None  # removed meanwhile
         with peer.send_lock:
             distsvc.adapters.unix.send(peer.sock, _answer(job), fds)
     finally:
@@ -168,11 +181,13 @@ def handle_job_wait(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
     ids = request.get("ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise distsvc.protocol.ProtocolError("field 'ids' must be a list of job IDs")
-    jobs = [book.get(i) for i in ids]  # unknown IDs are refused before any waiting
+    jobs = [book.get(i) for i in dict.fromkeys(ids)]  # unknown IDs refused before waiting
     peer.send({"type": "heartbeat"})
-    while not book.wait(ids, WAIT_BEAT):
+    while not book.wait([job.id for job in jobs], WAIT_BEAT):
         peer.send({"type": "heartbeat"})  # OSError: the client left; so do we
-    return _answer(*[book.get(job.id) for job in jobs])
+    # The records held, not looked up again: retention or a `remove` may have taken a job
+    # from the book as it ended, and its waiter must still hear how it ended.
+    return _answer(*jobs)
 
 
 def _unfinished(book: distsvc.daemon.book.Book, job_id: str,
@@ -190,14 +205,30 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
     job = _unfinished(book, _id(request), "stop")
     signum = request.get("signal", signal.SIGTERM)
     grace = request.get("grace", 10.0)
-    if not isinstance(signum, int) or not 0 < signum < signal.NSIG:
+    if isinstance(signum, bool) or not isinstance(signum, int) or not 0 < signum < signal.NSIG:
         raise distsvc.protocol.ProtocolError("field 'signal' must be a signal number")
-    if not isinstance(grace, (int, float)) or grace < 0:
-        raise distsvc.protocol.ProtocolError("field 'grace' must be a number of seconds")
-    distsvc.jobs.local.stop(book.manager(), job, signum, float(grace))
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not (
+            0 <= grace <= MAX_GRACE):
+        raise distsvc.protocol.ProtocolError(
+            f"field 'grace' must be 0 to {MAX_GRACE:g} seconds")
+    try:
+        distsvc.jobs.local.stop(book.manager(), job, signum, float(grace))
+    except distsvc.errors.DistsvcError:
+        _ended_meanwhile(book, job, "stop")
+        raise
     book.tick()
     book.wait([job.id], 5.0)
-    return _answer(book.get(job.id))
+    return _answer(job)
+
+
+def _ended_meanwhile(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
+                     verb: str) -> None:
+    """After a failed systemd call on a job: if it ended just now, say that instead."""
+    book.tick()
+    if job.state in distsvc.jobs.record.FINAL:
+        raise distsvc.jobs.local.JobError(
+            f"job {job.id} has ended already ({distsvc.jobs.record.describe_state(job)}): "
+            f"nothing to {verb}")
 
 
 def handle_job_pause(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -206,7 +237,14 @@ def handle_job_pause(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     if job.paused:
         raise distsvc.jobs.local.JobError(f"job {job.id} is paused already "
                                           f"(distsvc job resume {job.id})")
-    distsvc.jobs.local.pause(book.manager(), job)
+    try:
+        distsvc.jobs.local.pause(book.manager(), job)
+    except distsvc.errors.DistsvcError:
+        _ended_meanwhile(book, job, "pause")
+        raise
+    book.tick()
+    if job.state in distsvc.jobs.record.FINAL:
+        job.paused, job.pause_method = False, None
     book.save(job)
     return _answer(job)
 
@@ -217,7 +255,11 @@ def handle_job_resume(daemon: Daemon, request: dict[str, Any], peer: Peer) -> An
     if not job.paused:
         raise distsvc.jobs.local.JobError(f"job {job.id} is not paused")
     method = job.pause_method
-    distsvc.jobs.local.resume(book.manager(), job)
+    try:
+        distsvc.jobs.local.resume(book.manager(), job)
+    except distsvc.errors.DistsvcError:
+        _ended_meanwhile(book, job, "resume")
+        raise
     book.save(job)
     answer = _answer(job)
     answer["method"] = method
@@ -231,6 +273,9 @@ def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job) -> Non
     with book.changed:
         book.jobs.pop(job.id, None)
     distsvc.jobs.store.remove(book.root, job.id)
+    if job.placement.get("kind") == "local":
+        # A unit a crash left (its end recorded, the unit not yet let go) goes too.
+        distsvc.jobs.local.forget_unit(book.manager(), job)
 
 
 def handle_job_remove(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -238,7 +283,7 @@ def handle_job_remove(daemon: Daemon, request: dict[str, Any], peer: Peer) -> An
     ids = request.get("ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise distsvc.protocol.ProtocolError("field 'ids' must be a list of job IDs")
-    jobs = [book.get(i) for i in ids]
+    jobs = [book.get(i) for i in dict.fromkeys(ids)]
     for job in jobs:
         if job.state not in distsvc.jobs.record.FINAL:
             _remove(book, job)  # raises: nothing is removed when one is still running

@@ -208,7 +208,7 @@ def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: 
             if daemon.retiring:
                 log.info("retiring: a newer daemon takes over")
                 break
-            if idle_for > daemon.config.daemon_idle_exit:
+            if idle_for > daemon.config.daemon_idle_exit and not daemon.watching_jobs():
                 log.info("exiting after being idle", idle_seconds=round(idle_for))
                 break
         # Wakes for a connection, a stop, or each second for the watchdog and idle checks.

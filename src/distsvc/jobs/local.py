@@ -43,9 +43,14 @@ def unit_name(job_id: str) -> str:
     return f"{UNIT_PREFIX}{job_id}.service"
 
 
-def check_command(argv: list[str], cwd: str, env: Mapping[str, str]) -> None:
+class UnitLeftOver(JobError):
+    """A unit of the job's name exists already: it is not ours to remove."""
+
+
+def check_command(argv: list[str], cwd: str, env: Mapping[str, str]) -> str:
     """Refuse, before anything starts, a command that cannot run: one line, and the shell's
-    statuses (127 not found, 126 not executable), as `sh -c CMD` would exit."""
+    statuses (127 not found, 126 not executable), as `sh -c CMD` would exit. The program's
+    absolute path, found in the job's own PATH (systemd would search its own)."""
     if not os.path.isdir(cwd):
         raise JobError(f"{cwd}: no such directory (choose another with --workdir)")
     name = argv[0]
@@ -66,6 +71,7 @@ def check_command(argv: list[str], cwd: str, env: Mapping[str, str]) -> None:
         error = JobError(f"{name}: not executable")
         error.exit_status = 126
         raise error
+    return os.path.abspath(path)
 
 
 def unenforceable(limits: distsvc.jobs.limits.Limits,
@@ -98,18 +104,20 @@ def properties(job: distsvc.jobs.record.Job, env: Mapping[str, str], root: Path,
 
 def start(manager: units.Manager, root: Path, job: distsvc.jobs.record.Job,
           env: Mapping[str, str], plan: distsvc.jobs.isolation.Plan,
-          all_jobs: distsvc.jobs.limits.Limits | None = None) -> None:
+          all_jobs: distsvc.jobs.limits.Limits | None = None,
+          program: str | None = None) -> None:
     """Start the job's unit in SLICE; `all_jobs` are the limits of the slice, set when it is
     made (by the first job while none runs: a slice's limits are not changed under its jobs)."""
     if all_jobs is not None and not distsvc.jobs.limits.is_empty(all_jobs):
         manager.start_slice(SLICE, distsvc.jobs.limits.properties(all_jobs, "/"))
-    argv = [*plan.argv_prefix, *job.argv]
+    command = [program or job.argv[0], *job.argv[1:]]  # argv[0] as found by check_command
+    argv = [*plan.argv_prefix, *command]
     description = f"distsvc job {job.id}: {distsvc.protocol.describe_command(job.argv)}"
     try:
         manager.start_service(unit_name(job.id), argv, properties(job, env, root, plan),
                               description)
     except units.UnitExists:
-        raise JobError(
+        raise UnitLeftOver(
             f"a unit {unit_name(job.id)} exists already (left by a crashed manager?); "
             f"remove it (systemctl {'--user ' if manager.user else ''}stop "
             f"{unit_name(job.id)}; systemctl {'--user ' if manager.user else ''}reset-failed "
@@ -152,6 +160,14 @@ def collect(manager: units.Manager, job: distsvc.jobs.record.Job) -> None:
     name = unit_name(job.id)
     manager.stop(name)
     manager.reset_failed(name)
+
+
+def forget_unit(manager: units.Manager, job: distsvc.jobs.record.Job) -> None:
+    """collect() for a job being removed or that failed to start: no error if it is gone."""
+    try:
+        collect(manager, job)
+    except units.UnitError:
+        pass
 
 
 def _signal_all(manager: units.Manager, job: distsvc.jobs.record.Job, signum: int) -> None:

@@ -279,11 +279,12 @@ def _id_key(id: str) -> tuple[int, str]:
 
 
 def expired(jobs: Iterable[Job], keep: int, max_age: float, now: float) -> list[str]:
-    """The IDs retention removes: finished jobs beyond the newest `keep` finished ones, and
+    """The IDs retention removes: finished jobs beyond the `keep` that ended last, and
     finished jobs that ended more than `max_age` seconds before `now`. Jobs still running
-    are never expired and do not count against `keep`."""
+    are never expired and do not count against `keep`. Ranked by their end, not their start:
+    a long job outlived by many short ones is the newest to end, not the first to go."""
     done = sorted((j for j in jobs if j.state in FINAL),
-                  key=lambda j: (j.created, _id_key(j.id)), reverse=True)
+                  key=lambda j: (j.ended or j.created, _id_key(j.id)), reverse=True)
     return [job.id for index, job in enumerate(done)
             if index >= keep or now - (job.ended or job.created) > max_age]
 
