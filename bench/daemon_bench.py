@@ -554,7 +554,7 @@ def part_cold(s: Setting) -> dict[str, Any]:
             time.sleep(0.02)
         if Path(f"/proc/{pid}").exists():
             raise RuntimeError(f"spawned daemon {pid} did not exit")
-    imports = import_times("distsvc.actions.handlers", runs=5)
+    imports = import_times("distsvc.daemon.handlers", runs=5)
     return {"answered": answered, "status_cli": status_cli, "stopped": stopped,
             "first_run": first_run,
             "spawned_ready": spawned_ready, "daemon_imports": imports}
@@ -848,7 +848,7 @@ def report_cold(r: dict[str, Any], c: dict[str, Any]) -> list[str]:
         out.append(row("(b) same, service running", "the same query right after",
                        *cells(t["query_warm"])))
     imports = r["daemon_imports"]
-    out += ["", f"The daemon imports `distsvc.actions.handlers` (which loads paramiko): "
+    out += ["", f"The daemon imports `distsvc.daemon.handlers` (which loads paramiko): "
             f"{imports.module:.1f} ms cumulative (`python -X importtime`, median of 5; "
             f"heaviest: {', '.join(f'{n} {t:.1f}' for n, t in imports.heaviest)})."]
     if "skipped" not in c:

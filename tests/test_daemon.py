@@ -27,8 +27,9 @@ import pytest
 
 import conftest
 import distsvc.actions.client
-import distsvc.actions.serve
 import distsvc.adapters.unix
+import distsvc.daemon.context
+import distsvc.daemon.serve
 import distsvc.log
 import distsvc.paths
 import distsvc.protocol
@@ -42,7 +43,7 @@ NOBODY = 65534
 class Running:
     directory: Path
     environ: dict[str, str]
-    daemon: distsvc.actions.serve.Daemon
+    daemon: distsvc.daemon.context.Daemon
     thread: threading.Thread
 
     @property
@@ -73,12 +74,12 @@ def start(environ: dict[str, str]) -> Running:
     lock = distsvc.adapters.unix.take_daemon_lock(directory)
     assert lock is not None
     listener = distsvc.adapters.unix.listen(directory)
-    daemon = distsvc.actions.serve.new_daemon(environ, None)
-    stop = distsvc.actions.serve.Stop()
+    daemon = distsvc.daemon.context.new_daemon(environ, None)
+    stop = distsvc.daemon.serve.Stop()
 
     def run() -> None:
         try:
-            distsvc.actions.serve.serve(listener, daemon, stop)
+            distsvc.daemon.serve.serve(listener, daemon, stop)
         finally:
             listener.close()
             os.close(lock)

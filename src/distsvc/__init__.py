@@ -13,7 +13,7 @@ def identity() -> str:
 
     The version alone would not tell an editable install before and after a `git pull`:
     the newest modification time of the package's files does (~50 stat calls, once per
-    process). A daemon that meets a client of another identity retires (actions/serve.py).
+    process). A daemon that meets a client of another identity retires (daemon/serve.py).
     """
     import os
 

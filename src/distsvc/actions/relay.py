@@ -180,7 +180,7 @@ class EventQueue:
     """Signal numbers waiting for the relay, and a pipe that wakes the relay's select().
 
     Events come from this process's own signals (SignalCatcher) or, in the daemon, from a
-    client's messages (distsvc.actions.handlers.ClientEvents).
+    client's messages (distsvc.daemon.handlers.ClientEvents).
     """
 
     def __init__(self) -> None:

@@ -44,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import distsvc.actions.serve
     import distsvc.adapters.systemd
     import distsvc.adapters.unix
+    import distsvc.daemon.context
+    import distsvc.daemon.serve
     import distsvc.log
 
     log = distsvc.log.get()
@@ -68,11 +69,11 @@ def _serve(args: argparse.Namespace) -> int:
         if listener is None:
             listener = distsvc.adapters.unix.listen(directory)
             own_socket = os.lstat(directory / distsvc.adapters.unix.SOCKET_NAME)
-        daemon = distsvc.actions.serve.new_daemon(os.environ, args.config)
-        stop = distsvc.actions.serve.Stop()
+        daemon = distsvc.daemon.context.new_daemon(os.environ, args.config)
+        stop = distsvc.daemon.serve.Stop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: stop.set())
-        distsvc.actions.serve.serve(listener, daemon, stop)
+        distsvc.daemon.serve.serve(listener, daemon, stop)
         return 0
     finally:
         path = directory / distsvc.adapters.unix.SOCKET_NAME

@@ -1,7 +1,7 @@
 """The daemon: accepts connections, checks each peer, dispatches one request per connection.
 
 `serve()` is a plain function over a listening socket, so tests run a daemon in-process.
-Request handlers live in distsvc.actions.handlers, one per request type, in a table.
+Request handlers live in distsvc.daemon.handlers, one per request type, in a table.
 
 Its life: `serve()` accepts until asked to stop (SIGTERM), until idle, or until it retires
 (a client of another installation connected: it exits as soon as no request is in progress,
@@ -15,17 +15,11 @@ and tells each client why its command ended.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
-import itertools
 import os
 import select
-import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import distsvc
@@ -34,6 +28,7 @@ import distsvc.adapters.ssh
 import distsvc.adapters.systemd
 import distsvc.adapters.unix
 import distsvc.config
+import distsvc.daemon.context
 import distsvc.errors
 import distsvc.log
 import distsvc.paths
@@ -45,151 +40,6 @@ CONNECTION_IDLE = 600.0  # SSH connections unused this long are closed
 HEARTBEAT_INTERVAL = 2.0  # a running command's client hears from us at least this often
 STOP_GRACE = 5.0  # on a stop, how long running commands get to end their remote trees
 HEARTBEAT = {"type": "heartbeat"}
-
-
-@dataclasses.dataclass
-class Daemon:
-    """What the daemon keeps between requests."""
-
-    environ: dict[str, str]
-    config_path: Path | None
-    config: distsvc.config.Config
-    config_mtime: float | None
-    pool: distsvc.adapters.ssh.Pool
-    state_dir: Path
-    started: float = dataclasses.field(default_factory=time.monotonic)
-    last_activity: float = dataclasses.field(default_factory=time.monotonic)
-    connections: int = 0
-    jobs: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    measuring: set[str] = dataclasses.field(default_factory=set)
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    job_ids: itertools.count[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
-    runs: set[Peer] = dataclasses.field(default_factory=set)  # `run` requests in progress
-    stopping: bool = False  # a stop is ending the running commands: new ones do not start
-    retiring: bool = False  # a client of another installation came: exit once not busy
-    identity: str = dataclasses.field(default_factory=lambda: distsvc.identity())  # at start
-
-    def busy(self) -> bool:
-        with self.lock:
-            return self.connections > 0 or bool(self.jobs)
-
-    def touch(self) -> None:
-        with self.lock:
-            self.last_activity = time.monotonic()
-
-    def reload_config_if_changed(self) -> None:
-        path = self.config_path or distsvc.paths.config_file(self.environ)
-        try:
-            mtime: float | None = path.stat().st_mtime
-        except OSError:
-            mtime = None
-        if mtime == self.config_mtime:
-            return
-        try:
-            self.config = distsvc.config.load(self.config_path, self.environ)
-            distsvc.log.get().info("configuration reloaded", path=str(path),
-                                   hosts=len(self.config.hosts))
-        except distsvc.errors.ConfigError as error:
-            distsvc.log.get().error("configuration invalid, keeping the previous one",
-                                    error=error.message)
-        self.config_mtime = mtime
-
-
-@dataclasses.dataclass(eq=False)
-class Peer:
-    """One client connection.
-
-    Messages to it are sent under `send_lock`: the handler's (notices, the exit status) and
-    the accept loop's heartbeats never interleave, and none is sent once it is closed. For a
-    `run`, `events` (set by its handler) is how a stop ends its command.
-    """
-
-    sock: socket.socket
-    reader: distsvc.adapters.unix.Reader
-    pid: int
-    uid: int
-    heartbeats: bool = False  # the client asked for them (older clients would not know them)
-    what: str = "the command"  # a `run`'s command line, for messages
-    host: str | None = None  # where its command runs, once it started
-    events: distsvc.actions.relay.EventQueue | None = None
-    stopped: bool = False  # a stop of the daemon ended (or prevented) its command
-    closed: bool = False
-    send_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    state_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-
-    def send(self, message: dict[str, Any]) -> None:
-        with self.send_lock:
-            if self.closed:
-                raise OSError(errno.EBADF, "the connection is closed")
-            distsvc.adapters.unix.send(self.sock, message)
-
-    def send_if_writable(self, message: dict[str, Any]) -> None:
-        """Send a small message without ever blocking (the accept loop's heartbeats): skipped
-        while another send is under way or the client does not read what it was sent."""
-        if not self.send_lock.acquire(blocking=False):
-            return
-        try:
-            if not self.closed and distsvc.adapters.unix.writable(self.sock):
-                distsvc.adapters.unix.send(self.sock, message)
-        except OSError:
-            pass  # the handler finds out, on its own next send or read
-        finally:
-            self.send_lock.release()
-
-    def attach(self, events: distsvc.actions.relay.EventQueue) -> None:
-        """The run's event queue, from its handler; a stop already under way ends it at once."""
-        with self.state_lock:
-            self.events = events
-            if self.stopped:
-                events.add(signal.SIGTERM)
-
-    def stop_command(self) -> None:
-        """End its command as SIGTERM from its user would (the remote tree), from a stop."""
-        with self.state_lock:
-            self.stopped = True
-            if self.events is not None:
-                self.events.add(signal.SIGTERM)
-
-    def close(self) -> None:
-        with self.send_lock:
-            self.closed = True
-            self.sock.close()
-
-
-def describe(request: dict[str, Any]) -> str:
-    """A `run` request's command line, short, for messages."""
-    argv = request.get("argv")
-    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
-        return distsvc.protocol.describe_command(argv)
-    return "the command"
-
-
-def stopped_message(peer: Peer, ended: bool = True) -> str:
-    """What the client of a command a stop ended is told (one line). Not `ended`: its end
-    was not seen in time, and the host ends it when the daemon's connection closes."""
-    if peer.host is None:
-        return f"the daemon was stopped (restart?) before {peer.what} started; it did not run"
-    return (f"the daemon was stopped (restart?) while {peer.what} ran on {peer.host}; "
-            + ("the command was ended there" if ended else
-               "the command is ended there as the daemon's connection closes"))
-
-
-def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
-    try:
-        config = distsvc.config.load(config_path, environ)
-    except distsvc.errors.ConfigError as error:
-        # Every request carries its client's configuration: the daemon's own only sets its
-        # idle exit. A daemon that refused to start would leave every command in-process.
-        distsvc.log.get().error("configuration invalid, using the defaults", error=error.message)
-        config = distsvc.config.load(Path(os.devnull), {})
-    path = config_path or distsvc.paths.config_file(environ)
-    try:
-        mtime: float | None = path.stat().st_mtime
-    except OSError:
-        mtime = None
-    return Daemon(environ=dict(environ), config_path=config_path, config=config,
-                  config_mtime=mtime, pool=distsvc.adapters.ssh.Pool(),
-                  state_dir=distsvc.paths.state_dir(environ))
 
 
 def _refuse(sock: socket.socket, text: str) -> None:
@@ -204,13 +54,13 @@ def _refuse(sock: socket.socket, text: str) -> None:
             pass
 
 
-def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
-    import distsvc.actions.handlers
+def handle_connection(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) -> None:
+    import distsvc.daemon.handlers
 
     log = distsvc.log.get()
     reader = distsvc.adapters.unix.Reader(sock)
     user_request = True
-    peer: Peer | None = None
+    peer: distsvc.daemon.context.Peer | None = None
     try:
         pid, uid = distsvc.adapters.unix.peer_credentials(sock)
         if uid != os.getuid():
@@ -233,12 +83,13 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
         user_request = kind != "scan"
         check_identity(daemon, request, pid)
         daemon.reload_config_if_changed()
-        peer = Peer(sock, reader, pid, uid, heartbeats=request.get("heartbeats") is True,
-                    what=describe(request))
+        peer = distsvc.daemon.context.Peer(
+            sock, reader, pid, uid, heartbeats=request.get("heartbeats") is True,
+            what=distsvc.daemon.context.describe(request))
         if kind == "run":
             register_run(daemon, peer)
         try:
-            response = distsvc.actions.handlers.HANDLERS[kind](daemon, request, peer)
+            response = distsvc.daemon.handlers.HANDLERS[kind](daemon, request, peer)
         except distsvc.errors.DistsvcError as error:
             response = distsvc.protocol.error(error.message, error.exit_status)
         except distsvc.protocol.ProtocolError as error:
@@ -247,7 +98,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
             log.exception("request failed", request=kind, peer_pid=pid)
             response = distsvc.protocol.error(f"internal error: {error!r}", 255)
         if peer.stopped:
-            response = distsvc.protocol.error(stopped_message(peer), 255)
+            response = distsvc.protocol.error(distsvc.daemon.context.stopped_message(peer), 255)
         if response is not None:
             with contextlib.suppress(OSError):
                 peer.send(response)
@@ -267,7 +118,7 @@ def handle_connection(daemon: Daemon, sock: socket.socket) -> None:
             sock.close()
 
 
-def register_run(daemon: Daemon, peer: Peer) -> None:
+def register_run(daemon: distsvc.daemon.context.Daemon, peer: distsvc.daemon.context.Peer) -> None:
     """A `run` in progress: its client gets heartbeats (the first at once, so it knows we
     send them), and a stop ends its command, even one that comes before it started."""
     with daemon.lock:
@@ -278,7 +129,8 @@ def register_run(daemon: Daemon, peer: Peer) -> None:
         peer.send_if_writable(HEARTBEAT)
 
 
-def check_identity(daemon: Daemon, request: dict[str, Any], peer_pid: int) -> None:
+def check_identity(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+                   peer_pid: int) -> None:
     """A client of another installation (an upgrade, a git pull) makes the daemon retire: it
     serves this request and the running ones, then exits, and the next command gets a daemon
     of the client's version (socket activation, or the client starts one)."""
@@ -294,19 +146,7 @@ def check_identity(daemon: Daemon, request: dict[str, Any], peer_pid: int) -> No
                            peer_pid=peer_pid)
 
 
-def rss_kib() -> int | None:
-    """This process's resident memory (VmRSS, KiB), from /proc."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def status_line(daemon: Daemon) -> str:
+def status_line(daemon: distsvc.daemon.context.Daemon) -> str:
     with daemon.lock:
         jobs = len(daemon.jobs)
     return (f"serving; {len(daemon.config.hosts)} hosts configured, "
@@ -329,7 +169,7 @@ class Stop:
         return self.event.is_set()
 
 
-def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
+def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: Stop) -> None:
     """Serve until `stop` is set, the daemon retires, or nothing happened for
     config.daemon_idle_exit seconds. A stop ends the running commands first."""
     log = distsvc.log.get()
@@ -387,7 +227,7 @@ def serve(listener: socket.socket, daemon: Daemon, stop: Stop) -> None:
     log.info("daemon stopped")
 
 
-def beat(daemon: Daemon) -> None:
+def beat(daemon: distsvc.daemon.context.Daemon) -> None:
     """A heartbeat to the client of every `run` in progress that asked for them."""
     with daemon.lock:
         peers = [peer for peer in daemon.runs if peer.heartbeats]
@@ -395,7 +235,7 @@ def beat(daemon: Daemon) -> None:
         peer.send_if_writable(HEARTBEAT)
 
 
-def end_running_commands(daemon: Daemon, grace: float = STOP_GRACE) -> None:
+def end_running_commands(daemon: distsvc.daemon.context.Daemon, grace: float = STOP_GRACE) -> None:
     """A stop: end every running command's remote tree, give the handlers `grace` seconds
     to see it end and tell their clients, then tell the clients of the rest ourselves (their
     commands end on the hosts when our connections close, which follows)."""
@@ -425,4 +265,5 @@ def end_running_commands(daemon: Daemon, grace: float = STOP_GRACE) -> None:
                 commands=len(left))
     for peer in left:
         # The handler never sends its answer after this: we are about to exit.
-        peer.send_if_writable(distsvc.protocol.error(stopped_message(peer, ended=False), 255))
+        peer.send_if_writable(distsvc.protocol.error(
+            distsvc.daemon.context.stopped_message(peer, ended=False), 255))

@@ -20,8 +20,8 @@ import distsvc.actions.placement
 import distsvc.actions.relay
 import distsvc.actions.run
 import distsvc.actions.scan
-import distsvc.actions.serve
 import distsvc.config
+import distsvc.daemon.context
 import distsvc.errors
 import distsvc.log
 import distsvc.protocol
@@ -30,7 +30,7 @@ import distsvc.scanplan
 import distsvc.state
 
 Handler = Callable[
-    [distsvc.actions.serve.Daemon, dict[str, Any], distsvc.actions.serve.Peer],
+    [distsvc.daemon.context.Daemon, dict[str, Any], distsvc.daemon.context.Peer],
     "dict[str, Any] | None"]
 
 
@@ -41,7 +41,7 @@ def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
     return value
 
 
-def _measure_after_request(daemon: distsvc.actions.serve.Daemon,
+def _measure_after_request(daemon: distsvc.daemon.context.Daemon,
                            config: distsvc.config.Config) -> None:
     """Measure the stalest of the three best hosts in the background (once per host)."""
     with distsvc.state.locked(daemon.state_dir):
@@ -64,15 +64,15 @@ def _measure_after_request(daemon: distsvc.actions.serve.Daemon,
     threading.Thread(target=measure, daemon=True, name="measure").start()
 
 
-def _adopt_agent(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any]) -> None:
+def _adopt_agent(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]) -> None:
     """The client's ssh-agent, for the daemon's new connections if its own is unset or gone
     (see Pool.adopt_agent); the process environment stays as it was."""
     agent = request.get("ssh_auth_sock")
     daemon.pool.adopt_agent(agent if isinstance(agent, str) else None)
 
 
-def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
-                  peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+                  peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     with distsvc.state.locked(daemon.state_dir):
         state = distsvc.state.read(daemon.state_dir)
     now = time.time()
@@ -85,13 +85,13 @@ def handle_status(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     return {"ok": True, "version": distsvc.__version__, "pid": os.getpid(),
             "uptime": round(time.monotonic() - daemon.started, 1),
             "config": str(daemon.config.source), "hosts_configured": len(daemon.config.hosts),
-            "hosts": hosts, "rss_kib": distsvc.actions.serve.rss_kib(),
+            "hosts": hosts, "rss_kib": distsvc.daemon.context.rss_kib(),
             "connections": sum(per_host.values()), "connections_per_host": per_host,
             "retiring": daemon.retiring, "jobs": jobs}
 
 
-def handle_best(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
-                peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+                peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     config = distsvc.config.from_wire(_field(request, "config", dict))
     if not config.hosts:
         return {"ok": True, "host": None}
@@ -102,8 +102,8 @@ def handle_best(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     return {"ok": True, "host": choice.host.name}
 
 
-def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
-                 peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+                 peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     config = distsvc.config.from_wire(_field(request, "config", dict))
     _adopt_agent(daemon, request)
     rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
@@ -111,8 +111,8 @@ def handle_hosts(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
     return {"ok": True, "rows": rows}
 
 
-def handle_scan(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
-                peer: distsvc.actions.serve.Peer) -> dict[str, Any]:
+def handle_scan(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+                peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     """The scan timer's pass, over the daemon's warm connections."""
     config = distsvc.config.from_wire(_field(request, "config", dict))
     measured = distsvc.actions.scan.timer_pass(config, daemon.environ, daemon.pool)
@@ -126,7 +126,7 @@ class ClientEvents(distsvc.actions.relay.EventQueue):
     handler is done: the wake-up pipe is closed by whichever of the two finishes last.
     """
 
-    def __init__(self, peer: distsvc.actions.serve.Peer) -> None:
+    def __init__(self, peer: distsvc.daemon.context.Peer) -> None:
         super().__init__()
         self.peer = peer
         self.lock = threading.Lock()
@@ -170,8 +170,8 @@ class ClientEvents(distsvc.actions.relay.EventQueue):
         self._release()
 
 
-def handle_run(daemon: distsvc.actions.serve.Daemon, request: dict[str, Any],
-               peer: distsvc.actions.serve.Peer) -> dict[str, Any] | None:
+def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+               peer: distsvc.daemon.context.Peer) -> dict[str, Any] | None:
     config = distsvc.config.from_wire(_field(request, "config", dict))
     argv = _field(request, "argv", list)
     env = _field(request, "env", dict)
