@@ -141,7 +141,7 @@ def test_cleanup_stale_leaves_the_beds_of_live_runs_alone() -> None:
         assert str(workdir) not in vmbed.cleanup_stale()
         assert workdir.is_dir()
     finally:
-        vmbed._teardown(bed, {})
+        vmbed._teardown(bed)
     assert not workdir.exists()
 
 
@@ -162,7 +162,7 @@ def test_the_vm_runs_a_pure_cgroup2_kernel_of_its_own(vm: vmbed.VM) -> None:
     assert vm.run(["uname", "-r"]).stdout.strip() == vm.kernel.release
     assert vm.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"]).stdout.strip() == "cgroup2fs"
     assert vm.run(["systemd-detect-virt"], check=False).stdout.strip() == "qemu"
-    assert vm.system_state in ("running", "degraded"), vm.debug_report()
+    assert vm.manager_state in ("running", "degraded"), vm.debug_report()
     # The root is the overlay; the host's files show through, the VM's writes stay inside.
     assert vm.run(["findmnt", "-n", "-o", "FSTYPE", "/"]).stdout.strip() == "overlay"
     marker = f"/var/tmp/vmbed-write-{os.getpid()}"
