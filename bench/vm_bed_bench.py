@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common
+import common  # puts tests/ on sys.path
 
 import vmbed
 
