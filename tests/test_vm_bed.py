@@ -21,7 +21,10 @@ import container
 import helpers
 import vmbed
 
-pytestmark = pytest.mark.skipif(vmbed.can_boot() is not None, reason=str(vmbed.can_boot()))
+pytestmark = [
+    pytest.mark.skipif(vmbed.can_boot() is not None, reason=str(vmbed.can_boot())),
+    pytest.mark.timeout(300),  # a boot, on a busy machine (vmbed.BOOT_TIMEOUT)
+]
 
 
 def systemd_run(vm: vmbed.VM, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
