@@ -158,6 +158,18 @@ def test_the_kernel_is_cached_and_not_rebuilt() -> None:
     assert first.release.startswith("6.") and first.release.endswith("-amd64")
 
 
+def test_a_stale_initramfs_is_rebuilt() -> None:
+    """An initramfs made of other parts (its stamp differs) is rebuilt, atomically: a VM
+    booting meanwhile reads either file whole."""
+    k = vmbed.kernel()
+    stamp = k.directory / "initrd.stamp"
+    stamp.write_text("made by another version of tests/vmbed.py")
+    before = k.initrd.stat().st_ino
+    assert vmbed.kernel() == k
+    assert stamp.read_text() == k.stamp()
+    assert k.initrd.stat().st_ino != before
+
+
 # --- inside the session's VM -----------------------------------------------------------------
 
 
