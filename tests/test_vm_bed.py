@@ -9,8 +9,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 
 import container
 import helpers
+import sshbed
 import vmbed
 
 pytestmark = pytest.mark.timeout(300)  # a boot, on a busy machine (vmbed.BOOT_TIMEOUT)
@@ -143,6 +146,27 @@ def test_cleanup_stale_leaves_the_beds_of_live_runs_alone() -> None:
     finally:
         vmbed._teardown(bed)
     assert not workdir.exists()
+
+
+def test_a_port_taken_before_qemu_binds_it_is_given_up_for_another(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = taken.getsockname()[1]
+        offered = [busy]
+        free_port = sshbed.free_port
+        monkeypatch.setattr(sshbed, "free_port",
+                            lambda address: offered.pop() if offered else free_port(address))
+        k = vmbed.kernel()
+        bed = vmbed._Bed(Path(tempfile.mkdtemp(prefix=vmbed.PREFIX, dir=vmbed.BASE)))
+        bed.save()
+        try:
+            (bed.workdir / "overlay").mkdir()
+            qemu, port = vmbed._start_qemu(bed, k)
+            assert qemu.poll() is None
+            assert port != busy and not offered
+            assert [what for what, _, _ in bed.processes] == ["qemu"]
+        finally:
+            assert vmbed._teardown(bed) == []
 
 
 def test_the_kernel_is_cached_and_not_rebuilt() -> None:

@@ -797,6 +797,45 @@ def _qemu_argv(workdir: Path, k: Kernel, port: int) -> list[str]:
             "-device", "virtio-net-pci,netdev=net", "-device", "virtio-rng-pci"]
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the TCP socket listening on 127.0.0.1:`port`."""
+    wanted = f"0100007F:{port:04X}"
+    inodes = {fields[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+              if (fields := line.split())[1] == wanted and fields[3] == "0A"}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[")[:-1] in inodes:
+                return True
+    return False
+
+
+def _start_qemu(bed: _Bed, k: Kernel, attempts: int = 3) -> tuple[subprocess.Popen[bytes], int]:
+    """Start QEMU with its port forward on a free port; another port when someone took that
+    one between our look and QEMU's bind (QEMU then exits at once)."""
+    attempt = 1
+    while True:
+        port = sshbed.free_port("127.0.0.1")
+        with open(bed.workdir / "qemu.log", "wb") as log:
+            qemu = subprocess.Popen(_qemu_argv(bed.workdir, k, port),
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        bed.add("qemu", qemu)
+        deadline = time.monotonic() + 30
+        while qemu.poll() is None and not _listens(qemu.pid, port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if qemu.poll() is None:
+            return qemu, port
+        why = (bed.workdir / "qemu.log").read_text(errors="replace").strip()
+        if "host forwarding" not in why or attempt == attempts:
+            raise BootError(f"QEMU exited {qemu.returncode} at once: {why}")
+        bed.processes = [p for p in bed.processes if p[1] != qemu.pid]
+        bed.save()
+        attempt += 1
+
+
 def _start_master(vm: VM, bed: _Bed, login: str, deadline: float) -> None:
     """Log `login` in with a ControlMaster connection, trying again until sshd answers."""
     control = vm.workdir / f"ctl-{login}"
@@ -852,13 +891,9 @@ def booted(user: str = "dsvcvm", *, timeout: float = BOOT_TIMEOUT) -> Iterator[V
             client_key = sshbed.keygen(bed.workdir / "id_ed25519")
             host_key = _make_overlay(bed.workdir, k, u, client_key)
             (bed.workdir / "known_hosts").write_text(f"vmbed {host_key}\n")
-            port = sshbed.free_port("127.0.0.1")
             started = time.monotonic()
             deadline = started + timeout
-            with open(bed.workdir / "qemu.log", "wb") as log:
-                qemu = subprocess.Popen(_qemu_argv(bed.workdir, k, port),
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            bed.add("qemu", qemu)
+            qemu, port = _start_qemu(bed, k)
             vm = VM(bed.workdir, port, qemu, k, {user: u}, user)
             _start_master(vm, bed, "root", deadline)
             vm.timings["ssh"] = time.monotonic() - started
