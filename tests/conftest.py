@@ -22,7 +22,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A skipped test is a failed run: every test's parts are installed by
     scripts/setup.sh --test, so a skip means something is missing, not optional."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if reporter is None:
+        return
+    skipped = reporter.stats.get("skipped", [])
     if skipped and exitstatus == 0:
         reporter.write_line(f"{len(skipped)} tests skipped: the run fails (no test may be "
                             "skipped; see the reasons above)", red=True)
