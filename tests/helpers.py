@@ -119,3 +119,26 @@ class Terminal:
             self.process.wait()
         os.close(self.master)
         os.close(self.slave)
+
+
+# --- jobs, in a booted bed (container.Container or vmbed.VM: both have run_as_user) -------
+
+
+def job(bed: Any, *args: str, check: bool = True, timeout: float = 60,
+        env: dict[str, str] | None = None) -> Any:
+    """`distsvc job ARGS` as the bed's user, through its daemon only (no fallback)."""
+    return bed.run_as_user(["distsvc", "job", *args], check=check, timeout=timeout,
+                           env={"DISTSVC_DAEMON": "required", **(env or {})})
+
+
+def start_job(bed: Any, *args: str) -> str:
+    """`distsvc job start ARGS`: the new job's ID."""
+    job_id = str(job(bed, "start", *args).stdout.strip())
+    assert job_id.isdigit(), job_id
+    return job_id
+
+
+def job_status(bed: Any, job_id: str) -> dict[str, Any]:
+    import json
+
+    return json.loads(job(bed, "status", "--json", job_id).stdout)  # type: ignore[no-any-return]

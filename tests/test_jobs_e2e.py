@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import container
+import helpers
 
 PROJECT = Path(__file__).resolve().parents[1]
 UNITS = ("distsvc.socket", "distsvc.service")
@@ -39,29 +40,14 @@ def box() -> Iterator[container.Container]:
         yield c
 
 
-def job(c: container.Container, *args: str, check: bool = True, timeout: float = 60,
-        env: dict[str, str] | None = None) -> Any:
-    return c.run_as_user(["distsvc", "job", *args], check=check, timeout=timeout,
-                         env={"DISTSVC_DAEMON": "required", **(env or {})})
+def job(bed: Any, *args: str, check: bool = True, timeout: float = 60) -> Any:
+    return helpers.job(bed, *args, check=check, timeout=timeout)
 
 
-def start(c: container.Container, *args: str) -> str:
-    job_id = str(job(c, "start", *args).stdout.strip())
-    assert job_id.isdigit(), job_id
-    return job_id
+start = helpers.start_job
+status = helpers.job_status
 
 
-def status(c: container.Container, job_id: str) -> dict[str, Any]:
-    return json.loads(job(c, "status", "--json", job_id).stdout)  # type: ignore[no-any-return]
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def processes(c: container.Container, needle: str) -> list[str]:
@@ -96,7 +82,8 @@ def test_a_job_keeps_its_status_and_both_streams(box: container.Container) -> No
     text = job(box, "status", job_id).stdout
     assert "exited 3" in text and "echo out" in text
     # The unit went once the record was written.
-    wait_until(lambda: f"distsvc-job-{job_id}.service" not in units(box), 10, "the unit to go")
+    helpers.wait_for(lambda: f"distsvc-job-{job_id}.service" not in units(box), 10,
+                     "the unit to go")
 
 
 def test_a_fast_true_reads_as_success_and_a_signal_as_a_signal(
@@ -112,11 +99,11 @@ def test_a_fast_true_reads_as_success_and_a_signal_as_a_signal(
 
 def test_stop_ends_a_double_forked_grandchild(box: container.Container) -> None:
     job_id = start(box, "sh", "-c", "(setsid sleep 3001 &); sleep 3002")
-    wait_until(lambda: processes(box, "sleep 3001") and processes(box, "sleep 3002"), 20,
+    helpers.wait_for(lambda: processes(box, "sleep 3001") and processes(box, "sleep 3002"), 20,
                "the tree")
     out = job(box, "stop", "--grace", "2", job_id).stdout
     assert f"job {job_id}:" in out
-    wait_until(lambda: not processes(box, "sleep 300"), 20, "the tree to end")
+    helpers.wait_for(lambda: not processes(box, "sleep 300"), 20, "the tree to end")
     assert status(box, job_id)["state"] in ("killed", "exited")
     again = job(box, "stop", job_id, check=False)
     assert again.returncode == 4 and "ended already" in again.stderr
@@ -126,7 +113,7 @@ def test_pause_and_resume_the_whole_tree(box: container.Container) -> None:
     script = ("sh -c 'sh -c \"while :; do echo tick; sleep 0.1; done\"' & "
               "while :; do :; done")
     job_id = start(box, "sh", "-c", script)
-    wait_until(lambda: "tick" in job(box, "logs", "--stdout", job_id).stdout, 20, "output")
+    helpers.wait_for(lambda: "tick" in job(box, "logs", "--stdout", job_id).stdout, 20, "output")
     answer = json.loads(job(box, "pause", "--json", job_id).stdout)
     assert answer["jobs"][0]["paused"] is True
     method = answer["jobs"][0]["pause_method"]
@@ -141,7 +128,7 @@ def test_pause_and_resume_the_whole_tree(box: container.Container) -> None:
         assert cpu_after - cpu_before < 50_000_000  # a busy loop would have used ~1 s
     resumed = job(box, "resume", job_id).stdout
     assert method in resumed
-    wait_until(lambda: len(job(box, "logs", "--stdout", job_id).stdout) > len(before), 20,
+    helpers.wait_for(lambda: len(job(box, "logs", "--stdout", job_id).stdout) > len(before), 20,
                "output after resume")
     job(box, "stop", "--grace", "1", job_id)
 
@@ -267,13 +254,13 @@ def test_many_short_jobs_leave_no_units_and_the_daemon_flat(box: container.Conta
     box.run_as_user(["sh", "-c", loop], env={"DISTSVC_DAEMON": "required", "CHECK": check},
                     timeout=1200)
     print(f"1,000 jobs started and waited for in {time.monotonic() - started:.1f} s")
-    wait_until(lambda: units(box) == [f"distsvc-job-{long}.service"], 30, "no units left")
+    helpers.wait_for(lambda: units(box) == [f"distsvc-job-{long}.service"], 30, "no units left")
     fds_after = len(list(box.host_path(f"/proc/{pid}/fd").iterdir()))
     assert fds_after <= fds_before + 2, (fds_before, fds_after)
     job(box, "stop", "--grace", "1", long)
     assert job(box, "clean").returncode == 0
     assert json.loads(job(box, "list", "--json", "--state", "exited").stdout)["jobs"] == []
-    wait_until(lambda: not units(box), 30, "no units left")
+    helpers.wait_for(lambda: not units(box), 30, "no units left")
 
 
 def test_a_long_job_outlived_by_many_keeps_its_status_and_last_bytes(
@@ -383,7 +370,7 @@ def test_retention_keeps_the_newest_and_cuts_big_output(box: container.Container
     try:
         ids = [start(box, "sh", "-c", "head -c 3000 /dev/zero | tr '\\0' x") for _ in range(4)]
         job(box, "wait", ids[-1])
-        wait_until(lambda: job(box, "status", ids[0], check=False).returncode == 5, 20,
+        helpers.wait_for(lambda: job(box, "status", ids[0], check=False).returncode == 5, 20,
                    "the oldest to be removed")
         record = status(box, ids[-1])
         assert record["output_cut"]["stdout"] > 0

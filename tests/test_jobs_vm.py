@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import helpers
 import vmbed
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -40,19 +41,12 @@ def box(vm: vmbed.VM) -> Iterator[vmbed.VM]:
                     "distsvc.service"], check=False)
 
 
-def job(vm: vmbed.VM, *args: str, check: bool = True, timeout: float = 120) -> Any:
-    return vm.run_as_user(["distsvc", "job", *args], check=check, timeout=timeout,
-                          env={"DISTSVC_DAEMON": "required"})
+def job(bed: Any, *args: str, check: bool = True, timeout: float = 120) -> Any:
+    return helpers.job(bed, *args, check=check, timeout=timeout)
 
 
-def start(vm: vmbed.VM, *args: str) -> str:
-    job_id = str(job(vm, "start", *args).stdout.strip())
-    assert job_id.isdigit(), job_id
-    return job_id
-
-
-def status(vm: vmbed.VM, job_id: str) -> dict[str, Any]:
-    return json.loads(job(vm, "status", "--json", job_id).stdout)  # type: ignore[no-any-return]
+start = helpers.start_job
+status = helpers.job_status
 
 
 def test_memory_limit_ends_a_job_out_of_memory(box: vmbed.VM) -> None:

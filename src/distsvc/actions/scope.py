@@ -29,12 +29,8 @@ def run(argv: list[str], options: distsvc.actions.run.Options, limits_json: dict
     distsvc.jobs.local.check_command(argv, cwd, environ)
     manager = units.Manager()
     try:
-        not_enforced = distsvc.jobs.local.unenforceable(limits, manager.delegated_controllers())
-        if not_enforced and not best_effort:
-            field, why = next(iter(not_enforced.items()))
-            raise distsvc.jobs.local.JobError(
-                f"--{field.replace('_', '-')} cannot be enforced here: {why}; run with "
-                "--best-effort to run with it recorded only")
+        not_enforced = distsvc.jobs.local.check_limits(
+            limits, manager.delegated_controllers(), best_effort)
         if not_enforced and not options.quiet:
             print(f"distsvc: not enforced here: {', '.join(not_enforced)}", file=sys.stderr)
         name = f"distsvc-run-{os.getpid()}-{secrets.token_hex(3)}.scope"

@@ -97,12 +97,8 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
         raise distsvc.protocol.ProtocolError("field 'isolate' must be a list of names")
     program = distsvc.jobs.local.check_command(argv, cwd, env)
     manager = book.manager()
-    not_enforced = distsvc.jobs.local.unenforceable(limits, manager.delegated_controllers())
-    if not_enforced and not best_effort:
-        field, why = next(iter(not_enforced.items()))
-        raise distsvc.jobs.local.JobError(
-            f"--{field.replace('_', '-')} cannot be enforced here: {why}; "
-            "run with --best-effort to start the job with it recorded only")
+    not_enforced = distsvc.jobs.local.check_limits(
+        limits, manager.delegated_controllers(), best_effort)
     applied, left_out = _isolation(book, kinds, best_effort)
     job = distsvc.jobs.record.Job(
         id=distsvc.jobs.store.new_id(book.root), name=name if isinstance(name, str) else None,

@@ -83,6 +83,18 @@ def unenforceable(limits: distsvc.jobs.limits.Limits,
             if controller not in delegated}
 
 
+def check_limits(limits: distsvc.jobs.limits.Limits, delegated: frozenset[str],
+                 best_effort: bool) -> dict[str, str]:
+    """The limits that cannot be enforced here, with why: refused (one line) unless
+    `best_effort`, when they are applied as far as they go and reported."""
+    missing = unenforceable(limits, delegated)
+    if missing and not best_effort:
+        field, why = next(iter(missing.items()))
+        raise JobError(f"{distsvc.jobs.limits.option(field)} cannot be enforced here: {why}; "
+                       "run with --best-effort to have it recorded only")
+    return missing
+
+
 def properties(job: distsvc.jobs.record.Job, env: Mapping[str, str], root: Path,
                plan: distsvc.jobs.isolation.Plan) -> dict[str, object]:
     """The unit's properties: where it runs, its output files, its limits and isolation."""
