@@ -195,6 +195,9 @@ def test_bad_input_gets_one_line_and_its_own_status(box: container.Container) ->
         result = job(box, *args, check=False)
         assert result.returncode == code, (args, result)
         assert text in result.stderr and len(result.stderr.strip().splitlines()) == 1, result
+    tmp = job(box, "start", "-w", "/tmp", "true", check=False)
+    assert tmp.returncode == 4 and "under /tmp" in tmp.stderr, tmp
+    assert job(box, "wait", start(box, "-w", "/tmp", "--isolate", "pid", "true")).returncode == 0
     running = start(box, "sleep", "3004")
     result = job(box, "remove", running, check=False)
     assert result.returncode == 4 and "stop it first" in result.stderr

@@ -26,7 +26,7 @@ def test_every_kind_on_a_user_manager() -> None:
     plan = isolation.plan(isolation.KINDS, user_manager=True)
     assert plan.properties == {"PrivateMounts": True, "PrivateTmp": True,
                                "PrivateNetwork": True, "PrivateUsers": True}
-    assert plan.argv_prefix == [sys.executable, "-I", "-S", isolation.PIDINIT,
+    assert plan.argv_prefix == [*isolation.pidinit_command(),
                                 "--user-namespace", "--"]
 
 
@@ -34,7 +34,7 @@ def test_every_kind_on_the_system_manager() -> None:
     plan = isolation.plan(isolation.KINDS, user_manager=False)
     assert plan.properties == {"PrivateMounts": True, "PrivateTmp": True,
                                "ProtectProc": "invisible", "PrivateNetwork": True}
-    assert plan.argv_prefix == [sys.executable, "-I", "-S", isolation.PIDINIT, "--"]
+    assert plan.argv_prefix == [*isolation.pidinit_command(), "--"]
 
 
 @pytest.mark.parametrize(("kinds", "properties", "prefixed"), [

@@ -71,6 +71,19 @@ def _isolation(book: distsvc.daemon.book.Book, kinds: list[str],
     return [k for k in kinds if k not in missing], missing
 
 
+def _visible_with_private_tmp(cwd: str, program: str) -> None:
+    """Mount isolation gives the job a /tmp and /var/tmp of its own: a working directory or
+    program there would be hidden from it. Said before anything starts."""
+    for what, path in (("working directory", cwd), ("program", program)):
+        real = os.path.realpath(path)
+        for top in ("/tmp", "/var/tmp"):
+            if real == top or real.startswith(top + "/"):
+                raise distsvc.jobs.local.JobError(
+                    f"the {what} {path} is under {top}, which mount isolation replaces with "
+                    "the job's own; run from another directory, or without it "
+                    "(--isolate pid,network)")
+
+
 def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
     argv = request.get("argv")
@@ -100,6 +113,8 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     not_enforced = distsvc.jobs.local.check_limits(
         limits, manager.delegated_controllers(), best_effort)
     applied, left_out = _isolation(book, kinds, best_effort)
+    if "mount" in applied:
+        _visible_with_private_tmp(cwd, program)
     job = distsvc.jobs.record.Job(
         id=distsvc.jobs.store.new_id(book.root), name=name if isinstance(name, str) else None,
         argv=argv, cwd=cwd, env_names=sorted(env), limits=limits, not_enforced=not_enforced,

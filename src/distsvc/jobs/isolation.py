@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import shutil
 import sys
@@ -71,9 +72,18 @@ def plan(kinds: Collection[str], user_manager: bool) -> Plan:
         properties["PrivateUsers"] = True
     prefix: list[str] = []
     if "pid" in kinds:
-        prefix = [sys.executable, "-I", "-S", PIDINIT,
-                  *(["--user-namespace"] if user_manager else []), "--"]
+        prefix = [*pidinit_command(), *(["--user-namespace"] if user_manager else []), "--"]
     return Plan(properties=properties, argv_prefix=prefix)
+
+
+@functools.cache
+def pidinit_command() -> tuple[str, ...]:
+    """How a unit runs pidinit: its source given with -c to the base interpreter, so no file
+    of this installation (a venv, or a checkout under /tmp that PrivateTmp= hides) needs to
+    be visible inside the job's mount namespace."""
+    base = str(getattr(sys, "_base_executable", "") or sys.executable)  # a venv's base python
+    return (base, "-I", "-S", "-c",
+            Path(PIDINIT).read_text(encoding="utf-8"))
 
 
 # What the probe unit prints, one `key=value` a line (dash and coreutils only).
