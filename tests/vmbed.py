@@ -176,7 +176,8 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM yes
 PrintMotd no
-# Every command of a login is one more session on its one connection.
+# Not a host distsvc is tested against: the bed's own control channel, one ControlMaster
+# connection per login, every command a session on it (distsvc's hosts keep the default 10).
 MaxSessions 200
 MaxStartups 100
 """
