@@ -75,16 +75,22 @@ def _exchange(sock: socket.socket, request: dict[str, Any],
     return answer, fds
 
 
-def request(message: dict[str, Any], environ: Mapping[str, str],
-            timeout: float = 60.0) -> dict[str, Any]:
-    """One request and its answer (an error answer raises, with the daemon's status)."""
+def _ask(message: dict[str, Any], environ: Mapping[str, str],
+         timeout: float) -> tuple[dict[str, Any], list[int]]:
+    """One request on a connection of its own: the answer and the fds passed with it."""
     sock = connect(environ)
     try:
-        answer, fds = _exchange(sock, message, timeout)
+        return _exchange(sock, message, timeout)
     except OSError as error:
         raise distsvc.errors.CannotRun(f"the daemon did not answer: {error}") from None
     finally:
         sock.close()
+
+
+def request(message: dict[str, Any], environ: Mapping[str, str],
+            timeout: float = 60.0) -> dict[str, Any]:
+    """One request and its answer (an error answer raises, with the daemon's status)."""
+    answer, fds = _ask(message, environ, timeout)
     for fd in fds:
         os.close(fd)
     return answer
@@ -92,13 +98,7 @@ def request(message: dict[str, Any], environ: Mapping[str, str],
 
 def output_files(job_id: str, environ: Mapping[str, str]) -> tuple[dict[str, Any], list[int]]:
     """The job's record and its stdout and stderr opened for reading."""
-    sock = connect(environ)
-    try:
-        answer, fds = _exchange(sock, {"type": "job_logs", "id": job_id}, 60.0)
-    except OSError as error:
-        raise distsvc.errors.CannotRun(f"the daemon did not answer: {error}") from None
-    finally:
-        sock.close()
+    answer, fds = _ask({"type": "job_logs", "id": job_id}, environ, 60.0)
     if len(fds) != 2:
         for fd in fds:
             os.close(fd)
