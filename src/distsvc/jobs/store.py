@@ -24,7 +24,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import distsvc.errors
@@ -268,10 +268,48 @@ def sweep(root: Path, now: float) -> None:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def output_path(root: Path, id: str, stream: str) -> Path:
+def output_path(root: Path, id: str, stream: str, attempt: int | None = None) -> Path:
+    """A stream's file: the current attempt's, or an ended attempt's (kept by keep_attempt)."""
     if stream not in STREAMS:
         raise ValueError(f"not an output stream: {stream!r}")
-    return root / _check_id(id) / stream
+    name = stream if attempt is None else f"{stream}.{int(attempt)}"
+    return root / _check_id(id) / name
+
+
+def keep_attempt(root: Path, id: str, attempt: int) -> None:
+    """Before a retry: the ended attempt's output moves to `stdout.N`/`stderr.N`, and the next
+    attempt starts with empty files."""
+    for stream in STREAMS:
+        current = output_path(root, id, stream)
+        os.replace(current, output_path(root, id, stream, attempt))
+        os.close(os.open(current, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    _fsync_dir(root / id)
+
+
+# A job that does not start at once (queued: a slot, its dependencies, a retry) keeps the
+# environment it was submitted with until its last attempt has started: in a 0600 file of its
+# own directory (0700), never in the record, which `status --json` shows.
+def save_env(root: Path, id: str, env: Mapping[str, str]) -> None:
+    _write_atomic(root / _check_id(id) / "env.json", [json.dumps(dict(env)).encode()])
+
+
+def load_env(root: Path, id: str) -> dict[str, str]:
+    """The saved environment; StoreError when missing or unreadable."""
+    path = root / _check_id(id) / "env.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise StoreError(f"job {id}: its saved environment {path} cannot be read ({error})"
+                         ) from None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise StoreError(f"job {id}: its saved environment {path} is malformed")
+    return data
+
+
+def remove_env(root: Path, id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / _check_id(id) / "env.json")
 
 
 def _id_key(id: str) -> tuple[int, str]:
