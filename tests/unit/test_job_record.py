@@ -79,6 +79,7 @@ def test_a_version_1_record_reads_with_the_queue_defaults():
     data = record.to_json(make_job())
     for key in ("target", "target_host", "group", "after", "retries", "retry_delay", "attempt",
                 "attempts", "not_before", "best_effort", "isolation_asked", "skipped",
+                "explicit_limits",
                 "host_down_since", "stopped"):
         del data[key]
     data["version"] = 1

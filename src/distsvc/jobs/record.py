@@ -97,6 +97,7 @@ class Job:
     attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ended ones
     not_before: float | None = None   # a queued retry starts no earlier
     best_effort: bool = False
+    explicit_limits: list[str] = dataclasses.field(default_factory=list)  # asked, not defaults
     isolation_asked: list[str] | None = None  # None: the config's jobs.isolate (best effort
     #                                           on hosts), else exactly these kinds
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # host -> why not there
@@ -124,7 +125,7 @@ _SCALARS: dict[str, tuple[tuple[type, ...], bool]] = {
     "best_effort": ((bool,), False), "host_down_since": ((int, float), True),
     "stopped": ((bool,), False),
 }
-_STRING_LISTS = ("argv", "env_names", "isolation", "after")
+_STRING_LISTS = ("argv", "env_names", "isolation", "after", "explicit_limits")
 _STRING_MAPS = ("not_enforced", "placement", "skipped")
 _DEFAULTS = {f.name for f in dataclasses.fields(Job)
              if f.default is not dataclasses.MISSING

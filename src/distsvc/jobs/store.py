@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -140,6 +141,23 @@ def new_id(root: Path) -> str:
     return str(number)
 
 
+def origin(root: Path) -> str:
+    """This store's name on hosts (jobs/remote.py): random hex made once, kept in the store,
+    so the jobs of two machines (or two users' stores) never meet on a shared host."""
+    ensure_root(root)
+    path = root / "origin"
+    with _locked(root):
+        try:
+            text = path.read_text(encoding="ascii").strip()
+            if re.fullmatch(r"[0-9a-f]{16}", text):
+                return text
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        text = secrets.token_hex(8)
+        _write_atomic(path, [f"{text}\n".encode()])
+    return text
+
+
 def _check_id(id: str) -> str:
     """IDs become path names: anything but a plain number is no job (and never `../x`)."""
     if not isinstance(id, str) or not _ID.fullmatch(id):
@@ -147,8 +165,13 @@ def _check_id(id: str) -> str:
     return id
 
 
+def encode(job: Job) -> str:
+    """The record as its file holds it."""
+    return json.dumps(record.to_json(job), indent=1, sort_keys=True) + "\n"
+
+
 def _encode(job: Job) -> bytes:
-    return (json.dumps(record.to_json(job), indent=1, sort_keys=True) + "\n").encode()
+    return encode(job).encode()
 
 
 def create(root: Path, job: Job) -> Job:
