@@ -81,9 +81,14 @@ def test_options_after_the_command_belong_to_the_command() -> None:
     assert queue_part(message) == {}
 
 
-@pytest.mark.parametrize("value", ["x", "-1", "101", "1.5", "", "1e2"])
+@pytest.mark.parametrize("value", ["x", "-1", "101", "1.5", "", "1e2", "²", "9" * 5000])
 def test_bad_retries_are_refused(value: str) -> None:
     assert refusal("--retries", value, "true").startswith(f"--retries {value}:")
+
+
+def test_retries_up_to_the_bound_are_taken() -> None:
+    assert request("--retries", "100", "true")["retries"] == 100
+    assert request("--retries", "007", "true")["retries"] == 7
 
 
 def test_a_retries_value_that_is_not_printable_stays_on_one_line() -> None:
@@ -120,7 +125,8 @@ def test_targets_exclude_each_other(argv: list[str]) -> None:
     assert message.startswith("--host") or message.startswith("--best")
 
 
-@pytest.mark.parametrize("argv", [["--host", ""], ["--host", " "], ["--group", ""]])
+@pytest.mark.parametrize("argv", [["--host", ""], ["--host", " "], ["--host", "a\nb"],
+                                  ["--group", ""], ["--group", "x\ty"]])
 def test_empty_names_are_refused(argv: list[str]) -> None:
     assert refusal(*argv, "true").startswith(argv[0])
 

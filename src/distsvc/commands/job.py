@@ -41,6 +41,7 @@ LIMIT_OPTIONS = (  # option, field, help
 ISOLATION = ("pid", "mount", "network")
 MAX_GRACE = 3600.0
 MAX_RETRIES = 100
+_RETRIES = re.compile(r"[0-9]{1,3}")  # ASCII digits only: int() refuses "²", which isdigit takes
 _ZERO_DURATION = re.compile(r"0+(\.0*)?[smhd]?")  # "0", "0s", "0.0m": no delay
 
 
@@ -84,7 +85,7 @@ def add_queue_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    "does not succeed")
     p.add_argument("--retry-delay", metavar="S",
                    help=prefix + "wait this long between an attempt's end and the next, in "
-                   "seconds or e.g. 30s, 2m (default 0)")
+                   "seconds or e.g. 30s, 2m")
 
 
 def queue_given(args: argparse.Namespace) -> bool:
@@ -105,16 +106,18 @@ def queue_from(args: argparse.Namespace) -> dict[str, Any]:
         raise distsvc.errors.UsageError(
             f"{', '.join(targets)}: give only one of --host NAME, --best and --local")
     if args.target_host is not None:
-        if not args.target_host.strip():
-            raise distsvc.errors.UsageError("--host: give a configured host's name")
+        if not args.target_host.strip() or not args.target_host.isprintable():
+            raise distsvc.errors.UsageError(
+                f"--host {json.dumps(args.target_host)}: give a configured host's name")
         fields.update(target="host", host=args.target_host)
     elif args.target_best:
         fields["target"] = "best"
     elif args.target_local:
         fields["target"] = "local"
     if args.group is not None:
-        if not args.group.strip():
-            raise distsvc.errors.UsageError("--group: give the group's name")
+        if not args.group.strip() or not args.group.isprintable():
+            raise distsvc.errors.UsageError(
+                f"--group {json.dumps(args.group)}: give a name (printable, not empty)")
         fields["group"] = args.group
     if args.after:
         fields["after"] = _job_ids("--after", args.after)
@@ -147,7 +150,7 @@ def _job_ids(option: str, values: list[str]) -> list[str]:
 
 def _retries(text: str) -> int:
     body = text.strip()
-    if not body.isdigit() or not 0 <= int(body) <= MAX_RETRIES:
+    if not _RETRIES.fullmatch(body) or int(body) > MAX_RETRIES:
         shown = text if text.isprintable() else json.dumps(text)
         raise distsvc.errors.UsageError(
             f"--retries {shown}: not a whole number from 0 to {MAX_RETRIES}")
