@@ -53,6 +53,7 @@ def test_no_queue_option_leaves_every_field_to_the_daemon() -> None:
     (["--retry-delay", "1.5"], {"retry_delay": 1.5}),
     (["--retry-delay", "2m"], {"retry_delay": 120.0}),
     (["--retry-delay", "1h30m"], {"retry_delay": 5400.0}),
+    (["--retry-delay", "1d"], {"retry_delay": 86400.0}),
     (["--retry-delay", "0"], {"retry_delay": 0.0}),
     (["--retry-delay", "0s"], {"retry_delay": 0.0}),
 ])
@@ -98,7 +99,8 @@ def test_a_retries_value_that_is_not_printable_stays_on_one_line() -> None:
 
 @pytest.mark.parametrize(("value", "why"), [
     ("-5", "not a duration"), ("soon", "not a duration"), ("5x", "not a duration"),
-    ("", "not a duration"), ("99999d", "too long"),
+    ("", "not a duration"), ("99999d", "too long"), ("86401", "too long (at most 1d)"),
+    ("25h", "too long"),
 ])
 def test_bad_retry_delays_are_refused_as_limits_are(value: str, why: str) -> None:
     message = refusal("--retry-delay", value, "true")

@@ -40,7 +40,8 @@ LIMIT_OPTIONS = (  # option, field, help
 )
 ISOLATION = ("pid", "mount", "network")
 MAX_GRACE = 3600.0
-MAX_RETRIES = 100
+MAX_RETRIES = 100          # the daemon's bounds too (daemon/job_handlers.py): refused
+MAX_RETRY_DELAY = 86400.0  # here first, in the user's words
 _RETRIES = re.compile(r"[0-9]{1,3}")  # ASCII digits only: int() refuses "²", which isdigit takes
 _ZERO_DURATION = re.compile(r"0+(\.0*)?[smhd]?")  # "0", "0s", "0.0m": no delay
 
@@ -85,7 +86,7 @@ def add_queue_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    "does not succeed")
     p.add_argument("--retry-delay", metavar="S",
                    help=prefix + "wait this long between an attempt's end and the next, in "
-                   "seconds or e.g. 30s, 2m")
+                   "seconds or e.g. 30s, 2m (at most 1d)")
 
 
 def queue_given(args: argparse.Namespace) -> bool:
@@ -164,7 +165,12 @@ def _retry_delay(text: str) -> float:
 
     if _ZERO_DURATION.fullmatch(text.strip()):
         return 0.0
-    return distsvc.jobs.limits.parse_duration("retry_delay", text)
+    seconds = distsvc.jobs.limits.parse_duration("retry_delay", text)
+    if seconds > MAX_RETRY_DELAY:
+        raise distsvc.jobs.limits.LimitError(
+            "retry_delay", text,
+            f"too long (at most {distsvc.jobs.limits.format_duration(MAX_RETRY_DELAY)})")
+    return seconds
 
 
 def add_start_options(p: argparse.ArgumentParser) -> None:
