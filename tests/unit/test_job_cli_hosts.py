@@ -21,15 +21,19 @@ from distsvc.jobs.record import Job
 def row(host: str, **changes: Any) -> dict[str, Any]:
     base = {"host": host, "state": "up", "score": 0.1, "load_per_cpu": 0.1, "load1": 0.2,
             "cpus": 2, "cpu_pressure": 1.0, "mem_available_kb": 2 << 20, "metric": None,
-            "access_ms": 3.0, "measured_at": 1.0, "age_s": 4.0, "jobs": 0, "slots": None,
+            "access_ms": 3.0, "measured_at": 1.0, "age_s": 4.0, "running": 0, "slots": None,
             "error": None}
     return {**base, **changes}
 
 
-def jobs_column(text: str) -> dict[str, str]:
+def column(text: str, name: str) -> dict[str, str]:
     lines = text.splitlines()
-    at = lines[0].index("JOBS")
+    at = lines[0].index(name)
     return {line.split()[0]: line[at:].split()[0] for line in lines[1:]}
+
+
+def jobs_column(text: str) -> dict[str, str]:
+    return column(text, "JOBS")
 
 
 def on(host: str, id: str, state: str = "running", **changes: Any) -> Job:
@@ -55,7 +59,7 @@ def test_the_daemons_rows_are_used_as_they_come(tmp_path: Path) -> None:
     environ = environ_with_jobs(tmp_path, on("h2", "9"))  # not read: the daemon knows better
     shown = hosts.with_jobs(rows, environ)
     assert shown == rows
-    assert jobs_column(hosts.table(shown)) == {"h1": "2/4", "h2": "0"}
+    assert jobs_column(hosts.table(shown)) == {"h1": "2", "h2": "0"}
 
 
 def test_rows_without_job_ids_get_them_from_the_records(tmp_path: Path) -> None:
@@ -67,10 +71,11 @@ def test_rows_without_job_ids_get_them_from_the_records(tmp_path: Path) -> None:
         on("h1", "6", placement={"kind": "local", "unit": "u", "manager": "user"}),
         on("h2", "7", host_down_since=3.0),                          # still unfinished
         on("h9", "8"))                                               # not configured
-    shown = hosts.with_jobs([row("h1", jobs=2, slots=2), row("h2"), row("h3")], environ)
+    shown = hosts.with_jobs([row("h1", running=2, slots=2), row("h2"), row("h3")], environ)
     assert {r["host"]: r["jobs"] for r in shown} == {"h1": ["1", "2"], "h2": ["3", "7"],
                                                      "h3": []}
-    assert jobs_column(hosts.table(shown)) == {"h1": "2/2", "h2": "2", "h3": "0"}
+    assert jobs_column(hosts.table(shown)) == {"h1": "2", "h2": "2", "h3": "0"}
+    assert column(hosts.table(shown), "RUNNING") == {"h1": "2/2", "h2": "0", "h3": "0"}
 
 
 def test_no_job_records_is_no_jobs(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import distsvc.commands.common
 
 COLUMNS = ("HOST", "STATE", "LOAD/CPU", "CPUS", "PRESSURE", "MEM AVAIL", "ACCESS", "MEASURED",
-           "JOBS", "NOTE")
+           "RUNNING", "JOBS", "NOTE")
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -46,10 +46,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [COLUMNS]
     for r in rows:
         load = _fmt(r["load_per_cpu"]) if r["metric"] is None else f"{r['metric']:g}*"
-        jobs = str(len(r["jobs"])) + (f"/{r['slots']}" if r["slots"] else "")
+        running = str(r.get("running", 0)) + (f"/{r['slots']}" if r["slots"] else "")
+        jobs = str(len(r["jobs"]))
         lines.append((r["host"], r["state"], load, _fmt(r["cpus"]), _fmt(r["cpu_pressure"], "%"),
                       _memory(r["mem_available_kb"]), _fmt(r["access_ms"], " ms", 1),
-                      _fmt(r["age_s"], " s ago", 0), jobs, r["error"] or ""))
+                      _fmt(r["age_s"], " s ago", 0), running, jobs, r["error"] or ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1]

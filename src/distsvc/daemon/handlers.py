@@ -111,7 +111,7 @@ def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                                         daemon.pool)
     daemon.book.load()
     for row in rows:
-        row["jobs"] = [job.id for job in daemon.book.running_on(str(row.get("name")))]
+        row["jobs"] = [job.id for job in daemon.book.running_on(str(row.get("host")))]
     return {"ok": True, "rows": rows}
 
 
