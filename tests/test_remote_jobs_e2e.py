@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import Client
+from conftest import Client, TcpProxy, start_daemon
 from helpers import wait_for
 
 
@@ -176,3 +179,158 @@ def test_retries_keep_each_attempt(daemon_client: Client) -> None:
     assert [a["exit_code"] for a in final["attempts"]] == [1, 1]
     assert job(c, "logs", record["id"]).stdout == b"attempt 3\n"
     assert job(c, "logs", "--attempt", "1", record["id"]).stdout == b"attempt 1\n"
+
+
+def _proxied(c: Client) -> tuple[TcpProxy, dict[str, Any]]:
+    host = c.bed.hosts[0]
+    proxy = TcpProxy(host.address, host.port).__enter__()
+    with open(c.home / ".ssh" / "known_hosts", "a") as known:
+        known.write(f"[127.0.0.1]:{proxy.port} {host.host_key}\n")
+    return proxy, {"name": "via-proxy", "address": "127.0.0.1", "port": proxy.port,
+                   "user": c.bed.user}
+
+
+def _configure_proxied(c: Client, table: dict[str, Any]) -> None:
+    c.configure([], unknown=[table])
+
+
+@pytest.mark.timeout(300)
+def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: Client) -> None:
+    c = daemon_client
+    proxy, table = _proxied(c)
+    _configure_proxied(c, table)
+    record = start(c, "sh", "-c", "i=0; while [ $i -lt 80 ]; do echo $i; i=$((i+1)); "
+                   "sleep 0.1; done; exit 5")
+    assert record["placement"]["host"] == "via-proxy"
+    waiting = c.popen("distsvc", "job", "wait", record["id"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: job(c, "logs", record["id"]).stdout, 20, "first output")
+        proxy.cut()  # the host is gone: its connections and new ones
+        def down() -> str | None:
+            said = job(c, "status", record["id"]).stdout.decode()
+            return said if "down since" in said else None
+
+        said = wait_for(down, 60, "the host seen down")
+        assert "unknown (host via-proxy down since" in said
+        assert status(c, record["id"])["state"] == "running"  # not failed, not final
+        assert waiting.poll() is None  # `wait` waits on
+        TcpProxy(*proxy.target, listen_port=proxy.port).__enter__()  # the host is back
+        assert waiting.wait(120) == 5
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    final = status(c, record["id"])
+    assert final["state"] == "exited" and final["host_down_since"] is None
+    lines = job(c, "logs", record["id"]).stdout.split()
+    assert lines == [str(i).encode() for i in range(80)]
+
+
+@pytest.mark.timeout(300)
+def test_follow_resumes_over_a_cut_connection_without_loss(daemon_client: Client) -> None:
+    c = daemon_client
+    proxy, table = _proxied(c)
+    _configure_proxied(c, table)
+    record = start(c, "sh", "-c", "head -c 12000000 /dev/urandom > blob2; "
+                   "for i in 1 2 3 4 5 6; do head -c 2000000 blob2 | tail -c 1000000; "
+                   "sleep 0.5; done; cat blob2; sha256sum blob2 >&2")
+    follow = c.popen("distsvc", "job", "logs", "--follow", "--stdout", record["id"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    for _ in range(3):
+        proxy.sever()  # mid-stream: the daemon's connection drops, the network stays
+        time.sleep(0.7)
+    out, err = follow.communicate(timeout=180)
+    assert follow.returncode == 0, err
+    assert len(out) == 6_000_000 + 12_000_000
+    digest = job(c, "logs", "--stderr", record["id"]).stderr.split()[0].decode()
+    assert hashlib.sha256(out[6_000_000:]).hexdigest() == digest
+    assert out[:1_000_000] == out[6_000_000 + 1_000_000:6_000_000 + 2_000_000]
+
+
+def _daemon_pid(c: Client) -> int:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"daemon" in argv and f"HOME={c.home}".encode() in environ:
+            return int(entry)
+    raise AssertionError("no daemon")
+
+
+@pytest.mark.timeout(300)
+def test_remote_jobs_outlive_the_local_daemon(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure()
+    h2 = c.bed.hosts[1].name
+    long = start(c, "--host", h2, "sh", "-c", "sleep 4; echo long done; exit 6")
+    short = start(c, "--host", h2, "sh", "-c", "sleep 1; echo short done")
+    os.kill(_daemon_pid(c), signal.SIGKILL)
+    time.sleep(2)  # the short job ends while no daemon runs
+    (c.runtime / "distsvc" / "distsvc.sock").unlink()  # left by the killed daemon
+    daemon = start_daemon(c)
+    try:
+        assert status(c, short["id"])["state"] == "exited"
+        assert status(c, long["id"])["state"] == "running"
+        rows = json.loads(c.run("distsvc", "hosts", "--json").stdout)
+        assert {r["host"]: r["jobs"] for r in rows}[h2] == [long["id"]]  # its slot held again
+        assert job(c, "wait", long["id"], check=False).returncode == 6
+        assert job(c, "logs", long["id"]).stdout == b"long done\n"
+        assert job(c, "logs", short["id"]).stdout == b"short done\n"
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+
+
+def test_hosts_and_list_show_the_jobs_of_a_host(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure()
+    h3 = c.bed.hosts[2].name
+    record = start(c, "--host", h3, "sleep", "60")
+    rows = json.loads(c.run("distsvc", "hosts", "--json").stdout)
+    assert {r["host"]: r["jobs"] for r in rows}[h3] == [record["id"]]
+    listed = json.loads(job(c, "list", "--json", "--host", h3).stdout)["jobs"]
+    assert [j["id"] for j in listed] == [record["id"]]
+    assert json.loads(job(c, "list", "--json", "--host", c.bed.hosts[0].name).stdout
+                      )["jobs"] == []
+    job(c, "stop", record["id"])
+
+
+def test_wait_for_all_or_any(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure()
+    quick = start(c, "sh", "-c", "sleep 0.5")["id"]
+    slow = start(c, "sh", "-c", "sleep 4; exit 3")["id"]
+    assert job(c, "wait", "--any", slow, quick, check=False).returncode == 0
+    assert status(c, slow)["state"] == "running"
+    assert job(c, "wait", quick, slow, check=False).returncode == 3
+
+
+def test_a_group_runs_at_most_its_limit(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure(extra="[jobs.groups]\nserial = 1\n")
+    first = start(c, "--group", "serial", "sh", "-c", "sleep 2")
+    second = start(c, "--group", "serial", "sh", "-c", "sleep 1")
+    other = start(c, "sh", "-c", "true")
+    assert first["state"] == "running" and other["state"] == "running"
+    assert second["state"] == "queued" and "group serial" in second["reason"]
+    assert job(c, "wait", first["id"], second["id"], check=False).returncode == 0
+    assert status(c, second["id"])["started"] >= status(c, first["id"])["ended"] - 0.5
+
+
+def test_retention_removes_the_files_on_the_host_too(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure(extra="[jobs]\nkeep = 1\n")
+    ids = []
+    for n in range(3):
+        ids.append(start(c, "--host", c.bed.hosts[0].name, "echo", str(n))["id"])
+        job(c, "wait", ids[-1])
+    kept = json.loads(job(c, "list", "--json").stdout)["jobs"]
+    assert [j["id"] for j in kept] == [ids[-1]]
+    origin = (c.home / ".local/state/distsvc/jobs/origin").read_text().strip()
+    on_host = c.bed.home / ".local/state/distsvc/jobs-from" / origin
+    assert sorted(p.name for p in on_host.iterdir()) == [f"{ids[-1]}.1"]
