@@ -84,9 +84,10 @@ of the container's network namespace, reached from the machine at 127.0.0.9:PORT
   write /proc/self/loginuid): with UsePAM yes, pam_systemd registers a logind session
   (``session-N.scope`` under ``user-UID.slice``) even for a non-interactive ``ssh host CMD``,
   and sets XDG_RUNTIME_DIR=/run/user/UID, DBUS_SESSION_BUS_ADDRESS, XDG_SESSION_ID/CLASS/TYPE;
-  ``systemd-run --user`` then works as is. logind removes the session a moment after the
-  connection closes (KillUserProcesses=no: what the session left running stays); units of
-  the lingering user's manager are not touched by it.
+  ``systemd-run --user`` then works as is. logind removes the session once the connection
+  is closed and its last process gone; what it left running (``nohup sleep &``) stays, in the
+  then "abandoned" session scope (KillUserProcesses=no), and units of the lingering user's
+  manager are not touched by either.
 - With ``use_pam=False`` the session has no XDG_RUNTIME_DIR nor bus address (the client must
   set them to /run/user/UID and its ``bus``, and the manager answers), its processes stay in
   the sshd unit's cgroup (so stopping the unit ends them), and sshd refuses the account's
