@@ -74,6 +74,8 @@ class JobsConfig:
     max_age: float = 30 * 86400.0        # seconds a finished job is kept
     max_output: int = 1 << 30            # bytes kept of each stream (the last ones)
     all: job_limits.Limits = dataclasses.field(default_factory=job_limits.Limits)
+    slots: int | None = None             # jobs running at once, everywhere together
+    groups: tuple[tuple[str, int], ...] = ()  # group name -> jobs of it running at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,8 @@ class Config:
 _HOST_KEYS = {f.name for f in dataclasses.fields(Host)}
 _TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env",
              "daemon_idle_exit", "jobs"}
-_JOBS_KEYS = {*JOB_DEFAULT_LIMITS, "isolate", "keep", "max_age", "max_output", "all"}
+_JOBS_KEYS = {*JOB_DEFAULT_LIMITS, "isolate", "keep", "max_age", "max_output", "all", "slots",
+              "groups"}
 _HOST_SPEC = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
 
@@ -251,7 +254,21 @@ def _check_jobs(check: _Checker, raw: Any) -> JobsConfig:
         check.problem("jobs.all", "must be a table")
         all_table = {}
     check.unknown_keys(all_table, set(ALL_JOBS_LIMITS), "jobs.all.")
+    slots = check.integer(raw, "slots", "jobs.", 1, 100_000)
+    groups_table = raw.get("groups", {})
+    groups: list[tuple[str, int]] = []
+    if not isinstance(groups_table, dict):
+        check.problem("jobs.groups", "must be a table of group names and their parallel limits")
+        groups_table = {}
+    for name in groups_table:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+            check.problem(f"jobs.groups.{name}", "a group name is 1-64 letters, digits, '_.-'")
+            continue
+        limit = check.integer(groups_table, name, "jobs.groups.", 1, 100_000)
+        if limit is not None:
+            groups.append((name, limit))
     return JobsConfig(
+        slots=slots, groups=tuple(groups),
         defaults=_limits(check, raw, JOB_DEFAULT_LIMITS, "jobs."),
         isolate=isolate,
         keep=JobsConfig.keep if keep is None else keep,
@@ -374,6 +391,8 @@ def _jobs_mapping(jobs: JobsConfig) -> dict[str, Any]:
         "max_age": job_limits.format_duration(jobs.max_age),
         "max_output": job_limits.format_size(jobs.max_output),
         "all": _limits_mapping(jobs.all),
+        **({"slots": jobs.slots} if jobs.slots is not None else {}),
+        **({"groups": dict(jobs.groups)} if jobs.groups else {}),
     }
 
 

@@ -10,7 +10,8 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
   status                      -> {"ok": true, "version", "pid", "uptime", "hosts", "rss_kib",
                                   "connections", "connections_per_host", "retiring", "jobs"}
   best    config              -> {"ok": true, "host": NAME or null, "ranked": [...]}
-  hosts   config, refresh, ssh_auth_sock -> {"ok": true, "rows": [...]}
+  hosts   config, refresh, ssh_auth_sock -> {"ok": true, "rows": [...]}  each row's "jobs":
+                              [ID...] of the unfinished jobs placed on that host
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term, quiet, ssh_auth_sock, heartbeats: true
           optional host: NAME  runs there, no choosing or falling back (`run --all`)
@@ -28,14 +29,24 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
           answers with an error naming it instead of the exit message.
 Jobs (the records are jobs/record.py's JSON; "jobs": [RECORD...] in every answer):
   job_start  argv, cwd, env, name, limits {field: value}, isolate [KIND...] or null (the
-             config's), best_effort                -> {"ok": true, "jobs": [RECORD]}
-  job_list   states [STATE...] or null             -> {"ok": true, "jobs": [...],
+             config's), best_effort; optional: target "local" | "best" | "host" (omitted:
+             "best" when hosts are configured, else "local"), host NAME (with target
+             "host"), group NAME or null, after [ID...] (start once all succeeded),
+             retries 0..100, retry_delay seconds >= 0
+                                                   -> {"ok": true, "jobs": [RECORD]}
+                                                      (its state may be "queued")
+  job_list   states [STATE...] or null; optional host NAME (only jobs placed on, or aimed
+             at, that host)                        -> {"ok": true, "jobs": [...],
                                                        "corrupt": [LINE...]}
   job_status id                                    -> {"ok": true, "jobs": [RECORD]}
-  job_logs   id          -> {"ok": true, "jobs": [RECORD]} + the stdout and stderr files as
+  job_logs   id; optional attempt N (an ended attempt's output, kept as stdout.N and
+             stderr.N; omitted: the current attempt's)
+                         -> {"ok": true, "jobs": [RECORD]} + the stdout and stderr files as
                             fds, opened for reading: the client reads them itself
-  job_wait   ids         -> {"type": "heartbeat"} at once and every ~2 s, then
-                            {"ok": true, "jobs": [...]} once all have ended
+  job_wait   ids; optional any: true
+                         -> {"type": "heartbeat"} at once and every ~2 s, then
+                            {"ok": true, "jobs": [...]} once all have ended (with any: once
+                            at least one has; every record, some maybe unfinished)
   job_stop   id, signal, grace -> {"ok": true, "jobs": [RECORD]} (SIGKILL after grace s)
   job_pause, job_resume  id    -> {"ok": true, "jobs": [RECORD]} (+ "method" on resume)
   job_remove ids; job_clean    -> {"ok": true, "removed": [ID...]}

@@ -32,7 +32,7 @@ def test_round_trip_keeps_every_field():
     job = make_job(state="exited", ended=1700000100.0, exit_code=3, cpu_ns=123456789,
                    memory_peak=10 << 20, memory_current=None, output_cut={"stdout": 99})
     data = record.to_json(job)
-    assert data["version"] == record.VERSION == 1
+    assert data["version"] == record.VERSION == 2
     assert data["limits"] == {"memory": 512 << 20, "timeout": 600.0}
     again = record.from_json(json.loads(json.dumps(data)))
     assert again == job
@@ -69,10 +69,46 @@ def corrupt(change) -> str:
 
 
 def test_a_newer_version_says_to_upgrade():
-    assert "newer" in corrupt(lambda d: d.update(version=2))
-    assert "upgrade distsvc" in corrupt(lambda d: d.update(version=2))
-    assert "is not 1" in corrupt(lambda d: d.pop("version"))
-    assert "is not 1" in corrupt(lambda d: d.update(version="1"))
+    assert "newer" in corrupt(lambda d: d.update(version=3))
+    assert "upgrade distsvc" in corrupt(lambda d: d.update(version=3))
+    assert "is not one of (1, 2)" in corrupt(lambda d: d.pop("version"))
+    assert "is not one of (1, 2)" in corrupt(lambda d: d.update(version="1"))
+
+
+def test_a_version_1_record_reads_with_the_queue_defaults():
+    data = record.to_json(make_job())
+    for key in ("target", "target_host", "group", "after", "retries", "retry_delay", "attempt",
+                "attempts", "not_before", "best_effort", "isolation_asked", "skipped",
+                "explicit_limits",
+                "host_down_since", "stopped"):
+        del data[key]
+    data["version"] = 1
+    job = record.from_json(data)
+    assert job.target == "local" and job.attempt == 1 and job.attempts == [] and not job.stopped
+
+
+def test_queue_fields_round_trip():
+    job = make_job(state="queued", target="host", target_host="h2", group="gpu", after=["3"],
+                   retries=2, retry_delay=5, attempt=2, not_before=1700000200,
+                   attempts=[{"attempt": 1, "state": "exited", "exit_code": 1}],
+                   isolation_asked=["pid"], skipped={"h1": "no systemd"}, reason="no free slot")
+    again = record.from_json(json.loads(json.dumps(record.to_json(job))))
+    assert again == job and isinstance(again.retry_delay, float)
+    assert record.describe_state(again) == "queued: no free slot"
+
+
+def test_dependency_failed_and_host_down_in_words_and_status():
+    job = make_job(state="dependency-failed", reason="job 3 exited 1")
+    assert record.describe_state(job) == "dependency failed: job 3 exited 1"
+    assert record.exit_status(job) == 125
+    down = make_job(placement={"kind": "ssh", "host": "h1"}, host_down_since=1700000000.0)
+    assert record.describe_state(down).startswith("unknown (host h1 down since ")
+    assert record.exit_status(down) == 255
+
+
+def test_a_bad_target_is_corrupt():
+    assert "target" in corrupt(lambda d: d.update(target="moon"))
+    assert "target_host" in corrupt(lambda d: d.update(target="host"))
 
 
 @pytest.mark.parametrize(("change", "says"), [
@@ -201,5 +237,6 @@ def test_describe_state_for_people(changes, words):
 
 
 def test_final_states():
-    assert {"exited", "killed", "timeout", "oom", "failed", "unknown"} == record.FINAL
+    assert {"exited", "killed", "timeout", "oom", "failed", "dependency-failed",
+            "unknown"} == record.FINAL
     assert set(record.STATES) >= record.FINAL

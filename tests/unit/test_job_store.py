@@ -306,7 +306,7 @@ def test_output_path_only_for_the_two_streams(root):
 def test_record_is_readable_json_with_its_version(root):
     store.create(root, make_job("1"))
     data = json.loads((root / "1" / "job.json").read_text())
-    assert data["version"] == 1 and data["id"] == "1"
+    assert data["version"] == 2 and data["id"] == "1"
 
 
 # --- retention ------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: b
             "access_ms": entry.access_ms,
             "measured_at": entry.measured_at,
             "age_s": None if entry.measured_at is None else round(now - entry.measured_at, 1),
-            "jobs": ranked.running,
+            "running": ranked.running,  # commands and jobs placed there (its slots)
             "slots": ranked.host.slots,
             "error": entry.error,
         })

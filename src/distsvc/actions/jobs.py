@@ -96,9 +96,14 @@ def request(message: dict[str, Any], environ: Mapping[str, str],
     return answer
 
 
-def output_files(job_id: str, environ: Mapping[str, str]) -> tuple[dict[str, Any], list[int]]:
-    """The job's record and its stdout and stderr opened for reading."""
-    answer, fds = _ask({"type": "job_logs", "id": job_id}, environ, 60.0)
+def output_files(job_id: str, environ: Mapping[str, str], attempt: int | None = None
+                 ) -> tuple[dict[str, Any], list[int]]:
+    """The job's record and its stdout and stderr opened for reading: the current attempt's,
+    or those kept of ended attempt `attempt`."""
+    message: dict[str, Any] = {"type": "job_logs", "id": job_id}
+    if attempt is not None:
+        message["attempt"] = attempt
+    answer, fds = _ask(message, environ, 60.0)
     if len(fds) != 2:
         for fd in fds:
             os.close(fd)
@@ -107,11 +112,14 @@ def output_files(job_id: str, environ: Mapping[str, str]) -> tuple[dict[str, Any
 
 
 class Waiter:
-    """Waits for jobs to end, across daemon restarts; `poll(timeout)` gives their final
-    records once they have all ended, else None."""
+    """Waits for jobs to end, across daemon restarts; `poll(timeout)` gives their records once
+    they have all ended (with `any_ended`: once at least one has, the others maybe not
+    final), else None. The same request is asked again of the next daemon after a restart."""
 
-    def __init__(self, ids: Sequence[str], environ: Mapping[str, str]) -> None:
+    def __init__(self, ids: Sequence[str], environ: Mapping[str, str],
+                 any_ended: bool = False) -> None:
         self.ids = list(ids)
+        self.any_ended = any_ended
         self.environ = environ
         self.sock: socket.socket | None = None
         self.reader: distsvc.adapters.unix.Reader | None = None
@@ -119,8 +127,11 @@ class Waiter:
 
     def _connect(self) -> None:
         self.sock = connect(self.environ)
-        distsvc.adapters.unix.send(self.sock, {"client": distsvc.identity(), "type": "job_wait",
-                                               "ids": self.ids})
+        message: dict[str, Any] = {"client": distsvc.identity(), "type": "job_wait",
+                                   "ids": self.ids}
+        if self.any_ended:
+            message["any"] = True
+        distsvc.adapters.unix.send(self.sock, message)
         self.reader = distsvc.adapters.unix.Reader(self.sock)
         self.last_heard = time.monotonic()
 
@@ -165,12 +176,15 @@ class Waiter:
 
 def read_output(job_id: str, environ: Mapping[str, str], streams: Sequence[str],
                 follow: bool, tail: int | None,
-                write: Callable[[str, bytes], None]) -> dict[str, Any]:
+                write: Callable[[str, bytes], None],
+                attempt: int | None = None) -> dict[str, Any]:
     """Write the job's output (`streams` of stdout, stderr) through `write`; with `follow`,
-    live until the job has ended and every byte of its files is written. The job's record."""
+    live until the job has ended and every byte of its files is written. The job's record.
+    `attempt`: an ended attempt's output instead of the current one's (complete: not to be
+    followed)."""
     import distsvc.jobs.output
 
-    job, fds = output_files(job_id, environ)
+    job, fds = output_files(job_id, environ, attempt)
     waiter = Waiter([job_id], environ) if follow else None
     try:
         chosen = {name: fd for name, fd in zip(("stdout", "stderr"), fds, strict=True)

@@ -184,6 +184,49 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
         time.sleep(max(SLOT_WAIT_INTERVAL, RETRY_AFTER if failed else 0.0))
 
 
+def place_now(config: distsvc.config.Config, directory: Path, pool: distsvc.adapters.ssh.Pool,
+              exclude: collections.abc.Set[str], pid: int, only: str | None = None
+              ) -> Choice | None:
+    """choose() without waiting, for the daemon's job queue: the best host with a free slot
+    (`only` that one), its job recorded on it as process `pid`; None while every usable host
+    is at its slot limit; CannotRun when none is usable. Hosts older than max_age are
+    measured first, failed ones again at most every RETRY_AFTER seconds."""
+    if only is not None:
+        exclude = {h.name for h in config.hosts if h.name != only} | set(exclude)
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+    now = time.time()
+    stale = stale_hosts(config, state, now, exclude)
+    stale += [h for h in _failed_hosts(config, state, exclude) if h not in stale
+              and now - (state.hosts[h.name].measured_at or 0.0) > RETRY_AFTER]
+    if stale:
+        measure(config, directory, stale, pool)
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        _prune(state)
+        choice, usable = _place(config, state, time.time(), exclude, pid)
+        if choice is not None:
+            distsvc.state.write(directory, state)
+    if choice is None and not usable:
+        hosts = [h for h in config.hosts if h.name not in exclude]
+        raise distsvc.errors.CannotRun(unreachable_summary(
+            dataclasses.replace(config, hosts=tuple(hosts)), state))
+    return choice
+
+
+def hold(directory: Path, host: str, pid: int, placed_at: float) -> distsvc.state.Placement:
+    """Record a job running on `host` for process `pid` (the daemon, for a remote job it
+    found again at its start), so slots and load count it."""
+    placement = distsvc.state.Placement(
+        host=host, pid=pid, started=distsvc.state.process_start_time(pid), placed_at=placed_at)
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        _prune(state)
+        state.placements.append(placement)
+        distsvc.state.write(directory, state)
+    return placement
+
+
 def pin(config: distsvc.config.Config, name: str, directory: Path,
         interrupted: collections.abc.Callable[[], int | None] = lambda: None,
         job_pid: int | None = None) -> Choice:

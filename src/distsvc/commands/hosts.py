@@ -1,16 +1,22 @@
-"""`distsvc hosts [--refresh] [--json]`: every host, best first, with what was measured."""
+"""`distsvc hosts [--refresh] [--json]`: every host, best first, with what was measured.
+
+JOBS is the user's unfinished jobs placed on each host: the daemon's rows carry their IDs
+("jobs"); rows measured in-process (no daemon answered) get them from the job records on
+disk, which are as fresh as the last daemon left them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import distsvc.commands.common
 
 COLUMNS = ("HOST", "STATE", "LOAD/CPU", "CPUS", "PRESSURE", "MEM AVAIL", "ACCESS", "MEASURED",
-           "JOBS", "NOTE")
+           "RUNNING", "JOBS", "NOTE")
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -40,14 +46,45 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [COLUMNS]
     for r in rows:
         load = _fmt(r["load_per_cpu"]) if r["metric"] is None else f"{r['metric']:g}*"
-        jobs = str(r["jobs"]) + (f"/{r['slots']}" if r["slots"] else "")
+        running = str(r.get("running", 0)) + (f"/{r['slots']}" if r["slots"] else "")
+        jobs = str(len(r["jobs"]))
         lines.append((r["host"], r["state"], load, _fmt(r["cpus"]), _fmt(r["cpu_pressure"], "%"),
                       _memory(r["mem_available_kb"]), _fmt(r["access_ms"], " ms", 1),
-                      _fmt(r["age_s"], " s ago", 0), jobs, r["error"] or ""))
+                      _fmt(r["age_s"], " s ago", 0), running, jobs, r["error"] or ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1]
         for line in lines).replace("  \n", "\n").rstrip() + "\n"
+
+
+def with_jobs(rows: list[dict[str, Any]], environ: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The rows, each with "jobs": the IDs of the unfinished jobs placed on its host. A row
+    without that list (not the daemon's) gets it from the job records on disk."""
+    if all(isinstance(r.get("jobs"), list) for r in rows):
+        return rows
+    placed = placed_jobs(environ)
+    return [r if isinstance(r.get("jobs"), list) else {**r, "jobs": placed.get(r["host"], [])}
+            for r in rows]
+
+
+def placed_jobs(environ: Mapping[str, str]) -> dict[str, list[str]]:
+    """Host -> IDs (oldest first) of the jobs on disk running or starting there: placed over
+    SSH and not ended. A queued job's placement is an earlier attempt's, so it is not there.
+    Unreadable records are left to `distsvc job list`, which reports them."""
+    import distsvc.jobs.record
+    import distsvc.jobs.store
+    import distsvc.paths
+
+    try:
+        jobs, _ = distsvc.jobs.store.load_all(distsvc.paths.jobs_dir(environ))
+    except OSError:  # an unreadable jobs directory: the host table still shows, without jobs
+        return {}
+    placed: dict[str, list[str]] = {}
+    for job in reversed(jobs):
+        if (job.placement.get("kind") == "ssh" and job.state != "queued"
+                and job.state not in distsvc.jobs.record.FINAL and "host" in job.placement):
+            placed.setdefault(job.placement["host"], []).append(job.id)
+    return placed
 
 
 def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
@@ -70,7 +107,7 @@ def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> int:
     config = distsvc.commands.common.load_config(args)
-    rows = survey(config, args.refresh)
+    rows = with_jobs(survey(config, args.refresh), os.environ)
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:

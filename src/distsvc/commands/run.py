@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
                    help="with --detach: keep the host's network")
     import distsvc.commands.job  # argparse's path only: the common one stays small
 
+    distsvc.commands.job.add_queue_options(p, prefix="with --detach: ")
     distsvc.commands.job.add_limit_options(p)
     p.add_argument("--version", action="version",
                    version=distsvc.commands.common.version_string())
@@ -83,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
             args.json = False
             args.command = command
             return job.start(args)  # type: ignore[arg-type]
+        if not isinstance(args, types.SimpleNamespace):  # options were parsed
+            from distsvc.commands import job
+
+            if job.queue_given(args):
+                raise distsvc.errors.UsageError(
+                    "--host, --best, --local, --group, --after, --retries and --retry-delay "
+                    "are for a job: add --detach (or use distsvc job start)")
         config = distsvc.commands.common.load_config(args)
         if limited(args):
             return run_limited(args, command, config)

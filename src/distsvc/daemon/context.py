@@ -178,10 +178,13 @@ def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
         mtime: float | None = path.stat().st_mtime
     except OSError:
         mtime = None
+    pool = distsvc.adapters.ssh.Pool()
+    book = distsvc.daemon.book.Book(environ)
+    book.pool = pool  # jobs on hosts go over the daemon's own warm connections
+    book.configure(config)
     return Daemon(environ=dict(environ), config_path=config_path, config=config,
-                  config_mtime=mtime, pool=distsvc.adapters.ssh.Pool(),
-                  state_dir=distsvc.paths.state_dir(environ),
-                  book=distsvc.daemon.book.Book(environ))
+                  config_mtime=mtime, pool=pool, state_dir=distsvc.paths.state_dir(environ),
+                  book=book)
 
 
 def rss_kib() -> int | None:

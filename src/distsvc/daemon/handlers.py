@@ -109,6 +109,9 @@ def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     _adopt_agent(daemon, request)
     rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
                                         daemon.pool)
+    daemon.book.load()
+    for row in rows:
+        row["jobs"] = [job.id for job in daemon.book.running_on(str(row.get("host")))]
     return {"ok": True, "rows": rows}
 
 

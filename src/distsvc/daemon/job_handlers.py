@@ -17,11 +17,14 @@ from typing import Any
 import distsvc.adapters.unix
 import distsvc.daemon.book
 import distsvc.daemon.context
+import distsvc.daemon.launch
+import distsvc.daemon.remote_watch
 import distsvc.errors
 import distsvc.jobs.isolation
 import distsvc.jobs.limits
 import distsvc.jobs.local
 import distsvc.jobs.record
+import distsvc.jobs.remote
 import distsvc.jobs.store
 import distsvc.log
 import distsvc.protocol
@@ -51,37 +54,40 @@ def _answer(*jobs: distsvc.jobs.record.Job) -> Answer:
     return {"ok": True, "jobs": [distsvc.jobs.record.to_json(job) for job in jobs]}
 
 
-def _isolation(book: distsvc.daemon.book.Book, kinds: list[str],
-               best_effort: bool) -> tuple[list[str], dict[str, str]]:
-    """The kinds to apply and, with best effort, those left out and why."""
-    unknown = [k for k in kinds if k not in distsvc.jobs.isolation.KINDS]
-    if unknown:
+MAX_RETRIES = 100
+MAX_RETRY_DELAY = 86400.0
+
+
+def _number(request: dict[str, Any], key: str, default: float, top: float) -> float:
+    value = request.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= top:
+        raise distsvc.protocol.ProtocolError(f"field {key!r} must be a number from 0 to {top:g}")
+    return float(value)
+
+
+def _target(daemon: Daemon, request: dict[str, Any]) -> tuple[str, str | None]:
+    """Where the job is to go: ("local"|"best"|"host", host name or None)."""
+    target = request.get("target")
+    if target is None:
+        target = "best" if daemon.config.hosts else "local"
+    if target not in distsvc.jobs.record.TARGETS:
+        raise distsvc.protocol.ProtocolError("field 'target' must be local, best or host")
+    if target == "local":
+        return "local", None
+    if not daemon.config.hosts:
         raise distsvc.errors.UsageError(
-            f"--isolate {unknown[0]}: unknown (choose from "
-            f"{', '.join(distsvc.jobs.isolation.KINDS)})")
-    if not kinds:
-        return [], {}
-    probed = book.isolation()
-    missing = {k: probed.get(k) or "" for k in kinds if probed.get(k) is not None}
-    if missing and not best_effort:
-        kind, why = next(iter(missing.items()))
-        raise distsvc.jobs.local.JobError(
-            f"{kind} isolation cannot be had here: {why}; switch it off (--no-isolate {kind}) "
-            "or run with --best-effort")
-    return [k for k in kinds if k not in missing], missing
-
-
-def _visible_with_private_tmp(cwd: str, program: str) -> None:
-    """Mount isolation gives the job a /tmp and /var/tmp of its own: a working directory or
-    program there would be hidden from it. Said before anything starts."""
-    for what, path in (("working directory", cwd), ("program", program)):
-        real = os.path.realpath(path)
-        for top in ("/tmp", "/var/tmp"):
-            if real == top or real.startswith(top + "/"):
-                raise distsvc.jobs.local.JobError(
-                    f"the {what} {path} is under {top}, which mount isolation replaces with "
-                    "the job's own; run from another directory, or without it "
-                    "(--isolate pid,network)")
+            f"no hosts in the configuration ({daemon.config.source}): a job can only run "
+            "here (--local)")
+    if target == "best":
+        return "best", None
+    name = request.get("host")
+    if not isinstance(name, str) or name not in {h.name for h in daemon.config.hosts}:
+        known = ", ".join(h.name for h in daemon.config.hosts)
+        raise distsvc.errors.UsageError(f"--host {name}: no such host in the configuration "
+                                        f"(hosts: {known})")
+    return "host", name
 
 
 def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -104,47 +110,53 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
         raise distsvc.protocol.ProtocolError(str(error)) from None
     limits = distsvc.jobs.limits.merge(daemon.config.jobs.defaults, asked)
     kinds = request.get("isolate")
-    if kinds is None:
-        kinds = list(daemon.config.jobs.isolate)
-    if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+    if kinds is not None and (not isinstance(kinds, list)
+                              or not all(isinstance(k, str) for k in kinds)):
         raise distsvc.protocol.ProtocolError("field 'isolate' must be a list of names")
-    program = distsvc.jobs.local.check_command(argv, cwd, env)
-    manager = book.manager()
-    not_enforced = distsvc.jobs.local.check_limits(
-        limits, manager.delegated_controllers(), best_effort)
-    applied, left_out = _isolation(book, kinds, best_effort)
-    if "mount" in applied:
-        _visible_with_private_tmp(cwd, program)
+    unknown = [k for k in kinds or [] if k not in distsvc.jobs.isolation.KINDS]
+    if unknown:
+        raise distsvc.errors.UsageError(
+            f"--isolate {unknown[0]}: unknown (choose from "
+            f"{', '.join(distsvc.jobs.isolation.KINDS)})")
+    target, host = _target(daemon, request)
+    group = request.get("group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise distsvc.protocol.ProtocolError("field 'group' must be a group name")
+    after = request.get("after") or []
+    if not isinstance(after, list) or not all(isinstance(i, str) for i in after):
+        raise distsvc.protocol.ProtocolError("field 'after' must be a list of job IDs")
+    for other in after:
+        book.get(other)  # an unknown ID: NoSuchJob, before anything is made
+    retries = request.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not (
+            0 <= retries <= MAX_RETRIES):
+        raise distsvc.protocol.ProtocolError(f"field 'retries' must be 0 to {MAX_RETRIES}")
+    retry_delay = _number(request, "retry_delay", 0.0, MAX_RETRY_DELAY)
+    if target == "local":
+        # Refused here and now, before any record is made: one line, the shell's status.
+        program = distsvc.jobs.local.check_command(argv, cwd, env)
+        manager = book.manager()
+        distsvc.jobs.local.check_limits(limits, manager.delegated_controllers(), best_effort)
+        applied, _ = book.local_isolation(
+            list(daemon.config.jobs.isolate) if kinds is None else kinds, best_effort)
+        if "mount" in applied and (why := distsvc.daemon.launch.visible_with_private_tmp(
+                os.path.realpath(cwd), os.path.realpath(program))):
+            raise distsvc.jobs.local.JobError(why)
     job = distsvc.jobs.record.Job(
         id=distsvc.jobs.store.new_id(book.root), name=name if isinstance(name, str) else None,
-        argv=argv, cwd=cwd, env_names=sorted(env), limits=limits, not_enforced=not_enforced,
-        isolation=applied, placement={"kind": "local",
-                                      "unit": "", "manager": "user" if manager.user else "system"},
-        state="starting", created=time.time())
-    job.placement["unit"] = distsvc.jobs.local.unit_name(job.id)
-    if left_out:
-        job.reason = "isolation left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
+        argv=argv, cwd=cwd, env_names=sorted(env), limits=limits, not_enforced={},
+        isolation=[], placement={}, state="queued", created=time.time(),
+        target=target, target_host=host, group=group, after=list(dict.fromkeys(after)),
+        retries=retries, retry_delay=retry_delay, best_effort=best_effort,
+        explicit_limits=sorted(distsvc.jobs.limits.to_json(asked)), isolation_asked=kinds,
+        reason="waiting for its turn")
     distsvc.jobs.store.create(book.root, job)
-    plan = distsvc.jobs.isolation.plan(applied, manager.user)
-    log = distsvc.log.get(job=job.id, peer_pid=peer.pid)
-    try:
-        distsvc.jobs.local.start(manager, book.root, job, env, plan, daemon.config.jobs.all,
-                                 program)
-    except distsvc.errors.DistsvcError as error:
-        job.state, job.reason, job.ended = "failed", error.message, time.time()
-        book.save(job)
-        book.add(job)
-        if not isinstance(error, distsvc.jobs.local.UnitLeftOver):
-            distsvc.jobs.local.forget_unit(manager, job)  # a start that failed once loaded
-        log.warning("job failed to start", error=error.message)
-        raise
-    # Into the book (and so the watcher's sight) only once its unit exists: a look before
-    # would find no unit and call the job's status lost.
-    job.state = "running"
-    book.save(job)
-    book.add(job)
-    book.watch()
-    log.info("job started", unit=job.placement["unit"], argv=" ".join(argv)[:200])
+    distsvc.jobs.store.save_env(book.root, job.id, env)
+    distsvc.log.get(job=job.id, peer_pid=peer.pid).info(
+        "job submitted", target=target, host=host, argv=" ".join(argv)[:200])
+    failure = book.submit(job)
+    if failure is not None:
+        raise failure
     return _answer(job)
 
 
@@ -156,6 +168,10 @@ def handle_job_list(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
                                                          else 0), reverse=True)
     if isinstance(states, list) and states:
         jobs = [j for j in jobs if j.state in states or ("paused" in states and j.paused)]
+    host = request.get("host")
+    if isinstance(host, str):
+        jobs = [j for j in jobs if j.placement.get("host") == host
+                or (j.state == "queued" and j.target_host == host)]
     answer = _answer(*jobs)
     answer["corrupt"] = list(book.corrupt)
     return answer
@@ -169,13 +185,27 @@ def handle_job_logs(daemon: Daemon, request: dict[str, Any], peer: Peer) -> None
     """The job's record and its output files as fds (stdout, stderr, in that order)."""
     book = _book(daemon)
     job = book.get(_id(request))
+    attempt = request.get("attempt")
+    if attempt is not None:
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise distsvc.protocol.ProtocolError("field 'attempt' must be an attempt number")
+        if attempt == job.attempt:
+            attempt = None
+        elif attempt > job.attempt:
+            raise distsvc.jobs.local.JobError(
+                f"job {job.id} has had {job.attempt} attempt{'s' if job.attempt > 1 else ''} "
+                f"so far (see distsvc job status {job.id})")
     fds = []
     try:
         for stream in STREAMS:
             try:
-                fds.append(os.open(distsvc.jobs.store.output_path(book.root, job.id, stream),
+                fds.append(os.open(distsvc.jobs.store.output_path(book.root, job.id, stream,
+                                                                  attempt),
                                    os.O_RDONLY | os.O_CLOEXEC))
             except FileNotFoundError:
+                if attempt is not None:
+                    raise distsvc.jobs.local.JobError(
+                        f"job {job.id}: the output of attempt {attempt} is not kept") from None
                 raise distsvc.jobs.store.NoSuchJob(job.id) from None  # removed meanwhile
         with peer.send_lock:
             distsvc.adapters.unix.send(peer.sock, _answer(job), fds)
@@ -193,8 +223,9 @@ def handle_job_wait(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise distsvc.protocol.ProtocolError("field 'ids' must be a list of job IDs")
     jobs = [book.get(i) for i in dict.fromkeys(ids)]  # unknown IDs refused before waiting
+    any_of = request.get("any") is True
     peer.send({"type": "heartbeat"})
-    while not book.wait([job.id for job in jobs], WAIT_BEAT):
+    while not book.wait([job.id for job in jobs], WAIT_BEAT, any_of):
         peer.send({"type": "heartbeat"})  # OSError: the client left; so do we
     # The records held, not looked up again: retention or a `remove` may have taken a job
     # from the book as it ended, and its waiter must still hear how it ended.
@@ -211,6 +242,31 @@ def _unfinished(book: distsvc.daemon.book.Book, job_id: str,
     return job
 
 
+def _remote(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job, script: str,
+            grace: float = 0.0) -> dict[str, str]:
+    """Run one of jobs/remote.py's scripts for the job on its host; its key=value answer."""
+    host = job.placement.get("host", "")
+    try:
+        code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT + grace)
+    except (TimeoutError, OSError) as error:
+        raise distsvc.errors.HostUnreachable(host, f"did not answer ({error})") from None
+    answer = distsvc.jobs.remote.parse(out)
+    if code != 0:
+        raise distsvc.jobs.local.JobError(
+            f"job {job.id} on {host}: {answer.get('error') or f'status {code}'}")
+    return answer
+
+
+def _stop_queued(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
+                 signum: int) -> None:
+    with book.queue_lock:  # not started by the queue meanwhile
+        if job.state != "queued":
+            return
+        job.state, job.signal, job.ended, job.stopped = "killed", signum, time.time(), True
+        job.reason = "stopped while queued: it never ran"
+        book.end_attempt(job)
+
+
 def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
     job = _unfinished(book, _id(request), "stop")
@@ -222,13 +278,24 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
             0 <= grace <= MAX_GRACE):
         raise distsvc.protocol.ProtocolError(
             f"field 'grace' must be 0 to {MAX_GRACE:g} seconds")
+    job.stopped = True  # whatever its end now, it is not tried again
+    if job.state == "queued":
+        _stop_queued(book, job, signum)
+        if job.state == "queued" or job.state in distsvc.jobs.record.FINAL:
+            return _answer(job)
     try:
-        distsvc.jobs.local.stop(book.manager(), job, signum, float(grace))
+        if job.placement.get("kind") == "ssh":
+            _remote(book, job, distsvc.jobs.remote.stop_script(
+                book.origin, job, signal.Signals(signum).name.removeprefix("SIG"),
+                float(grace)), float(grace))
+        else:
+            distsvc.jobs.local.stop(book.manager(), job, signum, float(grace))
     except distsvc.errors.DistsvcError:
         _ended_meanwhile(book, job, "stop")
         raise
     book.tick()
-    book.wait([job.id], 5.0)
+    book.wait([job.id], 5.0 + (distsvc.daemon.remote_watch.INTERVAL * 4
+                               if job.placement.get("kind") == "ssh" else 0.0))
     return _answer(job)
 
 
@@ -242,14 +309,29 @@ def _ended_meanwhile(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Jo
             f"nothing to {verb}")
 
 
+def _running(book: distsvc.daemon.book.Book, job_id: str, verb: str
+             ) -> distsvc.jobs.record.Job:
+    job = _unfinished(book, job_id, verb)
+    if job.state == "queued":
+        raise distsvc.jobs.local.JobError(
+            f"job {job.id} is queued ({job.reason or 'waiting'}): nothing to {verb} yet"
+            + (f" (distsvc job stop {job.id} takes it off the queue)" if verb == "pause"
+               else ""))
+    return job
+
+
 def handle_job_pause(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
-    job = _unfinished(book, _id(request), "pause")
+    job = _running(book, _id(request), "pause")
     if job.paused:
         raise distsvc.jobs.local.JobError(f"job {job.id} is paused already "
                                           f"(distsvc job resume {job.id})")
     try:
-        distsvc.jobs.local.pause(book.manager(), job)
+        if job.placement.get("kind") == "ssh":
+            answer = _remote(book, job, distsvc.jobs.remote.pause_script(book.origin, job, True))
+            job.paused, job.pause_method = True, answer.get("method", "signals")
+        else:
+            distsvc.jobs.local.pause(book.manager(), job)
     except distsvc.errors.DistsvcError:
         _ended_meanwhile(book, job, "pause")
         raise
@@ -262,12 +344,16 @@ def handle_job_pause(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
 
 def handle_job_resume(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
-    job = _unfinished(book, _id(request), "resume")
+    job = _running(book, _id(request), "resume")
     if not job.paused:
         raise distsvc.jobs.local.JobError(f"job {job.id} is not paused")
     method = job.pause_method
     try:
-        distsvc.jobs.local.resume(book.manager(), job)
+        if job.placement.get("kind") == "ssh":
+            _remote(book, job, distsvc.jobs.remote.pause_script(book.origin, job, False))
+            job.paused, job.pause_method = False, None
+        else:
+            distsvc.jobs.local.resume(book.manager(), job)
     except distsvc.errors.DistsvcError:
         _ended_meanwhile(book, job, "resume")
         raise
@@ -287,6 +373,7 @@ def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job) -> Non
     if job.placement.get("kind") == "local":
         # A unit a crash left (its end recorded, the unit not yet let go) goes too.
         distsvc.jobs.local.forget_unit(book.manager(), job)
+    book.forget_on_hosts([job])
 
 
 def handle_job_remove(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:

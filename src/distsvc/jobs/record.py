@@ -4,26 +4,39 @@ Pure: no I/O (store.py keeps the files). Also here, because they decide what a r
 reading a job's end from systemd's unit properties (`finished`), the status `distsvc job
 wait` exits with (`exit_status`), and the state in words (`describe_state`).
 
-States: queued, starting, running (maybe paused), then one of FINAL: exited (exit_code),
-killed (signal), timeout, oom, failed (never started: reason), unknown (the end cannot be
-learned any more, e.g. the unit vanished with the machine's reboot: reason). "unknown" is
-final because nothing will ever tell more: `wait` returns for it and `clean` removes it.
+States: queued (waiting for a slot, its dependencies or a retry's delay: reason says which),
+starting, running (maybe paused; on a host that does not answer, `host_down_since` says since
+when, and the job is shown as unknown without being final), then one of FINAL: exited
+(exit_code), killed (signal), timeout, oom, failed (never started: reason), dependency-failed
+(never started: a job of `after` did not succeed), unknown (the end cannot be learned any
+more, e.g. the unit vanished with the machine's reboot: reason). "unknown" is final because
+nothing will ever tell more: `wait` returns for it and `clean` removes it.
+
+Where a job goes is `target`: "local" (this machine), "host" (the configured host
+`target_host`) or "best" (the least-loaded host with a free slot when it starts); where it
+went is `placement` (kind "local" or "ssh", see jobs/local.py and jobs/remote.py). A job with
+`retries` that does not succeed is queued again; each ended attempt is kept in `attempts`
+(its state, status, times and placement), its output under the attempt's number.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import signal as signals
+import time
 from typing import Any
 
 import distsvc.errors
 from distsvc.jobs import limits as limits_
 
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # version 1 records lack the queue fields: their defaults apply
 
 STATES = ("queued", "starting", "running", "exited", "killed", "timeout", "oom", "failed",
-          "unknown")
-FINAL = frozenset({"exited", "killed", "timeout", "oom", "failed", "unknown"})
+          "dependency-failed", "unknown")
+FINAL = frozenset({"exited", "killed", "timeout", "oom", "failed", "dependency-failed",
+                   "unknown"})
+TARGETS = ("local", "host", "best")
 PAUSE_METHODS = ("freezer", "signals")
 STREAMS = ("stdout", "stderr")
 
@@ -73,6 +86,23 @@ class Job:
     paused: bool = False
     pause_method: str | None = None
     output_cut: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Where it is to go, and the queue (version 2).
+    target: str = "local"
+    target_host: str | None = None
+    group: str | None = None
+    after: list[str] = dataclasses.field(default_factory=list)
+    retries: int = 0                  # attempts after the first, at most
+    retry_delay: float = 0.0          # seconds between an attempt's end and the next start
+    attempt: int = 1                  # this attempt's number
+    attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # ended ones
+    not_before: float | None = None   # a queued retry starts no earlier
+    best_effort: bool = False
+    explicit_limits: list[str] = dataclasses.field(default_factory=list)  # asked, not defaults
+    isolation_asked: list[str] | None = None  # None: the config's jobs.isolate (best effort
+    #                                           on hosts), else exactly these kinds
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # host -> why not there
+    host_down_since: float | None = None
+    stopped: bool = False             # the user stopped it: never retried
 
 
 def to_json(job: Job) -> dict[str, Any]:
@@ -89,9 +119,14 @@ _SCALARS: dict[str, tuple[tuple[type, ...], bool]] = {
     "exit_code": ((int,), True), "signal": ((int,), True), "reason": ((str,), True),
     "cpu_ns": ((int,), True), "memory_peak": ((int,), True), "memory_current": ((int,), True),
     "paused": ((bool,), False), "pause_method": ((str,), True),
+    "target": ((str,), False), "target_host": ((str,), True), "group": ((str,), True),
+    "retries": ((int,), False), "retry_delay": ((int, float), False),
+    "attempt": ((int,), False), "not_before": ((int, float), True),
+    "best_effort": ((bool,), False), "host_down_since": ((int, float), True),
+    "stopped": ((bool,), False),
 }
-_STRING_LISTS = ("argv", "env_names", "isolation")
-_STRING_MAPS = ("not_enforced", "placement")
+_STRING_LISTS = ("argv", "env_names", "isolation", "after", "explicit_limits")
+_STRING_MAPS = ("not_enforced", "placement", "skipped")
 _DEFAULTS = {f.name for f in dataclasses.fields(Job)
              if f.default is not dataclasses.MISSING
              or f.default_factory is not dataclasses.MISSING}
@@ -103,11 +138,11 @@ def from_json(data: Any) -> Job:
     if not isinstance(data, dict):
         raise CorruptRecord("not a JSON object")
     version = data.get("version")
-    if version != VERSION:
+    if version not in READABLE or isinstance(version, bool):
         if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
             raise CorruptRecord(f"version {version} is newer than this distsvc reads "
                                 f"({VERSION}); upgrade distsvc")
-        raise CorruptRecord(f"version {version!r} is not {VERSION}")
+        raise CorruptRecord(f"version {version!r} is not one of {READABLE}")
     fields = {f.name for f in dataclasses.fields(Job)}
     unknown = sorted(set(data) - fields - {"version"})
     if unknown:
@@ -123,15 +158,24 @@ def from_json(data: Any) -> Job:
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise CorruptRecord(f"{key}: wrong type {type(value).__name__}")
     for key in _STRING_LISTS:
-        if not isinstance(values[key], list) or not all(isinstance(v, str) for v in values[key]):
+        if key in values and (not isinstance(values[key], list)
+                              or not all(isinstance(v, str) for v in values[key])):
             raise CorruptRecord(f"{key}: not a list of strings")
     for key in _STRING_MAPS:
-        if not _map_of(values[key], str):
+        if key in values and not _map_of(values[key], str):
             raise CorruptRecord(f"{key}: not an object of strings")
+    asked = values.get("isolation_asked")
+    if asked is not None and (not isinstance(asked, list)
+                              or not all(isinstance(v, str) for v in asked)):
+        raise CorruptRecord("isolation_asked: not a list of strings")
+    attempts = values.get("attempts", [])
+    if not isinstance(attempts, list) or not all(isinstance(a, dict) for a in attempts):
+        raise CorruptRecord("attempts: not a list of objects")
     cut = values.get("output_cut", {})
     if not _map_of(cut, int) or not set(cut) <= set(STREAMS):
         raise CorruptRecord("output_cut: not an object of stdout/stderr byte counts")
-    for key in ("created", "started", "ended"):      # JSON may have written 5.0 as 5
+    for key in ("created", "started", "ended", "not_before", "host_down_since",
+                "retry_delay"):      # JSON may have written 5.0 as 5
         if values.get(key) is not None:
             values[key] = float(values[key])
     try:
@@ -159,6 +203,10 @@ def _check_consistent(job: Job) -> None:
         raise CorruptRecord("state killed without signal")
     if not job.argv:
         raise CorruptRecord("argv: empty")
+    if job.target not in TARGETS:
+        raise CorruptRecord(f"target: unknown target {job.target!r}")
+    if job.target == "host" and not job.target_host:
+        raise CorruptRecord("target host without target_host")
 
 
 # systemd's own exit codes for a unit process it could not set up (systemd.exec(5), "PROCESS
@@ -252,6 +300,7 @@ EXIT_OOM = 137          # 128 + SIGKILL, what a shell shows for an OOM-killed co
 EXIT_NOT_FOUND = 127    # as a shell for a missing command
 EXIT_NOT_STARTED = 126  # as a shell for a command that cannot be executed
 EXIT_UNKNOWN = 255      # distsvc's "could not be run / cannot tell"
+EXIT_DEPENDENCY = 125   # never run: a job it was to run after did not succeed
 
 
 def exit_status(job: Job) -> int:
@@ -259,7 +308,8 @@ def exit_status(job: Job) -> int:
 
     exited: its code; killed: 128+signal; timeout: 124 (as timeout(1)); oom: 137 (the
     SIGKILL the kernel sent); failed: 127 when the command was not found (the reason starts
-    with NOT_FOUND), else 126 (could not be run); unknown, or a job not finished: 255.
+    with NOT_FOUND), else 126 (could not be run); dependency-failed: 125; unknown, or a job
+    not finished: 255.
     """
     if job.state == "exited" and job.exit_code is not None:
         return job.exit_code
@@ -272,7 +322,21 @@ def exit_status(job: Job) -> int:
     if job.state == "failed":
         reason = job.reason or ""
         return EXIT_NOT_FOUND if reason.startswith(NOT_FOUND) else EXIT_NOT_STARTED
+    if job.state == "dependency-failed":
+        return EXIT_DEPENDENCY
     return EXIT_UNKNOWN
+
+
+def succeeded(job: Job) -> bool:
+    return job.state == "exited" and job.exit_code == 0
+
+
+def attempt_summary(job: Job) -> dict[str, Any]:
+    """What `attempts` keeps of an ended attempt."""
+    return {"attempt": job.attempt, "state": job.state, "exit_code": job.exit_code,
+            "signal": job.signal, "reason": job.reason, "started": job.started,
+            "ended": job.ended, "placement": dict(job.placement),
+            "describe": describe_state(job)}
 
 
 def signal_name(number: int) -> str:
@@ -300,6 +364,13 @@ def describe_state(job: Job) -> str:
         return f"failed to start: {job.reason or 'no reason given'}"
     if job.state == "unknown":
         return f"unknown: {job.reason or 'no reason given'}"
+    if job.state == "dependency-failed":
+        return f"dependency failed: {job.reason or 'a job it was to run after failed'}"
+    if job.host_down_since is not None and job.state not in FINAL:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.host_down_since))
+        return f"unknown (host {job.placement.get('host', '?')} down since {since})"
     if job.state == "running" and job.paused:
         return f"paused ({job.pause_method or 'unknown method'})"
+    if job.state == "queued" and job.reason:
+        return f"queued: {job.reason}"
     return job.state

@@ -20,11 +20,12 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import distsvc.errors
@@ -140,6 +141,23 @@ def new_id(root: Path) -> str:
     return str(number)
 
 
+def origin(root: Path) -> str:
+    """This store's name on hosts (jobs/remote.py): random hex made once, kept in the store,
+    so the jobs of two machines (or two users' stores) never meet on a shared host."""
+    ensure_root(root)
+    path = root / "origin"
+    with _locked(root):
+        try:
+            text = path.read_text(encoding="ascii").strip()
+            if re.fullmatch(r"[0-9a-f]{16}", text):
+                return text
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        text = secrets.token_hex(8)
+        _write_atomic(path, [f"{text}\n".encode()])
+    return text
+
+
 def _check_id(id: str) -> str:
     """IDs become path names: anything but a plain number is no job (and never `../x`)."""
     if not isinstance(id, str) or not _ID.fullmatch(id):
@@ -147,8 +165,13 @@ def _check_id(id: str) -> str:
     return id
 
 
+def encode(job: Job) -> str:
+    """The record as its file holds it."""
+    return json.dumps(record.to_json(job), indent=1, sort_keys=True) + "\n"
+
+
 def _encode(job: Job) -> bytes:
-    return (json.dumps(record.to_json(job), indent=1, sort_keys=True) + "\n").encode()
+    return encode(job).encode()
 
 
 def create(root: Path, job: Job) -> Job:
@@ -268,10 +291,48 @@ def sweep(root: Path, now: float) -> None:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def output_path(root: Path, id: str, stream: str) -> Path:
+def output_path(root: Path, id: str, stream: str, attempt: int | None = None) -> Path:
+    """A stream's file: the current attempt's, or an ended attempt's (kept by keep_attempt)."""
     if stream not in STREAMS:
         raise ValueError(f"not an output stream: {stream!r}")
-    return root / _check_id(id) / stream
+    name = stream if attempt is None else f"{stream}.{int(attempt)}"
+    return root / _check_id(id) / name
+
+
+def keep_attempt(root: Path, id: str, attempt: int) -> None:
+    """Before a retry: the ended attempt's output moves to `stdout.N`/`stderr.N`, and the next
+    attempt starts with empty files."""
+    for stream in STREAMS:
+        current = output_path(root, id, stream)
+        os.replace(current, output_path(root, id, stream, attempt))
+        os.close(os.open(current, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    _fsync_dir(root / id)
+
+
+# A job that does not start at once (queued: a slot, its dependencies, a retry) keeps the
+# environment it was submitted with until its last attempt has started: in a 0600 file of its
+# own directory (0700), never in the record, which `status --json` shows.
+def save_env(root: Path, id: str, env: Mapping[str, str]) -> None:
+    _write_atomic(root / _check_id(id) / "env.json", [json.dumps(dict(env)).encode()])
+
+
+def load_env(root: Path, id: str) -> dict[str, str]:
+    """The saved environment; StoreError when missing or unreadable."""
+    path = root / _check_id(id) / "env.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise StoreError(f"job {id}: its saved environment {path} cannot be read ({error})"
+                         ) from None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise StoreError(f"job {id}: its saved environment {path} is malformed")
+    return data
+
+
+def remove_env(root: Path, id: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(root / _check_id(id) / "env.json")
 
 
 def _id_key(id: str) -> tuple[int, str]:

@@ -1,0 +1,281 @@
+"""Starting one attempt of a job where its target says: here (jobs/local.py) or on a host
+(jobs/remote.py), the host chosen as for `distsvc-run` and the job counted there at once.
+
+`start` is called by the queue (daemon/queue.py) with the job's turn come (its dependencies
+met, a slot free in its group and in all). It returns what became of the job:
+
+- STARTED: running; the record says where,
+- WAITING: still queued (every usable host is at its slot limit, or none is reachable now);
+  `reason` says which, and the queue tries again,
+- FAILED: it cannot run (the command is not found, a limit cannot be enforced...): the job
+  ended as "failed" with the reason; the error is returned for a caller to pass on.
+
+A host that cannot be reached is skipped for the next (and marked so in the shared state, as
+`distsvc-run` does); one that cannot run this job (no way to enforce an asked limit, the
+command not found there) is skipped with the reason in the record's `skipped`. Nothing is
+ever started twice: an attempt whose start may have reached the host is recorded as
+running there, and the host's watcher finds out what became of it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import distsvc.errors
+import distsvc.jobs.isolation
+import distsvc.jobs.limits
+import distsvc.jobs.local
+import distsvc.jobs.record
+import distsvc.jobs.remote
+import distsvc.jobs.store
+import distsvc.log
+
+if TYPE_CHECKING:
+    import distsvc.daemon.book
+
+STARTED, WAITING, FAILED = "started", "waiting", "failed"
+Job = distsvc.jobs.record.Job
+
+
+def visible_with_private_tmp(cwd: str, program: str) -> str | None:
+    """Why mount isolation would hide the working directory or program (its own /tmp and
+    /var/tmp), or None. Paths as given: a host's are not resolved from here."""
+    for what, path in (("working directory", cwd), ("program", program)):
+        for top in ("/tmp", "/var/tmp"):
+            if path == top or path.startswith(top + "/"):
+                return (f"the {what} {path} is under {top}, which mount isolation replaces "
+                        "with the job's own; run from another directory, or without it "
+                        "(--isolate pid,network)")
+    return None
+
+
+def _fail(book: distsvc.daemon.book.Book, job: Job, error: distsvc.errors.DistsvcError
+          ) -> tuple[str, distsvc.errors.DistsvcError]:
+    job.state, job.reason, job.ended = "failed", error.message, time.time()
+    book.end_attempt(job)
+    distsvc.log.get(job=job.id).warning("job failed to start", error=error.message)
+    return FAILED, error
+
+
+def start(book: distsvc.daemon.book.Book, job: Job
+          ) -> tuple[str, distsvc.errors.DistsvcError | None]:
+    try:
+        env = distsvc.jobs.store.load_env(book.root, job.id)
+    except distsvc.errors.DistsvcError as error:
+        return _fail(book, job, error)
+    if job.target == "local":
+        return _start_local(book, job, env)
+    return _start_remote(book, job, env)
+
+
+# -- here ------------------------------------------------------------------------------------
+
+def _start_local(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
+                 ) -> tuple[str, distsvc.errors.DistsvcError | None]:
+    config = book.config
+    try:
+        program = distsvc.jobs.local.check_command(job.argv, job.cwd, env)
+        manager = book.manager()
+        job.not_enforced = distsvc.jobs.local.check_limits(
+            job.limits, manager.delegated_controllers(), job.best_effort)
+        kinds = job.isolation_asked if job.isolation_asked is not None else list(
+            config.jobs.isolate)
+        applied, left_out = book.local_isolation(kinds, job.best_effort)
+        if "mount" in applied and (why := visible_with_private_tmp(
+                os.path.realpath(job.cwd), os.path.realpath(program))):
+            raise distsvc.jobs.local.JobError(why)
+    except distsvc.errors.DistsvcError as error:
+        return _fail(book, job, error)
+    job.isolation = applied
+    job.placement = {"kind": "local", "unit": distsvc.jobs.local.unit_name(job.id),
+                     "manager": "user" if manager.user else "system"}
+    if left_out:
+        job.reason = "isolation left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
+    else:
+        job.reason = None
+    plan = distsvc.jobs.isolation.plan(applied, manager.user)
+    job.state = "starting"
+    try:
+        distsvc.jobs.local.start(manager, book.root, job, env, plan, config.jobs.all, program)
+    except distsvc.errors.DistsvcError as error:
+        if not isinstance(error, distsvc.jobs.local.UnitLeftOver):
+            distsvc.jobs.local.forget_unit(manager, job)  # a start that failed once loaded
+        return _fail(book, job, error)
+    job.state, job.started = "running", time.time()
+    book.save(job)
+    book.watch()
+    distsvc.log.get(job=job.id).info("job started", unit=job.placement["unit"],
+                                     argv=" ".join(job.argv)[:200])
+    return STARTED, None
+
+
+# -- on a host ------------------------------------------------------------------------------
+
+def check_on_host(job: Job, caps: distsvc.jobs.remote.Caps, soft_isolation: list[str]
+                  ) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """(limits not enforced -> why, isolation kinds applied, kinds left out -> why) for the
+    job on a host with `caps`; HostCannot when something asked cannot be had there.
+
+    What the user asked (`explicit_limits`, `isolation_asked`) is enforced or refused (unless
+    --best-effort); the config's defaults are applied as far as the host can, the rest said
+    in status."""
+    asked = set(job.explicit_limits)
+    if caps.mode == "supervisor":
+        why = caps.why_no_systemd or "no systemd user manager"
+        missing = {f: f"{why}: limits cannot be enforced there"
+                   for f in distsvc.jobs.limits.FIELDS if getattr(job.limits, f) is not None}
+    else:
+        missing = {f: f"the {c} controller is not delegated to the host's user manager "
+                      "(cgroup v1, or not delegated), so it is only recorded"
+                   for f, c in distsvc.jobs.limits.controllers(job.limits).items()
+                   if c not in caps.controllers}
+    strict = {f: w for f, w in missing.items() if f in asked}
+    if strict and not job.best_effort:
+        field, why = next(iter(strict.items()))
+        raise distsvc.jobs.remote.HostCannot(
+            f"{distsvc.jobs.limits.option(field)} cannot be enforced there: {why}; "
+            "run with --best-effort to have it recorded only")
+    kinds = job.isolation_asked if job.isolation_asked is not None else soft_isolation
+    strict_kinds = job.isolation_asked is not None and not job.best_effort
+    applied, left_out = [], {}
+    for kind in kinds:
+        why_not = caps.isolation.get(kind)
+        if kind == "mount" and why_not is None:
+            why_not = visible_with_private_tmp(job.cwd, job.argv[0] if "/" in job.argv[0]
+                                               else "")
+        if why_not is None:
+            applied.append(kind)
+        elif strict_kinds:
+            raise distsvc.jobs.remote.HostCannot(
+                f"{kind} isolation cannot be had there: {why_not}; switch it off "
+                f"(--no-isolate {kind}) or run with --best-effort")
+        else:
+            left_out[kind] = why_not
+    return missing, applied, left_out
+
+
+def _start_remote(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
+                  ) -> tuple[str, distsvc.errors.DistsvcError | None]:
+    import distsvc.actions.placement
+    import distsvc.environment
+
+    config = book.config
+    assert book.pool is not None
+    carried = distsvc.environment.carried(env, config.env, book.saved_environment())
+    exclude: set[str] = set()
+    last_refusal: distsvc.errors.DistsvcError | None = None
+    while True:
+        only = job.target_host if job.target == "host" else None
+        try:
+            choice = distsvc.actions.placement.place_now(
+                config, book.state_dir, book.pool, exclude | set(job.skipped), os.getpid(),
+                only)
+        except distsvc.errors.CannotRun as error:
+            if last_refusal is not None or _everywhere_refused(book, job):
+                return _fail(book, job, last_refusal or distsvc.jobs.remote.HostCannot(
+                    "no host can run it: " + "; ".join(
+                        f"{h}: {w}" for h, w in job.skipped.items())))
+            return _wait(book, job, error.message)
+        if choice is None:
+            return _wait(book, job, "every host is at its slot limit" if only is None else
+                         f"{only} is at its slot limit")
+        host = choice.host.name
+        outcome = _start_on(book, job, carried, choice)
+        if outcome is None:
+            return STARTED, None
+        kind, why = outcome
+        exclude.add(host)
+        if kind == "refused":
+            job.skipped[host] = why.message
+            if job.target == "host":
+                return _fail(book, job, _named(host, why))
+            if isinstance(why, distsvc.jobs.remote.StartRefused):
+                last_refusal = _named(host, why)
+
+
+def _named(host: str, error: distsvc.errors.DistsvcError) -> distsvc.errors.DistsvcError:
+    named = type(error)(f"{host}: {error.message}" if not error.message.startswith(host)
+                        else error.message)
+    named.exit_status = error.exit_status
+    return named
+
+
+def _everywhere_refused(book: distsvc.daemon.book.Book, job: Job) -> bool:
+    names = [job.target_host] if job.target == "host" else [h.name for h in book.config.hosts]
+    return bool(names) and all(name in job.skipped for name in names)
+
+
+def _wait(book: distsvc.daemon.book.Book, job: Job, why: str
+          ) -> tuple[str, distsvc.errors.DistsvcError | None]:
+    if job.reason != why:
+        job.reason = why
+        book.save(job)
+    return WAITING, None
+
+
+def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
+              choice: object) -> tuple[str, distsvc.errors.DistsvcError] | None:
+    """Start on the chosen host; None when started (or maybe started), else ("unreachable"
+    or "refused", why). The placement recorded by the choice is released on failure."""
+    import distsvc.actions.placement
+
+    assert isinstance(choice, distsvc.actions.placement.Choice)
+    host = choice.host.name
+    log = distsvc.log.get(job=job.id, host=host)
+    try:
+        caps = book.host_caps(host)
+        job.not_enforced, applied, left_out = check_on_host(job, caps,
+                                                            list(book.config.jobs.isolate))
+    except distsvc.errors.HostUnreachable as error:
+        distsvc.actions.placement.mark_unreachable(book.state_dir, host, error.message,
+                                                   choice.placement)
+        log.warning("job not started: host unreachable", error=error.message)
+        return "unreachable", error
+    except distsvc.jobs.remote.HostCannot as error:
+        distsvc.actions.placement.release(book.state_dir, choice.placement)
+        log.info("host cannot run the job", error=error.message)
+        return "refused", error
+    job.isolation = applied
+    job.reason = ("isolation left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
+                  if left_out else None)
+    directory = f"{caps.root}/{job.id}.{job.attempt}"
+    job.placement = {"kind": "ssh", "host": host, "mode": caps.mode, "dir": directory}
+    if caps.mode == "systemd":
+        job.placement["unit"] = distsvc.jobs.remote.unit_name(book.origin, job.id, job.attempt)
+    script = distsvc.jobs.remote.start_script(
+        book.origin, job, env, caps, distsvc.jobs.store.encode(job))
+    try:
+        code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
+    except distsvc.errors.HostUnreachable as error:  # no session: nothing ran
+        distsvc.actions.placement.mark_unreachable(book.state_dir, host, error.message,
+                                                   choice.placement)
+        book.forget_caps(host)
+        log.warning("job not started: host unreachable", error=error.message)
+        return "unreachable", error
+    except (TimeoutError, distsvc.errors.CannotRun, OSError) as error:
+        code, out = -1, str(error).encode()
+    if code == -1:
+        # The start may have reached the host: it is never tried again. The host's watcher
+        # finds it running, ended, or never made (then: unknown).
+        job.state, job.started = "running", time.time()
+        job.reason = "its start on the host was cut short; what became of it is looked up there"
+        book.hold(job, choice.placement)
+        log.warning("job start uncertain", output=out.decode("utf-8", "replace")[-200:])
+        return None
+    try:
+        answer = distsvc.jobs.remote.read_start(code, out, host)
+    except distsvc.jobs.remote.HostCannot as error:
+        distsvc.actions.placement.release(book.state_dir, choice.placement)
+        job.placement = {}
+        if not isinstance(error, distsvc.jobs.remote.StartRefused):
+            book.forget_caps(host)
+        return "refused", error
+    if answer.get("dir") and answer["dir"] != directory:
+        job.placement["dir"] = answer["dir"]
+    job.state, job.started = "running", time.time()
+    book.hold(job, choice.placement)
+    log.info("job started", mode=caps.mode, unit=job.placement.get("unit"),
+             argv=" ".join(job.argv)[:200])
+    return None

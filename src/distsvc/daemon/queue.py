@@ -1,0 +1,103 @@
+"""The job queue: which queued jobs may start now, in the order they were submitted.
+
+A queued job starts when its turn has come:
+
+- its retry's delay is over (`not_before`),
+- every job of `after` has succeeded (exited 0); if one ended otherwise, or is gone, the job
+  ends as "dependency-failed" without running,
+- its group (`[jobs.groups]`) has fewer jobs running than the group's limit,
+- fewer jobs run than `[jobs] slots`, everywhere together,
+
+and then `launch.start` places it: here, on its host, or on the best host with a free slot
+(a host's `slots` count `distsvc-run` commands and jobs alike). A job that cannot be placed
+yet keeps its place in the queue with the reason; jobs after it may still start (a job
+waiting for a busy host does not hold up one that may go elsewhere).
+
+`schedule` makes one pass; the book calls it when a job is submitted or ends, and its queue
+thread every QUEUE_INTERVAL while jobs are queued (slots also free up as `distsvc-run`
+commands end, and hosts come back).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import distsvc.errors
+import distsvc.jobs.record
+
+if TYPE_CHECKING:
+    import distsvc.daemon.book
+
+QUEUE_INTERVAL = 1.0
+Job = distsvc.jobs.record.Job
+
+
+def _id_order(job: Job) -> tuple[int, str]:
+    return (int(job.id), "") if job.id.isdigit() else (0, job.id)
+
+
+def _dependencies(book: distsvc.daemon.book.Book, job: Job) -> str | None:
+    """None when every job of `after` succeeded; "wait: why" or "fail: why" otherwise."""
+    for other_id in job.after:
+        other = book.jobs.get(other_id)
+        if other is None:
+            return f"fail: job {other_id} is gone (removed before it succeeded?)"
+        if other.state not in distsvc.jobs.record.FINAL:
+            return f"wait: waiting for job {other_id} ({distsvc.jobs.record.describe_state(other)})"
+        if not distsvc.jobs.record.succeeded(other):
+            return f"fail: job {other_id} {distsvc.jobs.record.describe_state(other)}"
+    return None
+
+
+def _running(jobs: list[Job]) -> list[Job]:
+    return [j for j in jobs if j.state not in distsvc.jobs.record.FINAL and j.state != "queued"]
+
+
+def schedule(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcError]:
+    """One pass over the queue; the errors of the jobs that failed to start, by ID."""
+    errors: dict[str, distsvc.errors.DistsvcError] = {}
+    with book.queue_lock:
+        with book.changed:
+            everyone = list(book.jobs.values())
+        queued = sorted((j for j in everyone if j.state == "queued"), key=_id_order)
+        if not queued:
+            return errors
+        config = book.config
+        groups = dict(config.jobs.groups)
+        running = _running(everyone)
+        now = time.time()
+        for job in queued:
+            if job.not_before is not None and now < job.not_before:
+                continue
+            with book.changed:
+                dependencies = _dependencies(book, job)
+            if dependencies is not None:
+                verdict, _, why = dependencies.partition(": ")
+                if verdict == "fail":
+                    job.state, job.reason, job.ended = "dependency-failed", why, time.time()
+                    book.end_attempt(job)
+                    continue
+                _say(book, job, why)
+                continue
+            limit = groups.get(job.group or "")
+            if limit is not None and sum(j.group == job.group for j in running) >= limit:
+                _say(book, job, f"group {job.group} has {limit} jobs running (its limit)")
+                continue
+            if config.jobs.slots is not None and len(running) >= config.jobs.slots:
+                _say(book, job, f"all {config.jobs.slots} job slots (jobs.slots) are taken")
+                continue
+            import distsvc.daemon.launch
+
+            outcome, error = distsvc.daemon.launch.start(book, job)
+            if outcome == distsvc.daemon.launch.STARTED:
+                running.append(job)
+            elif error is not None:
+                errors[job.id] = error
+    return errors
+
+
+def _say(book: distsvc.daemon.book.Book, job: Job, why: str) -> None:
+    if job.reason != why:
+        job.reason = why
+        book.save(job)

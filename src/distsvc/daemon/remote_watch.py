@@ -1,0 +1,168 @@
+"""Watching the jobs on one host: a thread per host with running jobs (see Book.watch_host).
+
+Each look is one SSH session running jobs/remote.monitor_script for all of the host's running
+jobs: their state, and each stream's bytes past what the local mirror holds, appended to the
+mirror (the job's local stdout/stderr files, which `job logs` reads as for a local job). An
+ended job is finished in this order, so that nothing is lost: its status kept on the host
+and what it left ended there (collect), the mirror completed to the streams' final sizes,
+the final record written here; only then is its placement let go.
+
+A host that does not answer leaves its jobs running in their records, with `host_down_since`
+set (shown as "unknown (host down since ...)"); they are looked at again every DOWN_INTERVAL
+and come back as they are once it answers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import distsvc.errors
+import distsvc.jobs.record
+import distsvc.jobs.remote
+import distsvc.jobs.store
+import distsvc.log
+
+if TYPE_CHECKING:
+    import distsvc.daemon.book
+
+INTERVAL = 0.5        # between looks at a host's running jobs
+YOUNG_INTERVAL = 0.1  # while one of them is in its first YOUNG seconds
+YOUNG = 2.0
+DOWN_INTERVAL = 2.0   # between looks at a host that did not answer
+MAX_ROUNDS = 64       # looks to complete an ended job's mirror before trying again later
+Job = distsvc.jobs.record.Job
+STREAMS = ("stdout", "stderr")
+
+
+def _mirror_sizes(book: distsvc.daemon.book.Book, job: Job) -> dict[str, int]:
+    sizes = {}
+    for stream in STREAMS:
+        try:
+            sizes[stream] = os.stat(distsvc.jobs.store.output_path(book.root, job.id,
+                                                                    stream)).st_size
+        except FileNotFoundError:
+            sizes[stream] = 0
+    return sizes
+
+
+def _append(book: distsvc.daemon.book.Book, job: Job, look: distsvc.jobs.remote.Look) -> bool:
+    """The fetched bytes onto the mirror, each where the mirror ends; True when the mirror
+    now holds every byte the host had."""
+    complete = True
+    for stream in STREAMS:
+        path = distsvc.jobs.store.output_path(book.root, job.id, stream)
+        offset, data = look.data.get(stream, (0, b""))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False  # removed meanwhile
+        try:
+            if data and os.fstat(fd).st_size == offset:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if size < look.sizes.get(stream, 0):
+            complete = False
+    return complete
+
+
+def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job]
+          ) -> dict[str, distsvc.jobs.remote.Look]:
+    script = distsvc.jobs.remote.monitor_script(
+        book.origin, [(job, _mirror_sizes(book, job)) for job in jobs])
+    code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
+    if code != 0 or not out.rstrip().endswith(b"monitor=done"):
+        raise distsvc.errors.HostUnreachable(host, "the job monitor was cut short")
+    return distsvc.jobs.remote.read_monitor(out)
+
+
+def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
+            look: distsvc.jobs.remote.Look,
+            end: tuple[str, int | None, int | None, str | None]) -> None:
+    runner = book.runner(host)
+    runner(distsvc.jobs.remote.collect_script(book.origin, job, look),
+           distsvc.jobs.remote.SCRIPT_TIMEOUT)
+    for _ in range(MAX_ROUNDS):  # the last bytes, written before the end was seen
+        final = _look(book, host, [job]).get(job.id)
+        if final is None:
+            continue
+        if _append(book, job, final) and all(
+                not data for _, data in final.data.values()):
+            break
+    else:
+        return  # not complete yet: the next look finishes it (the status is kept there)
+    job.state, job.exit_code, job.signal, reason = end
+    if reason is not None:
+        job.reason = reason
+    elif job.reason and job.reason.startswith("its start on the host was cut short"):
+        job.reason = None
+    job.ended = time.time()
+    job.paused = False
+    job.host_down_since = None
+    book.end_attempt(job)
+    max_output = book.config.jobs.max_output
+    if any(size > max_output for size in final.sizes.values()):
+        try:  # retention on the host too
+            runner(distsvc.jobs.remote.cut_script(book.origin, job, max_output),
+                   distsvc.jobs.remote.SCRIPT_TIMEOUT)
+        except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
+            distsvc.log.get(job=job.id).warning("could not cut the output on the host",
+                                                error=str(error))
+
+
+def _down(book: distsvc.daemon.book.Book, jobs: list[Job], why: str) -> None:
+    now = time.time()
+    for job in jobs:
+        if job.host_down_since is None:
+            job.host_down_since = now
+            book.save_quietly(job)
+            distsvc.log.get(job=job.id).warning("job's host not answering", error=why)
+    book.notify()
+
+
+def watch(book: distsvc.daemon.book.Book, host: str) -> None:
+    """The host's watcher thread: until none of its jobs runs."""
+    while True:
+        jobs = book.running_on(host)
+        if not jobs:
+            if book.stop_watching_host(host):
+                return
+            continue
+        try:
+            looks = _look(book, host, jobs)
+        except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
+            _down(book, jobs, str(error))
+            time.sleep(DOWN_INTERVAL)
+            continue
+        pending = False
+        for job in jobs:
+            look = looks.get(job.id)
+            if look is None:
+                pending = True
+                continue
+            changed = job.host_down_since is not None
+            job.host_down_since = None
+            complete = _append(book, job, look)
+            distsvc.jobs.remote.figures(job, look)
+            end = distsvc.jobs.remote.ended(job, look)
+            try:
+                if end is not None:
+                    _finish(book, host, job, look, end)
+                    continue
+            except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
+                distsvc.log.get(job=job.id).warning("could not finish the job yet",
+                                                    error=str(error))
+            if changed:
+                book.save_quietly(job)
+                book.notify()
+            pending = pending or not complete
+        if pending:
+            continue
+        now = time.time()
+        young = any(now - (job.started or job.created) < YOUNG for job in jobs)
+        time.sleep(YOUNG_INTERVAL if young else INTERVAL)
