@@ -62,6 +62,10 @@ def test_a_command_runs_as_the_containers_user(
     c, host = sd
     assert (host.user, host.uid, host.home) == (c.user, c.uid, c.home)
     assert host.address == container.SSH_ADDRESS and host.port > 0
+    # One sshd inside, ours: the machine's own ssh.service is masked.
+    assert c.run(["systemctl", "is-enabled", "ssh.service"], check=False).stdout == "masked\n"
+    listening = [line.split()[3] for line in c.run(["ss", "-Htln"]).stdout.splitlines()]
+    assert listening == [f"127.0.0.1:{host.port_inside}"], listening
     done = host.ssh("id -u; id -un; hostname; cat /proc/1/comm")
     assert done.stdout.split() == [str(c.uid), c.user, os.uname().nodename, "systemd"]
     # Through distsvc's adapter (paramiko), checking the host key like distsvc does.
@@ -301,3 +305,20 @@ def test_distsvc_runs_commands_there(sd: tuple[container.Container, container.Ss
         if daemon is not None:
             daemon.terminate()
             daemon.wait(20)
+
+
+def test_distsvcs_job_probe_finds_the_user_manager(
+        sd: tuple[container.Container, container.SshHost]) -> None:
+    """The probe of jobs/remote.py, over distsvc's own connection: this host is the one
+    with systemd (the sshbed hosts are the ones without)."""
+    import distsvc.jobs.remote as remote
+
+    c, host = sd
+    connection = connect(host)
+    try:
+        status, out = connection.run(remote.probe_script("0123abcd" * 2), timeout=60)
+    finally:
+        connection.close()
+    caps = remote.read_probe(out)
+    assert (status, caps.mode, caps.why_no_systemd) == (0, "systemd", None), out.decode()
+    assert caps.root == f"{c.home}/.local/state/distsvc/jobs-from/{'0123abcd' * 2}"
