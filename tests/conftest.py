@@ -177,12 +177,12 @@ def daemon_client(bed: sshbed.Bed, tmp_path: Path) -> Iterator[Client]:
 class TcpProxy:
     """A TCP relay on 127.0.0.1 whose connections can be cut at once, like a network drop."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, listen_port: int = 0) -> None:
         import socket
         import threading
 
         self.target = (address, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", listen_port))
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
         self.threads: list[threading.Thread] = []

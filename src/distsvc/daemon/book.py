@@ -41,6 +41,7 @@ WATCH_INTERVAL = 0.2
 YOUNG_INTERVAL = 0.02  # while a job is in its first YOUNG seconds: short jobs are common
 YOUNG = 2.0
 CAPS_TTL = 600.0  # seconds a host's probed capabilities are trusted
+FIRST_LOOK = 3.0  # seconds a daemon's first answer waits for the hosts' first look
 
 
 class Book:
@@ -67,6 +68,8 @@ class Book:
         self._caps_lock = threading.Lock()
         self._placements: dict[str, distsvc.state.Placement] = {}  # job ID -> its slot
         self._host_watchers: dict[str, threading.Thread] = {}
+        self.looked: dict[str, threading.Event] = {}
+        self._ready = threading.Event()  # load() is done  # host -> its watcher's first look done
         self._queue_thread: threading.Thread | None = None
         self._queue_wake = threading.Event()
 
@@ -197,6 +200,7 @@ class Book:
             thread = self._host_watchers.get(host)
             if thread is not None and thread.is_alive():
                 return
+            self.looked.setdefault(host, threading.Event())
             thread = threading.Thread(target=self._watch_host, args=(host,), daemon=True,
                                       name=f"jobs-on-{host}")
             self._host_watchers[host] = thread
@@ -338,15 +342,27 @@ class Book:
             self.changed.notify_all()
 
     def load(self) -> None:
-        """Read every record (once), and bring the unfinished ones up to date."""
+        """Read every record (once), and bring the unfinished ones up to date. A caller
+        that comes while another loads waits for it (the first answers give true states)."""
         with self.changed:
             if self.loaded:
-                return
+                loading = False
+            else:
+                loading = self.loaded = True
+        if not loading:
+            self._ready.wait(FIRST_LOOK + 5.0)
+            return
+        try:
+            self._load()
+        finally:
+            self._ready.set()
+
+    def _load(self) -> None:
+        with self.changed:
             distsvc.jobs.store.sweep(self.root, time.time())
             jobs, corrupt = distsvc.jobs.store.load_all(self.root)
             self.jobs = {job.id: job for job in jobs}
             self.corrupt = [error.message for error in corrupt]
-            self.loaded = True
             unfinished = [job for job in jobs if job.state not in distsvc.jobs.record.FINAL]
         for line in self.corrupt:
             distsvc.log.get().error("job record unreadable", error=line)
@@ -357,6 +373,9 @@ class Book:
                 except Exception:
                     distsvc.log.get().exception("could not watch a job found again",
                                                 job=job.id)
+        deadline = time.monotonic() + FIRST_LOOK
+        for event in list(self.looked.values()):  # true states for the first answer, unless
+            event.wait(max(0.0, deadline - time.monotonic()))  # a host is slow to answer
         if any(j.placement.get("kind") == "local" for j in unfinished):
             self.watch()  # first, so a failing first look is tried again
             self.tick()

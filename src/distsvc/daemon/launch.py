@@ -272,8 +272,9 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
         if not isinstance(error, distsvc.jobs.remote.StartRefused):
             book.forget_caps(host)
         return "refused", error
-    if answer.get("dir") and answer["dir"] != directory:
-        job.placement["dir"] = answer["dir"]
+    suffix = f"/distsvc/jobs-from/{book.origin}/{job.id}.{job.attempt}"
+    if answer.get("dir", "").endswith(suffix) and answer["dir"].startswith("/"):
+        job.placement["dir"] = answer["dir"]  # as the host spells it (only ours: the suffix)
     job.state, job.started = "running", time.time()
     book.hold(job, choice.placement)
     log.info("job started", mode=caps.mode, unit=job.placement.get("unit"),

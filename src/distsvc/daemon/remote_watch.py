@@ -133,10 +133,13 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             if book.stop_watching_host(host):
                 return
             continue
+        looked = book.looked.get(host)
         try:
             looks = _look(book, host, jobs)
         except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
             _down(book, jobs, str(error))
+            if looked is not None:
+                looked.set()
             time.sleep(DOWN_INTERVAL)
             continue
         pending = False
@@ -161,6 +164,8 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
                 book.save_quietly(job)
                 book.notify()
             pending = pending or not complete
+        if looked is not None:
+            looked.set()
         if pending:
             continue
         now = time.time()

@@ -252,7 +252,7 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
         f"export {k}=" + "\"$_ds_nl\"".join(_q(part) for part in v.split("\n")) + "\n"
         for k, v in sorted(distsvc.remote.exportable(env).items()))
     cwd = _q(job.cwd)
-    run = (f'. {attempt_dir}/env\n'
+    run = ('. "${0%/run}/env"\n'  # run as `/bin/sh DIR/run CMD...`
            f"cd -- {cwd} || exit 200\n"
            'exec "$@"\n')
     argv0 = _q(job.argv[0])
@@ -409,7 +409,8 @@ ds_fetch() {  # stream file offset
         placement = job.placement
         d = _job_dir(placement)
         parts.append(f'echo "job {job.id}"')
-        parts.append(f'if [ -e {d}/status ]; then echo "status=$(cat {d}/status)"; fi')
+        # The live state first, then the status file: a supervisor writes its status before
+        # it exits, so one seen gone has left its status to be seen.
         if placement.get("mode") == "systemd":
             unit = _q(placement.get("unit", ""))
             parts.append(f"systemctl --user show -p {_SHOW} {unit} 2>/dev/null "
@@ -421,6 +422,7 @@ if [ -s {d}/supervisor ]; then
   if ps -o args= -p "$sp" 2>/dev/null | grep -q supervise; then echo "alive=yes"
   else echo "alive=no"; fi
 else echo "alive=no"; fi""")
+        parts.append(f'if [ -e {d}/status ]; then echo "status=$(cat {d}/status)"; fi')
         parts.append(f'[ -d {d} ] || echo "gone=yes"')
         for stream in ("stdout", "stderr"):
             parts.append(f"ds_fetch {stream} {d}/{stream} {int(sizes.get(stream, 0))}")
