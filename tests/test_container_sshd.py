@@ -5,6 +5,7 @@ has a systemd user manager. Real boots, real sshd, real ssh and paramiko; no moc
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 import container
 import helpers
 from distsvc.adapters import ssh
@@ -322,3 +324,30 @@ def test_distsvcs_job_probe_finds_the_user_manager(
     caps = remote.read_probe(out)
     assert (status, caps.mode, caps.why_no_systemd) == (0, "systemd", None), out.decode()
     assert caps.root == f"{c.home}/.local/state/distsvc/jobs-from/{'0123abcd' * 2}"
+
+
+def test_a_bed_users_daemon_places_a_job_there(
+        sd: tuple[container.Container, container.SshHost],
+        daemon_client: conftest.Client) -> None:
+    """The recipe for tests that use this host beside the sshbed hosts: the sshbed client's
+    key let in (by an sshd of its own here: the module's has another key), its known_hosts
+    line and its user in the client's configuration. The client's daemon, on this machine,
+    reaches it, and a job placed there runs as a unit of the user's manager."""
+    c, _ = sd
+    client = daemon_client
+    bed_key = client.bed.client_key.with_name(client.bed.client_key.name + ".pub").read_text()
+    with container.sshd(c, bed_key, port_inside=2225) as host:
+        with open(client.home / ".ssh" / "known_hosts", "a") as known:
+            known.write(host.known_hosts_line + "\n")
+        client.configure(hosts=[], unknown=[{"name": host.name, "address": host.address,
+                                             "port": host.port, "user": host.user}])
+        ran = client.run("distsvc-run", "id", "-u", cwd="/")
+        assert (ran.returncode, ran.stdout, ran.stderr) == (0, f"{c.uid}\n".encode(), b"")
+        started = client.run("distsvc", "job", "start", "--json", "--host", host.name, "--",
+                             "sh", "-c", "echo from the job", cwd="/")
+        assert started.returncode == 0, started.stderr
+        record = json.loads(started.stdout)
+        assert record["placement"]["mode"] == "systemd", record["placement"]
+        assert client.run("distsvc", "job", "wait", record["id"], cwd="/").returncode == 0
+        logs = client.run("distsvc", "job", "logs", record["id"], cwd="/")
+        assert logs.stdout == b"from the job\n"
