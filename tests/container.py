@@ -1314,9 +1314,10 @@ def sshd_fixture(user: str = "dsvcuser", **options: Any) -> Iterator[tuple[Conta
         def sd() -> Iterator[tuple[container.Container, container.SshHost]]:
             yield from container.sshd_fixture()
 
-    To let an sshbed user in too: ``authorized_key=bed.client_key.with_name(
-    bed.client_key.name + ".pub").read_text()`` and, in the client's configuration, the
-    host's own ``user`` (``host.user``) and ``known_hosts_line``."""
+    Beside the sshbed hosts, the bed's client key must be let in (``authorized_key=`` its
+    ``.pub``, or one more `sshd` with it), and the client needs the host's
+    ``known_hosts_line`` and its own ``user`` (``conftest.Client.configure(unknown=[...])``):
+    see test_container_sshd.py's test_a_bed_users_daemon_places_a_job_there."""
     import pytest
 
     reason = can_boot()
