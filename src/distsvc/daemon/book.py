@@ -163,6 +163,11 @@ class Book:
             self._caps[name] = (time.monotonic(), caps)
         return caps
 
+    def cached_caps(self, name: str) -> distsvc.jobs.remote.Caps | None:
+        with self._caps_lock:
+            cached = self._caps.get(name)
+        return cached[1] if cached is not None else None
+
     def forget_caps(self, name: str) -> None:
         with self._caps_lock:
             self._caps.pop(name, None)

@@ -193,7 +193,7 @@ def read_probe(out: bytes) -> Caps:
             raise HostCannot("neither a systemd user manager nor setsid(1) there")
         why = v.get("no_systemd") or "no systemd user manager answers"
         none = "no systemd user manager there (supervisor mode)"
-        return Caps("supervisor", f"no systemd user manager reachable: {why}", frozenset(),
+        return Caps("supervisor", f"no systemd user manager reachable ({why})", frozenset(),
                     v.get("python3"), {k: none for k in distsvc.jobs.isolation.KINDS},
                     v["root"])
     isolation: dict[str, str | None] = {}
