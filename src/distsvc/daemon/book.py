@@ -41,6 +41,7 @@ WATCH_INTERVAL = 0.2
 YOUNG_INTERVAL = 0.02  # while a job is in its first YOUNG seconds: short jobs are common
 YOUNG = 2.0
 CAPS_TTL = 600.0  # seconds a host's probed capabilities are trusted
+SUBMIT_WAIT = 10.0  # seconds a submission waits for a queue pass in progress (then: queued)
 FIRST_LOOK = 3.0  # seconds a daemon's first answer waits for the hosts' first look
 
 
@@ -237,14 +238,14 @@ class Book:
         """A new queued job: into the book, and a pass of the queue at once (most jobs start
         before their submitter hears back); the error if it failed to start."""
         self.add(job)
-        errors = self.schedule()
+        errors = self.schedule(wait=SUBMIT_WAIT)
         self._wake_queue()
         return errors.get(job.id)
 
-    def schedule(self) -> dict[str, distsvc.errors.DistsvcError]:
+    def schedule(self, wait: float | None = None) -> dict[str, distsvc.errors.DistsvcError]:
         import distsvc.daemon.queue
 
-        return distsvc.daemon.queue.schedule(self)
+        return distsvc.daemon.queue.schedule(self, wait)
 
     def _wake_queue(self) -> None:
         with self.changed:

@@ -363,7 +363,8 @@ def handle_job_resume(daemon: Daemon, request: dict[str, Any], peer: Peer) -> An
     return answer
 
 
-def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job) -> None:
+def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
+            on_hosts: bool = True) -> None:
     if job.state not in distsvc.jobs.record.FINAL:
         raise distsvc.jobs.local.JobError(
             f"job {job.id} is {job.state}: stop it first (distsvc job stop {job.id})")
@@ -373,7 +374,8 @@ def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job) -> Non
     if job.placement.get("kind") == "local":
         # A unit a crash left (its end recorded, the unit not yet let go) goes too.
         distsvc.jobs.local.forget_unit(book.manager(), job)
-    book.forget_on_hosts([job])
+    if on_hosts:
+        book.forget_on_hosts([job])
 
 
 def handle_job_remove(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -395,7 +397,8 @@ def handle_job_clean(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     with book.changed:
         ended = [j for j in book.jobs.values() if j.state in distsvc.jobs.record.FINAL]
     for job in ended:
-        _remove(book, job)
+        _remove(book, job, on_hosts=False)
+    book.forget_on_hosts(ended)  # one session per host, not per job
     return {"ok": True, "removed": sorted((j.id for j in ended), key=_id_order)}
 
 
