@@ -1,10 +1,14 @@
 """The daemon's job requests: one small handler per type, added to handlers.HANDLERS.
 
-Each validates its request, acts through the book (daemon/book.py) and the local placement
-(jobs/local.py), and answers with job records as JSON (jobs/record.py). `job_wait` and
-`job_logs` hold their connection: the first until the jobs end (with heartbeats), the second
-only long enough to pass the output files as fds (the client reads them itself, each reader
-from its own offset, so no reader ever slows the job or another reader).
+Each validates its request, acts through the book (daemon/book.py) and the job's placement
+(jobs/local.py here, jobs/remote.py's scripts on its host), and answers with job records as
+JSON (jobs/record.py). `job_start` refuses what cannot run here before any record is made (a
+job for this machine: the command, limits, isolation), then submits the job to the queue,
+which starts it at once when it may (daemon/queue.py, launch.py). `job_wait` and `job_logs`
+hold their connection: the first until the jobs end (with heartbeats), the second only long
+enough to pass the output files as fds (the client reads them itself, each reader from its
+own offset, so no reader ever slows the job or another reader; a remote job's files are the
+mirror the host's watcher keeps complete).
 """
 
 from __future__ import annotations
