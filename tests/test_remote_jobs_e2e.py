@@ -14,13 +14,14 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import Client, TcpProxy, start_daemon
-from helpers import wait_for
+from helpers import pause_resume_and_wait, wait_for
 
 
 def job(client: Client, *args: str, check: bool = True, timeout: float = 60
@@ -110,15 +111,8 @@ def test_pause_and_resume_on_the_host(daemon_client: Client) -> None:
     c.configure()
     record = start(c, "--host", c.bed.hosts[0].name, "sh", "-c",
                    "i=0; while [ $i -lt 200 ]; do echo $i; i=$((i+1)); sleep 0.05; done")
-    time.sleep(1)
-    job(c, "pause", record["id"])
-    assert status(c, record["id"])["paused"] is True
-    time.sleep(1.5)
-    before = job(c, "logs", record["id"]).stdout
-    time.sleep(1.5)
-    assert job(c, "logs", record["id"]).stdout == before
-    job(c, "resume", record["id"])
-    assert job(c, "wait", record["id"], check=False).returncode == 0
+    paused = pause_resume_and_wait(lambda *a: job(c, *a), record["id"])
+    assert paused["pause_method"] == "signals"  # no cgroup to freeze under a supervisor
     assert job(c, "logs", record["id"]).stdout.split()[-1] == b"199"
 
 
@@ -181,24 +175,23 @@ def test_retries_keep_each_attempt(daemon_client: Client) -> None:
     assert job(c, "logs", "--attempt", "1", record["id"]).stdout == b"attempt 1\n"
 
 
-def _proxied(c: Client) -> tuple[TcpProxy, dict[str, Any]]:
+@pytest.fixture
+def proxy(daemon_client: Client) -> Iterator[TcpProxy]:
+    """The client's only host, "via-proxy": h1 behind a relay the test can cut."""
+    c = daemon_client
     host = c.bed.hosts[0]
-    proxy = TcpProxy(host.address, host.port).__enter__()
-    with open(c.home / ".ssh" / "known_hosts", "a") as known:
-        known.write(f"[127.0.0.1]:{proxy.port} {host.host_key}\n")
-    return proxy, {"name": "via-proxy", "address": "127.0.0.1", "port": proxy.port,
-                   "user": c.bed.user}
-
-
-def _configure_proxied(c: Client, table: dict[str, Any]) -> None:
-    c.configure([], unknown=[table])
+    with TcpProxy(host.address, host.port) as relay:
+        with open(c.home / ".ssh" / "known_hosts", "a") as known:
+            known.write(f"[127.0.0.1]:{relay.port} {host.host_key}\n")
+        c.configure([], unknown=[{"name": "via-proxy", "address": "127.0.0.1",
+                                  "port": relay.port, "user": c.bed.user}])
+        yield relay
 
 
 @pytest.mark.timeout(300)
-def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: Client) -> None:
+def test_a_host_that_goes_down_shows_unknown_then_its_true_state(
+        daemon_client: Client, proxy: TcpProxy) -> None:
     c = daemon_client
-    proxy, table = _proxied(c)
-    _configure_proxied(c, table)
     record = start(c, "sh", "-c", "i=0; while [ $i -lt 80 ]; do echo $i; i=$((i+1)); "
                    "sleep 0.1; done; exit 5")
     assert record["placement"]["host"] == "via-proxy"
@@ -207,6 +200,7 @@ def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: 
     try:
         wait_for(lambda: job(c, "logs", record["id"]).stdout, 20, "first output")
         proxy.cut()  # the host is gone: its connections and new ones
+
         def down() -> str | None:
             said = job(c, "status", record["id"]).stdout.decode()
             return said if "down since" in said else None
@@ -215,22 +209,21 @@ def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: 
         assert "unknown (host via-proxy down since" in said
         assert status(c, record["id"])["state"] == "running"  # not failed, not final
         assert waiting.poll() is None  # `wait` waits on
-        TcpProxy(*proxy.target, listen_port=proxy.port).__enter__()  # the host is back
-        assert waiting.wait(120) == 5
+        with TcpProxy(*proxy.target, listen_port=proxy.port):  # the host is back
+            assert waiting.wait(120) == 5
     finally:
         if waiting.poll() is None:
             waiting.kill()
-    final = status(c, record["id"])
+        final = status(c, record["id"])
     assert final["state"] == "exited" and final["host_down_since"] is None
     lines = job(c, "logs", record["id"]).stdout.split()
     assert lines == [str(i).encode() for i in range(80)]
 
 
 @pytest.mark.timeout(300)
-def test_follow_resumes_over_a_cut_connection_without_loss(daemon_client: Client) -> None:
+def test_follow_resumes_over_a_cut_connection_without_loss(
+        daemon_client: Client, proxy: TcpProxy) -> None:
     c = daemon_client
-    proxy, table = _proxied(c)
-    _configure_proxied(c, table)
     record = start(c, "sh", "-c", "head -c 12000000 /dev/urandom > blob2; "
                    "for i in 1 2 3 4 5 6; do head -c 2000000 blob2 | tail -c 1000000; "
                    "sleep 0.5; done; cat blob2; sha256sum blob2 >&2")
