@@ -111,7 +111,7 @@ def test_pause_and_resume_on_the_host(daemon_client: Client) -> None:
     c.configure()
     record = start(c, "--host", c.bed.hosts[0].name, "sh", "-c",
                    "i=0; while [ $i -lt 200 ]; do echo $i; i=$((i+1)); sleep 0.05; done")
-    paused = pause_resume_and_wait(lambda *a: job(c, *a), record["id"])
+    paused = pause_resume_and_wait(lambda *a, **k: job(c, *a, **k), record["id"])
     assert paused["pause_method"] == "signals"  # no cgroup to freeze under a supervisor
     assert job(c, "logs", record["id"]).stdout.split()[-1] == b"199"
 

@@ -117,7 +117,7 @@ def test_stop_ends_the_tree_in_the_unit(sd: Box, user: conftest.Client) -> None:
 def test_pause_and_resume_on_the_hosts_manager(user: conftest.Client) -> None:
     record = start(user, "--host", "box", "sh", "-c",
                    "i=0; while [ $i -lt 100 ]; do echo $i; i=$((i+1)); sleep 0.05; done")
-    paused = pause_resume_and_wait(lambda *a: job(user, *a), record["id"])
+    paused = pause_resume_and_wait(lambda *a, **k: job(user, *a, **k), record["id"])
     assert paused["pause_method"] in ("freezer", "signals")  # v1 freezer: not for user units
     assert job(user, "logs", record["id"]).stdout.split()[-1] == b"99"
 
