@@ -327,3 +327,18 @@ def test_retention_removes_the_files_on_the_host_too(daemon_client: Client) -> N
     origin = (c.home / ".local/state/distsvc/jobs/origin").read_text().strip()
     on_host = c.bed.home / ".local/state/distsvc/jobs-from" / origin
     assert sorted(p.name for p in on_host.iterdir()) == [f"{ids[-1]}.1"]
+
+
+def test_output_retention_applies_here_and_on_the_host(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure(extra='[jobs]\nmax_output = "1K"\n')
+    record = start(c, "--host", c.bed.hosts[1].name, "sh", "-c",
+                   "i=0; while [ $i -lt 1000 ]; do echo line$i; i=$((i+1)); done")
+    assert job(c, "wait", record["id"], check=False).returncode == 0
+    final = status(c, record["id"])
+    here = job(c, "logs", record["id"]).stdout
+    assert here.startswith(b"[distsvc: ") and here.endswith(b"line999\n")
+    assert final["output_cut"]["stdout"] == len(b"".join(
+        f"line{i}\n".encode() for i in range(1000))) - 1024
+    there = Path(final["placement"]["dir"], "stdout").read_bytes()
+    assert len(there) == 1024 and here.endswith(there)

@@ -266,9 +266,9 @@ def _stop_queued(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
     with book.queue_lock:  # not started by the queue meanwhile
         if job.state != "queued":
             return
-        job.state, job.signal, job.ended, job.stopped = "killed", signum, time.time(), True
-        job.reason = "stopped while queued: it never ran"
-        book.end_attempt(job)
+        job.stopped = True
+        book.end_attempt(job, {"state": "killed", "signal": signum, "ended": time.time(),
+                               "reason": "stopped while queued: it never ran"})
 
 
 def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:

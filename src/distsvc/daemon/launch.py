@@ -53,8 +53,7 @@ def visible_with_private_tmp(cwd: str, program: str) -> str | None:
 
 def _fail(book: distsvc.daemon.book.Book, job: Job, error: distsvc.errors.DistsvcError
           ) -> tuple[str, distsvc.errors.DistsvcError]:
-    job.state, job.reason, job.ended = "failed", error.message, time.time()
-    book.end_attempt(job)
+    book.end_attempt(job, {"state": "failed", "reason": error.message, "ended": time.time()})
     distsvc.log.get(job=job.id).warning("job failed to start", error=error.message)
     return FAILED, error
 

@@ -88,8 +88,8 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
         if dependencies is not None:
             verdict, _, why = dependencies.partition(": ")
             if verdict == "fail":
-                job.state, job.reason, job.ended = "dependency-failed", why, time.time()
-                book.end_attempt(job)
+                book.end_attempt(job, {"state": "dependency-failed", "reason": why,
+                                       "ended": time.time()})
                 continue
             _say(book, job, why)
             continue
