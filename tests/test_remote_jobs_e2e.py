@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import proc
 from conftest import Client, TcpProxy, start_daemon
 from helpers import pause_resume_and_wait, wait_for
 
@@ -342,3 +343,31 @@ def test_output_retention_applies_here_and_on_the_host(daemon_client: Client) ->
         f"line{i}\n".encode() for i in range(1000))) - 1024
     there = Path(final["placement"]["dir"], "stdout").read_bytes()
     assert len(there) == 1024 and here.endswith(there)
+
+
+@pytest.mark.timeout(400)
+def test_many_remote_jobs_leave_the_daemon_flat(daemon_client: Client) -> None:
+    """60 short jobs over 3 hosts, twice: after each round the daemon's fds, threads and
+    child processes are back where they were (host watchers and the queue thread end, every
+    session's channel is closed), and no process is left on the hosts (the fixture)."""
+    c = daemon_client
+    c.configure(c.bed.hosts[:3])
+    pid = _daemon_pid(c)
+
+    def round_of(n: int) -> None:
+        submitting = [c.popen("distsvc", "job", "start", "sh", "-c", "echo $$",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      for _ in range(n)]
+        ids = [p.communicate(timeout=120)[0].decode().strip() for p in submitting]
+        assert all(p.returncode == 0 for p in submitting)
+        assert job(c, "wait", *ids, check=False, timeout=180).returncode == 0
+        assert all(job(c, "logs", i).stdout.strip().isdigit() for i in ids)
+
+    round_of(20)  # warm: connections made, hosts probed
+    fds = proc.steady(lambda: proc.fd_count(pid), 20)
+    threads = proc.steady(lambda: proc.thread_count(pid), 20)
+    for _ in range(2):
+        round_of(30)
+        assert proc.settle(lambda: proc.fd_count(pid), fds, 20) <= fds
+        assert proc.settle(lambda: proc.thread_count(pid), threads, 20) <= threads
+    assert proc.descendants(pid) == []
