@@ -1,0 +1,138 @@
+"""daemon/remote_watch: an ended remote attempt's output and retention (review8 findings).
+
+The "host" is this machine's /bin/sh with its own HOME under tmp_path, given to the book at
+its one seam for scripts (`Book.runner`): the scripts of jobs/remote.py run for real, only the
+SSH transport is left out. Each test says what a correct daemon does; those marked xfail
+(strict) show a defect of the current code and pass once it is fixed (then drop the mark).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import distsvc.config
+import distsvc.daemon.book
+import distsvc.daemon.launch
+import distsvc.daemon.remote_watch
+import distsvc.jobs.remote
+import distsvc.jobs.store
+from distsvc.jobs.limits import Limits
+from distsvc.jobs.record import Job
+
+HOST = "h1"
+MAX_OUTPUT = 10
+
+
+def _host_runner(home: Path) -> distsvc.jobs.remote.Runner:
+    def run(script: str, timeout: float) -> tuple[int, bytes]:
+        done = subprocess.run(["/bin/sh", "-s"], input=script.encode(), capture_output=True,
+                              timeout=timeout, check=False,
+                              env={"HOME": str(home), "PATH": os.environ["PATH"]})
+        return done.returncode, done.stdout
+    return run
+
+
+@pytest.fixture
+def book(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    here = tmp_path / "here"
+    book = distsvc.daemon.book.Book({"HOME": str(here), "XDG_STATE_HOME": str(here / "state")})
+    book.loaded = True
+    book._ready.set()
+    book.configure(distsvc.config.Config(
+        source="test", jobs=distsvc.config.JobsConfig(max_output=MAX_OUTPUT)))
+    book.host_home = tmp_path / "host"
+    book.host_home.mkdir()
+    monkeypatch.setattr(book, "runner", lambda name: _host_runner(book.host_home))
+    # The queue is not under test: a retry stays queued unless a test starts it.
+    monkeypatch.setattr(distsvc.daemon.launch, "start",
+                        lambda book_, job: (distsvc.daemon.launch.WAITING, None))
+    return book
+
+
+def _attempt_dir(book: Any, job_id: str, attempt: int) -> Path:
+    return (book.host_home / ".local/state/distsvc/jobs-from" / book.origin
+            / f"{job_id}.{attempt}")
+
+
+def _on_host(book: Any, job: Job, stdout: bytes, status: str | None) -> Path:
+    """Attempt `job.attempt`'s directory on the host as a supervisor leaves it."""
+    directory = _attempt_dir(book, job.id, job.attempt)
+    directory.mkdir(parents=True)
+    (directory / "stdout").write_bytes(stdout)
+    (directory / "stderr").write_bytes(b"")
+    if status is not None:
+        (directory / "status").write_text(status + "\n")
+    job.placement = {"kind": "ssh", "host": HOST, "mode": "supervisor", "dir": str(directory)}
+    return directory
+
+
+def _running_job(book: Any, **changes: Any) -> Job:
+    job = Job(id=distsvc.jobs.store.new_id(book.root), name=None, argv=["sh"], cwd="/",
+              env_names=[], limits=Limits(), not_enforced={}, isolation=[], placement={},
+              state="running", created=time.time(), started=time.time(), **changes)
+    distsvc.jobs.store.create(book.root, job)
+    book.add(job)
+    return job
+
+
+def _mirror(book: Any, job: Job, attempt: int | None = None) -> bytes:
+    return distsvc.jobs.store.output_path(book.root, job.id, "stdout", attempt).read_bytes()
+
+
+@pytest.mark.xfail(strict=True, reason="review8: book.end_attempt cuts only local jobs' "
+                   "output (book.py:277); a remote job's mirror keeps every byte")
+def test_a_remote_jobs_mirror_is_cut_to_max_output(book: Any) -> None:
+    job = _running_job(book)
+    _on_host(book, job, b"x" * 100, "supervisor 0")
+    distsvc.daemon.remote_watch.watch(book, HOST)
+    assert job.state == "exited" and job.exit_code == 0
+    assert job.output_cut.get("stdout") == 100 - MAX_OUTPUT
+    assert _mirror(book, job).endswith(b"x" * MAX_OUTPUT)
+    assert len(_mirror(book, job)) < 100
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="review8: remote_watch._finish "
+                   "builds the host cut from job.placement after end_attempt queued the "
+                   "retry and cleared it: ValueError('bad remote directory') out of the "
+                   "watcher, the host's attempt never cut")
+def test_a_failed_attempt_with_a_retry_is_cut_on_the_host(book: Any) -> None:
+    job = _running_job(book, retries=1)
+    first = _on_host(book, job, b"y" * 100, "supervisor 3")
+    distsvc.daemon.remote_watch.watch(book, HOST)  # returns once no job runs on the host
+    assert job.state == "queued" and job.attempt == 2
+    assert _mirror(book, job, 1) == b"y" * 100
+    assert (first / "stdout").read_bytes() == b"y" * MAX_OUTPUT
+
+
+@pytest.mark.xfail(strict=True, reason="review8: when the queue places the retry before "
+                   "the watcher's cut (remote_watch.py:111), the cut is made in the NEW "
+                   "attempt's directory: its running output file replaced, later output lost")
+def test_the_retrys_running_output_is_never_cut(book: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _running_job(book, retries=1)
+    _on_host(book, job, b"y" * 100, "supervisor 3")
+    second: dict[str, Any] = {}
+
+    def start_at_once(book_: Any, queued: Job) -> tuple[str, None]:
+        # The queue thread winning the race: attempt 2 placed, running, 50 bytes written.
+        second["dir"] = _on_host(book, queued, b"z" * 50, None)
+        second["inode"] = os.stat(second["dir"] / "stdout").st_ino
+        queued.state, queued.started = "running", time.time()
+        return distsvc.daemon.launch.STARTED, None
+
+    monkeypatch.setattr(distsvc.daemon.launch, "start", start_at_once)
+    monkeypatch.setattr(book, "_wake_queue", book.schedule)  # the pass runs at once
+    look = distsvc.daemon.remote_watch._look(book, HOST, [job])[job.id]
+    end = distsvc.jobs.remote.ended(job, look)
+    assert end is not None
+    distsvc.daemon.remote_watch._finish(book, HOST, job, look, end)
+    assert job.attempt == 2 and job.state == "running"
+    stdout = second["dir"] / "stdout"
+    assert os.stat(stdout).st_ino == second["inode"], "attempt 2's stdout was replaced"
+    assert stdout.read_bytes() == b"z" * 50
