@@ -136,3 +136,43 @@ def test_the_retrys_running_output_is_never_cut(book: Any,
     stdout = second["dir"] / "stdout"
     assert os.stat(stdout).st_ino == second["inode"], "attempt 2's stdout was replaced"
     assert stdout.read_bytes() == b"z" * 50
+
+
+@pytest.mark.xfail(strict=True, reason="review8: launch._start_on "
+                   "catches only HostUnreachable/HostCannot around book.host_caps: a probe "
+                   "that times out escapes the queue pass and the slot place_now took for "
+                   "the job is never released")
+def test_a_probe_that_times_out_gives_the_slot_back(book: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import distsvc.actions.placement
+    import distsvc.state
+
+    monkeypatch.undo()  # the real launch.start
+    host = distsvc.config.Host(name=HOST, slots=2)
+    book.configure(distsvc.config.Config(source="test", hosts=(host,)))
+    book.pool = object()  # never used: the probe is the part that fails
+
+    def place_now(config: Any, directory: Path, pool: Any, exclude: Any, pid: int,
+                  only: Any = None) -> Any:
+        if HOST in exclude:
+            return None
+        placement = distsvc.actions.placement.hold(directory, HOST, pid, time.time())
+        return distsvc.actions.placement.Choice(host, placement)
+
+    def probe_times_out(name: str) -> Any:
+        raise TimeoutError("no answer within 60 s")
+
+    monkeypatch.setattr(distsvc.actions.placement, "place_now", place_now)
+    monkeypatch.setattr(book, "host_caps", probe_times_out)
+    job = _running_job(book, target="host", target_host=HOST)
+    job.state, job.started = "queued", None
+    distsvc.jobs.store.save_env(book.root, job.id, {})
+    escaped: BaseException | None = None
+    try:
+        distsvc.daemon.launch.start(book, job)
+    except TimeoutError as error:
+        escaped = error
+    held = distsvc.state.read(book.state_dir).placements
+    assert held == [], f"the slot taken for the job is never given back: {held}"
+    assert escaped is None, f"out of the queue pass: {escaped!r}"
+    assert job.state in ("queued", "failed")
