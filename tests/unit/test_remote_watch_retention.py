@@ -176,3 +176,52 @@ def test_a_probe_that_times_out_gives_the_slot_back(book: Any,
     assert held == [], f"the slot taken for the job is never given back: {held}"
     assert escaped is None, f"out of the queue pass: {escaped!r}"
     assert job.state in ("queued", "failed")
+
+
+@pytest.mark.xfail(strict=True, reason="review8: launch._start_on treats the start script's "
+                   "exit 11 (this attempt's directory exists: a start that reached the host "
+                   "before the daemon died) as 'refused' and starts the job on the next host: "
+                   "run twice, the first copy never watched")
+def test_an_attempt_found_started_on_a_host_is_not_started_on_another(
+        book: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import distsvc.actions.placement
+    import distsvc.jobs.isolation
+
+    monkeypatch.undo()  # the real launch.start
+    hosts = tuple(distsvc.config.Host(name=n) for n in ("h1", "h2"))
+    book.configure(distsvc.config.Config(source="test", hosts=hosts))
+    book.pool = object()
+    homes = {h.name: tmp_path / h.name for h in hosts}
+    for home in homes.values():
+        home.mkdir()
+    monkeypatch.setattr(book, "runner", lambda name: _host_runner(homes[name]))
+
+    def caps(name: str) -> distsvc.jobs.remote.Caps:
+        return distsvc.jobs.remote.Caps(
+            "supervisor", "none here", frozenset(), None,
+            {k: "none here" for k in distsvc.jobs.isolation.KINDS},
+            f"{homes[name]}/.local/state/distsvc/jobs-from/{book.origin}")
+
+    def place_now(config: Any, directory: Path, pool: Any, exclude: Any, pid: int,
+                  only: Any = None) -> Any:
+        for host in hosts:  # h1 is the best, then h2
+            if host.name not in exclude:
+                placement = distsvc.actions.placement.hold(directory, host.name, pid,
+                                                           time.time())
+                return distsvc.actions.placement.Choice(host, placement)
+        return None
+
+    monkeypatch.setattr(book, "host_caps", caps)
+    monkeypatch.setattr(distsvc.actions.placement, "place_now", place_now)
+    job = _running_job(book, target="best")
+    job.state, job.started = "queued", None
+    distsvc.jobs.store.save_env(book.root, job.id, {})
+    # What a daemon that died during this job's start left on h1: the attempt's directory
+    # (and its command running there); here the record still says queued.
+    (homes["h1"] / ".local/state/distsvc/jobs-from" / book.origin / f"{job.id}.1").mkdir(
+        parents=True)
+    outcome, _ = distsvc.daemon.launch.start(book, job)
+    placed = dict(job.placement)
+    job.state, job.exit_code = "exited", 0  # the host watcher this started leaves
+    assert placed.get("host") != "h2", (
+        f"started again on h2 ({outcome}); h1 skipped: {job.skipped}")
