@@ -225,3 +225,18 @@ def test_an_attempt_found_started_on_a_host_is_not_started_on_another(
     job.state, job.exit_code = "exited", 0  # the host watcher this started leaves
     assert placed.get("host") != "h2", (
         f"started again on h2 ({outcome}); h1 skipped: {job.skipped}")
+
+
+@pytest.mark.xfail(strict=True, reason="review8: jobs/remote.ended reads a command's own exit "
+                   "200 (supervisor) or 200-243 (a systemd unit whose main process is our "
+                   "/bin/sh run, command_started never given) as 'failed to start'")
+def test_a_commands_own_exit_status_200_is_an_exit() -> None:
+    job = Job(id="7", name=None, argv=["sh", "-c", "exit 203"], cwd="/", env_names=[],
+              limits=Limits(), not_enforced={}, isolation=[], state="running", created=1.0,
+              placement={"kind": "ssh", "host": HOST, "mode": "systemd", "dir": "/d/7.1",
+                         "unit": "u"})
+    look = distsvc.jobs.remote.Look({"status": "systemd failed exit-code 1 203"}, {}, {})
+    assert distsvc.jobs.remote.ended(job, look) == ("exited", 203, None, None)
+    job.placement["mode"] = "supervisor"
+    look = distsvc.jobs.remote.Look({"status": "supervisor 200"}, {}, {})
+    assert distsvc.jobs.remote.ended(job, look) == ("exited", 200, None, None)
