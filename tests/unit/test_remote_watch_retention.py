@@ -240,3 +240,55 @@ def test_a_commands_own_exit_status_200_is_an_exit() -> None:
     job.placement["mode"] = "supervisor"
     look = distsvc.jobs.remote.Look({"status": "supervisor 200"}, {}, {})
     assert distsvc.jobs.remote.ended(job, look) == ("exited", 200, None, None)
+
+
+@pytest.mark.xfail(strict=True, reason="review8: queue.schedule holds book.queue_lock across "
+                   "launch.start's SSH I/O (probe up to 60 s, start up to 30 s, per job): "
+                   "stopping a queued job (and every submission) waits for a hung host")
+def test_stopping_a_queued_job_does_not_wait_for_another_jobs_host(
+        book: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import distsvc.actions.placement
+    import distsvc.daemon.job_handlers
+    import distsvc.errors
+
+    monkeypatch.undo()  # the real launch.start
+    host = distsvc.config.Host(name=HOST)
+    book.configure(distsvc.config.Config(source="test", hosts=(host,)))
+    book.pool = object()
+    hung = threading.Event()
+
+    def place_now(config: Any, directory: Path, pool: Any, exclude: Any, pid: int,
+                  only: Any = None) -> Any:
+        if HOST in exclude:
+            return None
+        placement = distsvc.actions.placement.hold(directory, HOST, pid, time.time())
+        return distsvc.actions.placement.Choice(host, placement)
+
+    def probe_hangs(name: str) -> Any:
+        hung.wait(60)  # a host that accepted the session and does not answer
+        raise distsvc.errors.HostUnreachable(name, "did not answer")
+
+    monkeypatch.setattr(distsvc.actions.placement, "place_now", place_now)
+    monkeypatch.setattr(book, "host_caps", probe_hangs)
+    first = _running_job(book, target="host", target_host=HOST)
+    first.state, first.started = "queued", None
+    distsvc.jobs.store.save_env(book.root, first.id, {})
+    other = _running_job(book, not_before=time.time() + 3600)  # a retry waiting its delay
+    other.state, other.started = "queued", None
+    passing = threading.Thread(target=book.schedule, daemon=True)
+    passing.start()
+    stopping = threading.Thread(target=distsvc.daemon.job_handlers._stop_queued,
+                                args=(book, other, 15), daemon=True)
+    try:
+        stopping.start()
+        stopping.join(20)  # generous: it only writes a record
+        stopped = not stopping.is_alive()
+    finally:
+        hung.set()
+        passing.join(60)
+        stopping.join(60)
+        for job in (first, other):
+            job.state = "failed"
+    assert stopped, "the stop of a queued job waited for another job's host"
