@@ -3,7 +3,8 @@
 The "host" is this machine's /bin/sh with its own HOME under tmp_path, given to the book at
 its one seam for scripts (`Book.runner`): the scripts of jobs/remote.py run for real, only the
 SSH transport is left out. Each test says what a correct daemon does; those marked xfail
-(strict) show a defect of the current code and pass once it is fixed (then drop the mark).
+(strict) show a defect of the current code and pass once it is fixed (then drop the mark);
+the first three showed defects main has fixed since (759bf79) and stay as regression tests.
 """
 
 from __future__ import annotations
@@ -98,8 +99,6 @@ def _placing_on(host: distsvc.config.Host) -> Any:
     return place_now
 
 
-@pytest.mark.xfail(strict=True, reason="review8: book.end_attempt cuts only local jobs' "
-                   "output (book.py:277); a remote job's mirror keeps every byte")
 def test_a_remote_jobs_mirror_is_cut_to_max_output(book: Any) -> None:
     job = _running_job(book)
     _on_host(book, job, b"x" * 100, "supervisor 0")
@@ -110,22 +109,15 @@ def test_a_remote_jobs_mirror_is_cut_to_max_output(book: Any) -> None:
     assert len(_mirror(book, job)) < 100
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="review8: remote_watch._finish "
-                   "builds the host cut from job.placement after end_attempt queued the "
-                   "retry and cleared it: ValueError('bad remote directory') out of the "
-                   "watcher, the host's attempt never cut")
 def test_a_failed_attempt_with_a_retry_is_cut_on_the_host(book: Any) -> None:
     job = _running_job(book, retries=1)
     first = _on_host(book, job, b"y" * 100, "supervisor 3")
     distsvc.daemon.remote_watch.watch(book, HOST)  # returns once no job runs on the host
     assert job.state == "queued" and job.attempt == 2
-    assert _mirror(book, job, 1) == b"y" * 100
+    assert _mirror(book, job, 1).endswith(b"\n" + b"y" * MAX_OUTPUT)
     assert (first / "stdout").read_bytes() == b"y" * MAX_OUTPUT
 
 
-@pytest.mark.xfail(strict=True, reason="review8: when the queue places the retry before "
-                   "the watcher's cut (remote_watch.py:111), the cut is made in the NEW "
-                   "attempt's directory: its running output file replaced, later output lost")
 def test_the_retrys_running_output_is_never_cut(book: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     job = _running_job(book, retries=1)
@@ -250,7 +242,8 @@ def test_a_commands_own_exit_status_200_is_an_exit() -> None:
 
 @pytest.mark.xfail(strict=True, reason="review8: queue.schedule holds book.queue_lock across "
                    "launch.start's SSH I/O (probe up to 60 s, start up to 30 s, per job): "
-                   "stopping a queued job (and every submission) waits for a hung host")
+                   "stopping a queued job (job_handlers._stop_queued) waits for a hung host "
+                   "without bound (submissions now give up after SUBMIT_WAIT)")
 def test_stopping_a_queued_job_does_not_wait_for_another_jobs_host(
         book: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
