@@ -37,8 +37,6 @@ class SlowProxy(TcpProxy):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="review8: a look's bytes are bounded per job, its time "
-                   "as a whole: over a slow link every look times out and nothing is mirrored")
 def test_output_is_mirrored_over_a_slow_link(daemon_client: Client) -> None:
     c = daemon_client
     host = c.bed.hosts[0]

@@ -2,9 +2,8 @@
 
 The "host" is this machine's /bin/sh with its own HOME under tmp_path, given to the book at
 its one seam for scripts (`Book.runner`): the scripts of jobs/remote.py run for real, only the
-SSH transport is left out. Each test says what a correct daemon does; those marked xfail
-(strict) show a defect of the current code and pass once it is fixed (then drop the mark);
-the first three showed defects main has fixed since (759bf79) and stay as regression tests.
+SSH transport is left out. Each test says what a correct daemon does: each showed a defect the
+review found (now fixed), and stays as its regression test.
 """
 
 from __future__ import annotations
@@ -143,10 +142,6 @@ def test_the_retrys_running_output_is_never_cut(book: Any,
     assert stdout.read_bytes() == b"z" * 50
 
 
-@pytest.mark.xfail(strict=True, reason="review8: launch._start_on "
-                   "catches only HostUnreachable/HostCannot around book.host_caps: a probe "
-                   "that times out escapes the queue pass and the slot place_now took for "
-                   "the job is never released")
 def test_a_probe_that_times_out_gives_the_slot_back(book: Any,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import distsvc.actions.placement
@@ -176,10 +171,6 @@ def test_a_probe_that_times_out_gives_the_slot_back(book: Any,
     assert job.state in ("queued", "failed")
 
 
-@pytest.mark.xfail(strict=True, reason="review8: launch._start_on treats the start script's "
-                   "exit 11 (this attempt's directory exists: a start that reached the host "
-                   "before the daemon died) as 'refused' and starts the job on the next host: "
-                   "run twice, the first copy never watched")
 def test_an_attempt_found_started_on_a_host_is_not_started_on_another(
         book: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import distsvc.actions.placement
@@ -225,25 +216,23 @@ def test_an_attempt_found_started_on_a_host_is_not_started_on_another(
         f"started again on h2 ({outcome}); h1 skipped: {job.skipped}")
 
 
-@pytest.mark.xfail(strict=True, reason="review8: jobs/remote.ended reads a command's own exit "
-                   "200 (supervisor) or 200-243 (a systemd unit whose main process is our "
-                   "/bin/sh run, command_started never given) as 'failed to start'")
 def test_a_commands_own_exit_status_200_is_an_exit() -> None:
     job = Job(id="7", name=None, argv=["sh", "-c", "exit 203"], cwd="/", env_names=[],
               limits=Limits(), not_enforced={}, isolation=[], state="running", created=1.0,
               placement={"kind": "ssh", "host": HOST, "mode": "systemd", "dir": "/d/7.1",
                          "unit": "u"})
-    look = distsvc.jobs.remote.Look({"status": "systemd failed exit-code 1 203"}, {}, {})
+    look = distsvc.jobs.remote.Look({"status": "systemd failed exit-code 1 203",
+                                     "started": "yes"}, {}, {})
     assert distsvc.jobs.remote.ended(job, look) == ("exited", 203, None, None)
+    not_run = distsvc.jobs.remote.Look({"status": "systemd failed exit-code 1 203"}, {}, {})
+    assert distsvc.jobs.remote.ended(job, not_run)[0] == "failed"  # type: ignore[index]
     job.placement["mode"] = "supervisor"
-    look = distsvc.jobs.remote.Look({"status": "supervisor 200"}, {}, {})
+    look = distsvc.jobs.remote.Look({"status": "supervisor 200", "started": "yes"}, {}, {})
     assert distsvc.jobs.remote.ended(job, look) == ("exited", 200, None, None)
+    no_dir = distsvc.jobs.remote.Look({"status": "supervisor 200"}, {}, {})
+    assert distsvc.jobs.remote.ended(job, no_dir)[0] == "failed"  # type: ignore[index]
 
 
-@pytest.mark.xfail(strict=True, reason="review8: queue.schedule holds book.queue_lock across "
-                   "launch.start's SSH I/O (probe up to 60 s, start up to 30 s, per job): "
-                   "stopping a queued job (job_handlers._stop_queued) waits for a hung host "
-                   "without bound (submissions now give up after SUBMIT_WAIT)")
 def test_stopping_a_queued_job_does_not_wait_for_another_jobs_host(
         book: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
@@ -271,7 +260,7 @@ def test_stopping_a_queued_job_does_not_wait_for_another_jobs_host(
     other.state, other.started = "queued", None
     passing = threading.Thread(target=book.schedule, daemon=True)
     passing.start()
-    stopping = threading.Thread(target=distsvc.daemon.job_handlers._stop_queued,
+    stopping = threading.Thread(target=distsvc.daemon.job_handlers._stop_before_start,
                                 args=(book, other, 15), daemon=True)
     try:
         stopping.start()

@@ -234,9 +234,8 @@ class Book:
         """The host's watcher leaves (True) unless a job started there meanwhile."""
         with self.changed:
             if any(j.state in ("running", "starting") and j.placement.get("host") == host
-                   and j.placement.get("kind") == "ssh" and j.id not in self.starting
-                   for j in self.jobs.values()):
-                return False
+                   and j.placement.get("kind") == "ssh" for j in self.jobs.values()):
+                return False  # one being started there counts: it is watched once started
             if self._host_watchers.get(host) is threading.current_thread():
                 del self._host_watchers[host]
             return True

@@ -80,6 +80,7 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
     groups = dict(config.jobs.groups)
     running = _running(everyone)
     now = time.time()
+    full: dict[tuple[object, ...], str] = {}  # targets found without a slot this pass
     for job in queued:
         if job.not_before is not None and now < job.not_before:
             continue
@@ -102,6 +103,10 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
             continue
         import distsvc.daemon.launch
 
+        target = (job.target, job.target_host, *sorted(job.skipped))
+        if target in full:  # the same answer as a moment ago: not asked again this pass
+            _say(book, job, full[target])
+            continue
         with book.changed:  # a stop decides under the same lock: stopped, or being started
             if job.stopped or job.state != "queued":
                 continue
@@ -113,6 +118,8 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
                 book.starting.discard(job.id)
         if outcome == distsvc.daemon.launch.STARTED:
             running.append(job)
+        elif outcome == distsvc.daemon.launch.WAITING and job.target != "local":
+            full[target] = job.reason or "waiting for a free slot"
         elif error is not None:
             errors[job.id] = error
     return errors

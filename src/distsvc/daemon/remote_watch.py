@@ -32,6 +32,7 @@ YOUNG_INTERVAL = 0.1  # while one of them is in its first YOUNG seconds
 YOUNG = 2.0
 DOWN_INTERVAL = 2.0   # between looks at a host that did not answer
 MAX_ROUNDS = 64       # looks to complete an ended job's mirror before trying again later
+QUICK_LOOK, SLOW_LOOK = 1.0, 5.0  # seconds: a look's budget grows below, shrinks above
 Job = distsvc.jobs.record.Job
 STREAMS = ("stdout", "stderr")
 
@@ -71,10 +72,12 @@ def _append(book: distsvc.daemon.book.Book, job: Job, look: distsvc.jobs.remote.
     return complete
 
 
-def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job]
+def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job],
+          budget: int = distsvc.jobs.remote.LOOK_MAX, before: str = ""
           ) -> dict[str, distsvc.jobs.remote.Look]:
-    script = distsvc.jobs.remote.monitor_script(
-        book.origin, [(job, _mirror_sizes(book, job)) for job in jobs])
+    """One look at `jobs` (`before`: a script to run first in the same session)."""
+    script = before + "\n" + distsvc.jobs.remote.monitor_script(
+        book.origin, [(job, _mirror_sizes(book, job)) for job in jobs], budget)
     code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
     if code != 0 or not out.rstrip().endswith(b"monitor=done"):
         raise distsvc.errors.HostUnreachable(host, "the job monitor was cut short")
@@ -85,10 +88,10 @@ def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             look: distsvc.jobs.remote.Look,
             end: tuple[str, int | None, int | None, str | None]) -> None:
     runner = book.runner(host)
-    runner(distsvc.jobs.remote.collect_script(book.origin, job, look),
-           distsvc.jobs.remote.SCRIPT_TIMEOUT)
+    collect = distsvc.jobs.remote.collect_script(book.origin, job, look)
     for _ in range(MAX_ROUNDS):  # the last bytes, written before the end was seen
-        final = _look(book, host, [job]).get(job.id)
+        final = _look(book, host, [job], distsvc.jobs.remote.LOOK_MOST, collect).get(job.id)
+        collect = ""  # once: the status kept there, what the job left ended
         if final is None:
             continue
         if _append(book, job, final) and all(
@@ -126,16 +129,23 @@ def _down(book: distsvc.daemon.book.Book, jobs: list[Job], why: str) -> None:
 
 
 def watch(book: distsvc.daemon.book.Book, host: str) -> None:
-    """The host's watcher thread: until none of its jobs runs."""
+    """The host's watcher thread: until none of its jobs runs.
+
+    A look's byte budget doubles (up to LOOK_MOST) after a quick look that filled it and
+    halves after a slow one: a fast link follows output at its speed, a slow one still
+    makes progress within the script timeout."""
+    budget = distsvc.jobs.remote.LOOK_MAX
     while True:
         jobs = book.running_on(host)
         if not jobs:
             if book.stop_watching_host(host):
                 return
+            time.sleep(YOUNG_INTERVAL)  # a job being started there: watched once it is
             continue
         looked = book.looked.get(host)
+        began = time.monotonic()
         try:
-            looks = _look(book, host, jobs)
+            looks = _look(book, host, jobs, budget)
         except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
             _down(book, jobs, str(error))
             if looked is not None:
@@ -168,6 +178,11 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             pending = pending or not complete
         if looked is not None:
             looked.set()
+        took = time.monotonic() - began
+        if took > SLOW_LOOK:
+            budget = max(distsvc.jobs.remote.LOOK_MAX // 4, budget // 2)
+        elif pending and took < QUICK_LOOK:
+            budget = min(distsvc.jobs.remote.LOOK_MOST, budget * 2)
         if pending:
             continue
         now = time.time()

@@ -58,8 +58,10 @@ import distsvc.remote
 
 UNIT_PREFIX = "distsvc-job-"
 SLICE = "distsvc.slice"
-LOOK_MAX = 1 << 20        # bytes of output one look fetches, all jobs and streams together:
-#                           a slow link still finishes a look well within SCRIPT_TIMEOUT
+LOOK_MAX = 1 << 20        # bytes of output a look fetches at first, all jobs and streams
+#                           together: a slow link still finishes a look well within
+#                           SCRIPT_TIMEOUT; grown up to LOOK_MOST while looks are quick
+LOOK_MOST = 64 << 20
 FETCH_MIN = 64 << 10      # ... but at least this much of each stream
 STOP_TIMEOUT_SEC = 10     # the host's manager's own stop (collect): SIGTERM, then SIGKILL
 EXIT_EXISTS = 11          # the start found the attempt's directory there: it may have run
@@ -309,8 +311,8 @@ echo "dir=$D"
 setsid /bin/sh "$D/supervise" "$D" {command} </dev/null >/dev/null 2>&1 &
 echo $! > "$D/supervisor"
 i=0
-while [ ! -s "$D/pid" ] && [ ! -e "$D/status" ] && [ $i -lt 100 ]; do
-  sleep 0.05; i=$((i + 1))
+while [ ! -s "$D/pid" ] && [ ! -e "$D/status" ] && [ $i -lt 1000 ]; do
+  sleep 0.005; i=$((i + 1))
 done
 echo "supervisor=$(cat "$D/supervisor")"
 echo "pid=$(cat "$D/pid" 2>/dev/null)"
@@ -395,14 +397,16 @@ class Look:
 
 
 def monitor_script(origin: str, jobs: Sequence[tuple[distsvc.jobs.record.Job,
-                                                     Mapping[str, int]]]) -> str:
+                                                     Mapping[str, int]]],
+                   budget: int = LOOK_MAX) -> str:
     """One look at each of `jobs` (with the mirror's sizes): its state, then each stream's
-    size and the bytes past the mirror's (LOOK_MAX shared by all, at least FETCH_MIN each).
+    size and the bytes past the mirror's (`budget` shared by all, at least FETCH_MIN each;
+    the watcher grows it while looks are quick and shrinks it when they are slow).
 
     The bytes are copied to a temporary file first and announced with the copy's own size,
     so the answer's framing holds even if a file shrank meanwhile (a job that truncates its
     own output); such a file's mirror is then only appended to, never rewritten."""
-    each = max(FETCH_MIN, LOOK_MAX // max(1, 2 * len(jobs)))
+    each = max(FETCH_MIN, budget // max(1, 2 * len(jobs)))
     parts = [_preamble(origin), _TREE, r"""
 ds_tmp="$ds_root/.look-$$"
 trap 'rm -f "$ds_tmp"' EXIT
