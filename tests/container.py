@@ -73,6 +73,40 @@ Gotchas:
 - A transient unit's description, which its manager logs ("Started X - CMDLINE"), is its
   command line: `wait_for_journal` for text that is also in the command matches that line.
 
+An SSH host with a systemd user manager (`start_sshd`, `sshd`, `booted_with_sshd`): the
+container's own sshd (the machine's /usr/sbin/sshd through the overlay, a system unit
+``distsvc-sshd-PORT.service`` inside, its own host key, OpenSSH's defaults) on 127.0.0.1:2222
+of the container's network namespace, reached from the machine at 127.0.0.9:PORT through a
+`Forwarder` thread of the test process; the test user logs in with a key in its
+~/.ssh/authorized_keys. What was found doing it (Debian 12, systemd 252, OpenSSH 9.2):
+
+- PAM works inside (no user namespace; nspawn keeps CAP_AUDIT_CONTROL, so pam_loginuid can
+  write /proc/self/loginuid): with UsePAM yes, pam_systemd registers a logind session
+  (``session-N.scope`` under ``user-UID.slice``) even for a non-interactive ``ssh host CMD``,
+  and sets XDG_RUNTIME_DIR=/run/user/UID, DBUS_SESSION_BUS_ADDRESS, XDG_SESSION_ID/CLASS/TYPE;
+  ``systemd-run --user`` then works as is. logind removes the session once the connection
+  is closed and its last process gone; what it left running (``nohup sleep &``) stays, in the
+  then "abandoned" session scope (KillUserProcesses=no), and units of the lingering user's
+  manager are not touched by either.
+- With ``use_pam=False`` the session has no XDG_RUNTIME_DIR nor bus address (the client must
+  set them to /run/user/UID and its ``bus``, and the manager answers), its processes stay in
+  the sshd unit's cgroup (so stopping the unit ends them), and sshd refuses the account's
+  locked password field ``!`` even with a key: `start_sshd` sets it to ``*`` then.
+- The machine's own enabled ssh.service starts inside too, on 0.0.0.0:22 with the MACHINE's
+  host keys: `booted_with_sshd` masks it, and ours listens on 2222 anyway.
+- /run is the container's own tmpfs: sshd's privilege separation directory /run/sshd must be
+  made (even ``sshd -t`` wants it), and not as the unit's RuntimeDirectory= (stopping one unit
+  would remove it from under another sshd).
+- The session's PATH is Debian's default (/usr/local/bin:/usr/bin:/bin:/usr/games): no venv,
+  unlike `Container.run_as_user`. Its SSH_CONNECTION is ``127.0.0.1 P 127.0.0.1 2222`` (the
+  forwarder's side inside), not the address and port the client dialled.
+- The forwarder: setns(2) moves one THREAD into a network namespace, and a socket stays in
+  the namespace it was made in, whichever thread uses it; so the listening socket is made
+  first, on the machine's side, and the accepting thread then enters the container's and
+  makes each outgoing socket there. It accepts before it connects: a client of a stopped sshd
+  sees the connection closed before any banner, not "connection refused" (after `stop()`
+  the port refuses). EOF is passed on as shutdown(SHUT_WR), each direction on its own.
+
 Wrapping this in a pytest fixture (in conftest.py)::
 
     import container
@@ -80,11 +114,18 @@ Wrapping this in a pytest fixture (in conftest.py)::
     @pytest.fixture(scope="session")
     def systemd_container() -> Iterator[container.Container]:
         yield from container.container_fixture()
+
+and the SSH host with its container, in a test module (see `sshd_fixture`)::
+
+    @pytest.fixture(scope="module")
+    def sd() -> Iterator[tuple[container.Container, container.SshHost]]:
+        yield from container.sshd_fixture()
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import json
@@ -93,6 +134,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -591,6 +633,30 @@ def _pid_ns(pid: int) -> str | None:
         return None
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and has not exited (a zombie has)."""
+    return _status(pid).get("State", "Z")[:1] not in ("Z", "X")
+
+
+def _entering(init: int) -> set[int]:
+    """The nsenter processes outside the container that run a command in it (`ENTER`), found
+    by their command line: also one that has not forked its command into the container yet,
+    which a look at the container's PID namespace cannot see."""
+    ns = _pid_ns(init)
+    marker = b"\0nsenter\0-a\0-t\0" + str(init).encode() + b"\0"
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in b"\0" + cmdline and _pid_ns(int(entry.name)) not in (None, ns):
+            found.add(int(entry.name))
+    return found
+
+
 def _kill_entered(init: int) -> None:
     """Kill the commands started in the container from outside (by ``nsenter``), so that their
     nsenter reaps them.
@@ -601,27 +667,34 @@ def _kill_entered(init: int) -> None:
     nsenter waits for its command with WUNTRACED and stops itself when the command stops,
     which the shutdown does to every process (SIGSTOP, signal, SIGCONT) without being able to
     resume nsenter: its killed command then stays a zombie, and the dying PID namespace, PID 1
-    and nspawn with it, for good. So: SIGKILL the commands, SIGCONT their nsenter."""
+    and nspawn with it, for good (or the shutdown's 10 s). So: SIGKILL the commands, SIGCONT
+    their nsenter, until each nsenter is gone. Our own nsenters are found by command line
+    (`_entering`), since one started just before the teardown (``popen`` returns before it
+    forks its command) may fork it only after a look into the container's PID namespace, and
+    the shutdown then meets it (1 teardown in 2 with a ``popen`` right before, 1 in 30 in
+    test_container_bed)."""
     ns = _pid_ns(init)
     if ns is None:
         return
-    entered = {}
+    entered = {}  # any command entered from outside, by whatever: command -> its parent
     for entry in os.scandir("/proc"):
         if entry.name.isdigit() and int(entry.name) != init and _pid_ns(int(entry.name)) == ns:
             ppid = int(_status(int(entry.name)).get("PPid", "0") or 0)
             if ppid and _pid_ns(ppid) not in (None, ns):
                 entered[int(entry.name)] = ppid
-    for pid in entered:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for ppid in set(entered.values()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(ppid, signal.SIGCONT)
+    ours = _entering(init)
     deadline = time.monotonic() + 2
-    while any(os.path.exists(f"/proc/{pid}") for pid in entered):
-        if time.monotonic() > deadline:
-            break
+    while (ours or entered) and time.monotonic() < deadline:
+        for pid in [*entered, *(child for outer in ours for child in _children(outer))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        # Again on every round: an nsenter may stop itself only after a first SIGCONT.
+        for parent in {*entered.values(), *ours}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(parent, signal.SIGCONT)
         time.sleep(0.01)
+        ours = {pid for pid in ours if _running(pid)}
+        entered = {pid: ppid for pid, ppid in entered.items() if os.path.exists(f"/proc/{pid}")}
 
 
 def _stop(bed: _Bed, nspawn: subprocess.Popen[bytes] | None, errors: list[str]) -> None:
@@ -904,3 +977,351 @@ def container_fixture(user: str = "dsvcuser") -> Iterator[Container]:
         pytest.skip(reason)
     with booted(user) as c:
         yield c
+
+
+# --- an SSH server inside, reachable from the host -------------------------------------------
+
+SSH_ADDRESS = "127.0.0.9"
+"""The host-side loopback address `start_sshd` forwards from by default (the sshd test bed of
+tests/sshbed.py uses 127.0.0.2 and up)."""
+SSH_PORT_INSIDE = 2222
+"""The port sshd listens on inside (127.0.0.1 of the container's own network namespace): not
+22, where the machine's own ssh.service listens when it is enabled and not masked."""
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_net_namespace(pid: int) -> None:
+    """Move the calling THREAD into the network namespace of `pid`.
+
+    setns(2) acts on one thread, not the process: the sockets this thread creates from then on
+    belong to that namespace, and a socket keeps its namespace whichever thread uses it. The
+    other threads of the test run stay where they are."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into the network namespace of PID {pid}: "
+                                 f"{os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+class Forwarder:
+    """A TCP forwarder living in the test process: it listens on `address`:`port` of the
+    machine's own network namespace (port 0: a free one) and connects each connection it
+    accepts to `target` in the network namespace of process `pid` (the container's PID 1).
+
+    One thread accepts; it entered the container's namespace first (`_enter_net_namespace`),
+    so the outgoing sockets it creates are there, while the listening socket, made before,
+    stays on the machine's side. Two threads per connection pump the bytes, one each way, and
+    pass an EOF on as shutdown(SHUT_WR), so a half-closed connection stays half-open; a reset
+    or an error on either side ends both directions. A connection to a target that refuses is
+    accepted, then closed at once (the client sees EOF, not "connection refused").
+    `stop()` closes everything and joins every thread it started."""
+
+    def __init__(self, pid: int, target: tuple[str, int], address: str = SSH_ADDRESS,
+                 port: int = 0) -> None:
+        self.target = target
+        self._listener = socket.create_server((address, port))
+        self.address, self.port = self._listener.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._entered = threading.Event()
+        self._error: OSError | None = None
+        self._acceptor = threading.Thread(target=self._accept, args=(pid,), daemon=True,
+                                          name=f"forwarder-{self.port}")
+        self._acceptor.start()
+        self._entered.wait()
+        if self._error is not None:
+            self.stop()
+            raise self._error
+
+    def __enter__(self) -> Forwarder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept(self, pid: int) -> None:
+        try:
+            _enter_net_namespace(pid)
+        except OSError as e:
+            self._error = e
+            return
+        finally:
+            self._entered.set()
+        while True:
+            try:
+                inbound, _ = self._listener.accept()
+            except OSError:
+                return  # stop() shut the listener down
+            try:
+                outbound = socket.create_connection(self.target, timeout=10)
+                outbound.settimeout(None)
+            except OSError:
+                inbound.close()
+                continue
+            with self._lock:
+                if self._stopping:
+                    inbound.close()
+                    outbound.close()
+                    return
+                self._sockets |= {inbound, outbound}
+                self._threads = [t for t in self._threads if t.is_alive()]
+                ended: list[socket.socket] = []
+                for source, sink in ((inbound, outbound), (outbound, inbound)):
+                    pump = threading.Thread(target=self._pump, args=(source, sink, ended),
+                                            daemon=True, name=f"forwarder-{self.port}-pump")
+                    pump.start()
+                    self._threads.append(pump)
+
+    def _pump(self, source: socket.socket, sink: socket.socket,
+              ended: list[socket.socket]) -> None:
+        """Copy `source` to `sink` until EOF, then pass the EOF on; the second of a
+        connection's two pumps to end closes both sockets."""
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:  # a reset, or stop(): end the other direction too
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            ended.append(source)
+            if len(ended) == 2:
+                for s in (source, sink):
+                    s.close()
+                    self._sockets.discard(s)
+
+    def connections(self) -> int:
+        """How many connections are being forwarded now."""
+        with self._lock:
+            return len(self._sockets) // 2
+
+    def stop(self) -> None:
+        """Stop accepting, cut every connection, and join every thread (idempotent).
+        Raises RuntimeError if a thread does not end within 10 s."""
+        with self._lock:
+            self._stopping = True
+        # close() alone would leave the accept() blocked in the kernel; shutdown() wakes it.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._acceptor.join(10)
+        self._listener.close()
+        with self._lock:
+            sockets, threads = list(self._sockets), list(self._threads)
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(10)
+        stuck = [t.name for t in (self._acceptor, *threads) if t.is_alive()]
+        if stuck:
+            raise RuntimeError(f"forwarder threads did not end: {stuck}")
+
+
+@dataclasses.dataclass
+class SshHost:
+    """An sshd inside a container, reached from the machine at `address`:`port`."""
+
+    address: str
+    port: int
+    user: str
+    """The container's user who may log in (the test user of `booted`)."""
+    uid: int
+    home: str
+    host_key: str
+    """Its public host key: ``ssh-ed25519 AAAA...``."""
+    unit: str
+    """The container's system unit running sshd (``distsvc-sshd-PORT.service``)."""
+    port_inside: int
+    container: Container
+    forwarder: Forwarder
+    known_hosts: Path
+    """A known_hosts file on the host with `known_hosts_line` alone."""
+    client_key: Path | None = None
+    """The private key that logs in, when `start_sshd` was told (`booted_with_sshd` makes
+    one)."""
+    use_pam: bool = True
+    started_in: float = 0.0
+    """Seconds `start_sshd` took, until a banner came through the forwarder."""
+    name: str = "sd"
+    """A host name for a distsvc configuration."""
+
+    @property
+    def known_hosts_line(self) -> str:
+        return f"[{self.address}]:{self.port} {self.host_key}"
+
+    def ssh_argv(self, *remote: str, key: Path | None = None) -> list[str]:
+        """An ``ssh`` command line logging in here with `key` (default `client_key`),
+        checking the host key against `known_hosts`, never asking anything."""
+        identity = key or self.client_key
+        if identity is None:
+            raise ValueError("no client key: pass key= or start_sshd(client_key=...)")
+        return ["ssh", "-F", "/dev/null", "-i", str(identity), "-o", "BatchMode=yes",
+                "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR",
+                "-p", str(self.port), f"{self.user}@{self.address}", *remote]
+
+    def ssh(self, command: str, *, timeout: float = 60, check: bool = True,
+            key: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `command` here through plain ``ssh`` (non-interactive, no terminal)."""
+        done = subprocess.run(self.ssh_argv(command, key=key), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+        if check and done.returncode:
+            raise CommandFailed(done.returncode, ["ssh", command], done.stdout, done.stderr)
+        return done
+
+    def stop(self) -> None:
+        """Stop forwarding (every connection cut) and stop sshd inside, if the container
+        still runs (the sessions' processes outside sshd's unit stay, as on a real host)."""
+        self.forwarder.stop()
+        if self.container.nspawn.poll() is None:
+            self.container.run(["systemctl", "stop", self.unit], check=False)
+
+
+def _wait_for_banner(address: str, port: int, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), \
+                socket.create_connection((address, port), timeout=2) as s:
+            if s.recv(64).startswith(b"SSH-"):
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def _authorize(c: Container, user: User, public_key: str) -> None:
+    """Add `public_key` to the user's ~/.ssh/authorized_keys inside (made 0700/0600, owned by
+    the user, as sshd's StrictModes wants), unless it is there already."""
+    path = f"{user.home}/.ssh/authorized_keys"
+    present = c.run(["cat", path], check=False).stdout if c.host_path(path).exists() else ""
+    if public_key.strip() not in present.splitlines():
+        c.write_file(path, present + public_key.strip() + "\n", owner=user.name, mode=0o600)
+    c.run(["chmod", "0700", f"{user.home}/.ssh"])
+
+
+def start_sshd(c: Container, authorized_key: str, *, client_key: Path | None = None,
+               address: str = SSH_ADDRESS, port: int = 0, port_inside: int = SSH_PORT_INSIDE,
+               user: str | None = None, use_pam: bool = True,
+               timeout: float = 30) -> SshHost:
+    """Run an OpenSSH server inside `c`, which `user` (default: the test user) logs in to with
+    `authorized_key`, reachable from the machine at `address`:`port` (0: a free port).
+
+    sshd is the machine's /usr/sbin/sshd, run as a system unit of the container
+    (``distsvc-sshd-PORT_INSIDE.service``), listening on 127.0.0.1:`port_inside` of the
+    container's own network namespace, with a host key generated inside and OpenSSH's
+    defaults otherwise (MaxSessions 10, MaxStartups 10:30:100, StrictModes). With `use_pam`
+    (the default) a login goes through PAM as on a real Debian host: pam_systemd registers
+    a logind session (its processes in ``session-N.scope``) and sets XDG_RUNTIME_DIR and
+    DBUS_SESSION_BUS_ADDRESS, even for a non-interactive ``ssh host CMD``. Without it a
+    session gets neither (a host where distsvc must find /run/user/UID itself), its processes
+    stay in sshd's unit, and the user's password field is set to ``*`` (sshd without PAM
+    refuses a locked ``!`` account even with a key). Returns once a banner came through the
+    forwarder; raises BootError (with sshd's journal) otherwise."""
+    started = time.monotonic()
+    u = c.users[user or c.user]
+    unit = f"distsvc-sshd-{port_inside}.service"
+    etc = f"/etc/distsvc-sshd-{port_inside}"
+    c.run(["install", "-d", "-m", "0755", etc])
+    c.run(["rm", "-f", f"{etc}/host_ed25519", f"{etc}/host_ed25519.pub"])
+    c.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", f"{etc}/host_ed25519"])
+    host_key = " ".join(c.read_file(f"{etc}/host_ed25519.pub").split()[:2])
+    _authorize(c, u, authorized_key)
+    if not use_pam:
+        c.run(["usermod", "-p", "*", u.name])
+    config = f"{etc}/sshd_config"
+    c.write_file(config, f"""\
+ListenAddress 127.0.0.1:{port_inside}
+HostKey {etc}/host_ed25519
+PidFile none
+AllowUsers {u.name}
+UsePAM {"yes" if use_pam else "no"}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PrintMotd no
+UseDNS no
+Subsystem sftp /usr/lib/openssh/sftp-server
+""")
+    # sshd's privilege separation directory (even `sshd -t` wants it); not the unit's
+    # RuntimeDirectory=, which would be removed on stop from under the machine's own
+    # ssh.service (or another of ours).
+    c.run(["install", "-d", "-m", "0755", "/run/sshd"])
+    c.run(["/usr/sbin/sshd", "-t", "-f", config])
+    c.run(["systemd-run", f"--unit={unit}", "--description=distsvc test sshd",
+           "/usr/sbin/sshd", "-D", "-e", "-f", config])
+    forwarder = Forwarder(c.pid, ("127.0.0.1", port_inside), address, port)
+    known_hosts = c.workdir / f"known_hosts-{forwarder.port}"
+    host = SshHost(address=forwarder.address, port=forwarder.port, user=u.name, uid=u.uid,
+                   home=u.home, host_key=host_key, unit=unit, port_inside=port_inside,
+                   container=c, forwarder=forwarder, known_hosts=known_hosts,
+                   client_key=client_key, use_pam=use_pam)
+    known_hosts.write_text(host.known_hosts_line + "\n")
+    if not _wait_for_banner(host.address, host.port, started + timeout):
+        journal = c.run(["journalctl", "--no-pager", "-n", "30", "-u", unit], check=False)
+        host.stop()
+        raise BootError(f"sshd in the container did not answer through {host.address}:"
+                        f"{host.port} within {timeout:g} s\n{journal.stdout}")
+    host.started_in = time.monotonic() - started
+    return host
+
+
+@contextlib.contextmanager
+def sshd(c: Container, authorized_key: str, **options: Any) -> Iterator[SshHost]:
+    """`start_sshd` (same arguments) as a context manager: stopped afterwards."""
+    host = start_sshd(c, authorized_key, **options)
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def client_keygen(path: Path) -> str:
+    """Make an ed25519 key pair at `path` (and ``path.pub``) on the host; its public key."""
+    for old in (path, path.with_name(path.name + ".pub")):
+        old.unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)],
+                   check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    return path.with_name(path.name + ".pub").read_text().strip()
+
+
+@contextlib.contextmanager
+def booted_with_sshd(user: str = "dsvcuser", *, authorized_key: str | None = None,
+                     address: str = SSH_ADDRESS, use_pam: bool = True,
+                     mask: Sequence[str] = (*DEFAULT_MASK, "ssh.service"),
+                     timeout: float = 60) -> Iterator[tuple[Container, SshHost]]:
+    """`booted` with `sshd` in it: (container, host). Without `authorized_key` a client key
+    pair is made in the bed's directory (``SshHost.client_key``). The machine's own
+    ssh.service, enabled here, is masked by default: one sshd inside, ours."""
+    with booted(user, mask=mask, timeout=timeout) as c:
+        key = None
+        if authorized_key is None:
+            key = c.workdir / "client_ed25519"
+            authorized_key = client_keygen(key)
+        with sshd(c, authorized_key, client_key=key, address=address, use_pam=use_pam) as host:
+            yield c, host
+
+
+def sshd_fixture(user: str = "dsvcuser", **options: Any) -> Iterator[tuple[Container, SshHost]]:
+    """The body of a module-scoped pytest fixture: a booted container with its sshd (see
+    `booted_with_sshd`, which takes the same options). Fails (not skips: the suite allows no
+    skipped tests) when `can_boot` gives a reason. In a test module::
+
+        @pytest.fixture(scope="module")
+        def sd() -> Iterator[tuple[container.Container, container.SshHost]]:
+            yield from container.sshd_fixture()
+
+    Beside the sshbed hosts, the bed's client key must be let in (``authorized_key=`` its
+    ``.pub``, or one more `sshd` with it), and the client needs the host's
+    ``known_hosts_line`` and its own ``user`` (``conftest.Client.configure(unknown=[...])``):
+    see test_container_sshd.py's test_a_bed_users_daemon_places_a_job_there."""
+    import pytest
+
+    reason = can_boot()
+    if reason:
+        pytest.fail(reason)
+    with booted_with_sshd(user, **options) as both:
+        yield both

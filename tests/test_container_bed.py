@@ -57,6 +57,9 @@ def test_teardown_leaves_nothing_even_when_the_test_fails() -> None:
         c.popen_as_user(["sleep", "300"], stdout=subprocess.DEVNULL)
         stopped = c.popen(["sleep", "301"], stdout=subprocess.DEVNULL)
         stopped.send_signal(signal.SIGSTOP)
+        # And one started right now, whose nsenter forks it into the container only during
+        # the teardown: once found too late, it cost the shutdown 10 s (1 run in 2).
+        c.popen_as_user(["sleep", "302"], stdout=subprocess.DEVNULL)
         raise RuntimeError("the test failed")
     took = time.monotonic() - booted
     assert host_state(c) == []

@@ -96,12 +96,14 @@ def _start_local(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
     else:
         job.reason = None
     plan = distsvc.jobs.isolation.plan(applied, manager.user)
-    job.state = "starting"
+    # Still "queued" to the watcher until the unit exists: a look before would find no unit
+    # and call the job's status lost.
     try:
         distsvc.jobs.local.start(manager, book.root, job, env, plan, config.jobs.all, program)
     except distsvc.errors.DistsvcError as error:
         if not isinstance(error, distsvc.jobs.local.UnitLeftOver):
             distsvc.jobs.local.forget_unit(manager, job)  # a start that failed once loaded
+        del job.placement["unit"]  # no unit of ours to let go (a squatter's is not ours)
         return _fail(book, job, error)
     job.state, job.started = "running", time.time()
     book.save(job)

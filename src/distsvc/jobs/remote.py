@@ -288,6 +288,10 @@ echo "dir=$D"
 """)
     command = " ".join(_q(a) for a in [*prefix, *job.argv])
     if caps.mode == "systemd":
+        # The manager expands $VAR and turns $$ into $ in a unit's command, systemd-run's
+        # too (252 has no --expand-environment=no): every $ doubled, the command gets its
+        # arguments exactly, as jobs/local.py's units do.
+        command = " ".join(_q(a.replace("$", "$$")) for a in [*prefix, *job.argv])
         unit = unit_name(origin, job.id, job.attempt)
         props = [*_text_properties(job, plan),
                  "RemainAfterExit=yes", "KillMode=control-group", "SendSIGKILL=yes",
