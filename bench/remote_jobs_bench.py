@@ -286,6 +286,8 @@ def part_start(s: Setting) -> dict[str, Any]:
             ("`job_start` request alone (the daemon's share)",
              f"job_start request for --host {h1.name} true from a warm process",
              lambda: timed_request(env, start_message(env, ["true"], h1.name))),
+            ("for comparison: a `job_status` request", "job_status request from a warm "
+             "process", lambda: timed_request(env, {"type": "job_status", "id": "1"})),
             ("start and wait: `job start` + `job wait`",
              f"distsvc job start --host {h1.name} true; distsvc job wait ID",
              lambda: start_and_wait(env, h1.name)),
@@ -300,6 +302,10 @@ def part_start(s: Setting) -> dict[str, Any]:
                  lambda: time_call(sd_ssh, plain, ROOT_DIR)),
                 ("job start, the systemd host", f"distsvc job start --host {SYSTEMD_HOST} true",
                  lambda: cli(env, "job", "start", "--host", SYSTEMD_HOST, "true")[0]),
+                ("job start, the systemd host, no isolation",
+                 f"distsvc job start --host {SYSTEMD_HOST} --isolate none true",
+                 lambda: cli(env, "job", "start", "--host", SYSTEMD_HOST, "--isolate", "none",
+                             "true")[0]),
                 ("`job_start` request alone, the systemd host",
                  f"job_start request for --host {SYSTEMD_HOST} true",
                  lambda: timed_request(env, start_message(env, ["true"], SYSTEMD_HOST))),
@@ -315,6 +321,8 @@ def part_start(s: Setting) -> dict[str, Any]:
         cli(env, "job", "wait", one)
         record = json.loads(cli(env, "job", "status", "--json", one)[1].stdout)
         rss = kib(proc_status(process.pid)["VmRSS"])
+        jobs = json.loads(cli(env, "job", "list", "--json")[1].stdout)["jobs"]
+        cli(env, "job", "wait", *(j["id"] for j in jobs), timeout=300)  # the last ones
         jobs = json.loads(cli(env, "job", "list", "--json")[1].stdout)["jobs"]
     bad = [j for j in jobs if j["state"] != "exited" or j["exit_code"] != 0]
     if bad:
