@@ -476,15 +476,17 @@ def part_queue(s: Setting) -> dict[str, Any]:
 
 
 def slot_gaps(on_host: dict[str, list[tuple[float, float]]]) -> list[float]:
-    """Seconds from a command's end on a host to the start of the host's next one, when
-    the next started after it ended (a freed slot waiting for its next job)."""
+    """Seconds each freed slot of a host waited for its next command: past the host's first
+    SLOTS starts, the n-th start took the slot freed n-th (the earliest end not taken yet,
+    which must be before it)."""
     gaps = []
     for spans in on_host.values():
         ends = sorted(b for _, b in spans)
+        taken = 0
         for start, _ in sorted(spans)[SLOTS:]:
-            before = [e for e in ends if e <= start]
-            if before:
-                gaps.append(start - before[-1])
+            if taken < len(ends) and ends[taken] <= start:
+                gaps.append(start - ends[taken])
+                taken += 1
     return gaps
 
 
@@ -675,9 +677,14 @@ def report(info: dict[str, str], command: str, results: dict[str, Any], systemd:
         HEADING,
         "Measured by `bench/remote_jobs_bench.py` against the test bed's OpenSSH servers "
         "(`tests/sshbed.py`, OpenSSH's defaults; no systemd user manager there, so jobs run "
-        "under the setsid supervisor), through a daemon started for the bench user as the "
-        "tests start one; clients with clean homes and their runtime directories on a tmpfs. "
-        "Figures are wall times of whole client processes unless a row says otherwise.",
+        "under the setsid supervisor)"
+        + ("" if systemd.host is None else
+           " and the booted container's sshd (`tests/container.py`, host `sd`: a systemd user "
+           "manager, jobs through `systemd-run --user`; reached through the bed's forwarder "
+           "threads, which add to every session there)")
+        + ", through a daemon started for the bench user as the tests start one; clients with "
+        "clean homes and their runtime directories on a tmpfs. Figures are wall times of "
+        "whole client processes unless a row says otherwise.",
         command, info)
     if "start" in results:
         out += report_start(results["start"], systemd, args.rounds)
