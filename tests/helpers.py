@@ -142,3 +142,20 @@ def job_status(bed: Any, job_id: str) -> dict[str, Any]:
     import json
 
     return json.loads(job(bed, "status", "--json", job_id).stdout)  # type: ignore[no-any-return]
+
+
+def pause_resume_and_wait(job: Callable[..., Any], job_id: str) -> dict[str, Any]:
+    """`distsvc job` (through `job(*args)`) pauses a job writing a line every 50 ms, sees no
+    output for a while, resumes it and waits for its success; the record as paused."""
+    import json
+
+    time.sleep(1)
+    paused: dict[str, Any] = json.loads(job("pause", "--json", job_id).stdout)["jobs"][0]
+    assert paused["paused"] is True
+    time.sleep(1.2)
+    before = job("logs", job_id).stdout
+    time.sleep(1.2)
+    assert job("logs", job_id).stdout == before, "output while paused"
+    job("resume", job_id)
+    assert job("wait", job_id, check=False).returncode == 0
+    return paused

@@ -14,13 +14,15 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import proc
 from conftest import Client, TcpProxy, start_daemon
-from helpers import wait_for
+from helpers import pause_resume_and_wait, wait_for
 
 
 def job(client: Client, *args: str, check: bool = True, timeout: float = 60
@@ -110,15 +112,8 @@ def test_pause_and_resume_on_the_host(daemon_client: Client) -> None:
     c.configure()
     record = start(c, "--host", c.bed.hosts[0].name, "sh", "-c",
                    "i=0; while [ $i -lt 200 ]; do echo $i; i=$((i+1)); sleep 0.05; done")
-    time.sleep(1)
-    job(c, "pause", record["id"])
-    assert status(c, record["id"])["paused"] is True
-    time.sleep(1.5)
-    before = job(c, "logs", record["id"]).stdout
-    time.sleep(1.5)
-    assert job(c, "logs", record["id"]).stdout == before
-    job(c, "resume", record["id"])
-    assert job(c, "wait", record["id"], check=False).returncode == 0
+    paused = pause_resume_and_wait(lambda *a, **k: job(c, *a, **k), record["id"])
+    assert paused["pause_method"] == "signals"  # no cgroup to freeze under a supervisor
     assert job(c, "logs", record["id"]).stdout.split()[-1] == b"199"
 
 
@@ -181,24 +176,23 @@ def test_retries_keep_each_attempt(daemon_client: Client) -> None:
     assert job(c, "logs", "--attempt", "1", record["id"]).stdout == b"attempt 1\n"
 
 
-def _proxied(c: Client) -> tuple[TcpProxy, dict[str, Any]]:
+@pytest.fixture
+def proxy(daemon_client: Client) -> Iterator[TcpProxy]:
+    """The client's only host, "via-proxy": h1 behind a relay the test can cut."""
+    c = daemon_client
     host = c.bed.hosts[0]
-    proxy = TcpProxy(host.address, host.port).__enter__()
-    with open(c.home / ".ssh" / "known_hosts", "a") as known:
-        known.write(f"[127.0.0.1]:{proxy.port} {host.host_key}\n")
-    return proxy, {"name": "via-proxy", "address": "127.0.0.1", "port": proxy.port,
-                   "user": c.bed.user}
-
-
-def _configure_proxied(c: Client, table: dict[str, Any]) -> None:
-    c.configure([], unknown=[table])
+    with TcpProxy(host.address, host.port) as relay:
+        with open(c.home / ".ssh" / "known_hosts", "a") as known:
+            known.write(f"[127.0.0.1]:{relay.port} {host.host_key}\n")
+        c.configure([], unknown=[{"name": "via-proxy", "address": "127.0.0.1",
+                                  "port": relay.port, "user": c.bed.user}])
+        yield relay
 
 
 @pytest.mark.timeout(300)
-def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: Client) -> None:
+def test_a_host_that_goes_down_shows_unknown_then_its_true_state(
+        daemon_client: Client, proxy: TcpProxy) -> None:
     c = daemon_client
-    proxy, table = _proxied(c)
-    _configure_proxied(c, table)
     record = start(c, "sh", "-c", "i=0; while [ $i -lt 80 ]; do echo $i; i=$((i+1)); "
                    "sleep 0.1; done; exit 5")
     assert record["placement"]["host"] == "via-proxy"
@@ -207,6 +201,7 @@ def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: 
     try:
         wait_for(lambda: job(c, "logs", record["id"]).stdout, 20, "first output")
         proxy.cut()  # the host is gone: its connections and new ones
+
         def down() -> str | None:
             said = job(c, "status", record["id"]).stdout.decode()
             return said if "down since" in said else None
@@ -215,22 +210,21 @@ def test_a_host_that_goes_down_shows_unknown_then_its_true_state(daemon_client: 
         assert "unknown (host via-proxy down since" in said
         assert status(c, record["id"])["state"] == "running"  # not failed, not final
         assert waiting.poll() is None  # `wait` waits on
-        TcpProxy(*proxy.target, listen_port=proxy.port).__enter__()  # the host is back
-        assert waiting.wait(120) == 5
+        with TcpProxy(*proxy.target, listen_port=proxy.port):  # the host is back
+            assert waiting.wait(120) == 5
     finally:
         if waiting.poll() is None:
             waiting.kill()
-    final = status(c, record["id"])
+        final = status(c, record["id"])
     assert final["state"] == "exited" and final["host_down_since"] is None
     lines = job(c, "logs", record["id"]).stdout.split()
     assert lines == [str(i).encode() for i in range(80)]
 
 
 @pytest.mark.timeout(300)
-def test_follow_resumes_over_a_cut_connection_without_loss(daemon_client: Client) -> None:
+def test_follow_resumes_over_a_cut_connection_without_loss(
+        daemon_client: Client, proxy: TcpProxy) -> None:
     c = daemon_client
-    proxy, table = _proxied(c)
-    _configure_proxied(c, table)
     record = start(c, "sh", "-c", "head -c 12000000 /dev/urandom > blob2; "
                    "for i in 1 2 3 4 5 6; do head -c 2000000 blob2 | tail -c 1000000; "
                    "sleep 0.5; done; cat blob2; sha256sum blob2 >&2")
@@ -334,3 +328,46 @@ def test_retention_removes_the_files_on_the_host_too(daemon_client: Client) -> N
     origin = (c.home / ".local/state/distsvc/jobs/origin").read_text().strip()
     on_host = c.bed.home / ".local/state/distsvc/jobs-from" / origin
     assert sorted(p.name for p in on_host.iterdir()) == [f"{ids[-1]}.1"]
+
+
+def test_output_retention_applies_here_and_on_the_host(daemon_client: Client) -> None:
+    c = daemon_client
+    c.configure(extra='[jobs]\nmax_output = "1K"\n')
+    record = start(c, "--host", c.bed.hosts[1].name, "sh", "-c",
+                   "i=0; while [ $i -lt 1000 ]; do echo line$i; i=$((i+1)); done")
+    assert job(c, "wait", record["id"], check=False).returncode == 0
+    final = status(c, record["id"])
+    here = job(c, "logs", record["id"]).stdout
+    assert here.startswith(b"[distsvc: ") and here.endswith(b"line999\n")
+    assert final["output_cut"]["stdout"] == len(b"".join(
+        f"line{i}\n".encode() for i in range(1000))) - 1024
+    there = Path(final["placement"]["dir"], "stdout").read_bytes()
+    assert len(there) == 1024 and here.endswith(there)
+
+
+@pytest.mark.timeout(400)
+def test_many_remote_jobs_leave_the_daemon_flat(daemon_client: Client) -> None:
+    """60 short jobs over 3 hosts, twice: after each round the daemon's fds, threads and
+    child processes are back where they were (host watchers and the queue thread end, every
+    session's channel is closed), and no process is left on the hosts (the fixture)."""
+    c = daemon_client
+    c.configure(c.bed.hosts[:3])
+    pid = _daemon_pid(c)
+
+    def round_of(n: int) -> None:
+        submitting = [c.popen("distsvc", "job", "start", "sh", "-c", "echo $$",
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                      for _ in range(n)]
+        ids = [p.communicate(timeout=120)[0].decode().strip() for p in submitting]
+        assert all(p.returncode == 0 for p in submitting)
+        assert job(c, "wait", *ids, check=False, timeout=180).returncode == 0
+        assert all(job(c, "logs", i).stdout.strip().isdigit() for i in ids)
+
+    round_of(20)  # warm: connections made, hosts probed
+    fds = proc.steady(lambda: proc.fd_count(pid), 20)
+    threads = proc.steady(lambda: proc.thread_count(pid), 20)
+    for _ in range(2):
+        round_of(30)
+        assert proc.settle(lambda: proc.fd_count(pid), fds, 20) <= fds
+        assert proc.settle(lambda: proc.thread_count(pid), threads, 20) <= threads
+    assert proc.descendants(pid) == []

@@ -12,7 +12,6 @@ business, tests/test_jobs_vm.py, for the same properties).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 import conftest
 import container
-from helpers import wait_for
+from helpers import pause_resume_and_wait, wait_for
 
 Box = tuple[container.Container, container.SshHost]
 
@@ -118,15 +117,8 @@ def test_stop_ends_the_tree_in_the_unit(sd: Box, user: conftest.Client) -> None:
 def test_pause_and_resume_on_the_hosts_manager(user: conftest.Client) -> None:
     record = start(user, "--host", "box", "sh", "-c",
                    "i=0; while [ $i -lt 100 ]; do echo $i; i=$((i+1)); sleep 0.05; done")
-    time.sleep(1)
-    paused = json.loads(job(user, "pause", "--json", record["id"]).stdout)["jobs"][0]
-    assert paused["paused"] is True and paused["pause_method"] in ("freezer", "signals")
-    time.sleep(1.2)
-    before = job(user, "logs", record["id"]).stdout
-    time.sleep(1.2)
-    assert job(user, "logs", record["id"]).stdout == before
-    job(user, "resume", record["id"])
-    assert job(user, "wait", record["id"], check=False).returncode == 0
+    paused = pause_resume_and_wait(lambda *a, **k: job(user, *a, **k), record["id"])
+    assert paused["pause_method"] in ("freezer", "signals")  # v1 freezer: not for user units
     assert job(user, "logs", record["id"]).stdout.split()[-1] == b"99"
 
 
@@ -140,3 +132,41 @@ def test_best_places_on_either_kind_of_host_and_status_says_which(
     assert records[0]["placement"]["host"] in shown
     for r in records:
         assert job(user, "wait", r["id"], check=False).returncode == 0
+
+
+def test_a_host_that_cannot_run_the_job_is_skipped_with_the_reason(
+        sd: Box, user: conftest.Client) -> None:
+    """h1 is the best host (its probe says so) but has no systemd user manager: a job that
+    asks for network isolation goes to the box, and status says why not h1."""
+    _, host = sd
+    user.configure(hosts=user.bed.hosts[:1], probes={user.bed.hosts[0].name: "echo 0"},
+                   unknown=[{"name": "box", "address": host.address, "port": host.port,
+                             "user": host.user, "probe": "echo 5"}])
+    h1 = user.bed.hosts[0].name
+    record = start(user, "--isolate", "network", "true")
+    assert record["placement"]["host"] == "box", record
+    assert "network isolation cannot be had there" in record["skipped"][h1]
+    assert h1 in job(user, "status", record["id"]).stdout.decode()
+    everywhere = job(user, "start", "-w", "/", "--memory", "1G", "true", check=False)
+    assert everywhere.returncode == 4 and len(everywhere.stderr.splitlines()) == 1, everywhere
+    assert b"no host can run it" in everywhere.stderr
+
+
+def test_an_unreachable_host_is_skipped_for_the_next(user: conftest.Client) -> None:
+    """The best host by its last measurement is down when the job starts: the job goes to
+    the next, and the host is marked unreachable for everyone, as distsvc-run does."""
+    bed = user.bed
+    h1 = bed.hosts[0]
+    proxy = conftest.TcpProxy(h1.address, h1.port).__enter__()
+    with open(user.home / ".ssh" / "known_hosts", "a") as known:
+        known.write(f"[127.0.0.1]:{proxy.port} {h1.host_key}\n")
+    user.configure(hosts=bed.hosts[1:2], probes={bed.hosts[1].name: "echo 5"}, unknown=[
+        {"name": "via-proxy", "address": "127.0.0.1", "port": proxy.port, "user": bed.user,
+         "probe": "echo 0"}])
+    first = start(user, "true")  # measures both; via-proxy is best
+    assert first["placement"]["host"] == "via-proxy"
+    proxy.cut()
+    second = start(user, "true")
+    assert second["placement"]["host"] == bed.hosts[1].name, second
+    rows = json.loads(user.run("distsvc", "hosts", "--json").stdout)
+    assert {r["host"]: r["state"] for r in rows}["via-proxy"] != "up"

@@ -123,3 +123,15 @@ def test_the_scripts_are_valid_posix_shell(tmp_path: Path) -> None:
     for script in scripts:
         done = subprocess.run(["sh", "-n"], input=script.encode(), capture_output=True)
         assert done.returncode == 0, (done.stderr, script)
+
+
+def test_limits_and_isolation_as_systemd_run_properties() -> None:
+    import distsvc.jobs.isolation
+
+    job = make_job(limits=Limits(memory=64 << 20, cpu=150, tasks=20, io_read=1 << 20,
+                                 timeout=90.0))
+    plan = distsvc.jobs.isolation.plan(["network"], user_manager=True)
+    assert remote._text_properties(job, plan) == [
+        f"MemoryMax={64 << 20}", "CPUQuota=150%", "TasksMax=20",
+        f"IOReadBandwidthMax=/home/u {1 << 20}", "RuntimeMaxSec=90000000us",
+        "PrivateNetwork=yes", "PrivateUsers=yes"]

@@ -336,12 +336,19 @@ def list_table(jobs: list[dict[str, Any]]) -> str:
     rows = [("ID", "STATE", "STARTED", "HOST", "NAME", "COMMAND")]
     for data in jobs:
         job = _record(data)
-        rows.append((job.id, distsvc.jobs.record.describe_state(job),
+        rows.append((job.id, _short(distsvc.jobs.record.describe_state(job)),
                      _when(job.started or job.created), host_of(job), job.name or "",
                      _command(job.argv)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "".join("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True))
                    + "  " + row[-1] + "\n" for row in rows)
+
+
+STATE_WIDTH = 60  # of `list`'s state column; `status` says it all
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= STATE_WIDTH else text[:STATE_WIDTH - 3] + "..."
 
 
 def host_of(job: Any) -> str:

@@ -17,6 +17,7 @@ queued when one is due, the record written, the unit or placement let go, waiter
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
@@ -41,6 +42,7 @@ WATCH_INTERVAL = 0.2
 YOUNG_INTERVAL = 0.02  # while a job is in its first YOUNG seconds: short jobs are common
 YOUNG = 2.0
 CAPS_TTL = 600.0  # seconds a host's probed capabilities are trusted
+SUBMIT_WAIT = 10.0  # seconds a submission waits for a queue pass in progress (then: queued)
 FIRST_LOOK = 3.0  # seconds a daemon's first answer waits for the hosts' first look
 
 
@@ -163,6 +165,11 @@ class Book:
             self._caps[name] = (time.monotonic(), caps)
         return caps
 
+    def cached_caps(self, name: str) -> distsvc.jobs.remote.Caps | None:
+        with self._caps_lock:
+            cached = self._caps.get(name)
+        return cached[1] if cached is not None else None
+
     def forget_caps(self, name: str) -> None:
         with self._caps_lock:
             self._caps.pop(name, None)
@@ -232,14 +239,14 @@ class Book:
         """A new queued job: into the book, and a pass of the queue at once (most jobs start
         before their submitter hears back); the error if it failed to start."""
         self.add(job)
-        errors = self.schedule()
+        errors = self.schedule(wait=SUBMIT_WAIT)
         self._wake_queue()
         return errors.get(job.id)
 
-    def schedule(self) -> dict[str, distsvc.errors.DistsvcError]:
+    def schedule(self, wait: float | None = None) -> dict[str, distsvc.errors.DistsvcError]:
         import distsvc.daemon.queue
 
-        return distsvc.daemon.queue.schedule(self)
+        return distsvc.daemon.queue.schedule(self, wait)
 
     def _wake_queue(self) -> None:
         with self.changed:
@@ -266,27 +273,34 @@ class Book:
                     self._queue_thread = None
                     return
 
-    def end_attempt(self, job: distsvc.jobs.record.Job) -> None:
-        """An attempt has ended (its state is final): its output kept within retention, a
-        retry queued when one is due, the record written (before the unit or slot goes),
-        the unit or slot let go, waiters woken, the queue told."""
+    def end_attempt(self, job: distsvc.jobs.record.Job, end: Mapping[str, object]) -> None:
+        """An attempt has ended as `end` says (the record's fields: state, exit_code...):
+        its output kept within retention, the end (or the retry due, queued) set in the
+        record at once under the book's lock, so no waiter sees the job ended before its
+        output is final, the record written (before the unit or slot goes), the unit or slot
+        let go, waiters woken, the queue told."""
         import distsvc.jobs.local
 
         with self.changed:
             removed = job.id not in self.jobs
-        if not removed and job.placement.get("kind") == "local" and self.retention is not None:
+        if not removed and self.retention is not None:  # here, or the mirror of a host's
             _, _, max_output = self.retention
             for stream in ("stdout", "stderr"):
                 path = distsvc.jobs.store.output_path(self.root, job.id, stream)
-                cut = distsvc.jobs.store.cut_output(path, max_output)
-                if cut:
-                    job.output_cut[stream] = job.output_cut.get(stream, 0) + cut
+                with contextlib.suppress(FileNotFoundError):
+                    cut = distsvc.jobs.store.cut_output(path, max_output)
+                    if cut:
+                        job.output_cut[stream] = job.output_cut.get(stream, 0) + cut
         placement = dict(job.placement)
-        retry = (not removed and not job.stopped and job.attempt <= job.retries
-                 and job.state not in ("dependency-failed",) and job.started is not None
-                 and not distsvc.jobs.record.succeeded(job))
-        if retry:
-            with self.changed:
+        with self.changed:
+            for key, value in end.items():
+                setattr(job, key, value)
+            job.ended = job.ended or time.time()
+            job.paused, job.pause_method = False, None
+            retry = (not removed and not job.stopped and job.attempt <= job.retries
+                     and job.state != "dependency-failed" and job.started is not None
+                     and not distsvc.jobs.record.succeeded(job))
+            if retry:
                 self._retry(job)
         if not removed:
             try:
@@ -431,13 +445,18 @@ class Book:
             ended = []
             for job in unfinished:
                 before = job.state
-                if distsvc.jobs.local.refresh(manager, job):
-                    ended.append(job)
-                elif job.state != before:
-                    self.save_quietly(job)
-            for job in ended:
+                seen = dataclasses.replace(job)  # its end goes in through end_attempt
+                if distsvc.jobs.local.refresh(manager, seen):
+                    ended.append((job, seen))
+                else:
+                    job.state, job.started = seen.state, seen.started
+                    if job.state != before:
+                        self.save_quietly(job)
+                for figure in ("cpu_ns", "memory_peak", "memory_current"):
+                    setattr(job, figure, getattr(seen, figure))
+            for job, seen in ended:
                 try:
-                    self.end_attempt(job)
+                    self.end_attempt(job, ending(seen))
                 except Exception:  # one job's trouble (disk full...) must not strand others
                     distsvc.log.get().exception("could not record a job's end", job=job.id)
             return True
@@ -552,3 +571,11 @@ def _as_local(job: distsvc.jobs.record.Job,
     import dataclasses
 
     return dataclasses.replace(job, placement=placement)
+
+
+ENDING = ("state", "exit_code", "signal", "reason", "ended")
+
+
+def ending(job: distsvc.jobs.record.Job) -> dict[str, object]:
+    """The fields of `job` that say how an attempt ended, for end_attempt."""
+    return {key: getattr(job, key) for key in ENDING}

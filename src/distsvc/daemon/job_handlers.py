@@ -1,10 +1,14 @@
 """The daemon's job requests: one small handler per type, added to handlers.HANDLERS.
 
-Each validates its request, acts through the book (daemon/book.py) and the local placement
-(jobs/local.py), and answers with job records as JSON (jobs/record.py). `job_wait` and
-`job_logs` hold their connection: the first until the jobs end (with heartbeats), the second
-only long enough to pass the output files as fds (the client reads them itself, each reader
-from its own offset, so no reader ever slows the job or another reader).
+Each validates its request, acts through the book (daemon/book.py) and the job's placement
+(jobs/local.py here, jobs/remote.py's scripts on its host), and answers with job records as
+JSON (jobs/record.py). `job_start` refuses what cannot run here before any record is made (a
+job for this machine: the command, limits, isolation), then submits the job to the queue,
+which starts it at once when it may (daemon/queue.py, launch.py). `job_wait` and `job_logs`
+hold their connection: the first until the jobs end (with heartbeats), the second only long
+enough to pass the output files as fds (the client reads them itself, each reader from its
+own offset, so no reader ever slows the job or another reader; a remote job's files are the
+mirror the host's watcher keeps complete).
 """
 
 from __future__ import annotations
@@ -262,9 +266,9 @@ def _stop_queued(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
     with book.queue_lock:  # not started by the queue meanwhile
         if job.state != "queued":
             return
-        job.state, job.signal, job.ended, job.stopped = "killed", signum, time.time(), True
-        job.reason = "stopped while queued: it never ran"
-        book.end_attempt(job)
+        job.stopped = True
+        book.end_attempt(job, {"state": "killed", "signal": signum, "ended": time.time(),
+                               "reason": "stopped while queued: it never ran"})
 
 
 def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -363,7 +367,8 @@ def handle_job_resume(daemon: Daemon, request: dict[str, Any], peer: Peer) -> An
     return answer
 
 
-def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job) -> None:
+def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
+            on_hosts: bool = True) -> None:
     if job.state not in distsvc.jobs.record.FINAL:
         raise distsvc.jobs.local.JobError(
             f"job {job.id} is {job.state}: stop it first (distsvc job stop {job.id})")
@@ -373,7 +378,8 @@ def _remove(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job) -> Non
     if job.placement.get("kind") == "local":
         # A unit a crash left (its end recorded, the unit not yet let go) goes too.
         distsvc.jobs.local.forget_unit(book.manager(), job)
-    book.forget_on_hosts([job])
+    if on_hosts:
+        book.forget_on_hosts([job])
 
 
 def handle_job_remove(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -395,7 +401,8 @@ def handle_job_clean(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     with book.changed:
         ended = [j for j in book.jobs.values() if j.state in distsvc.jobs.record.FINAL]
     for job in ended:
-        _remove(book, job)
+        _remove(book, job, on_hosts=False)
+    book.forget_on_hosts(ended)  # one session per host, not per job
     return {"ok": True, "removed": sorted((j.id for j in ended), key=_id_order)}
 
 

@@ -53,8 +53,7 @@ def visible_with_private_tmp(cwd: str, program: str) -> str | None:
 
 def _fail(book: distsvc.daemon.book.Book, job: Job, error: distsvc.errors.DistsvcError
           ) -> tuple[str, distsvc.errors.DistsvcError]:
-    job.state, job.reason, job.ended = "failed", error.message, time.time()
-    book.end_attempt(job)
+    book.end_attempt(job, {"state": "failed", "reason": error.message, "ended": time.time()})
     distsvc.log.get(job=job.id).warning("job failed to start", error=error.message)
     return FAILED, error
 
@@ -91,10 +90,7 @@ def _start_local(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
     job.isolation = applied
     job.placement = {"kind": "local", "unit": distsvc.jobs.local.unit_name(job.id),
                      "manager": "user" if manager.user else "system"}
-    if left_out:
-        job.reason = "isolation left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
-    else:
-        job.reason = None
+    job.reason = left_out_note(left_out)
     plan = distsvc.jobs.isolation.plan(applied, manager.user)
     # Still "queued" to the watcher until the unit exists: a look before would find no unit
     # and call the job's status lost.
@@ -125,8 +121,8 @@ def check_on_host(job: Job, caps: distsvc.jobs.remote.Caps, soft_isolation: list
     in status."""
     asked = set(job.explicit_limits)
     if caps.mode == "supervisor":
-        why = caps.why_no_systemd or "no systemd user manager"
-        missing = {f: f"{why}: limits cannot be enforced there"
+        why = caps.why_no_systemd or "no systemd user manager reachable"
+        missing = {f: why
                    for f in distsvc.jobs.limits.FIELDS if getattr(job.limits, f) is not None}
     else:
         missing = {f: f"the {c} controller is not delegated to the host's user manager "
@@ -177,10 +173,13 @@ def _start_remote(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
         except distsvc.errors.CannotRun as error:
             if last_refusal is not None or _everywhere_refused(book, job):
                 return _fail(book, job, last_refusal or distsvc.jobs.remote.HostCannot(
-                    "no host can run it: " + "; ".join(
-                        f"{h}: {w}" for h, w in job.skipped.items())))
+                    _no_host_can(job)))
             return _wait(book, job, error.message)
         if choice is None:
+            _refused_by_known_hosts(book, job, exclude)
+            if _everywhere_refused(book, job):
+                return _fail(book, job, last_refusal or distsvc.jobs.remote.HostCannot(
+                    _no_host_can(job)))
             return _wait(book, job, "every host is at its slot limit" if only is None else
                          f"{only} is at its slot limit")
         host = choice.host.name
@@ -195,6 +194,40 @@ def _start_remote(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
                 return _fail(book, job, _named(host, why))
             if isinstance(why, distsvc.jobs.remote.StartRefused):
                 last_refusal = _named(host, why)
+
+
+def _no_host_can(job: Job) -> str:
+    """Why no host can run the job, the hosts that share a reason said together."""
+    by_reason: dict[str, list[str]] = {}
+    for host, why in job.skipped.items():
+        by_reason.setdefault(why, []).append(host)
+    return "no host can run it: " + "; ".join(
+        f"{', '.join(hosts)}: {why}" for why, hosts in by_reason.items())
+
+
+def _refused_by_known_hosts(book: distsvc.daemon.book.Book, job: Job,
+                            exclude: set[str]) -> None:
+    """The busy hosts whose capabilities are known already, and cannot run the job, skipped
+    now: a job no host could run fails at once rather than waiting for a slot."""
+    for host in book.config.hosts:
+        caps = book.cached_caps(host.name)
+        if host.name in exclude or host.name in job.skipped or caps is None:
+            continue
+        try:
+            check_on_host(job, caps, list(book.config.jobs.isolate))
+        except distsvc.jobs.remote.HostCannot as error:
+            job.skipped[host.name] = error.message
+
+
+def left_out_note(left_out: dict[str, str]) -> str | None:
+    """'isolation left out: ...', the kinds that share a reason said together."""
+    if not left_out:
+        return None
+    by_reason: dict[str, list[str]] = {}
+    for kind, why in left_out.items():
+        by_reason.setdefault(why, []).append(kind)
+    return "isolation left out: " + "; ".join(
+        f"{', '.join(kinds)}: {why}" for why, kinds in by_reason.items())
 
 
 def _named(host: str, error: distsvc.errors.DistsvcError) -> distsvc.errors.DistsvcError:
@@ -240,8 +273,7 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
         log.info("host cannot run the job", error=error.message)
         return "refused", error
     job.isolation = applied
-    job.reason = ("isolation left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items())
-                  if left_out else None)
+    job.reason = left_out_note(left_out)
     directory = f"{caps.root}/{job.id}.{job.attempt}"
     job.placement = {"kind": "ssh", "host": host, "mode": caps.mode, "dir": directory}
     if caps.mode == "systemd":

@@ -54,46 +54,59 @@ def _running(jobs: list[Job]) -> list[Job]:
     return [j for j in jobs if j.state not in distsvc.jobs.record.FINAL and j.state != "queued"]
 
 
-def schedule(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcError]:
-    """One pass over the queue; the errors of the jobs that failed to start, by ID."""
-    errors: dict[str, distsvc.errors.DistsvcError] = {}
-    with book.queue_lock:
-        with book.changed:
-            everyone = list(book.jobs.values())
-        queued = sorted((j for j in everyone if j.state == "queued"), key=_id_order)
-        if not queued:
-            return errors
-        config = book.config
-        groups = dict(config.jobs.groups)
-        running = _running(everyone)
-        now = time.time()
-        for job in queued:
-            if job.not_before is not None and now < job.not_before:
-                continue
-            with book.changed:
-                dependencies = _dependencies(book, job)
-            if dependencies is not None:
-                verdict, _, why = dependencies.partition(": ")
-                if verdict == "fail":
-                    job.state, job.reason, job.ended = "dependency-failed", why, time.time()
-                    book.end_attempt(job)
-                    continue
-                _say(book, job, why)
-                continue
-            limit = groups.get(job.group or "")
-            if limit is not None and sum(j.group == job.group for j in running) >= limit:
-                _say(book, job, f"group {job.group} has {limit} jobs running (its limit)")
-                continue
-            if config.jobs.slots is not None and len(running) >= config.jobs.slots:
-                _say(book, job, f"all {config.jobs.slots} job slots (jobs.slots) are taken")
-                continue
-            import distsvc.daemon.launch
+def schedule(book: distsvc.daemon.book.Book, wait: float | None = None
+             ) -> dict[str, distsvc.errors.DistsvcError]:
+    """One pass over the queue; the errors of the jobs that failed to start, by ID.
 
-            outcome, error = distsvc.daemon.launch.start(book, job)
-            if outcome == distsvc.daemon.launch.STARTED:
-                running.append(job)
-            elif error is not None:
-                errors[job.id] = error
+    With `wait`, gives up (nothing done) when another pass holds the queue longer: a host
+    slow to answer a start must not hold a submitter's answer for long (its job stays queued
+    for the queue thread)."""
+    if not book.queue_lock.acquire(timeout=-1 if wait is None else wait):
+        return {}
+    try:
+        return _pass(book)
+    finally:
+        book.queue_lock.release()
+
+
+def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcError]:
+    errors: dict[str, distsvc.errors.DistsvcError] = {}
+    with book.changed:
+        everyone = list(book.jobs.values())
+    queued = sorted((j for j in everyone if j.state == "queued"), key=_id_order)
+    if not queued:
+        return errors
+    config = book.config
+    groups = dict(config.jobs.groups)
+    running = _running(everyone)
+    now = time.time()
+    for job in queued:
+        if job.not_before is not None and now < job.not_before:
+            continue
+        with book.changed:
+            dependencies = _dependencies(book, job)
+        if dependencies is not None:
+            verdict, _, why = dependencies.partition(": ")
+            if verdict == "fail":
+                book.end_attempt(job, {"state": "dependency-failed", "reason": why,
+                                       "ended": time.time()})
+                continue
+            _say(book, job, why)
+            continue
+        limit = groups.get(job.group or "")
+        if limit is not None and sum(j.group == job.group for j in running) >= limit:
+            _say(book, job, f"group {job.group} has {limit} jobs running (its limit)")
+            continue
+        if config.jobs.slots is not None and len(running) >= config.jobs.slots:
+            _say(book, job, f"all {config.jobs.slots} job slots (jobs.slots) are taken")
+            continue
+        import distsvc.daemon.launch
+
+        outcome, error = distsvc.daemon.launch.start(book, job)
+        if outcome == distsvc.daemon.launch.STARTED:
+            running.append(job)
+        elif error is not None:
+            errors[job.id] = error
     return errors
 
 

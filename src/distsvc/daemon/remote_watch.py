@@ -96,23 +96,23 @@ def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             break
     else:
         return  # not complete yet: the next look finishes it (the status is kept there)
-    job.state, job.exit_code, job.signal, reason = end
+    state, exit_code, signal, reason = end
+    if reason is None and job.reason and job.reason.startswith(
+            "its start on the host was cut short"):
+        reason = ""
+    outcome: dict[str, object] = {"state": state, "exit_code": exit_code, "signal": signal,
+                                  "ended": time.time(), "host_down_since": None}
     if reason is not None:
-        job.reason = reason
-    elif job.reason and job.reason.startswith("its start on the host was cut short"):
-        job.reason = None
-    job.ended = time.time()
-    job.paused = False
-    job.host_down_since = None
-    book.end_attempt(job)
+        outcome["reason"] = reason or None
     max_output = book.config.jobs.max_output
     if any(size > max_output for size in final.sizes.values()):
-        try:  # retention on the host too
+        try:  # retention on the host too (the mirror here is cut by end_attempt)
             runner(distsvc.jobs.remote.cut_script(book.origin, job, max_output),
                    distsvc.jobs.remote.SCRIPT_TIMEOUT)
         except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
             distsvc.log.get(job=job.id).warning("could not cut the output on the host",
                                                 error=str(error))
+    book.end_attempt(job, outcome)
 
 
 def _down(book: distsvc.daemon.book.Book, jobs: list[Job], why: str) -> None:

@@ -193,7 +193,7 @@ def read_probe(out: bytes) -> Caps:
             raise HostCannot("neither a systemd user manager nor setsid(1) there")
         why = v.get("no_systemd") or "no systemd user manager answers"
         none = "no systemd user manager there (supervisor mode)"
-        return Caps("supervisor", f"no systemd user manager reachable: {why}", frozenset(),
+        return Caps("supervisor", f"no systemd user manager reachable ({why})", frozenset(),
                     v.get("python3"), {k: none for k in distsvc.jobs.isolation.KINDS},
                     v["root"])
     isolation: dict[str, str | None] = {}
@@ -215,24 +215,18 @@ def read_probe(out: bytes) -> Caps:
 
 def _text_properties(job: distsvc.jobs.record.Job, plan: distsvc.jobs.isolation.Plan
                      ) -> list[str]:
-    """The unit's limits and isolation as systemd-run `-p` assignments."""
-    limits = job.limits
+    """The unit's limits and isolation as systemd-run `-p` assignments: the very properties
+    of a local unit (jobs/limits.properties, isolation.plan), written as text."""
     props = []
-    if limits.memory is not None:
-        props.append(f"MemoryMax={limits.memory}")
-    if limits.cpu is not None:
-        props.append(f"CPUQuota={limits.cpu}%")
-    if limits.tasks is not None:
-        props.append(f"TasksMax={limits.tasks}")
-    if limits.io_weight is not None:
-        props.append(f"IOWeight={limits.io_weight}")
-    if limits.io_read is not None:
-        props.append(f"IOReadBandwidthMax={job.cwd} {limits.io_read}")
-    if limits.io_write is not None:
-        props.append(f"IOWriteBandwidthMax={job.cwd} {limits.io_write}")
-    if limits.timeout is not None:
-        props.append(f"RuntimeMaxSec={limits.timeout:g}")
-    for key, value in plan.properties.items():
+    for key, value in {**distsvc.jobs.limits.properties(job.limits, job.cwd),
+                       **plan.properties}.items():
+        if key == "CPUQuotaPerSecUSec" and isinstance(value, int):
+            key, value = "CPUQuota", f"{value / 10_000:g}%"  # systemd-run takes a percentage
+        elif key.endswith("USec") and isinstance(value, int):
+            key, value = key[:-4] + "Sec", f"{value}us"  # RuntimeMaxUSec -> RuntimeMaxSec
+        if isinstance(value, list):  # [(path, bytes)]: bandwidth per device
+            props += [f"{key}={path} {rate}" for path, rate in value]
+            continue
         props.append(f"{key}={'yes' if value is True else 'no' if value is False else value}")
     return props
 
