@@ -419,7 +419,8 @@ def part_queue(s: Setting) -> dict[str, Any]:
                 try:
                     rows = json.loads(cli(env, "hosts", "--json")[1].stdout)
                 except Exception as error:
-                    errors.append(f"hosts --json: {error}")
+                    with lock:
+                        errors.append(f"hosts --json: {error}")
                     return
                 samples.append({r["host"]: r.get("jobs", []) for r in rows})
 
@@ -443,6 +444,8 @@ def part_queue(s: Setting) -> dict[str, Any]:
         cpu = cpu_seconds(process.pid) - cpu_before
         sampling.set()
         sampler.join()
+        if errors:
+            raise RuntimeError(f"sampling the hosts failed: {errors[0]}")
         after = proc_status(process.pid)
         time.sleep(5.0)
         settled = proc_status(process.pid)
