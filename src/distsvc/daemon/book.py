@@ -70,8 +70,9 @@ class Book:
         self._caps_lock = threading.Lock()
         self._placements: dict[str, distsvc.state.Placement] = {}  # job ID -> its slot
         self._host_watchers: dict[str, threading.Thread] = {}
-        self.looked: dict[str, threading.Event] = {}
-        self._ready = threading.Event()  # load() is done  # host -> its watcher's first look done
+        self.looked: dict[str, threading.Event] = {}  # host -> its watcher's first look done
+        self._ready = threading.Event()  # load() is done
+        self.starting: set[str] = set()  # IDs the queue is starting now (guarded by changed)
         self._queue_thread: threading.Thread | None = None
         self._queue_wake = threading.Event()
 
@@ -143,7 +144,9 @@ class Book:
                                       self.config.connect_timeout)
 
         def run(script: str, timeout: float) -> tuple[int, bytes]:
-            return sessions.run("exec /bin/sh -s", script.encode(), timeout)
+            # One brace group: the shell parses all of it before running any, so a script
+            # cut short on the way (a dropped connection) runs nothing, not its first half.
+            return sessions.run("exec /bin/sh -s", f"{{\n{script}\n}}\n".encode(), timeout)
         return run
 
     def host_caps(self, name: str) -> distsvc.jobs.remote.Caps:
@@ -198,8 +201,11 @@ class Book:
         self.watch_host(host)
 
     def running_on(self, host: str) -> list[distsvc.jobs.record.Job]:
+        """The host's jobs its watcher looks at: running, or found "starting" (a start cut
+        short by the daemon's end) but not being started by the queue now."""
         with self.changed:
             return [j for j in self.jobs.values() if j.state in ("running", "starting")
+                    and j.id not in self.starting
                     and j.placement.get("kind") == "ssh" and j.placement.get("host") == host]
 
     def watch_host(self, host: str) -> None:
@@ -228,7 +234,8 @@ class Book:
         """The host's watcher leaves (True) unless a job started there meanwhile."""
         with self.changed:
             if any(j.state in ("running", "starting") and j.placement.get("host") == host
-                   and j.placement.get("kind") == "ssh" for j in self.jobs.values()):
+                   and j.placement.get("kind") == "ssh" and j.id not in self.starting
+                   for j in self.jobs.values()):
                 return False
             if self._host_watchers.get(host) is threading.current_thread():
                 del self._host_watchers[host]
@@ -483,7 +490,11 @@ class Book:
             gone = [job for job_id in expired if (job := self.jobs.pop(job_id, None))]
         for job_id in expired:
             distsvc.jobs.store.remove(self.root, job_id)
-        self.forget_on_hosts(gone)
+        if any(j.placement.get("kind") == "ssh" or j.attempts for j in gone):
+            # Not in the caller's thread (a host's watcher, the queue): another host slow
+            # to answer must not hold them up.
+            threading.Thread(target=self.forget_on_hosts, args=(gone,), daemon=True,
+                             name="retention-on-hosts").start()
         return expired
 
     def forget_on_hosts(self, jobs: Sequence[distsvc.jobs.record.Job]) -> None:

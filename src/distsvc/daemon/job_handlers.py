@@ -58,6 +58,7 @@ def _answer(*jobs: distsvc.jobs.record.Job) -> Answer:
     return {"ok": True, "jobs": [distsvc.jobs.record.to_json(job) for job in jobs]}
 
 
+START_WAIT = 120.0  # seconds a stop waits for a start in progress (probe and start script)
 MAX_RETRIES = 100
 MAX_RETRY_DELAY = 86400.0
 
@@ -261,14 +262,26 @@ def _remote(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job, script
     return answer
 
 
-def _stop_queued(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
-                 signum: int) -> None:
-    with book.queue_lock:  # not started by the queue meanwhile
-        if job.state != "queued":
-            return
-        job.stopped = True
-        book.end_attempt(job, {"state": "killed", "signal": signum, "ended": time.time(),
-                               "reason": "stopped while queued: it never ran"})
+def _stop_before_start(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
+                       signum: int) -> bool:
+    """Mark the job stopped (never started again, never retried); one still queued ends
+    here, as killed without running. True when it has ended (now or before). Waits for a
+    start in progress (the queue's launch sees the mark before its start script), without
+    waiting on the queue itself, which may be busy with another job's slow host."""
+    deadline = time.monotonic() + START_WAIT
+    while True:
+        with book.changed:
+            job.stopped = True
+            state, being_started = job.state, job.id in book.starting
+        if state in distsvc.jobs.record.FINAL:
+            return True
+        if state == "queued" and not being_started:
+            book.end_attempt(job, {"state": "killed", "signal": signum, "ended": time.time(),
+                                   "reason": "stopped while queued: it never ran"})
+            return True
+        if not being_started or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
@@ -282,11 +295,8 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
             0 <= grace <= MAX_GRACE):
         raise distsvc.protocol.ProtocolError(
             f"field 'grace' must be 0 to {MAX_GRACE:g} seconds")
-    job.stopped = True  # whatever its end now, it is not tried again
-    if job.state == "queued":
-        _stop_queued(book, job, signum)
-        if job.state == "queued" or job.state in distsvc.jobs.record.FINAL:
-            return _answer(job)
+    if _stop_before_start(book, job, signum):
+        return _answer(job)
     try:
         if job.placement.get("kind") == "ssh":
             _remote(book, job, distsvc.jobs.remote.stop_script(

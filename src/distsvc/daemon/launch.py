@@ -187,6 +187,11 @@ def _start_remote(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
         if outcome is None:
             return STARTED, None
         kind, why = outcome
+        if kind == "stopped":
+            job.placement = {}
+            book.end_attempt(job, {"state": "killed", "signal": 15, "ended": time.time(),
+                                   "reason": "stopped before it started: it never ran"})
+            return FAILED, None
         exclude.add(host)
         if kind == "refused":
             job.skipped[host] = why.message
@@ -230,6 +235,12 @@ def left_out_note(left_out: dict[str, str]) -> str | None:
         f"{', '.join(kinds)}: {why}" for why, kinds in by_reason.items())
 
 
+def _back_to_queue(book: distsvc.daemon.book.Book, job: Job) -> None:
+    """A start that provably did not happen: queued again, with no placement."""
+    job.state, job.placement = "queued", {}
+    book.save_quietly(job)
+
+
 def _named(host: str, error: distsvc.errors.DistsvcError) -> distsvc.errors.DistsvcError:
     named = type(error)(f"{host}: {error.message}" if not error.message.startswith(host)
                         else error.message)
@@ -263,15 +274,22 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
         caps = book.host_caps(host)
         job.not_enforced, applied, left_out = check_on_host(job, caps,
                                                             list(book.config.jobs.isolate))
-    except distsvc.errors.HostUnreachable as error:
-        distsvc.actions.placement.mark_unreachable(book.state_dir, host, error.message,
-                                                   choice.placement)
-        log.warning("job not started: host unreachable", error=error.message)
-        return "unreachable", error
     except distsvc.jobs.remote.HostCannot as error:
         distsvc.actions.placement.release(book.state_dir, choice.placement)
         log.info("host cannot run the job", error=error.message)
         return "refused", error
+    except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
+        why = error if isinstance(error, distsvc.errors.DistsvcError) else \
+            distsvc.errors.HostUnreachable(host, f"did not answer the job probe ({error})")
+        distsvc.actions.placement.mark_unreachable(book.state_dir, host, why.message,
+                                                   choice.placement)  # the slot goes back
+        log.warning("job not started: host unreachable", error=why.message)
+        return "unreachable", why
+    with book.changed:  # a stop that came meanwhile wins: nothing has run
+        stopped = job.stopped
+    if stopped:
+        distsvc.actions.placement.release(book.state_dir, choice.placement)
+        return "stopped", distsvc.jobs.local.JobError("stopped before it started")
     job.isolation = applied
     job.reason = left_out_note(left_out)
     directory = f"{caps.root}/{job.id}.{job.attempt}"
@@ -280,19 +298,24 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
         job.placement["unit"] = distsvc.jobs.remote.unit_name(book.origin, job.id, job.attempt)
     script = distsvc.jobs.remote.start_script(
         book.origin, job, env, caps, distsvc.jobs.store.encode(job))
+    # Recorded as starting there before the script goes: a daemon that dies now finds the
+    # job at its next start and looks it up on that host, never starting it elsewhere too.
+    job.state = "starting"
+    book.save(job)
     try:
         code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
     except distsvc.errors.HostUnreachable as error:  # no session: nothing ran
         distsvc.actions.placement.mark_unreachable(book.state_dir, host, error.message,
                                                    choice.placement)
         book.forget_caps(host)
+        _back_to_queue(book, job)
         log.warning("job not started: host unreachable", error=error.message)
         return "unreachable", error
     except (TimeoutError, distsvc.errors.CannotRun, OSError) as error:
         code, out = -1, str(error).encode()
-    if code == -1:
-        # The start may have reached the host: it is never tried again. The host's watcher
-        # finds it running, ended, or never made (then: unknown).
+    if code in (-1, distsvc.jobs.remote.EXIT_EXISTS):
+        # The start may have reached the host (or did, before a daemon's end): it is never
+        # tried again. The host's watcher finds it running, ended, or never made.
         job.state, job.started = "running", time.time()
         job.reason = "its start on the host was cut short; what became of it is looked up there"
         book.hold(job, choice.placement)
@@ -302,7 +325,7 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
         answer = distsvc.jobs.remote.read_start(code, out, host)
     except distsvc.jobs.remote.HostCannot as error:
         distsvc.actions.placement.release(book.state_dir, choice.placement)
-        job.placement = {}
+        _back_to_queue(book, job)
         if not isinstance(error, distsvc.jobs.remote.StartRefused):
             book.forget_caps(host)
         return "refused", error

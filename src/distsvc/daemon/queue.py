@@ -102,7 +102,15 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
             continue
         import distsvc.daemon.launch
 
-        outcome, error = distsvc.daemon.launch.start(book, job)
+        with book.changed:  # a stop decides under the same lock: stopped, or being started
+            if job.stopped or job.state != "queued":
+                continue
+            book.starting.add(job.id)
+        try:
+            outcome, error = distsvc.daemon.launch.start(book, job)
+        finally:
+            with book.changed:
+                book.starting.discard(job.id)
         if outcome == distsvc.daemon.launch.STARTED:
             running.append(job)
         elif error is not None:

@@ -160,6 +160,8 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
                 distsvc.log.get(job=job.id).warning("could not finish the job yet",
                                                     error=str(error))
+            if job.state == "starting" and look.state.get("gone") != "yes":
+                job.state, changed = "running", True  # a start cut short that did happen
             if changed:
                 book.save_quietly(job)
                 book.notify()

@@ -36,7 +36,7 @@ rebooting, loses nothing: the job is found by its record here and its directory 
 
 Output is mirrored to the job's local files (the same files `job logs` reads for a local
 job) by `monitor`, which reads, for every running job of a host in one session, its state
-and each stream's bytes past what the mirror has (at most FETCH_MAX a stream per look): the
+and each stream's bytes past what the mirror has (at most LOOK_MAX a look, shared): the
 mirror's size is the offset, so a dropped connection resumes where it stopped, without loss
 or duplication, and every reader here follows the local files from its own offset.
 """
@@ -58,8 +58,11 @@ import distsvc.remote
 
 UNIT_PREFIX = "distsvc-job-"
 SLICE = "distsvc.slice"
-FETCH_MAX = 4 << 20       # bytes of one stream fetched per look
+LOOK_MAX = 1 << 20        # bytes of output one look fetches, all jobs and streams together:
+#                           a slow link still finishes a look well within SCRIPT_TIMEOUT
+FETCH_MIN = 64 << 10      # ... but at least this much of each stream
 STOP_TIMEOUT_SEC = 10     # the host's manager's own stop (collect): SIGTERM, then SIGKILL
+EXIT_EXISTS = 11          # the start found the attempt's directory there: it may have run
 SCRIPT_TIMEOUT = 30.0     # seconds one script may take (a stop waits its grace on top)
 
 # A script's runner: (script, timeout) -> (exit status, stdout). The daemon gives one over
@@ -248,6 +251,7 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
     cwd = _q(job.cwd)
     run = ('. "${0%/run}/env"\n'  # run as `/bin/sh DIR/run CMD...`
            f"cd -- {cwd} || exit 200\n"
+           ': > "${0%/run}/started"\n'  # from here on, 200-243 are the command's own
            'exec "$@"\n')
     argv0 = _q(job.argv[0])
     kinds = list(job.isolation)
@@ -260,7 +264,7 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
         _preamble(origin),
         'mkdir -p "$ds_root" && chmod 700 "$ds_state/distsvc" "$ds_state/distsvc/jobs-from" '
         '"$ds_root" || { echo "error=cannot make $ds_root"; exit 10; }',
-        f"mkdir {attempt_dir} 2>/dev/null || {{ echo 'error=exists'; exit 11; }}",
+        f"mkdir {attempt_dir} 2>/dev/null || {{ echo 'error=exists'; exit {EXIT_EXISTS}; }}",
         f"D={attempt_dir}",
         _heredoc('"$D/env"', env_script),
         _heredoc('"$D/run"', run),
@@ -341,7 +345,7 @@ def read_start(code: int, out: bytes, host: str) -> dict[str, str]:
         raise _refused(f"not executable on {host}", 126)
     if code == 4:
         raise _refused(f"no such directory on {host} (choose another with --workdir)", 4)
-    if code == 11:
+    if code == EXIT_EXISTS:
         raise HostCannot(f"a directory of this attempt exists on {host} already; not started "
                          "again (a job is never run twice)")
     raise HostCannot(f"could not start the job on {host}: "
@@ -393,16 +397,27 @@ class Look:
 def monitor_script(origin: str, jobs: Sequence[tuple[distsvc.jobs.record.Job,
                                                      Mapping[str, int]]]) -> str:
     """One look at each of `jobs` (with the mirror's sizes): its state, then each stream's
-    size and the bytes past the mirror's (at most FETCH_MAX)."""
+    size and the bytes past the mirror's (LOOK_MAX shared by all, at least FETCH_MIN each).
+
+    The bytes are copied to a temporary file first and announced with the copy's own size,
+    so the answer's framing holds even if a file shrank meanwhile (a job that truncates its
+    own output); such a file's mirror is then only appended to, never rewritten."""
+    each = max(FETCH_MIN, LOOK_MAX // max(1, 2 * len(jobs)))
     parts = [_preamble(origin), _TREE, r"""
+ds_tmp="$ds_root/.look-$$"
+trap 'rm -f "$ds_tmp"' EXIT
 ds_fetch() {  # stream file offset
   n=$(wc -c < "$2" 2>/dev/null) || n=0
-  l=$((n - $3)); [ $l -gt FETCH ] && l=FETCH; [ $l -lt 0 ] && l=0
+  l=$((n - $3)); [ $l -gt EACH ] && l=EACH; [ $l -lt 0 ] && l=0
+  if [ $l -gt 0 ]; then
+    tail -c +$(($3 + 1)) "$2" | head -c $l > "$ds_tmp" 2>/dev/null
+    l=$(wc -c < "$ds_tmp" 2>/dev/null) || l=0
+  fi
   echo "data $1 $3 $l $n"
-  [ $l -gt 0 ] && tail -c +$(($3 + 1)) "$2" | head -c $l
+  [ $l -gt 0 ] && cat "$ds_tmp"
   echo
 }
-""".replace("FETCH", str(FETCH_MAX))]
+""".replace("EACH", str(each))]
     for job, sizes in jobs:
         placement = job.placement
         d = _job_dir(placement)
@@ -421,6 +436,7 @@ if [ -s {d}/supervisor ]; then
   else echo "alive=no"; fi
 else echo "alive=no"; fi""")
         parts.append(f'if [ -e {d}/status ]; then echo "status=$(cat {d}/status)"; fi')
+        parts.append(f'[ -e {d}/started ] && echo "started=yes"')
         parts.append(f'[ -d {d} ] || echo "gone=yes"')
         for stream in ("stdout", "stderr"):
             parts.append(f"ds_fetch {stream} {d}/{stream} {int(sizes.get(stream, 0))}")
@@ -446,13 +462,18 @@ def read_monitor(out: bytes) -> dict[str, Look]:
         elif current is None:
             continue
         elif line.startswith("data "):
-            _, stream, offset, length, size = line.split()
-            count = int(length)
+            try:
+                _, stream, offset_text, length, size_text = line.split()
+                count, offset, size = int(length), int(offset_text), int(size_text)
+            except ValueError:
+                break  # not the framing announced: the look is not trusted
             chunk = out[position:position + count]
             if len(chunk) < count:
                 break  # cut short: the whole block is looked at again
-            current.data[stream] = (int(offset), chunk)
-            current.sizes[stream] = int(size)
+            if out[position + count:position + count + 1] != b"\n":
+                break  # not the framing announced: the look is not trusted
+            current.data[stream] = (offset, chunk)
+            current.sizes[stream] = size
             position += count + 1  # the newline after the bytes
         elif line == "end":
             looks[current_id] = current
@@ -470,17 +491,22 @@ def ended(job: distsvc.jobs.record.Job, look: Look
     None while it runs."""
     state = look.state
     status = state.get("status", "").split()
+    started = state.get("started") == "yes"  # the run script got as far as the exec
     if status[:1] == ["supervisor"] and len(status) >= 2 and status[1].isdigit():
         code = int(status[1])
         if code > 128 and code - 128 < 65:
             return ("killed", None, code - 128, None)
-        if code == 200:
+        if code == 200 and not started:
             return ("failed", None, None, "cannot change to the working directory")
         return ("exited", code, None, None)
     if status[:1] == ["systemd"] and len(status) == 5:
         _, active, result, main_code, main_status = status
-        return distsvc.jobs.record.finished(active, result, int(main_code), int(main_status))
+        return distsvc.jobs.record.finished(active, result, int(main_code), int(main_status),
+                                            command_started=started)
     host = job.placement.get("host", "?")
+    if state.get("gone") == "yes" and job.state == "starting":
+        return ("failed", None, None, f"its start on {host} was cut short before it began "
+                "(the daemon stopped?); it did not run")
     if state.get("gone") == "yes":
         return ("unknown", None, None,
                 f"its directory on {host} is gone; its exit status is lost")
@@ -494,7 +520,7 @@ def ended(job: distsvc.jobs.record.Job, look: Look
             return distsvc.jobs.record.finished(
                 state["u_activestate"], state.get("u_result", ""),
                 int(state.get("u_execmaincode", "0") or 0),
-                int(state.get("u_execmainstatus", "0") or 0))
+                int(state.get("u_execmainstatus", "0") or 0), command_started=started)
         except ValueError:
             return None
     if state.get("alive") == "no":
