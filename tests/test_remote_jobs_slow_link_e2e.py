@@ -1,11 +1,11 @@
 """A remote job's output over a slow link (review8): the host's watcher must make progress.
 
-One look (jobs/remote.monitor_script) fetches up to FETCH_MAX of each stream of every running
-job in one SSH session bounded by SCRIPT_TIMEOUT as a whole. Over a link slower than
-2 * FETCH_MAX / SCRIPT_TIMEOUT per job (8 MiB in 30 s: ~2.2 Mbit/s for one chatty job, ~9
-Mbit/s for four), every look times out, its bytes are thrown away, the host is shown down,
-and the job's output is never mirrored nor its end recorded. The relay here passes 120 kB/s
-each way (about 1 Mbit/s) to a real sshd of the bed.
+A look (jobs/remote.monitor_script) is one SSH session bounded by SCRIPT_TIMEOUT as a whole.
+When it fetched a fixed 4 MiB of each stream, a link slower than about 2.2 Mbit/s per chatty
+job timed every look out: its bytes were thrown away, the host shown down, and the job's
+output never mirrored nor its end recorded. Now a look's budget starts at 1 MiB for all jobs
+and adapts to how long looks take. The relay here passes 120 kB/s each way (about 1 Mbit/s)
+to a real sshd of the bed.
 """
 
 from __future__ import annotations

@@ -86,11 +86,13 @@ def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job],
 
 def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             look: distsvc.jobs.remote.Look,
-            end: tuple[str, int | None, int | None, str | None]) -> None:
+            end: tuple[str, int | None, int | None, str | None], budget: int) -> None:
     runner = book.runner(host)
     collect = distsvc.jobs.remote.collect_script(book.origin, job, look)
     for _ in range(MAX_ROUNDS):  # the last bytes, written before the end was seen
-        final = _look(book, host, [job], distsvc.jobs.remote.LOOK_MOST, collect).get(job.id)
+        began = time.monotonic()
+        final = _look(book, host, [job], budget, collect).get(job.id)
+        budget = adapt(budget, time.monotonic() - began, True)
         collect = ""  # once: the status kept there, what the job left ended
         if final is None:
             continue
@@ -116,6 +118,16 @@ def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             distsvc.log.get(job=job.id).warning("could not cut the output on the host",
                                                 error=str(error))
     book.end_attempt(job, outcome)
+
+
+def adapt(budget: int, took: float, behind: bool) -> int:
+    """The next look's byte budget: halved after a slow look, doubled after a quick one
+    that left bytes behind."""
+    if took > SLOW_LOOK:
+        return max(distsvc.jobs.remote.LOOK_MAX // 4, budget // 2)
+    if behind and took < QUICK_LOOK:
+        return min(distsvc.jobs.remote.LOOK_MOST, budget * 2)
+    return budget
 
 
 def _down(book: distsvc.daemon.book.Book, jobs: list[Job], why: str) -> None:
@@ -165,7 +177,7 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             end = distsvc.jobs.remote.ended(job, look)
             try:
                 if end is not None:
-                    _finish(book, host, job, look, end)
+                    _finish(book, host, job, look, end, budget)
                     continue
             except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
                 distsvc.log.get(job=job.id).warning("could not finish the job yet",
@@ -178,11 +190,7 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             pending = pending or not complete
         if looked is not None:
             looked.set()
-        took = time.monotonic() - began
-        if took > SLOW_LOOK:
-            budget = max(distsvc.jobs.remote.LOOK_MAX // 4, budget // 2)
-        elif pending and took < QUICK_LOOK:
-            budget = min(distsvc.jobs.remote.LOOK_MOST, budget * 2)
+        budget = adapt(budget, time.monotonic() - began, pending)
         if pending:
             continue
         now = time.time()
