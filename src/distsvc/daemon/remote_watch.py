@@ -86,7 +86,8 @@ def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job],
 
 def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             look: distsvc.jobs.remote.Look,
-            end: tuple[str, int | None, int | None, str | None], budget: int) -> None:
+            end: tuple[str, int | None, int | None, str | None],
+            budget: int = distsvc.jobs.remote.LOOK_MAX) -> None:
     runner = book.runner(host)
     collect = distsvc.jobs.remote.collect_script(book.origin, job, look)
     for _ in range(MAX_ROUNDS):  # the last bytes, written before the end was seen
