@@ -29,8 +29,8 @@ in-process). Where tests/container.py can give an sshd inside the booted systemd
 3. Following a remote job's output: `distsvc job logs --follow --stdout` of a job that
    `cat`s a --follow-mib MiB file of random bytes on the host (from the job's start until
    the follower's end of file, checked byte for byte by SHA-256), next to `ssh H cat` of
-   the same file; and what one look of the host's watcher costs (one session fetching
-   FETCH_MAX bytes).
+   the same file; and what one look of the host's watcher costs at its largest budget (one
+   session fetching LOOK_MOST bytes; a look starts at LOOK_MAX and doubles while quick).
 
 Usage (as root, from the repository root; a few minutes):
 
@@ -229,7 +229,7 @@ SESSION_SCRIPT = """if True:
                   "wait $c' sh \\"$D\\" </dev/null >/dev/null 2>&1 &\\n")
     for step in ("0.05", "0.005"):
         each(f"supervisor start, PID file polled every {step} s"
-             + (" (as start_script does)" if step == "0.05" else ""),
+             + (" (as start_script does)" if step == "0.005" else ""),
              'D=$(mktemp -d)\\n' + supervisor + 'i=0; while [ ! -s "$D/pid" ] && '
              f'[ $i -lt 1000 ]; do sleep {step}; i=$((i + 1)); done; rm -rf "$D"')
     each("supervisor start, PID read from a pipe",
@@ -547,10 +547,10 @@ def part_follow(s: Setting) -> dict[str, Any]:
                 size, digest))
             cpu.append(cpu_seconds(process.pid) - cpu_before)
             cli(env, "job", "remove", job_id)
-    pieces = sessions_on(env, h1.name, 10, str(blob), distsvc.jobs.remote.FETCH_MAX)
+    pieces = sessions_on(env, h1.name, 10, str(blob), distsvc.jobs.remote.LOOK_MOST)
     blob.unlink()
     return {"times": times, "mib": s.args.follow_mib, "daemon_cpu": cpu, "pieces": pieces,
-            "fetch_max": distsvc.jobs.remote.FETCH_MAX}
+            "fetch_max": distsvc.jobs.remote.LOOK_MOST}
 
 
 # --- the systemd host ------------------------------------------------------------------------
@@ -667,7 +667,8 @@ def report_follow(r: dict[str, Any]) -> list[str]:
     fetch = r["fetch_max"] / MIB
     out += ["", f"Every byte checked (SHA-256). The daemon's CPU per followed job: "
             f"{median(r['daemon_cpu']):.2f} s (median). One look of the host's watcher "
-            f"fetches at most {fetch:.0f} MiB per stream (FETCH_MAX); such a session "
+            f"fetches at most {fetch:.0f} MiB (LOOK_MOST, reached by doubling from "
+            f"{distsvc.jobs.remote.LOOK_MAX / MIB:.0f} MiB while looks are quick); such a session "
             f"(`tail -c +1 FILE | head -c {r['fetch_max']}` on a warm connection) takes "
             f"{ms(pieces['fetch'])} ms, an empty one {ms(pieces['empty script'])} ms: at most "
             f"{fetch / pieces['fetch']:.0f} MiB/s through one look after another.", ""]
