@@ -112,8 +112,13 @@ def _env_line(name: str, value: str) -> str:
 
 def environment_script(environ: Mapping[str, str]) -> str:
     """The environment as shell code, one line each, ending with the ENV_END line."""
-    lines = [_env_line(k, v) for k, v in sorted(exportable(environ).items())]
-    return "".join(line + "\n" for line in [*lines, ENV_END])
+    return "".join(line + "\n" for line in [*export_lines(environ), ENV_END])
+
+
+def export_lines(environ: Mapping[str, str]) -> list[str]:
+    """One `export NAME=...` line per exportable variable, sorted; newlines in values come
+    from $_ds_nl, which the script running them sets to a newline first."""
+    return [_env_line(k, v) for k, v in sorted(exportable(environ).items())]
 
 
 def env_file(token: str) -> str:

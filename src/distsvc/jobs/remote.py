@@ -247,9 +247,8 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
     """
     _check(origin, job.id, job.attempt)
     attempt_dir = f'"$ds_root/{job.id}.{job.attempt}"'
-    env_script = "_ds_nl='\n'\n" + "".join(
-        f"export {k}=" + "\"$_ds_nl\"".join(_q(part) for part in v.split("\n")) + "\n"
-        for k, v in sorted(distsvc.remote.exportable(env).items()))
+    env_script = "".join(line + "\n" for line in
+                         ["_ds_nl='\n'", *distsvc.remote.export_lines(env)])
     cwd = _q(job.cwd)
     run = ('. "${0%/run}/env"\n'  # run as `/bin/sh DIR/run CMD...`
            f"cd -- {cwd} || exit 200\n"
