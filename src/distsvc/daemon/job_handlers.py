@@ -139,14 +139,7 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     retry_delay = _number(request, "retry_delay", 0.0, MAX_RETRY_DELAY)
     if target == "local":
         # Refused here and now, before any record is made: one line, the shell's status.
-        program = distsvc.jobs.local.check_command(argv, cwd, env)
-        manager = book.manager()
-        distsvc.jobs.local.check_limits(limits, manager.delegated_controllers(), best_effort)
-        applied, _ = book.local_isolation(
-            list(daemon.config.jobs.isolate) if kinds is None else kinds, best_effort)
-        if "mount" in applied and (why := distsvc.daemon.launch.visible_with_private_tmp(
-                os.path.realpath(cwd), os.path.realpath(program))):
-            raise distsvc.jobs.local.JobError(why)
+        distsvc.daemon.launch.check_here(book, argv, cwd, env, limits, kinds, best_effort)
     job = distsvc.jobs.record.Job(
         id=distsvc.jobs.store.new_id(book.root), name=name if isinstance(name, str) else None,
         argv=argv, cwd=cwd, env_names=sorted(env), limits=limits, not_enforced={},

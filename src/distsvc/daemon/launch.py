@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import distsvc.errors
@@ -71,22 +72,35 @@ def start(book: distsvc.daemon.book.Book, job: Job
 
 # -- here ------------------------------------------------------------------------------------
 
+def check_here(book: distsvc.daemon.book.Book, argv: list[str], cwd: str,
+               env: Mapping[str, str], limits: distsvc.jobs.limits.Limits,
+               isolation_asked: list[str] | None, best_effort: bool
+               ) -> tuple[str, dict[str, str], list[str], dict[str, str]]:
+    """What a job on this machine would be refused for, raised as one line (the command,
+    its limits, its isolation); else (the program's path, limits not enforced -> why,
+    isolation kinds applied, kinds left out -> why). `job_start` asks before any record
+    is made, and each start again (a queued job's turn may come much later)."""
+    program = distsvc.jobs.local.check_command(argv, cwd, env)
+    manager = book.manager()
+    not_enforced = distsvc.jobs.local.check_limits(limits, manager.delegated_controllers(),
+                                                   best_effort)
+    kinds = isolation_asked if isolation_asked is not None else list(book.config.jobs.isolate)
+    applied, left_out = book.local_isolation(kinds, best_effort)
+    if "mount" in applied and (why := visible_with_private_tmp(
+            os.path.realpath(cwd), os.path.realpath(program))):
+        raise distsvc.jobs.local.JobError(why)
+    return program, not_enforced, applied, left_out
+
+
 def _start_local(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
                  ) -> tuple[str, distsvc.errors.DistsvcError | None]:
     config = book.config
     try:
-        program = distsvc.jobs.local.check_command(job.argv, job.cwd, env)
-        manager = book.manager()
-        job.not_enforced = distsvc.jobs.local.check_limits(
-            job.limits, manager.delegated_controllers(), job.best_effort)
-        kinds = job.isolation_asked if job.isolation_asked is not None else list(
-            config.jobs.isolate)
-        applied, left_out = book.local_isolation(kinds, job.best_effort)
-        if "mount" in applied and (why := visible_with_private_tmp(
-                os.path.realpath(job.cwd), os.path.realpath(program))):
-            raise distsvc.jobs.local.JobError(why)
+        program, job.not_enforced, applied, left_out = check_here(
+            book, job.argv, job.cwd, env, job.limits, job.isolation_asked, job.best_effort)
     except distsvc.errors.DistsvcError as error:
         return _fail(book, job, error)
+    manager = book.manager()
     job.isolation = applied
     job.placement = {"kind": "local", "unit": distsvc.jobs.local.unit_name(job.id),
                      "manager": "user" if manager.user else "system"}
@@ -201,13 +215,17 @@ def _start_remote(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
                 last_refusal = _named(host, why)
 
 
-def _no_host_can(job: Job) -> str:
-    """Why no host can run the job, the hosts that share a reason said together."""
+def _by_reason(whys: Mapping[str, str]) -> str:
+    """`name: why` for each, the names that share a reason said together (`a, b: why`)."""
     by_reason: dict[str, list[str]] = {}
-    for host, why in job.skipped.items():
-        by_reason.setdefault(why, []).append(host)
-    return "no host can run it: " + "; ".join(
-        f"{', '.join(hosts)}: {why}" for why, hosts in by_reason.items())
+    for name, why in whys.items():
+        by_reason.setdefault(why, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+
+
+def _no_host_can(job: Job) -> str:
+    """Why no host can run the job."""
+    return "no host can run it: " + _by_reason(job.skipped)
 
 
 def _refused_by_known_hosts(book: distsvc.daemon.book.Book, job: Job,
@@ -226,13 +244,7 @@ def _refused_by_known_hosts(book: distsvc.daemon.book.Book, job: Job,
 
 def left_out_note(left_out: dict[str, str]) -> str | None:
     """'isolation left out: ...', the kinds that share a reason said together."""
-    if not left_out:
-        return None
-    by_reason: dict[str, list[str]] = {}
-    for kind, why in left_out.items():
-        by_reason.setdefault(why, []).append(kind)
-    return "isolation left out: " + "; ".join(
-        f"{', '.join(kinds)}: {why}" for why, kinds in by_reason.items())
+    return "isolation left out: " + _by_reason(left_out) if left_out else None
 
 
 def _back_to_queue(book: distsvc.daemon.book.Book, job: Job) -> None:
