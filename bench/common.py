@@ -355,6 +355,17 @@ def write_docs(heading: str, section: str) -> None:
     DOCS.write_text(text.rstrip("\n") + "\n")
 
 
+def publish(heading: str, section: str, write: bool, skipped: bool = False) -> None:
+    """Print the section; into docs/benchmarks.md too when `write` and no part was skipped
+    (a partial run must not replace the whole section)."""
+    print(section)
+    if skipped:
+        print("(parts skipped: docs not written)", file=sys.stderr)
+    elif write:
+        write_docs(heading, section)
+        print(f"(written to {DOCS.relative_to(ROOT)})", file=sys.stderr)
+
+
 def preamble(heading: str, description: str, command: str, info: dict[str, str]) -> list[str]:
     """The opening of a generated report: what was measured, how to repeat it, the machine."""
     out = [heading, "", description, ""]

@@ -100,6 +100,7 @@ from common import (
     p90,
     p99,
     preamble,
+    publish,
     ssh_command,
     ssh_env,
     sshbed,
@@ -107,7 +108,6 @@ from common import (
     stream_rounds,
     time_call,
     write_config,
-    write_docs,
 )
 
 import distsvc.actions.client  # the venv has distsvc (the tests/ path is set by common)
@@ -1001,12 +1001,7 @@ def main() -> int:
     command = shlex.join([".venv/bin/python", "bench/daemon_bench.py", *sys.argv[1:]])
     results, info = bench(args)
     section = report(info, command, args, results)
-    print(section)
-    if args.skip:
-        print("(parts skipped: docs not written)", file=sys.stderr)
-    elif not args.no_docs:
-        write_docs(DOCS_HEADING, section)
-        print(f"(written to {DOCS.relative_to(ROOT)})", file=sys.stderr)
+    publish(DOCS_HEADING, section, not args.no_docs, bool(args.skip))
     return 0
 
 

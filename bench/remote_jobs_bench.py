@@ -73,12 +73,12 @@ from common import (
     ms,
     p99,
     preamble,
+    publish,
     ssh_command,
     ssh_env,
     sshbed,
     stray_sshd,
     time_call,
-    write_docs,
 )
 from daemon_bench import TMPFS, cpu_seconds, kib, load_now, ours, proc_status, row
 
@@ -755,12 +755,7 @@ def main() -> int:
     command = shlex.join([".venv/bin/python", "bench/remote_jobs_bench.py", *sys.argv[1:]])
     results, info, systemd = bench(args)
     section = report(info, command, results, systemd, args)
-    print(section)
-    if args.skip:
-        print("(parts skipped: docs not written)", file=sys.stderr)
-    elif not args.no_docs:
-        write_docs(HEADING, section)
-        print(f"(written to {DOCS.relative_to(ROOT)})", file=sys.stderr)
+    publish(HEADING, section, not args.no_docs, bool(args.skip))
     return 0
 
 

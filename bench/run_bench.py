@@ -71,13 +71,13 @@ from common import (
     ms,
     p90,
     preamble,
+    publish,
     ssh_command,
     ssh_env,
     sshbed,
     stray_sshd,
     stream_rounds,
     write_config,
-    write_docs,
 )
 
 DOCS_HEADING = "## distsvc-run without a daemon (issue 2)"
@@ -275,10 +275,7 @@ def main() -> int:
         return 2
     command = shlex.join([".venv/bin/python", "bench/run_bench.py", *sys.argv[1:]])
     section = bench(args, command)
-    print(section)
-    if not args.no_docs:
-        write_docs(DOCS_HEADING, section)
-        print(f"(written to {DOCS.relative_to(ROOT)})", file=sys.stderr)
+    publish(DOCS_HEADING, section, not args.no_docs)
     return 0
 
 

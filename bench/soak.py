@@ -49,12 +49,12 @@ from common import (
     control_master,
     machine,
     preamble,
+    publish,
     ssh_command,
     ssh_env,
     sshbed,
     stray_sshd,
     write_config,
-    write_docs,
 )
 from daemon_bench import TMPFS, daemon
 
@@ -340,10 +340,7 @@ def main() -> int:
     info = {**machine(), "tmpfs for runtime directories": str(TMPFS),
             "conditions": "; ".join(observed)}
     section = report(info, command, args, daemon_result, ssh_phases)
-    print(section)
-    if not args.no_docs:
-        write_docs(DOCS_HEADING, section)
-        print("(written to docs/benchmarks.md)", file=sys.stderr)
+    publish(DOCS_HEADING, section, not args.no_docs)
     failed = sum(len(p.failures) for p in daemon_result["phases"])
     return 1 if failed else 0
 
