@@ -34,9 +34,13 @@ import distsvc.jobs.store
 import distsvc.log
 
 if TYPE_CHECKING:
+    import distsvc.actions.placement
     import distsvc.daemon.book
 
 STARTED, WAITING, FAILED = "started", "waiting", "failed"
+# The reason of a job whose start may or may not have reached its host, until its watcher
+# has looked (then its end, if any, replaces it).
+UNCERTAIN_START = "its start on the host was cut short; what became of it is looked up there"
 Job = distsvc.jobs.record.Job
 
 
@@ -274,12 +278,12 @@ def _wait(book: distsvc.daemon.book.Book, job: Job, why: str
 
 
 def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
-              choice: object) -> tuple[str, distsvc.errors.DistsvcError] | None:
+              choice: distsvc.actions.placement.Choice
+              ) -> tuple[str, distsvc.errors.DistsvcError] | None:
     """Start on the chosen host; None when started (or maybe started), else ("unreachable"
     or "refused", why). The placement recorded by the choice is released on failure."""
     import distsvc.actions.placement
 
-    assert isinstance(choice, distsvc.actions.placement.Choice)
     host = choice.host.name
     log = distsvc.log.get(job=job.id, host=host)
     try:
@@ -329,7 +333,7 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
         # The start may have reached the host (or did, before a daemon's end): it is never
         # tried again. The host's watcher finds it running, ended, or never made.
         job.state, job.started = "running", time.time()
-        job.reason = "its start on the host was cut short; what became of it is looked up there"
+        job.reason = UNCERTAIN_START
         book.hold(job, choice.placement)
         log.warning("job start uncertain", output=out.decode("utf-8", "replace")[-200:])
         return None

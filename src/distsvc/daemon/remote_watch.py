@@ -18,6 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import distsvc.daemon.launch
 import distsvc.errors
 import distsvc.jobs.record
 import distsvc.jobs.remote
@@ -103,13 +104,12 @@ def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
     else:
         return  # not complete yet: the next look finishes it (the status is kept there)
     state, exit_code, signal, reason = end
-    if reason is None and job.reason and job.reason.startswith(
-            "its start on the host was cut short"):
-        reason = ""
     outcome: dict[str, object] = {"state": state, "exit_code": exit_code, "signal": signal,
                                   "ended": time.time(), "host_down_since": None}
     if reason is not None:
-        outcome["reason"] = reason or None
+        outcome["reason"] = reason
+    elif job.reason == distsvc.daemon.launch.UNCERTAIN_START:
+        outcome["reason"] = None  # it did start: the doubt is over
     max_output = book.config.jobs.max_output
     if any(size > max_output for size in final.sizes.values()):
         try:  # retention on the host too (the mirror here is cut by end_attempt)
