@@ -225,3 +225,25 @@ def test_an_end_of_input_crossing_the_servers_close_leaves_the_connection_alive(
         assert distsvc.adapters.ssh.run_to_end(other, b"still here\n", 30) == (
             0, b"still here\n")
         assert connection.alive() and connection.sessions == 0
+
+
+def test_a_session_opened_behind_a_finished_one_is_not_refused_for_its_slot(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshd frees a finished session's slot only after handling every packet read with our
+    close, so a session opened right behind it often met "open failed" at MaxSessions though
+    a slot was free (about one time in two here), and the pool learned a limit of 9 for the
+    host, for good. The refusal itself arrives after the slot was freed: asked again, sshd
+    says yes, and the limit stays OpenSSH's 10."""
+    import distsvc.adapters.ssh
+
+    with sessions_here(bed, tmp_path, monkeypatch) as sessions:
+        for _ in range(10):
+            others = [sessions.open("cat") for _ in range(9)]
+            quick = sessions.open("exec true")
+            connection = quick.connection
+            assert all(other.connection is connection for other in others)
+            assert distsvc.adapters.ssh.run_to_end(quick, b"", 30) == (0, b"")
+            assert connection.run("echo again", timeout=30) == (0, b"again\n")
+            assert connection.limit == distsvc.adapters.ssh.SESSIONS_PER_CONNECTION
+            for other in others:
+                assert distsvc.adapters.ssh.run_to_end(other, b"", 30) == (0, b"")

@@ -194,8 +194,7 @@ class Connection:
         expired = threading.Event()
         try:
             try:
-                channel = self.transport.open_session(
-                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+                channel = self._open_session(timeout)
             except paramiko.ChannelException:
                 # OpenSSH refuses a session beyond MaxSessions: learn its limit.
                 self.limit = max(1, self.sessions - 1)
@@ -242,6 +241,28 @@ class Connection:
             self.release(channel)
             raise
         return RemoteProcess(channel, self)
+
+    def _open_session(self, timeout: float) -> paramiko.Channel:
+        """A session channel; one the server refused is asked for once more before the refusal
+        counts. sshd frees a finished session's slot only after handling every packet it read
+        with our close, so a session opened right behind a close is refused at MaxSessions
+        though a slot is free (about one time in two); by the time its refusal arrives, the
+        slot is free.
+
+        Raises ChannelException for a refusal (nothing ran): paramiko keeps the last refusal
+        per connection, not per channel, so a refusal that another thread's open read first
+        reaches us as a bare SSHException before the timeout, and counts as one."""
+        for _ in range(2):
+            started = time.monotonic()
+            try:
+                return self.transport.open_session(
+                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+            except paramiko.ChannelException:
+                pass
+            except paramiko.SSHException:
+                if not self.alive() or time.monotonic() - started >= timeout:
+                    raise
+        raise paramiko.ChannelException(2, "refused twice")  # SSH_OPEN_CONNECT_FAILED
 
     def _failed(self, expired: threading.Event, what: str,
                 timeout: float) -> distsvc.errors.HostUnreachable:
