@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -316,3 +318,19 @@ def test_private_key_files_are_parsed_once_until_they_change(
     os.utime(path, ns=(0, 0))  # a different signature even within the clock's resolution
     assert client._key_from_filepath(str(path), paramiko.ECDSAKey, None) == replaced
     assert len(loads) == 3
+
+
+def test_paramiko_is_imported_without_invoke_and_match_exec_still_works(
+        tmp_path: Path) -> None:
+    """invoke is a third of paramiko's import time and only runs `Match exec` commands."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        'Match exec "test -d /"\n  HostName 127.0.0.7\n')
+    code = ("import sys, distsvc.adapters.ssh as ssh, distsvc.config\n"
+            "assert 'invoke' not in sys.modules, 'invoke imported with paramiko'\n"
+            "target = ssh.resolve(distsvc.config.Host(name='x'), 'strict')\n"
+            "assert target.hostname == '127.0.0.7', target\n"
+            "assert 'invoke' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ,
+                            "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
