@@ -316,3 +316,26 @@ def test_failed_connects_leave_no_fd_thread_or_process_behind(
     helpers.wait_for(lambda: all(n <= b for n, b in zip(counts(), before, strict=True)), 10,
                      f"fds, threads and child processes back to {before}")
     assert all(n <= b for n, b in zip(counts(), before, strict=True)), (counts(), before)
+
+
+def test_a_pool_that_keeps_nothing_closes_each_connection_after_its_run(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distsvc scan`'s pool (keep=False): a connection lasts as long as its probe, so a pass
+    over many hosts holds as many connections as probes run at once, not one per host."""
+    import distsvc.adapters.ssh as ssh
+    import distsvc.config
+
+    client = conftest.Client(bed, tmp_path / "client")
+    monkeypatch.setenv("HOME", str(client.home))
+    hosts = [distsvc.config.Host(h.name, address=h.address, port=h.port, user=bed.user)
+             for h in bed.hosts[:3]]
+    kept, passing = ssh.Pool(), ssh.Pool(keep=False)
+    try:
+        for host in hosts:
+            assert passing.sessions(host, "strict", 10.0).run("echo hi") == (0, b"hi\n")
+            assert passing.size() == 0
+            assert kept.sessions(host, "strict", 10.0).run("echo hi") == (0, b"hi\n")
+        assert kept.size() == len(hosts)
+    finally:
+        kept.close_all()
+        passing.close_all()
