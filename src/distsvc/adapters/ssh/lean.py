@@ -31,6 +31,7 @@ def _import_paramiko() -> None:
     if held:
         sys.modules["invoke"] = None  # type: ignore[assignment]  # makes `import invoke` fail
     try:
+        import paramiko  # (first, so that -X importtime names it, not paramiko.config)
         import paramiko.config
     finally:
         if held and sys.modules.get("invoke", 0) is None:
