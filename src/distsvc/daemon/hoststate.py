@@ -48,6 +48,7 @@ class MemoryStore:
         self._seen: distsvc.state.Signature | None = None
         self._current = distsvc.state.State()
         self._flushing = threading.Lock()  # one write at a time
+        self._writing = False  # a write is under way (under `lock`)
         self._dirty = threading.Event()
         self._closed = threading.Event()
         self._writer: threading.Thread | None = None
@@ -94,8 +95,11 @@ class MemoryStore:
             self._dirty.set()
 
     def _pick_up(self) -> None:
-        """Merge in what another process wrote since we last looked (under `lock`)."""
-        if distsvc.state.signature(self.directory) == self._seen:
+        """Merge in what another process wrote since we last looked (under `lock`). Not
+        while a write is under way: the file may be that write, whose changes `_base` does
+        not hold yet (merged as another's, a placement removed since would come back); the
+        write merges in what others wrote before it, the next look what they wrote after."""
+        if self._writing or distsvc.state.signature(self.directory) == self._seen:
             return
         theirs, seen = distsvc.state.read_signed(self.directory)
         self._current = distsvc.state.merge(self._base, self._current, theirs)
@@ -106,16 +110,23 @@ class MemoryStore:
         with self._flushing:
             with self.lock:
                 base, ours = self._base, self._current.copy()
-            if ours == base:
-                return  # what others wrote is picked up by the next look
-            with distsvc.state.locked(self.directory):
-                theirs, _ = distsvc.state.read_signed(self.directory)
-                merged = distsvc.state.merge(base, ours, theirs)
-                written = distsvc.state.write(self.directory, merged)
+                if ours == base:
+                    return  # what others wrote is picked up by the next look
+                self._writing = True
+            try:
+                with distsvc.state.locked(self.directory):
+                    theirs, _ = distsvc.state.read_signed(self.directory)
+                    merged = distsvc.state.merge(base, ours, theirs)
+                    written = distsvc.state.write(self.directory, merged)
+            except BaseException:
+                with self.lock:
+                    self._writing = False
+                raise
             with self.lock:
                 # What changed here while we wrote stays a change of ours, onto the new base.
                 self._current = distsvc.state.merge(ours, self._current, merged)
                 self._base, self._seen = merged, written
+                self._writing = False
 
     def _flush_logged(self) -> None:
         try:
