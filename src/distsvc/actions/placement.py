@@ -41,8 +41,11 @@ class Choice:
 
 def _prune(state: distsvc.state.State) -> None:
     now = time.time()
-    state.placements = [p for p in state.placements
-                        if distsvc.state.placement_alive(p, now)]
+    ttl = distsvc.state.ANONYMOUS_PLACEMENT_TTL
+    # Anonymous ones (most, under a burst of `best` queries) by their age, inline: this
+    # runs over every placement on every choice.
+    state.placements = [p for p in state.placements if (
+        now - p.placed_at < ttl if p.pid == 0 else distsvc.state.placement_alive(p, now))]
 
 
 def stale_hosts(config: distsvc.config.Config, state: distsvc.state.State, now: float,
@@ -120,7 +123,8 @@ def _place(config: distsvc.config.Config, state: distsvc.state.State, now: float
         host=best.host.name, pid=pid, started=distsvc.state.process_start_time(pid),
         placed_at=now)
     state.placements.append(placement)
-    anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name]
+    anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name
+                 ] if pid == 0 else []
     if len(anonymous) > MAX_ANONYMOUS_PER_HOST:
         # By identity, in one pass: list.remove would compare dataclasses one by one.
         oldest = {id(p) for p in anonymous[:-MAX_ANONYMOUS_PER_HOST]}

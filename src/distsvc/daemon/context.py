@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import itertools
+import math
 import os
 import signal
 import socket
@@ -46,6 +47,7 @@ class Daemon:
     connections: int = 0
     jobs: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     measuring: set[str] = dataclasses.field(default_factory=set)
+    planned_at: float = -math.inf  # when a request last looked for a host to measure
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     job_ids: itertools.count[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
     runs: set[Peer] = dataclasses.field(default_factory=set)  # `run` requests in progress

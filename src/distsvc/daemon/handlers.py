@@ -64,9 +64,20 @@ def _config(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
     return config
 
 
+# How often requests look for a host to measure: a host is measured at most every
+# scanplan.MIN_GAP (5 s), so looking more often than this finds nothing new, and costs a
+# ranking of every host per request under a burst of queries.
+PLAN_INTERVAL = 0.5
+
+
 def _measure_after_request(daemon: distsvc.daemon.context.Daemon,
                            config: distsvc.config.Config) -> None:
     """Measure the stalest of the three best hosts in the background (once per host)."""
+    now = time.monotonic()
+    with daemon.lock:
+        if now - daemon.planned_at < PLAN_INTERVAL:
+            return
+        daemon.planned_at = now
     state = distsvc.state.store(daemon.state_dir).snapshot()
     host = distsvc.scanplan.after_request(config.hosts, state, time.time(), config.max_age * 2)
     if host is None:
