@@ -1,9 +1,10 @@
 """The wire format between distsvc clients and the daemon. Framing and parsing only: no I/O.
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one
-object. Every message carries the protocol version `v`. Frames over MAX_FRAME bytes, bytes
-that are not JSON, JSON that is not an object, a wrong version and unknown request types
-are ProtocolErrors: the daemon answers them with an error and closes that connection only.
+object (json's own text, made by its C half: see `dumps`, `loads`). Every message carries
+the protocol version `v`. Frames over MAX_FRAME bytes, bytes that are not JSON, JSON that
+is not an object, a wrong version and unknown request types are ProtocolErrors: the daemon
+answers them with an error and closes that connection only.
 
 Requests (client to daemon), each {"v": 1, "type": ..., "client": IDENTITY, ...}, where
 IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
@@ -15,8 +16,16 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term, quiet, ssh_auth_sock, heartbeats: true
           optional host: NAME  runs there, no choosing or falling back (`run --all`)
-          (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent),
-          then, on the same connection:
+          (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent);
+          or the fast client's form (`distsvc-run CMD ARGS`, no options):
+  run     argv, cwd, environ, heartbeats: true   environ: the client's whole environment;
+          the daemon derives the rest as the full client would (daemon/run_setting.py): the
+          configuration file environ names (DISTSVC_HOSTS applied), the variables that
+          travel, the saved environment, $PWD if it is cwd, TERM, SSH_AUTH_SOCK. What it
+          cannot do from that (a configuration error, no hosts, a bad saved environment) it
+          answers before anything ran with {"ok": false, "error", "status": 2,
+          "full_client": true}: the client does it all itself (actions/client.run_fast).
+          Either form then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size
           daemon -> client    {"type": "notice", "message"}      one line for stderr

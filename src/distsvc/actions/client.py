@@ -230,7 +230,7 @@ def carry(sock: _socket.socket, request: dict[str, Any], fds: Sequence[int],
     """
     try:
         distsvc.adapters.unix.send(sock, _identified(request), fds=list(fds))
-    except OSError as error:
+    except (OSError, distsvc.protocol.ProtocolError) as error:  # e.g. a huge environment
         raise Unavailable(f"daemon did not take the request: {error}") from None
     return _follow(sock, events, terminal, notice, request["argv"], started)
 
