@@ -17,7 +17,7 @@ import conftest
 FAST_PATH_MODULES = {
     "__future__", "_json", "_socket", "_struct", "errno", "fcntl", "pwd", "select", "struct",
     "distsvc", "distsvc.actions", "distsvc.actions.client", "distsvc.actions.events",
-    "distsvc.adapters", "distsvc.adapters.terminal", "distsvc.adapters.unix",
+    "distsvc.adapters", "distsvc.adapters.unix",  # adapters.terminal only with a terminal
     "distsvc.commands", "distsvc.commands.common", "distsvc.commands.run", "distsvc.errors",
     "distsvc.paths", "distsvc.protocol",
 }

@@ -8,7 +8,8 @@ The fast path (`run_fast`, for `distsvc-run CMD ARGS` with no options) sends the
 what this process knows (argv, cwd, the raw environment, the fds), and the daemon does the rest
 (configuration, environment filtering, the working directory): this module therefore imports
 almost nothing at module level (os, sys, select, time, and the light distsvc modules: events,
-terminal, unix, paths, protocol, errors); tests/test_project.py keeps the set exact.
+unix, paths, protocol, errors; terminal with a terminal); tests/test_fast_client_e2e.py keeps
+the set exact.
 
 DISTSVC_DAEMON selects the mode: `auto` (the default, as above), `off` (never ask a daemon,
 never start one) and `required` (only through a daemon: when none answers, the command fails
@@ -25,7 +26,6 @@ import time
 
 import distsvc
 import distsvc.actions.events
-import distsvc.adapters.terminal
 import distsvc.adapters.unix
 import distsvc.errors
 import distsvc.paths
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     import distsvc.actions.run
+    import distsvc.adapters.terminal
     import distsvc.config
 
 CONNECT_TIMEOUT = 0.5
@@ -235,6 +236,12 @@ def carry(sock: _socket.socket, request: dict[str, Any], fds: Sequence[int],
     return _follow(sock, events, terminal, notice, request["argv"], started)
 
 
+def _raw_mode(fd: int) -> distsvc.adapters.terminal.raw_mode:
+    import distsvc.adapters.terminal  # only with a terminal (termios, tty)
+
+    return distsvc.adapters.terminal.raw_mode(fd)
+
+
 def _follow(sock: _socket.socket, signals: distsvc.actions.events.EventQueue,
             terminal: bool, notice: Callable[[str], None], argv: Sequence[str] = (),
             on_started: Callable[[str], None] = lambda host: None) -> int:
@@ -296,7 +303,7 @@ def _follow(sock: _socket.socket, signals: distsvc.actions.events.EventQueue,
                     notice(str(message.get("message", "")))
                 elif kind == "started":
                     if terminal and not started:
-                        raw = distsvc.adapters.terminal.raw_mode(0)
+                        raw = _raw_mode(0)
                         raw.__enter__()
                     started = True
                     host = str(message.get("host") or host)
