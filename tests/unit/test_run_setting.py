@@ -83,3 +83,13 @@ def test_the_full_clients_form_is_taken_as_sent(tmp_path: Path) -> None:
     assert (setting.env, setting.workdir, setting.term) == ({"A": "1"}, "/", "xterm")
     with pytest.raises(distsvc.errors.ConfigError):
         run_setting.of({"type": "run", "config": {"max_age": "x"}, "env": {}, "workdir": "/"})
+
+
+def test_a_configuration_from_the_wire_is_validated_once() -> None:
+    data = {"hosts": [{"name": "a"}], "max_age": 7}
+    first = run_setting.wire_config(data)
+    assert run_setting.wire_config(dict(data)) is first and first.max_age == 7
+    assert run_setting.wire_config({**data, "max_age": 8}).max_age == 8
+    for _ in range(2):  # an invalid one is refused every time
+        with pytest.raises(distsvc.errors.ConfigError, match="max_age"):
+            run_setting.wire_config({**data, "max_age": "x"})

@@ -1,7 +1,8 @@
 """What a `run` request asks for: its configuration, environment, directory, terminal type.
 
-Two forms (protocol.py): the full client sends them decided (the configuration as data, the
-variables that travel, the working directory); the fast client (`distsvc-run CMD ARGS`, see
+Two forms (protocol.py): the full client sends them decided (the configuration as data,
+validated here once per distinct configuration; the variables that travel; the working
+directory); the fast client (`distsvc-run CMD ARGS`, see
 actions/client.run_fast) sends its raw environment and current directory, and the daemon
 decides here, exactly as the full client would: the configuration file the environment names
 (XDG_CONFIG_HOME, HOME; DISTSVC_HOSTS applied), loaded once per version of the file (by
@@ -27,7 +28,7 @@ import distsvc.errors
 import distsvc.paths
 import distsvc.protocol
 
-CACHED_CONFIGS = 32  # distinct (file, DISTSVC_HOSTS) pairs kept; more clears the cache
+CACHED_CONFIGS = 32  # distinct configurations kept (of each form); more clears the cache
 
 
 class FullClient(Exception):
@@ -105,9 +106,28 @@ def from_environ(request: dict[str, Any]) -> Setting:
                    ssh_auth_sock=environ.get("SSH_AUTH_SOCK"))
 
 
+_wire_configs: dict[str, distsvc.config.Config] = {}
+
+
+def wire_config(data: dict[str, Any]) -> distsvc.config.Config:
+    """config.from_wire(data), validated once per distinct configuration (a client sends the
+    same one with every command, `run --all` with one per host). Raises ConfigError."""
+    key = distsvc.protocol.dumps(data)
+    with _configs_lock:
+        cached = _wire_configs.get(key)
+    if cached is not None:
+        return cached
+    config = distsvc.config.from_wire(data)
+    with _configs_lock:
+        if len(_wire_configs) >= CACHED_CONFIGS:
+            _wire_configs.clear()
+        _wire_configs[key] = config
+    return config
+
+
 def from_wire(request: dict[str, Any]) -> Setting:
     """The full client's form: as it decided."""
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = wire_config(_field(request, "config", dict))
     env = _strings(_field(request, "env", dict), "env")
     agent = request.get("ssh_auth_sock")
     return Setting(config=config, env=env, workdir=_field(request, "workdir", str) or "/",
