@@ -201,11 +201,12 @@ class Variant:
     env: dict[str, str]
 
 
-def time_call(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+def time_call(argv: Sequence[str], env: dict[str, str], cwd: Path,
+              timeout: float = 60) -> float:
     """Seconds for one call of argv with stdin at end-of-file; it must succeed."""
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                            capture_output=True, timeout=60)
+                            capture_output=True, timeout=timeout)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {result.returncode}: "
