@@ -249,9 +249,17 @@ def cpu_rounds(variants: Sequence[Variant], cwd: Path,
     return times
 
 
-def time_stream(argv: Sequence[str], env: dict[str, str], cwd: Path,
-                size: int = STREAM_BYTES) -> float:
-    """Seconds to read all of argv's stdout, which must be exactly `size` bytes long."""
+@dataclasses.dataclass
+class Streamed:
+    received: int  # bytes of stdout
+    seconds: float
+    status: int
+    error: str  # stderr
+
+
+def stream_call(argv: Sequence[str], env: dict[str, str], cwd: Path,
+                timeout: float = 300) -> Streamed:
+    """Read all of argv's stdout (counted, not kept); what came and how it ended."""
     buffer = bytearray(MIB)
     received = 0
     started = time.perf_counter()
@@ -260,12 +268,19 @@ def time_stream(argv: Sequence[str], env: dict[str, str], cwd: Path,
         assert process.stdout is not None and process.stderr is not None
         while count := process.stdout.readinto(buffer):
             received += count
-        status = process.wait(timeout=300)
+        status = process.wait(timeout=timeout)
         elapsed = time.perf_counter() - started
         error = process.stderr.read().decode(errors="replace").strip()
-    if status != 0 or received != size:
-        raise RuntimeError(f"{shlex.join(argv)}: exit {status}, {received} bytes: {error}")
-    return elapsed
+    return Streamed(received, elapsed, status, error)
+
+
+def time_stream(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+    """Seconds to read all of argv's stdout, which must be exactly STREAM_BYTES long."""
+    done = stream_call(argv, env, cwd)
+    if done.status != 0 or done.received != STREAM_BYTES:
+        raise RuntimeError(f"{shlex.join(argv)}: exit {done.status}, {done.received} bytes: "
+                           f"{done.error}")
+    return done.seconds
 
 
 def timed_scan(env: dict[str, str], log: Path) -> tuple[float, resource.struct_rusage]:

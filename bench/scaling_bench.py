@@ -185,7 +185,7 @@ def one_count(s: Setting, count: int) -> dict[str, Any]:
             out["rss_idle"] = rss_mib(process.pid)
             cpu_before = cpu_seconds(process.pid)
             started = time.perf_counter()
-            rows = refresh_through(env, timeout=900)
+            rows = refresh_through(env, timeout=1800)
             out["refresh_wall"] = time.perf_counter() - started
             out["refresh_cpu"] = cpu_seconds(process.pid) - cpu_before
             out["refresh_up"] = sum(r["state"] == "up" for r in rows)
