@@ -13,8 +13,6 @@ touch every host (a scan, a refresh, the warm connections it holds), flat where 
    sshd meets more handshakes at once than its MaxStartups lets in: what is measured is
    distsvc, not a server refusing it. (One sshd under many names would put every handshake
    of a scan on one process and its MaxStartups; real hosts are many servers.) For each:
-   - paramiko loading the client's known_hosts (a line per host), CPU time in this
-     process: the SSH adapter does it for every connection it makes;
    - `distsvc scan` with no state and no daemon: wall time and its CPU (wait4's rusage).
      One pass measures at most scanplan.MAX_PER_PASS (256) hosts, oldest first, so from
      1,000 hosts a pass takes 256 (the report says how many it measured);
@@ -151,18 +149,6 @@ def shortfall(hosts: int, fd_limit: int) -> str | None:
 # --- 1. hosts --------------------------------------------------------------------------------
 
 
-def known_hosts_load(env: dict[str, str], runs: int = 5) -> float:
-    """CPU seconds paramiko takes to load this home's known_hosts (a line per host), as the
-    SSH adapter does for every connection it makes (handshake._connect)."""
-    import paramiko  # only here: the benchmark's own process, not a client being measured
-
-    path = Path(env["HOME"]) / ".ssh" / "known_hosts"
-    started = time.process_time()
-    for _ in range(runs):
-        paramiko.SSHClient().load_system_host_keys(str(path))
-    return (time.process_time() - started) / runs
-
-
 def raw_times(path: Path, data: bytes, count: int) -> list[float]:
     times = []
     for _ in range(count):
@@ -178,7 +164,6 @@ def one_count(s: Setting, count: int) -> dict[str, Any]:
     with many_hosts(s.bed, addresses(count), interleave=True) as (hosts, sshd):
         out["sshd"] = len(sshd)
         off = s.home(f"off-{count}", daemon=False, hosts=hosts, extra=PROBE_TIMEOUT)
-        out["known_hosts"] = known_hosts_load(off)
         out["scan_wall"], usage = timed_scan(off, s.log(f"scan-{count}"))
         out["scan_cpu"] = usage.ru_utime + usage.ru_stime
         state = distsvc.state.read(socket_path(off).parent)
@@ -309,9 +294,6 @@ def host_figures(results: Sequence[dict[str, Any]]) -> list[Figure]:
         Figure("scan, no daemon: hosts measured by the pass", measured,
                [f"{v:.0f}" for v in measured],
                f"linear up to {cap} (`scanplan.MAX_PER_PASS`), then flat"),
-        ms_figure("known_hosts (a line per host) loaded by paramiko: CPU ms",
-                  each("known_hosts"), "linear in lines; the SSH adapter loads it for every "
-                  "connection, so a pass pays it per host"),
         Figure("scan, no daemon: wall s", each("scan_wall"),
                [f"{v:.2f}" for v in each("scan_wall")],
                "linear in the hosts measured: probes each"),
