@@ -1085,6 +1085,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     results: dict[str, Any] = {}
     observed = []
     loads = []
+    described = machine()  # before: the code measured is the working tree at the start
     with setting(args, "distsvc-bench-", observed) as s:
         def run(part: str, function: Any, *extra: Any) -> None:
             if part in args.skip:
@@ -1113,7 +1114,7 @@ def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
                            text=True).stdout.strip()
     print("after the run, `pgrep -af 'sshd -D|distsvc daemon'` (none of them ours): "
           + (pgrep or "nothing"), file=sys.stderr)
-    info = {**machine(), "tmpfs for runtime directories": str(TMPFS),
+    info = {**described, "tmpfs for runtime directories": str(TMPFS),
             "conditions": "; ".join(observed),
             "load average (1, 5, 15 min) when each part started": "; ".join(loads)}
     return results, info

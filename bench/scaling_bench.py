@@ -405,13 +405,14 @@ def report(info: dict[str, str], command: str, results: dict[str, Any]) -> str:
 def bench(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
     results: dict[str, Any] = {}
     observed = []
+    described = machine()  # before: the code measured is the working tree at the start
     with setting(args, "distsvc-scale-", observed) as s:
         for part, function in (("hosts", part_hosts), ("clients", part_clients)):
             if part not in args.skip:
                 started = time.perf_counter()
                 results[part] = function(s)
                 print(f"{part}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    info = {**machine(), "tmpfs for runtime directories": str(TMPFS),
+    info = {**described, "tmpfs for runtime directories": str(TMPFS),
             "conditions": "; ".join(observed)}
     return results, info
 
