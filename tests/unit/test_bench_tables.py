@@ -88,6 +88,10 @@ def test_growth_table_has_a_column_per_size_and_per_step() -> None:
     assert table[2] == ("| best ms | 1.0 | 1.0 | 1.0 | 1.00x (^0.00) | 1.00x (^0.00) | flat |")
     assert table[3] == ("| scan s | 1 | 10 | 100 | 10.00x (^1.00) | 10.00x (^1.00) | linear |")
     assert scaling_bench.worst_exponent(figures, [1, 10, 100]) == ("scan s", 1.0)
+    # A count (hosts measured) is shown but not judged as a cost.
+    count = scaling_bench.Figure("hosts", [1.0, 100.0, 10000.0], ["1", "100", "10000"], "-",
+                                 cost=False)
+    assert scaling_bench.worst_exponent([*figures, count], [1, 10, 100]) == ("scan s", 1.0)
 
 
 def test_daemon_bench_goals_of_a_run_that_measured_nothing_are_not_measured() -> None:
