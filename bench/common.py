@@ -179,8 +179,12 @@ def control_master(ssh: list[str], env: dict[str, str], path: Path) -> Iterator[
     finally:
         subprocess.run([*muxed[:-1], "-O", "exit", muxed[-1]], env=env, capture_output=True,
                        timeout=30)
+        # `-O exit` answers once the master was told; it removes its socket as it exits.
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if path.exists():
-            raise RuntimeError(f"the ControlMaster at {path} did not exit")
+            raise RuntimeError(f"the ControlMaster at {path} did not exit within 10 s")
 
 
 def check_master(muxed: list[str], env: dict[str, str]) -> None:
