@@ -2,7 +2,7 @@
 
 What lives here: statistics, clean client homes and configs made the way tests/conftest.py's
 Client makes them, `ssh` command lines that ignore every ~/.ssh, a ControlMaster context,
-timing one call (wall and, from wait4's rusage, CPU) or one 200 MiB stream, `python -X
+timing one call or one 200 MiB stream, `python -X
 importtime` parsing, a daemon started as a client spawns it and requests spoken to it
 directly, many hosts on loopback addresses, concurrent raw-socket clients, growth and goal
 tables, the machine description, the quiet-machine check, and replacing one generated
@@ -216,41 +216,6 @@ def time_call(argv: Sequence[str], env: dict[str, str], cwd: Path,
         raise RuntimeError(f"{shlex.join(argv)} exited {result.returncode}: "
                            f"{result.stderr.decode(errors='replace').strip()}")
     return elapsed
-
-
-def cpu_call(argv: Sequence[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """(wall seconds, CPU seconds user+sys) of one call of argv, which must succeed.
-
-    The CPU is the child's own, from os.wait4's rusage (its waited-for children included,
-    none for the clients measured here); stdout and stderr go to one pipe read to its end
-    before the child is reaped, so nothing else reaps it first."""
-    started = time.perf_counter()
-    with subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as process:
-        assert process.stdout is not None
-        output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} exited {process.returncode}: "
-                           f"{output.decode(errors='replace').strip()}")
-    return elapsed, usage.ru_utime + usage.ru_stime
-
-
-def cpu_rounds(variants: Sequence[Variant], cwd: Path,
-               runs: int) -> list[tuple[Variant, list[float], list[float]]]:
-    """`runs` calls of every variant, one of each per round, after one warm-up call:
-    (variant, wall seconds, CPU seconds) per variant."""
-    times: list[tuple[Variant, list[float], list[float]]] = [(v, [], []) for v in variants]
-    for variant in variants:
-        cpu_call(variant.argv, variant.env, cwd)
-    for _ in range(runs):
-        for variant, walls, cpus in times:
-            wall, cpu = cpu_call(variant.argv, variant.env, cwd)
-            walls.append(wall)
-            cpus.append(cpu)
-    return times
 
 
 @dataclasses.dataclass
