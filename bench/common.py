@@ -661,6 +661,9 @@ class Call:
     error: str
 
 
+CALL_TIMEOUT = 120.0  # seconds a burst's call may take before it is killed as hung
+
+
 def burst(argv: Sequence[str], env: dict[str, str], cwd: Path, count: int,
           logs: Path) -> list[Call]:
     """`count` processes of argv started at once (one thread each, released together):
@@ -675,18 +678,24 @@ def burst(argv: Sequence[str], env: dict[str, str], cwd: Path, count: int,
             started = time.perf_counter()
             process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.DEVNULL, stderr=err)
-            status = process.wait(120)
+            try:
+                status = process.wait(CALL_TIMEOUT)
+                hung = ""
+            except subprocess.TimeoutExpired:  # a finding, not a reason to leave it running
+                process.kill()
+                status = process.wait(30)
+                hung = f"still running after {CALL_TIMEOUT:g} s, killed"
             ended = time.perf_counter()
         lines = log.read_text(errors="replace").strip().splitlines()
-        calls[index] = Call(started, ended, status, lines[-1] if lines else "")
+        calls[index] = Call(started, ended, status, hung or (lines[-1] if lines else ""))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(180)
+        thread.join(CALL_TIMEOUT + 60)
     if any(c is None for c in calls):
-        raise RuntimeError("a burst call did not finish within 180 s")
+        raise RuntimeError(f"a burst call's thread did not end within {CALL_TIMEOUT + 60:g} s")
     return [c for c in calls if c is not None]
 
 
