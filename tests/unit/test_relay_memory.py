@@ -95,4 +95,4 @@ def test_memory_is_given_back_after_a_large_stream_only(
 def test_release_free_memory_works_here() -> None:
     """glibc here (malloc_trim found); elsewhere it must at least do nothing quietly."""
     distsvc.adapters.memory.release_free_memory()
-    assert distsvc.adapters.memory._malloc_trim() is not None
+    assert distsvc.adapters.memory._libc() is not None
