@@ -47,6 +47,23 @@ def test_changed_host_key_is_refused_even_with_accept_new(client: conftest.Clien
     assert b"ssh-keygen -R" in result.stderr
 
 
+def test_hashed_known_hosts_entries_are_checked(client: conftest.Client) -> None:
+    """HashKnownHosts (Debian's default) hides the names: a hashed entry is found and
+    checked like a plain one, and a hashed entry with another key is a changed key."""
+    bed = client.bed
+    known = client.home / ".ssh" / "known_hosts"
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    assert "|1|" in known.read_text() and bed.hosts[0].address not in known.read_text()
+    client.configure(hosts=bed.hosts[:1])
+    assert client.run("distsvc-run", "true").returncode == 0
+    # h2 (not connected yet, through a daemon either) with h1's key
+    known.write_text(f"[{bed.hosts[1].address}]:{bed.hosts[1].port} {bed.hosts[0].host_key}\n")
+    subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+    client.configure(hosts=bed.hosts[1:2])
+    result = client.run("distsvc-run", "true")
+    assert result.returncode == 255 and b"host key CHANGED" in result.stderr
+
+
 def test_key_from_the_ssh_agent(client: conftest.Client) -> None:
     key = client.home / ".ssh" / "id_ed25519"
     agent_key = client.home / "agent_key"
@@ -299,3 +316,26 @@ def test_failed_connects_leave_no_fd_thread_or_process_behind(
     helpers.wait_for(lambda: all(n <= b for n, b in zip(counts(), before, strict=True)), 10,
                      f"fds, threads and child processes back to {before}")
     assert all(n <= b for n, b in zip(counts(), before, strict=True)), (counts(), before)
+
+
+def test_a_pool_that_keeps_nothing_closes_each_connection_after_its_run(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distsvc scan`'s pool (keep=False): a connection lasts as long as its probe, so a pass
+    over many hosts holds as many connections as probes run at once, not one per host."""
+    import distsvc.adapters.ssh as ssh
+    import distsvc.config
+
+    client = conftest.Client(bed, tmp_path / "client")
+    monkeypatch.setenv("HOME", str(client.home))
+    hosts = [distsvc.config.Host(h.name, address=h.address, port=h.port, user=bed.user)
+             for h in bed.hosts[:3]]
+    kept, passing = ssh.Pool(), ssh.Pool(keep=False)
+    try:
+        for host in hosts:
+            assert passing.sessions(host, "strict", 10.0).run("echo hi") == (0, b"hi\n")
+            assert passing.size() == 0
+            assert kept.sessions(host, "strict", 10.0).run("echo hi") == (0, b"hi\n")
+        assert kept.size() == len(hosts)
+    finally:
+        kept.close_all()
+        passing.close_all()

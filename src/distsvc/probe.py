@@ -13,16 +13,25 @@ import re
 
 PROBE_FORMAT_VERSION = "1"
 
-# One line: "distsvc-probe 1 load1=0.52 cpus=8 cpumax=max/100000 psi=1.20 memavail_kb=123".
-# `nproc` honours CPU affinity (and OpenMP variables, hence the unset); cpu.max (cgroup v2)
-# caps what a quota allows.
+# One line: "distsvc-probe 1 load1=0.52 cpus=- cpulist=0-7 cpumax=max/100000 psi=1.20
+# memavail_kb=123". Shell builtins only (read, case): the probe runs on every host of every
+# scan, and each process it started (nproc, cat, tr, sed) cost the host a fork and an exec,
+# a third of what a scan costs a host. The usable CPUs are the shell's own affinity
+# (Cpus_allowed_list, what nproc counts); `nproc`/`getconf` only where /proc lacks it;
+# cpu.max (cgroup v2) caps what a quota allows. Errors are silenced before each file opens.
 PROBE_SCRIPT = r"""
-l=; read l _ _ _ _ < /proc/loadavg 2>/dev/null
-c=$(unset OMP_NUM_THREADS OMP_THREAD_LIMIT; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)
-q=$(cat /sys/fs/cgroup/cpu.max 2>/dev/null | tr ' ' /)
-p=$(sed -n 's/^some avg10=\([0-9.]*\).*/\1/p' /proc/pressure/cpu 2>/dev/null)
-m=$(sed -n 's/^MemAvailable: *\([0-9]*\) kB.*/\1/p' /proc/meminfo 2>/dev/null)
-echo "distsvc-probe 1 load1=${l:--} cpus=${c:--} cpumax=${q:--} psi=${p:--} memavail_kb=${m:--}"
+l=; n=; c=; q=; p=; m=
+{ read l _; } 2>/dev/null </proc/loadavg
+while read k v; do case $k in Cpus_allowed_list:) c=$v; break;; esac
+done 2>/dev/null </proc/self/status
+[ -n "$c" ] || n=$(unset OMP_NUM_THREADS OMP_THREAD_LIMIT
+  nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null)
+{ read a b; } 2>/dev/null </sys/fs/cgroup/cpu.max && q=$a/$b
+{ read s a _; } 2>/dev/null </proc/pressure/cpu && case $s in some) p=${a#avg10=};; esac
+while read k v _; do case $k in MemAvailable:) m=$v; break;; esac
+done 2>/dev/null </proc/meminfo
+echo "distsvc-probe 1 load1=${l:--} cpus=${n:--} cpulist=${c:--} cpumax=${q:--} psi=${p:--} \
+memavail_kb=${m:--}"
 """.strip()
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
@@ -49,8 +58,19 @@ def _float(value: str | None) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-def _cpus(count: str | None, cpu_max: str | None) -> int | None:
-    cpus = _float(count)
+def _cpu_list(cpu_list: str | None) -> int | None:
+    """How many CPUs a list like "0-3,8,10-11" (Cpus_allowed_list) names; None if malformed."""
+    if not cpu_list or not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", cpu_list):
+        return None
+    count = 0
+    for part in cpu_list.split(","):
+        first, _, last = part.partition("-")
+        count += max(0, int(last or first) - int(first) + 1)
+    return count or None
+
+
+def _cpus(count: str | None, cpu_list: str | None, cpu_max: str | None) -> int | None:
+    cpus = _cpu_list(cpu_list) or _float(count)
     usable = int(cpus) if cpus and cpus >= 1 else None
     if cpu_max and "/" in cpu_max:
         quota, period = (_float(part) for part in cpu_max.split("/", 1))
@@ -72,7 +92,7 @@ def _parse_line(line: str) -> Measurement | None:
     memory = _float(fields.get("memavail_kb"))
     return Measurement(
         load1=load1,
-        cpus=_cpus(fields.get("cpus"), fields.get("cpumax")),
+        cpus=_cpus(fields.get("cpus"), fields.get("cpulist"), fields.get("cpumax")),
         psi_some_avg10=_float(fields.get("psi")),
         mem_available_kb=int(memory) if memory is not None else None,
     )

@@ -198,3 +198,51 @@ def test_real_probe_reports_psi_iff_proc_pressure_is_readable():
 def test_real_probe_cpus_ignore_omp_num_threads():
     _, m = run_probe(OMP_NUM_THREADS="1")
     assert m.cpus == expected_cpus()
+
+
+@pytest.mark.parametrize(("cpulist", "cpus", "expected"), [
+    ("0-7", "-", 8),
+    ("0-3,8,10-11", "-", 7),
+    ("5", "-", 1),
+    ("0-1", "8", 2),  # the affinity list wins over a count
+    ("3-1", "4", 4),  # a malformed list is ignored
+    ("x", "4", 4),
+    ("-", "4", 4),
+])
+def test_cpu_list_counts_the_allowed_cpus(cpulist, cpus, expected):
+    line = f"distsvc-probe 1 load1=1.0 cpus={cpus} cpulist={cpulist} cpumax=- psi=- memavail_kb=-"
+    assert parse_output(line).cpus == expected
+
+
+def test_cpu_list_is_capped_by_the_quota_too():
+    line = "distsvc-probe 1 load1=1.0 cpus=- cpulist=0-7 cpumax=200000/100000 psi=- memavail_kb=-"
+    assert parse_output(line).cpus == 2
+
+
+def test_real_probe_starts_no_program():
+    """Only shell builtins: with no program to be found, every figure is still there."""
+    _, everything = run_probe()
+    _, builtins_only = run_probe(PATH="/nonexistent")
+    assert builtins_only.cpus == everything.cpus
+    assert builtins_only.mem_available_kb is not None
+    assert builtins_only.load1 is not None
+
+
+def test_real_probe_counts_the_cpus_of_its_own_affinity():
+    """As nproc does: a shell restricted to one CPU reports one."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    result = subprocess.run(["/bin/sh", "-c", distsvc.probe.PROBE_SCRIPT],
+                            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+                            capture_output=True, text=True, timeout=30)
+    assert result.stderr == ""
+    measurement = parse_output(result.stdout)
+    assert measurement is not None and measurement.cpus == 1
+
+
+@pytest.mark.parametrize("shell", ["/bin/dash", "/bin/bash"])
+def test_real_probe_runs_in_dash_and_bash(shell):
+    result = subprocess.run([shell, "-c", distsvc.probe.PROBE_SCRIPT], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0 and result.stderr == ""
+    measurement = parse_output(result.stdout)
+    assert measurement is not None and measurement.cpus == expected_cpus()

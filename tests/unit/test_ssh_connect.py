@@ -4,7 +4,10 @@ hops, the ssh-agent a pool uses, and the refused-key state."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -218,3 +221,116 @@ def test_a_proxy_command_is_reaped_and_its_pipes_closed() -> None:
     assert running.process.returncode is not None  # ended and reaped: no zombie
     assert running.last_words() is None
     running.close()  # again: nothing happens
+
+
+# --- known_hosts, parsed once per file -------------------------------------------------------
+
+
+def _key_line(name: str, key: paramiko.PKey) -> str:
+    return f"{name} {key.get_name()} {key.get_base64()}\n"
+
+
+def _known(target: ssh.Target) -> dict[str, paramiko.PKey]:
+    keys = paramiko.HostKeys()
+    ssh._add_known_host_keys(target, keys)
+    return dict(keys.lookup(ssh._known_hosts_name(target)) or {})
+
+
+def test_known_hosts_lines_are_found_by_plain_hashed_and_bracketed_names(
+        tmp_path: Path) -> None:
+    a, b, c = (paramiko.ECDSAKey.generate() for _ in range(3))
+    path = tmp_path / "known_hosts"
+    hashed = paramiko.HostKeys.hash_host("[127.0.0.3]:2222")
+    path.write_text("# a comment\n\n"
+                    + _key_line("other,[127.0.0.2]:2222", a)
+                    + _key_line(hashed, b)
+                    + _key_line("127.0.0.4", c)
+                    + "@cert-authority [127.0.0.5]:2222 " + f"{a.get_name()} {a.get_base64()}\n"
+                    + "short line\n")
+    target = ssh.Target(**{**TARGET.__dict__, "known_hosts_files": (str(path),)})
+    assert _known(target) == {a.get_name(): a}
+    assert _known(ssh.Target(**{**target.__dict__, "hostname": "127.0.0.3"})) == {
+        b.get_name(): b}
+    assert _known(ssh.Target(**{**target.__dict__, "hostname": "127.0.0.4", "port": 22})) == {
+        c.get_name(): c}
+    # a marker line is not a known key (paramiko skips them too)
+    assert _known(ssh.Target(**{**target.__dict__, "hostname": "127.0.0.5"})) == {}
+
+
+def test_the_first_key_of_a_type_wins_and_other_types_are_kept(tmp_path: Path) -> None:
+    first, second = paramiko.ECDSAKey.generate(), paramiko.ECDSAKey.generate()
+    rsa = paramiko.RSAKey.generate(1024)
+    path = tmp_path / "known_hosts"
+    name = "[127.0.0.2]:2222"
+    path.write_text(_key_line(name, first) + _key_line(name, second) + _key_line(name, rsa))
+    target = ssh.Target(**{**TARGET.__dict__, "known_hosts_files": (str(path),)})
+    assert _known(target) == {first.get_name(): first, "ssh-rsa": rsa}
+
+
+def test_a_known_hosts_file_is_read_again_only_when_it_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key, added = paramiko.ECDSAKey.generate(), paramiko.RSAKey.generate(1024)
+    path = tmp_path / "known_hosts"
+    path.write_text(_key_line("[127.0.0.2]:2222", key))
+    target = ssh.Target(**{**TARGET.__dict__, "known_hosts_files": (str(path),)})
+    parses = []
+    real = ssh._parse_known_hosts
+    monkeypatch.setattr(ssh, "_parse_known_hosts", lambda text: parses.append(1) or real(text))
+    for _ in range(5):
+        assert _known(target) == {key.get_name(): key}
+    assert len(parses) == 1
+    with open(path, "a") as out:  # as accept-new appends
+        out.write(_key_line("[127.0.0.2]:2222", added))
+    assert _known(target) == {key.get_name(): key, "ssh-rsa": added}
+    assert len(parses) == 2
+
+
+def test_a_missing_known_hosts_file_or_a_directory_holds_no_keys(tmp_path: Path) -> None:
+    missing = ssh.Target(**{**TARGET.__dict__,
+                            "known_hosts_files": (str(tmp_path / "none"),)})
+    assert _known(missing) == {}
+    directory = tmp_path / "known_hosts"
+    directory.mkdir()  # not a file: skipped, as os.path.isfile did
+    assert _known(ssh.Target(**{**TARGET.__dict__, "known_hosts_files": (str(directory),)})
+                  ) == {}
+
+
+def test_private_key_files_are_parsed_once_until_they_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "id_ecdsa"
+    paramiko.ECDSAKey.generate().write_private_key_file(str(path))
+    loads = []
+
+    def parse(self: paramiko.SSHClient, filename: str, klass: type, password: None) -> object:
+        loads.append(filename)  # paramiko's own, less its log line (there is no transport)
+        return klass.from_private_key_file(filename, password)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(paramiko.SSHClient, "_key_from_filepath", parse)
+    client = ssh._Client()
+    keys = [client._key_from_filepath(str(path), paramiko.ECDSAKey, None) for _ in range(3)]
+    assert len(loads) == 1 and keys[0] is keys[2]
+    for _ in range(2):  # the wrong key type fails each time, parsed once
+        with pytest.raises(paramiko.SSHException):
+            client._key_from_filepath(str(path), paramiko.RSAKey, None)
+    assert len(loads) == 2
+    replaced = paramiko.ECDSAKey.generate()
+    replaced.write_private_key_file(str(path))
+    os.utime(path, ns=(0, 0))  # a different signature even within the clock's resolution
+    assert client._key_from_filepath(str(path), paramiko.ECDSAKey, None) == replaced
+    assert len(loads) == 3
+
+
+def test_paramiko_is_imported_without_invoke_and_match_exec_still_works(
+        tmp_path: Path) -> None:
+    """invoke is a third of paramiko's import time and only runs `Match exec` commands."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        'Match exec "test -d /"\n  HostName 127.0.0.7\n')
+    code = ("import sys, distsvc.adapters.ssh as ssh, distsvc.config\n"
+            "assert 'invoke' not in sys.modules, 'invoke imported with paramiko'\n"
+            "target = ssh.resolve(distsvc.config.Host(name='x'), 'strict')\n"
+            "assert target.hostname == '127.0.0.7', target\n"
+            "assert 'invoke' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ,
+                            "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

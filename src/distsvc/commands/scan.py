@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     measured = through_daemon(config)
     daemon_used = measured is not None
     if measured is None:
-        pool = distsvc.adapters.ssh.Pool()
+        pool = distsvc.adapters.ssh.Pool(keep=False)  # one pass: nothing to keep warm for
         try:
             measured = distsvc.actions.scan.timer_pass(config, os.environ, pool)
         finally:

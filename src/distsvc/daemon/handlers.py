@@ -23,6 +23,7 @@ import distsvc.actions.scan
 import distsvc.config
 import distsvc.daemon.context
 import distsvc.daemon.job_handlers
+import distsvc.daemon.run_setting
 import distsvc.errors
 import distsvc.log
 import distsvc.protocol
@@ -42,11 +43,28 @@ def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
     return value
 
 
+def _config(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
+            ) -> distsvc.config.Config:
+    """The request's configuration, parsed and checked once per distinct configuration
+    (run_setting keeps the one cache of them)."""
+    return distsvc.daemon.run_setting.wire_config(_field(request, "config", dict))
+
+
+# How often requests look for a host to measure: a host is measured at most every
+# scanplan.MIN_GAP (5 s), so looking more often than this finds nothing new, and costs a
+# ranking of every host per request under a burst of queries.
+PLAN_INTERVAL = 0.5
+
+
 def _measure_after_request(daemon: distsvc.daemon.context.Daemon,
                            config: distsvc.config.Config) -> None:
     """Measure the stalest of the three best hosts in the background (once per host)."""
-    with distsvc.state.locked(daemon.state_dir):
-        state = distsvc.state.read(daemon.state_dir)
+    now = time.monotonic()
+    with daemon.lock:
+        if now - daemon.planned_at < PLAN_INTERVAL:
+            return
+        daemon.planned_at = now
+    state = distsvc.state.store(daemon.state_dir).snapshot()
     host = distsvc.scanplan.after_request(config.hosts, state, time.time(), config.max_age * 2)
     if host is None:
         return
@@ -74,8 +92,7 @@ def _adopt_agent(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any])
 
 def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                   peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    with distsvc.state.locked(daemon.state_dir):
-        state = distsvc.state.read(daemon.state_dir)
+    state = distsvc.state.store(daemon.state_dir).snapshot()
     now = time.time()
     hosts = {name: {"state": entry.state,
                     "age": None if entry.measured_at is None else round(now - entry.measured_at, 1)}
@@ -93,7 +110,7 @@ def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
 
 def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                 peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = _config(daemon, request)
     if not config.hosts:
         return {"ok": True, "host": None}
     # The answer is for a script that connects by itself: count it for a while, not by PID.
@@ -105,7 +122,7 @@ def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 
 def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                  peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = _config(daemon, request)
     _adopt_agent(daemon, request)
     rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
                                         daemon.pool)
@@ -118,7 +135,7 @@ def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 def handle_scan(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                 peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     """The scan timer's pass, over the daemon's warm connections."""
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = _config(daemon, request)
     measured = distsvc.actions.scan.timer_pass(config, daemon.environ, daemon.pool)
     return {"ok": True, "measured": measured}
 
@@ -176,12 +193,17 @@ class ClientEvents(distsvc.actions.relay.EventQueue):
 
 def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                peer: distsvc.daemon.context.Peer) -> dict[str, Any] | None:
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    """Run a command for a client: its setting from the request (either form, see
+    run_setting.py), then chosen, connected and relayed as in-process, with the client's fds."""
+    try:
+        setting = distsvc.daemon.run_setting.of(request)
+    except distsvc.daemon.run_setting.FullClient as why:
+        distsvc.log.get(peer_pid=peer.pid).info("left to the full client", reason=str(why))
+        return distsvc.protocol.full_client(str(why))
+    config, env = setting.config, setting.env
     argv = _field(request, "argv", list)
-    env = _field(request, "env", dict)
-    if not argv or not all(isinstance(a, str) for a in argv) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise distsvc.protocol.ProtocolError("argv and env must hold strings")
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise distsvc.protocol.ProtocolError("argv must hold strings")
     if len(peer.reader.fds) != 3:
         raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
     if not config.hosts:
@@ -189,9 +211,9 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     pinned = request.get("host")
     if pinned is not None and pinned not in {h.name for h in config.hosts}:
         raise distsvc.protocol.ProtocolError("field 'host' names no configured host")
-    _adopt_agent(daemon, request)
+    daemon.pool.adopt_agent(setting.ssh_auth_sock)
     options = distsvc.actions.run.Options(
-        workdir=_field(request, "workdir", str), tty=request.get("tty"),
+        workdir=setting.workdir, tty=request.get("tty"),
         stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
     fds = (peer.reader.fds[0], peer.reader.fds[1], peer.reader.fds[2])
     events = ClientEvents(peer)
@@ -218,10 +240,9 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 
     try:
         status = distsvc.actions.run.run_on_best(
-            argv, options, config, env, options.workdir or "/", str(request.get("term") or
-                                                                   "xterm"),
-            daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started, reader_pid=peer.pid, warn=warn, pinned=pinned)
+            argv, options, config, env, setting.workdir, setting.term, daemon.state_dir,
+            daemon.pool, events, say, job_pid=peer.pid, fds=fds, started=started,
+            reader_pid=peer.pid, warn=warn, pinned=pinned)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

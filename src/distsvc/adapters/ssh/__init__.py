@@ -15,6 +15,7 @@ this package exports. paramiko is imported by this package only, and this packag
 code that needs SSH, so commands that do not connect anywhere do not pay its import time.
 """
 
+import distsvc.adapters.ssh.lean  # noqa: F401  (first: paramiko without invoke)
 from distsvc.adapters.ssh.channels import (
     KEEPALIVE_TIMEOUT,
     SESSIONS_PER_CONNECTION,

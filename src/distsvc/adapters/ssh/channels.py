@@ -237,6 +237,11 @@ def run_to_end(process: RemoteProcess, stdin: bytes, timeout: float) -> tuple[in
             process.read_stderr()
             if process.finished():
                 return process.exit_status(), bytes(out)
+            if process.channel.eof_received:
+                # From the end of output on, fileno() stays readable: wait for the exit status
+                # or the close (sshd sends them once it reaped the command), rather than spin
+                # on select, which cost a scan of 200 hosts a fifth of its CPU.
+                process.channel.status_event.wait(remaining)
     finally:
         process.close()
 

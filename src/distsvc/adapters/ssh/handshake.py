@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import dataclasses
 import errno
 import getpass
 import hashlib
+import hmac
 import logging
 import os
 import select
 import socket
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,11 +58,36 @@ class Target:
     host_key_policy: str  # distsvc's own, which the jump hosts get as well
 
 
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """What tells a file's contents changed (inode, size, mtime); None: no such file."""
+    try:
+        info = os.stat(path)
+    except OSError:  # as os.path.isfile would say; a file that cannot be opened fails later
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+# Files read once per process and again only when they change, not once per connection: a
+# scan of 200 hosts read ~/.ssh/config, the private keys and the known_hosts files 200 times.
+_files_lock = threading.Lock()
+_ssh_configs: dict[str, tuple[tuple[int, int, int], paramiko.SSHConfig]] = {}
+
+
 def _ssh_config() -> paramiko.SSHConfig:
-    path = Path(os.path.expanduser("~/.ssh/config"))
-    if path.is_file():
-        return paramiko.SSHConfig.from_path(str(path))
-    return paramiko.SSHConfig()
+    path = os.path.expanduser("~/.ssh/config")
+    signature = _signature(path)
+    if signature is None:
+        return paramiko.SSHConfig()
+    with _files_lock:
+        cached = _ssh_configs.get(path)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    parsed = paramiko.SSHConfig.from_path(path)  # lookups only read it: threads share it
+    with _files_lock:
+        _ssh_configs[path] = (signature, parsed)
+    return parsed
 
 
 def resolve(host: distsvc.config.Host, host_key_policy: str,
@@ -130,6 +158,110 @@ def _fingerprint(key: paramiko.PKey) -> str:
 
 def _known_hosts_name(target: Target) -> str:
     return target.hostname if target.port == 22 else f"[{target.hostname}]:{target.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _KnownHostsFile:
+    """One known_hosts file's lines, by the host names they are for. Parsed once per process
+    (and again when the file changes), not once per connection: a scan of N hosts would
+    otherwise read N files of N lines, and paramiko's HostKeys.load checks each line against
+    the lines before it, which made a scan's CPU grow with the cube of the hosts."""
+
+    plain: dict[str, list[str]]  # host name or "[host]:port" -> its lines, in file order
+    hashed: list[tuple[str, str]]  # ("|1|salt|hash", line): HashKnownHosts' hidden names
+
+
+_known_hosts_files: dict[str, tuple[tuple[int, int, int], _KnownHostsFile]] = {}
+
+
+def _parse_known_hosts(text: str) -> _KnownHostsFile:
+    """The lines paramiko would use: `names keytype base64`; markers (@cert-authority,
+    @revoked), comments and short lines it skips are skipped. Names match exactly or through
+    their hash, as in paramiko (no wildcards)."""
+    plain: dict[str, list[str]] = {}
+    hashed: list[tuple[str, str]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#@":
+            continue
+        names = line.split(None, 1)[0]
+        if len(line.split(None, 3)) < 3:
+            continue
+        for name in names.split(","):
+            if name.startswith("|1|"):
+                hashed.append((name, line))
+            else:
+                plain.setdefault(name, []).append(line)
+    return _KnownHostsFile(plain, hashed)
+
+
+def _known_hosts_file(path: str) -> _KnownHostsFile | None:
+    """The parsed file at `path` (None when there is none); OSError when it cannot be read."""
+    signature = _signature(path)
+    if signature is None:
+        return None
+    with _files_lock:
+        cached = _known_hosts_files.get(path)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    with open(path, encoding="utf-8", errors="replace") as file:
+        parsed = _parse_known_hosts(file.read())
+    with _files_lock:
+        _known_hosts_files[path] = (signature, parsed)
+    return parsed
+
+
+_KeyFile = tuple[str, type, str | None, tuple[int, int, int] | None, tuple[int, int, int] | None]
+_private_keys: dict[_KeyFile, paramiko.PKey | Exception] = {}
+
+
+class _Client(paramiko.SSHClient):
+    """paramiko's SSHClient, with the private key files it tries (IdentityFile, ~/.ssh/id_*)
+    parsed once per process: it would parse each file as every key type in turn, for every
+    connection."""
+
+    def _key_from_filepath(self, filename: str, klass: type, password: str | None
+                           ) -> paramiko.PKey:
+        key_path = filename.removesuffix("-cert.pub")
+        cache_key = (filename, klass, password, _signature(key_path),
+                     _signature(key_path + "-cert.pub"))
+        with _files_lock:
+            cached = _private_keys.get(cache_key)
+        if cached is None:
+            try:
+                cached = super()._key_from_filepath(  # type: ignore[misc]
+                    filename, klass, password)
+            except (OSError, paramiko.SSHException, ValueError) as error:
+                cached = error
+            with _files_lock:
+                _private_keys[cache_key] = cached
+        if isinstance(cached, Exception):
+            raise copy.copy(cached)  # a copy: each raise gets a traceback of its own
+        return cached
+
+
+def _add_known_host_keys(target: Target, keys: paramiko.HostKeys) -> None:
+    """Add to `keys` those known for `target` in /etc/ssh/ssh_known_hosts and its known_hosts
+    files, under the name paramiko looks them up by; for each key type the first line wins,
+    as in paramiko's own lookup."""
+    name = _known_hosts_name(target)
+    for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts_files):
+        known = _known_hosts_file(path)
+        if known is None:
+            continue
+        lines = list(known.plain.get(name, ()))
+        lines += [line for hashed, line in known.hashed
+                  if hmac.compare_digest(paramiko.HostKeys.hash_host(name, hashed), hashed)]
+        for line in lines:
+            try:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            except paramiko.SSHException:  # bad base64
+                continue
+            if entry is None or entry.key is None:
+                continue
+            key_type = entry.key.get_name()
+            if key_type not in (keys.lookup(name) or {}):
+                keys.add(name, key_type, entry.key)
 
 
 def _ssh_command(target: Target) -> str:
@@ -394,7 +526,7 @@ def _connect(target: Target, deadline: float, agent_socket: str | None, hops: in
     jump: Connection | None = None
     sock: Any = None
     agent: _Agent | None = None
-    client = paramiko.SSHClient()
+    client = _Client()
     try:
         if target.proxy_jump:
             if hops >= MAX_JUMPS:
@@ -407,9 +539,7 @@ def _connect(target: Target, deadline: float, agent_socket: str | None, hops: in
             except distsvc.errors.HostUnreachable as error:
                 raise type(error)(target.label, _via(hop, error), error.dropped) from None
         sock = _open_socket(target, max(0.1, deadline - time.monotonic()), jump)
-        for path in ("/etc/ssh/ssh_known_hosts", *target.known_hosts_files):
-            if os.path.isfile(path):
-                client.load_system_host_keys(path)
+        _add_known_host_keys(target, client.get_host_keys())
         client.set_missing_host_key_policy(_HostKeyPolicy(target))
         identities = [p for p in target.identity_files if os.path.exists(p)]
         agent = _open_agent(agent_socket, timeout)

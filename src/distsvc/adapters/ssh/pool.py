@@ -81,7 +81,11 @@ class Sessions:
         HostUnreachable when no session could be had (nothing ran)."""
         started = time.monotonic()
         process = self.open(command, timeout=timeout)
-        return run_to_end(process, stdin, max(0.05, timeout - (time.monotonic() - started)))
+        try:
+            return run_to_end(process, stdin, max(0.05, timeout - (time.monotonic() - started)))
+        finally:
+            if not self.pool.keep:
+                self.pool.close_if_idle(process.connection)
 
 
 class Pool:
@@ -93,7 +97,12 @@ class Pool:
     unauthenticated connections at random past 10): those who wait share the new connection.
     """
 
-    def __init__(self, agent_socket: str | None = None) -> None:
+    def __init__(self, agent_socket: str | None = None, *, keep: bool = True) -> None:
+        # keep=False: a connection closes once its run() is over and it carries nothing else.
+        # For a process that makes one pass over many hosts (`distsvc scan`): it would hold
+        # every connection to the end, each with a paramiko thread waking 10 times a second,
+        # and a fd each (1,000 hosts would meet the usual limit of 1,024 fds).
+        self.keep = keep
         self._lock = threading.Lock()
         self._connections: dict[Target, list[Connection]] = {}
         self._connecting: dict[Target, threading.Lock] = {}
@@ -193,6 +202,15 @@ class Pool:
             limit = self._limits[target] = min(limit, self._limits.get(target, limit))
             for connection in self._connections.get(target, []):
                 connection.limit = min(connection.limit, limit)
+
+    def close_if_idle(self, connection: Connection) -> None:
+        """Close `connection` if it carries no session."""
+        with self._lock:
+            connections = self._connections.get(connection.target, [])
+            if connection.sessions or connection not in connections:
+                return
+            connections.remove(connection)
+        connection.close()
 
     def close_idle(self, idle_for: float) -> int:
         """Close connections that carried no session for `idle_for` seconds."""
