@@ -554,7 +554,7 @@ def part_queries(s: Setting) -> dict[str, Any]:
         out["state_bytes_after"] = (socket_path(sequential).parent / "state.json").stat().st_size
 
     concurrent = s.home("queries-conc", daemon=True, hosts=hosts)
-    with daemon(concurrent, s.log("queries-conc")):
+    with daemon(concurrent, s.log("queries-conc")) as served:
         refresh_through(concurrent)
         status = {"type": "status"}
         best = {"type": "best", "config": config_mapping(concurrent)}
@@ -563,8 +563,10 @@ def part_queries(s: Setting) -> dict[str, Any]:
         # status first: it reads the state file too, which the best queries make grow.
         out["status_concurrent"] = concurrent_queries(concurrent, status, clients,
                                                       s.args.status_queries)
+        cpu = cpu_seconds(served.pid)
         out["best_concurrent"] = concurrent_queries(concurrent, best, clients,
                                                     s.args.client_queries)
+        out["best_concurrent_daemon_cpu"] = cpu_seconds(served.pid) - cpu
         out["paced_rate"] = s.args.paced_rate
         out["best_paced"] = paced_queries(concurrent, best, clients, s.args.paced_rate,
                                           s.args.paced_seconds)
@@ -866,6 +868,10 @@ def report_queries(r: dict[str, Any]) -> list[str]:
                 f"at 5,000/s): {'met' if met else 'not met'}.** "
                 f"{closed:.0f}/s closed loop; p99 {ms(p99(values))} ms paced to "
                 f"{r['paced_rate']:.0f}/s."]
+    if "best_concurrent_daemon_cpu" in r:
+        out += ["", "The daemon's CPU per `best` in the closed-loop row: "
+                f"{r['best_concurrent_daemon_cpu'] / len(r['best_concurrent'][1]) * 1e6:.0f} us "
+                "(user + system, from /proc)."]
     cap = r.get("anonymous_cap")
     out += ["", "Latency of the sequential `best` queries as the run goes on (every answer "
             "records an anonymous placement on its host that counts for 60 s"

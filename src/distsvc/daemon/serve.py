@@ -43,6 +43,7 @@ STOP_GRACE = 5.0  # on a stop, how long running commands get to end their remote
 HEARTBEAT = {"type": "heartbeat"}
 IDLE_WORKER_WAIT = 5.0  # a connection thread waits this long for the next connection, then ends
 MAX_IDLE_WORKERS = 32
+ACCEPT_BATCH = 64  # connections accepted per turn of the loop, at most: its checks stay timely
 EXIT_RECHECK = 0.05  # how soon a daemon due to exit looks again whether it still serves
 
 
@@ -284,21 +285,7 @@ def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: 
         if listener.fileno() not in readable or stop.is_set():
             daemon.pool.close_idle(CONNECTION_IDLE)
             continue
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            continue  # another process took it (or it went away)
-        except OSError as error:
-            log.error("accept failed", error=str(error))
-            time.sleep(0.1)
-            continue
-        sock.setblocking(True)
-        with daemon.lock:
-            if daemon.connections >= MAX_CONNECTIONS:
-                sock.close()
-                continue
-            daemon.connections += 1
-        workers.serve(sock)
+        accept_waiting(listener, daemon, workers)
     workers.close()
     if stop.is_set():
         end_running_commands(daemon)
@@ -306,6 +293,28 @@ def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: 
     distsvc.adapters.systemd.notify(STOPPING=1)
     daemon.pool.close_all()
     log.info("daemon stopped")
+
+
+def accept_waiting(listener: socket.socket, daemon: distsvc.daemon.context.Daemon,
+                   workers: Workers) -> None:
+    """Accept the connections waiting (at most ACCEPT_BATCH) and hand each to a worker:
+    under a burst of queries one turn of the loop (a select, the idle checks) serves many."""
+    for _ in range(ACCEPT_BATCH):
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return  # none left (or another process took it)
+        except OSError as error:
+            distsvc.log.get().error("accept failed", error=str(error))
+            time.sleep(0.1)
+            return
+        sock.setblocking(True)
+        with daemon.lock:
+            if daemon.connections >= MAX_CONNECTIONS:
+                sock.close()
+                continue
+            daemon.connections += 1
+        workers.serve(sock)
 
 
 def beat(daemon: distsvc.daemon.context.Daemon) -> None:
