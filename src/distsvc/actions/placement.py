@@ -199,6 +199,19 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
         time.sleep(max(SLOT_WAIT_INTERVAL, RETRY_AFTER if failed else 0.0))
 
 
+def choose_from_memory(config: distsvc.config.Config, directory: Path, pid: int
+                       ) -> Choice | None:
+    """choose() when it needs no I/O: the best free host, the job recorded on it as process
+    `pid`; None when a host must be measured first or none is free (choose() then waits or
+    probes). For the daemon's accepting thread, which must never wait on SSH or sleep."""
+    with distsvc.state.store(directory).update() as state:
+        if stale_hosts(config, state, time.time()):
+            return None
+        _prune(state)
+        choice, _ = _place(config, state, time.time(), frozenset(), pid)
+    return choice
+
+
 def place_now(config: distsvc.config.Config, directory: Path, pool: distsvc.adapters.ssh.Pool,
               exclude: collections.abc.Set[str], pid: int, only: str | None = None
               ) -> Choice | None:

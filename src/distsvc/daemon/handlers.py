@@ -120,6 +120,26 @@ def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     return {"ok": True, "host": choice.host.name}
 
 
+def best_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+    """handle_best's answer when it needs no I/O, for the accepting thread: None when a
+    host must be measured first, none is free, or the request is bad (handle_best then
+    answers it on a connection thread, as it always did)."""
+    if distsvc.state.store(daemon.state_dir) is not daemon.hoststate:
+        return None  # the file itself: its lock may be held by another process
+    try:
+        config = _config(daemon, request)
+    except (distsvc.errors.DistsvcError, distsvc.protocol.ProtocolError):
+        return None
+    if not config.hosts:
+        return {"ok": True, "host": None}
+    choice = distsvc.actions.placement.choose_from_memory(config, daemon.state_dir, pid=0)
+    if choice is None:
+        return None
+    _measure_after_request(daemon, config)
+    return {"ok": True, "host": choice.host.name}
+
+
 def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                  peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     config = _config(daemon, request)
