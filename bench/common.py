@@ -1,10 +1,12 @@
-"""Helpers shared by the benchmark scripts (run_bench.py, daemon_bench.py).
+"""Helpers shared by the benchmark scripts (run_bench.py, daemon_bench.py, scaling_bench.py).
 
 What lives here: statistics, clean client homes and configs made the way tests/conftest.py's
 Client makes them, `ssh` command lines that ignore every ~/.ssh, a ControlMaster context,
-timing one call or one 200 MiB stream, `python -X importtime` parsing, the machine
-description, the quiet-machine check, and replacing one generated section of
-docs/benchmarks.md. Importing this module puts tests/ on sys.path (for sshbed).
+timing one call or one 200 MiB stream, `python -X
+importtime` parsing, a daemon started as a client spawns it and requests spoken to it
+directly, many hosts on loopback addresses, concurrent raw-socket clients, growth and goal
+tables, the machine description, the quiet-machine check, and replacing one generated
+section of docs/benchmarks.md. Importing this module puts tests/ on sys.path (for sshbed).
 """
 
 from __future__ import annotations
@@ -12,20 +14,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import itertools
+import math
+import multiprocessing
 import os
 import platform
 import re
+import resource
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import distsvc  # noqa: E402  (the venv's; identity() goes into raw frames)
+import distsvc.actions.client  # noqa: E402
+import distsvc.adapters.unix  # noqa: E402
+import distsvc.config  # noqa: E402
+import distsvc.protocol  # noqa: E402
 import sshbed  # noqa: E402  (lives in tests/, hence the path above)
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -37,6 +52,9 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 STREAM_BYTES = 200 * 1024 * 1024
 STREAM_COMMAND = f"head -c {STREAM_BYTES} /dev/zero"
 MIB = 1024 * 1024
+TMPFS = Path("/dev/shm")  # for runtime directories: a tmpfs, like /run/user/UID
+LISTEN_PER_SSHD = 16  # OpenSSH's MAX_LISTEN_SOCKS
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -161,8 +179,12 @@ def control_master(ssh: list[str], env: dict[str, str], path: Path) -> Iterator[
     finally:
         subprocess.run([*muxed[:-1], "-O", "exit", muxed[-1]], env=env, capture_output=True,
                        timeout=30)
+        # `-O exit` answers once the master was told; it removes its socket as it exits.
+        deadline = time.monotonic() + 10
+        while path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if path.exists():
-            raise RuntimeError(f"the ControlMaster at {path} did not exit")
+            raise RuntimeError(f"the ControlMaster at {path} did not exit within 10 s")
 
 
 def check_master(muxed: list[str], env: dict[str, str]) -> None:
@@ -183,11 +205,12 @@ class Variant:
     env: dict[str, str]
 
 
-def time_call(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+def time_call(argv: Sequence[str], env: dict[str, str], cwd: Path,
+              timeout: float = 60) -> float:
     """Seconds for one call of argv with stdin at end-of-file; it must succeed."""
     started = time.perf_counter()
     result = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                            capture_output=True, timeout=60)
+                            capture_output=True, timeout=timeout)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {result.returncode}: "
@@ -195,8 +218,17 @@ def time_call(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
     return elapsed
 
 
-def time_stream(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
-    """Seconds to read all of argv's stdout, which must be exactly STREAM_BYTES long."""
+@dataclasses.dataclass
+class Streamed:
+    received: int  # bytes of stdout
+    seconds: float
+    status: int
+    error: str  # stderr
+
+
+def stream_call(argv: Sequence[str], env: dict[str, str], cwd: Path,
+                timeout: float = 300) -> Streamed:
+    """Read all of argv's stdout (counted, not kept); what came and how it ended."""
     buffer = bytearray(MIB)
     received = 0
     started = time.perf_counter()
@@ -205,12 +237,34 @@ def time_stream(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
         assert process.stdout is not None and process.stderr is not None
         while count := process.stdout.readinto(buffer):
             received += count
-        status = process.wait(timeout=300)
+        status = process.wait(timeout=timeout)
         elapsed = time.perf_counter() - started
         error = process.stderr.read().decode(errors="replace").strip()
-    if status != 0 or received != STREAM_BYTES:
-        raise RuntimeError(f"{shlex.join(argv)}: exit {status}, {received} bytes: {error}")
-    return elapsed
+    return Streamed(received, elapsed, status, error)
+
+
+def time_stream(argv: Sequence[str], env: dict[str, str], cwd: Path) -> float:
+    """Seconds to read all of argv's stdout, which must be exactly STREAM_BYTES long."""
+    done = stream_call(argv, env, cwd)
+    if done.status != 0 or done.received != STREAM_BYTES:
+        raise RuntimeError(f"{shlex.join(argv)}: exit {done.status}, {done.received} bytes: "
+                           f"{done.error}")
+    return done.seconds
+
+
+def timed_scan(env: dict[str, str], log: Path) -> tuple[float, resource.struct_rusage]:
+    """`distsvc scan` in-process (no daemon), which must succeed: wall seconds and its
+    rusage (wait4)."""
+    with open(log, "ab") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen([str(DISTSVC), "scan"], env=env, cwd="/",
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"distsvc scan exited {process.returncode}; see {log}")
+    return wall, usage
 
 
 def latency_rounds(variants: Sequence[Variant], cwd: Path,
@@ -278,6 +332,431 @@ def import_times(module: str, runs: int = 7) -> ImportTimes:
     heaviest = sorted(((name, median([d.get(name, 0.0) for d in direct])) for name in names),
                       key=lambda item: -item[1])[:4]
     return ImportTimes(median(totals), median(cumulative), loaded, heaviest)
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def socket_path(env: dict[str, str]) -> Path:
+    return Path(env["XDG_RUNTIME_DIR"]) / "distsvc" / distsvc.adapters.unix.SOCKET_NAME
+
+
+def wait_until_answering(env: dict[str, str], process: subprocess.Popen[bytes] | None,
+                         started: float, timeout: float = 30.0) -> float:
+    """Seconds from `started` until the daemon answers a status query (polled every 2 ms)."""
+    while True:
+        try:
+            distsvc.actions.client.query({"type": "status"}, env)
+            return time.perf_counter() - started
+        except distsvc.actions.client.Unavailable:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {process.returncode}") from None
+            if time.perf_counter() - started > timeout:
+                raise
+            time.sleep(0.002)
+
+
+def stop_daemon(process: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    """SIGTERM and wait; the daemon notices within its accept timeout (1 s) and removes its
+    socket."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise RuntimeError(f"daemon {process.pid} ignored SIGTERM for 20 s") from None
+    if socket_path(env).exists():
+        raise RuntimeError(f"daemon {process.pid} left its socket {socket_path(env)}")
+
+
+@contextlib.contextmanager
+def daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`distsvc daemon` as a client spawns it (its environment, cwd /), answering queries."""
+    with open(log, "ab") as err:
+        process = subprocess.Popen([str(DISTSVC), "daemon"], env=env, cwd="/",
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err)
+    try:
+        wait_until_answering(env, process, time.perf_counter())
+        yield process
+    finally:
+        stop_daemon(process, env)
+
+
+def request(env: dict[str, str], message: dict[str, Any], fds: Sequence[int] = (),
+            timeout: float = 60.0) -> list[dict[str, Any]]:
+    """One request, speaking the protocol directly (4-byte big-endian length + JSON, fds
+    passed with the first bytes): every message up to the answer or the `exit` message."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(socket_path(env)))
+        distsvc.adapters.unix.send(sock, message, fds)
+        reader = distsvc.adapters.unix.Reader(sock)
+        messages = []
+        while (received := reader.receive()) is not None:
+            messages.append(received)
+            if "ok" in received or received.get("type") == "exit":
+                if received.get("ok") is False:
+                    raise RuntimeError(f"daemon: {received.get('error')}")
+                return messages
+        raise RuntimeError(f"the daemon closed the connection after {messages}")
+    finally:
+        sock.close()
+
+
+def config_mapping(env: dict[str, str]) -> dict[str, Any]:
+    """The client's configuration as a client sends it in its requests."""
+    config = distsvc.config.load(None, env)
+    return distsvc.config.to_mapping(config)
+
+
+def refresh_through(env: dict[str, str], timeout: float = 300.0) -> list[dict[str, Any]]:
+    """`hosts --refresh` through the daemon: it measures every host over its own pool."""
+    answer = request(env, {"type": "hosts", "config": config_mapping(env), "refresh": True},
+                     timeout=timeout)[-1]
+    rows: list[dict[str, Any]] = answer["rows"]
+    return rows
+
+
+@dataclasses.dataclass
+class Setting:
+    """What every part of a benchmark gets: the bed, where homes and runtime dirs go."""
+    bed: sshbed.Bed
+    tmp: Path  # homes, logs (on disk)
+    runtime: Path  # runtime directories (on a tmpfs)
+    args: Any  # the script's argparse.Namespace
+
+    def home(self, name: str, daemon: bool, hosts: Sequence[sshbed.Host] | None = None,
+             max_age: float | None = 3600, extra: Sequence[str] = ()) -> dict[str, str]:
+        """A fresh client home `name` with a config naming `hosts` (default: h1)."""
+        hosts = [self.bed.hosts[0]] if hosts is None else hosts
+        env = client_home(self.bed, self.tmp / name, daemon, hosts=hosts,
+                          runtime=self.runtime / name)
+        write_config(env, self.bed, hosts, max_age=max_age, extra=extra)
+        return env
+
+    def log(self, name: str) -> Path:
+        return self.tmp / f"{name}.log"
+
+
+@contextlib.contextmanager
+def setting(args: Any, prefix: str, observed: list[str]) -> Iterator[Setting]:
+    """A test bed of 4 hosts and temporary directories (homes on disk, runtime directories
+    on the tmpfs) for one run; `observed` gets the machine's conditions before and after.
+    Fails afterwards if a process of ours (sshd of the bed, anything naming our paths) is
+    left."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, \
+            tempfile.TemporaryDirectory(prefix=prefix, dir=TMPFS) as runtime, \
+            sshbed.running(4) as bed:
+        markers = [tmp, runtime, str(bed.root)]
+        observed.append(f"before: {conditions(bed.root)}")
+        Path(tmp).chmod(0o700)
+        yield Setting(bed, Path(tmp), Path(runtime), args)
+        observed.append(f"after: {conditions(bed.root)}")
+        bed_root = bed.root
+    left = stray_sshd(bed_root) + ours(markers)
+    if left:
+        raise RuntimeError(f"processes left behind: {left}")
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return {k: v.strip() for k, v in (line.split(":", 1) for line in text.splitlines())}
+
+
+def kib(value: str) -> int:
+    return int(value.split()[0])
+
+
+def rss_mib(pid: int) -> float:
+    return kib(proc_status(pid)["VmRSS"]) / 1024
+
+
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """utime+stime of a process from /proc/PID/stat (plus its waited-for children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = int(fields[11]) + int(fields[12])
+    reaped = int(fields[13]) + int(fields[14]) if children else 0
+    return (own + reaped) / CLK_TCK
+
+
+def ours(markers: Sequence[str]) -> list[str]:
+    """Processes whose command line or environment names one of our temporary paths."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmdline or m in environ for m in markers):
+            found.append(f"{entry.name} {cmdline.strip()}")
+    return found
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit towards `wanted` (children inherit it); the new one."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+# --- many hosts ------------------------------------------------------------------------------
+
+
+def sshd_groups(addresses: Sequence[str], interleave: bool) -> list[list[str]]:
+    """Addresses split over sshd processes of at most LISTEN_PER_SSHD addresses each: in
+    runs of consecutive addresses, or dealt out in turn (`interleave`), so that hosts next
+    to each other in a config, which a scan probes at the same time, are served by
+    different processes (each process's MaxStartups then meets one handshake at a time)."""
+    count = math.ceil(len(addresses) / LISTEN_PER_SSHD)
+    if interleave:
+        return [list(addresses[i::count]) for i in range(count)]
+    return [list(addresses[i:i + LISTEN_PER_SSHD])
+            for i in range(0, len(addresses), LISTEN_PER_SSHD)]
+
+
+@contextlib.contextmanager
+def many_hosts(bed: sshbed.Bed, addresses: Sequence[str], interleave: bool = False,
+               max_startups: str | None = None, max_sessions: int | None = None,
+               ) -> Iterator[tuple[list[sshbed.Host], list[int]]]:
+    """A host on each of `addresses` (one port): sshd processes of up to 16 ListenAddress
+    each (sshd_groups), with the settings of tests/sshbed.py (OpenSSH's MaxStartups and
+    MaxSessions unless given) and the bed's first host key, user and authorized_keys.
+    Yields the hosts (m001, m002, ... in the order of `addresses`) and the sshd PIDs."""
+    port = sshbed.free_port(addresses[0])
+    key = bed.root / "hostkey-h1"  # written by sshbed for its first host
+    settings = sshbed.sshd_settings(bed.root, bed.user, key, max_startups=max_startups,
+                                    max_sessions=max_sessions)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with open(bed.root / "sshd-many.log", "ab") as log:
+            for index, group in enumerate(sshd_groups(addresses, interleave)):
+                config = bed.root / f"sshd-many-{index}.conf"
+                config.write_text("".join(f"ListenAddress {a}:{port}\n" for a in group)
+                                  + settings)
+                processes.append(subprocess.Popen(
+                    [sshbed.SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+                    stderr=log))
+        for address in addresses:
+            sshbed.wait_for_banner(address, port)
+        hosts = [sshbed.Host(f"m{i:03d}", a, port, bed.hosts[0].host_key, bed.root)
+                 for i, a in enumerate(addresses, 1)]
+        yield hosts, [p.pid for p in processes]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+
+
+def servers_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds of the sshd listeners and their finished connections (reaped children)."""
+    return sum(cpu_seconds(pid, children=True) for pid in pids)
+
+
+# --- raw clients -----------------------------------------------------------------------------
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    """A request encoded once, as distsvc's client sends it (with this installation's
+    identity, so the daemon does not retire)."""
+    return bytes(distsvc.protocol.encode({"client": distsvc.identity(), **message}))
+
+
+def raw_query(path: str, data: bytes) -> bytes:
+    """One connection, one pre-encoded request, its whole answer frame (no JSON decoding):
+    the least a client can do, so a loop of these measures the daemon, not the client."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(30)
+        sock.connect(path)
+        sock.sendall(data)
+        answer = b""
+        while len(answer) < 4 or len(answer) < 4 + int.from_bytes(answer[:4], "big"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"the daemon closed the connection after {answer[:200]!r}")
+            answer += chunk
+        if b'"ok":true' not in answer[4:40] and b'"ok": true' not in answer:
+            raise RuntimeError(f"the daemon answered {answer[4:300]!r}")
+        return answer
+    finally:
+        sock.close()
+
+
+def _raw_worker(path: str, data: bytes, count: int, barrier: Any, results: Any) -> None:
+    """One concurrent client (a forked process): `count` raw queries, then its latencies
+    and its own CPU seconds."""
+    try:
+        barrier.wait()
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            raw_query(path, data)
+            times.append(time.perf_counter() - started)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        results.put((times, usage.ru_utime + usage.ru_stime))
+    except BaseException as error:  # the parent must hear of it, not wait forever
+        results.put(repr(error))
+
+
+@dataclasses.dataclass
+class Concurrent:
+    """What `clients` concurrent raw clients measured."""
+    clients: int
+    wall: float  # seconds from the barrier to the last answer
+    latencies: list[float]  # every query's seconds
+    client_cpu: float  # the client processes' CPU seconds, summed
+    daemon_cpu: float  # the daemon's CPU seconds over the run (when its PID was given)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.wall
+
+
+def concurrent_raw(path: Path, data: bytes, clients: int, each: int,
+                   daemon_pid: int | None = None) -> Concurrent:
+    """`clients` forked processes each making `each` raw queries at once (raw_query)."""
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(clients + 1)
+    results = context.Queue()
+    workers = [context.Process(target=_raw_worker, args=(str(path), data, each, barrier,
+                                                         results)) for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    cpu_before = cpu_seconds(daemon_pid) if daemon_pid else 0.0
+    barrier.wait()
+    started = time.perf_counter()
+    collected = [results.get(timeout=600) for _ in workers]
+    wall = time.perf_counter() - started
+    daemon_cpu = cpu_seconds(daemon_pid) - cpu_before if daemon_pid else 0.0
+    for worker in workers:
+        worker.join(30)
+    failed = [c for c in collected if isinstance(c, str)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} raw clients failed: {failed[0]}")
+    return Concurrent(clients, wall, [t for times, _ in collected for t in times],
+                      sum(cpu for _, cpu in collected), daemon_cpu)
+
+
+# --- concurrent commands ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Call:
+    started: float
+    ended: float
+    status: int
+    error: str
+
+
+CALL_TIMEOUT = 120.0  # seconds a burst's call may take before it is killed as hung
+
+
+def burst(argv: Sequence[str], env: dict[str, str], cwd: Path, count: int,
+          logs: Path) -> list[Call]:
+    """`count` processes of argv started at once (one thread each, released together):
+    each one's start, end, exit status and last line of stderr."""
+    gate = threading.Barrier(count)
+    calls: list[Call | None] = [None] * count
+
+    def one(index: int) -> None:
+        log = logs / f"burst-{index}.err"
+        with open(log, "wb") as err:
+            gate.wait()
+            started = time.perf_counter()
+            process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                status = process.wait(CALL_TIMEOUT)
+                hung = ""
+            except subprocess.TimeoutExpired:  # a finding, not a reason to leave it running
+                process.kill()
+                status = process.wait(30)
+                hung = f"still running after {CALL_TIMEOUT:g} s, killed"
+            ended = time.perf_counter()
+        lines = log.read_text(errors="replace").strip().splitlines()
+        calls[index] = Call(started, ended, status, hung or (lines[-1] if lines else ""))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CALL_TIMEOUT + 60)
+    if any(c is None for c in calls):
+        raise RuntimeError(f"a burst call's thread did not end within {CALL_TIMEOUT + 60:g} s")
+    return [c for c in calls if c is not None]
+
+
+# --- growth and goals ------------------------------------------------------------------------
+
+
+def growth(points: Sequence[tuple[float, float]]) -> list[tuple[float, float] | None]:
+    """For each (size, value) after the first: (value / the previous value, exponent), the
+    exponent being log(value ratio) / log(size ratio): 0 is flat, 1 linear, above 1 worse
+    than linear. None for the first point and where a value is not positive."""
+    out: list[tuple[float, float] | None] = [None]
+    for (size0, value0), (size1, value1) in itertools.pairwise(points):
+        if value0 <= 0 or value1 <= 0 or size1 == size0:
+            out.append(None)
+            continue
+        ratio = value1 / value0
+        out.append((ratio, math.log(ratio) / math.log(size1 / size0)))
+    return out
+
+
+def growth_cell(step: tuple[float, float] | None) -> str:
+    """A growth table cell: the ratio to the previous row and its exponent."""
+    if step is None:
+        return "-"
+    ratio, exponent = step
+    return f"{ratio:.2f}x (^{exponent:.2f})"
+
+
+@dataclasses.dataclass
+class Goal:
+    what: str
+    measured: float | None  # None: not measured in this run
+    limit: float
+    at_least: bool = False  # the goal is measured >= limit (else <=)
+    shown: str = ""  # the measured figure as the table shows it (default: measured)
+    unit: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.measured is None:
+            return None
+        return self.measured >= self.limit if self.at_least else self.measured <= self.limit
+
+
+def goal_rows(goals: Sequence[Goal]) -> list[str]:
+    """A markdown table: goal, measured, met / NOT met (or not measured)."""
+    out = ["| goal | measured | |", "|---|---:|---|"]
+    for goal in goals:
+        sign = ">=" if goal.at_least else "<="
+        limit = f"{goal.limit:g}{goal.unit}"
+        if goal.measured is None:
+            out.append(f"| {goal.what} {sign} {limit} | - | not measured |")
+            continue
+        shown = goal.shown or f"{goal.measured:.2f}{goal.unit}"
+        out.append(f"| {goal.what} {sign} {limit} | {shown} | "
+                   f"{'met' if goal.met else '**NOT met**'} |")
+    return out
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 # --- machine ---------------------------------------------------------------------------------

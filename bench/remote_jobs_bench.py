@@ -65,22 +65,28 @@ from common import (
     MIB,
     PYTHON,
     ROOT,
+    TMPFS,
     client_home,
     conditions,
     control_master,
+    cpu_seconds,
+    kib,
     machine,
     median,
     ms,
+    ours,
     p99,
     preamble,
+    proc_status,
     publish,
+    row,
     ssh_command,
     ssh_env,
     sshbed,
     stray_sshd,
     time_call,
 )
-from daemon_bench import TMPFS, cpu_seconds, kib, load_now, ours, proc_status, row
+from daemon_bench import load_now
 
 import distsvc.actions.jobs  # the venv has distsvc (the tests/ path is set by common)
 import distsvc.jobs.remote

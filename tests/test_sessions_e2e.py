@@ -4,16 +4,22 @@ daemon and through one (DISTSVC_DAEMON=required)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import conftest
 import helpers
 import sshbed
+
+if TYPE_CHECKING:
+    import distsvc.adapters.ssh
 
 COMMANDS = 25  # on one host: more than its MaxSessions, in the daemon on pooled connections
 
@@ -150,26 +156,94 @@ def test_a_signal_that_cannot_be_delivered_is_said_and_ends_the_command(
         helpers.wait_for(lambda: not client.bed.remote_processes("1104.5"), 15, "the command")
 
 
-def test_a_long_lived_connection_does_not_remember_every_session(
-        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """paramiko keeps an entry per channel id a transport ever had; the pool forgets the
-    finished ones, so a connection that lives for weeks does not grow with every command."""
+@contextlib.contextmanager
+def sessions_here(bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                  ) -> Iterator[distsvc.adapters.ssh.Sessions]:
+    """Sessions on h1 through a pool of this process (the test is the client)."""
     import distsvc.adapters.ssh
     import distsvc.config
 
-    client = conftest.Client(bed, tmp_path / "client")  # this process is the client
+    client = conftest.Client(bed, tmp_path / "client")
     for name, value in client.env.items():
         monkeypatch.setenv(name, value)
     host = client.bed.hosts[0]
     pool = distsvc.adapters.ssh.Pool()
     try:
-        sessions = pool.sessions(distsvc.config.Host(name=host.name, address=host.address,
-                                                     port=host.port, user=client.bed.user),
-                                 "strict", 10.0)
-        for _ in range(60):
-            assert sessions.run("true") == (0, b"")
-        [connection] = [c for cs in pool._connections.values() for c in cs]
-        assert len(connection.transport.channels_seen) <= 2
-        assert connection.sessions == 0
+        yield pool.sessions(distsvc.config.Host(name=host.name, address=host.address,
+                                                port=host.port, user=client.bed.user),
+                            "strict", 10.0)
     finally:
         pool.close_all()
+
+
+def test_a_long_lived_connection_does_not_remember_every_session(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko keeps an entry per channel id a transport ever had; the pool forgets the
+    finished ones, so a connection that lives for weeks does not grow with every command."""
+    with sessions_here(bed, tmp_path, monkeypatch) as sessions:
+        for _ in range(60):
+            assert sessions.run("true") == (0, b"")
+        [connection] = [c for cs in sessions.pool._connections.values() for c in cs]
+        assert len(connection.transport.channels_seen) <= 2
+        assert connection.sessions == 0
+
+
+def test_an_end_of_input_crossing_the_servers_close_leaves_the_connection_alive(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The soak's flake, made certain. A command that does not read its input ends while the
+    stdin pump sends its end-of-file: paramiko marks the EOF sent under the channel's lock but
+    sends it after, and its own thread may meanwhile answer the server's close of the channel.
+    OpenSSH frees a channel once both sides closed it and ends the whole connection on a
+    message for a channel it no longer has ("ieof packet referred to nonexistent channel"), so
+    every other command on the connection was lost. The seam (the transport's send) holds the
+    EOF back until the server's close has been handled, as a busy machine's scheduler now and
+    then does: the close's answer must still come after it."""
+    import distsvc.adapters.ssh
+
+    with sessions_here(bed, tmp_path, monkeypatch) as sessions:
+        other = sessions.open("cat")
+        quick = sessions.open("exec true")
+        connection = quick.connection
+        assert other.connection is connection
+        transport = connection.transport
+        send = transport._send_user_message
+        channel_eof = 96  # SSH_MSG_CHANNEL_EOF, then the recipient's channel id
+
+        def held_back(message: Any) -> None:
+            data = message.asbytes()
+            if data[0] == channel_eof and int.from_bytes(data[1:5], "big") == (
+                    quick.channel.remote_chanid):
+                helpers.wait_for(lambda: quick.channel.closed, 30, "the server's close")
+                # Answered after the close was handled: whatever that sent has gone out.
+                transport.global_request("keepalive@openssh.com", wait=True)
+            send(message)
+
+        monkeypatch.setattr(transport, "_send_user_message", held_back)
+        quick.close_stdin()
+        assert quick.finished() and quick.exit_status() == 0
+        quick.close()
+        assert distsvc.adapters.ssh.run_to_end(other, b"still here\n", 30) == (
+            0, b"still here\n")
+        assert connection.alive() and connection.sessions == 0
+
+
+def test_a_session_opened_behind_a_finished_one_is_not_refused_for_its_slot(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshd frees a finished session's slot only after handling every packet read with our
+    close, so a session opened right behind it often met "open failed" at MaxSessions though
+    a slot was free (about one time in two here), and the pool learned a limit of 9 for the
+    host, for good. The refusal itself arrives after the slot was freed: asked again, sshd
+    says yes, and the limit stays OpenSSH's 10."""
+    import distsvc.adapters.ssh
+
+    with sessions_here(bed, tmp_path, monkeypatch) as sessions:
+        for _ in range(10):
+            others = [sessions.open("cat") for _ in range(9)]
+            quick = sessions.open("exec true")
+            connection = quick.connection
+            assert all(other.connection is connection for other in others)
+            assert distsvc.adapters.ssh.run_to_end(quick, b"", 30) == (0, b"")
+            assert connection.run("echo again", timeout=30) == (0, b"again\n")
+            assert connection.limit == distsvc.adapters.ssh.SESSIONS_PER_CONNECTION
+            for other in others:
+                assert distsvc.adapters.ssh.run_to_end(other, b"", 30) == (0, b"")

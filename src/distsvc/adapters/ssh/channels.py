@@ -4,6 +4,7 @@ that stops answering noticed by keepalive requests."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import threading
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import paramiko
+from paramiko.common import MSG_CHANNEL_CLOSE, cMSG_CHANNEL_CLOSE
 
 import distsvc.config
 import distsvc.errors
@@ -57,6 +59,15 @@ class Connection:
         self.silent = False  # closed because the server stopped answering
         self._answered_at = time.monotonic()
         self._asked_at: float | None = None
+        # Session channels opened here, and those of them the server closed before we did
+        # (their answer, our close, is owed): see _closed_by_server.
+        self._answers_lock = threading.Lock()
+        self._ours: set[int] = set()
+        self._owed: set[int] = set()
+        handlers = dict(self.transport._channel_handler_table)  # type: ignore[attr-defined]
+        self._paramiko_closed_by_server = handlers[MSG_CHANNEL_CLOSE]
+        handlers[MSG_CHANNEL_CLOSE] = self._closed_by_server
+        self.transport._channel_handler_table = handlers  # type: ignore[attr-defined]
 
     def reserve(self) -> bool:
         """Take one session slot, if the connection is alive and has one free."""
@@ -95,6 +106,47 @@ class Connection:
                 else:
                     transport.channels_seen.pop(channel.chanid, None)
             self._closing = still_open
+
+    def _closed_by_server(self, channel: paramiko.Channel, message: paramiko.Message) -> None:
+        """The server closed a channel: for one of our sessions, the channel is closed here but
+        the answer (our own close) is left to close_channel().
+
+        paramiko answers at once, from its transport thread, while another thread may hold a
+        message it built before the close and sends after (the stdin pump's end-of-file, its
+        data, a window adjustment): that message then follows the answer. OpenSSH frees a
+        channel once it has both closes and ends the whole connection on a message for a
+        channel it no longer has ("ieof packet referred to nonexistent channel 1"), so every
+        other command on the connection was lost with it. close_channel() comes after every
+        thread that sends on the session is done, so its answer is the channel's last message.
+        (paramiko issue 1115: upstream open since 2017.)"""
+        with self._answers_lock:
+            ours = channel.chanid in self._ours
+        if not ours:  # a jump host's forwarding channel: paramiko's own handling
+            self._paramiko_closed_by_server(channel, message)
+            return
+        with channel.lock:
+            if channel.active and not channel.closed:
+                channel._set_closed()  # type: ignore[attr-defined]
+                with self._answers_lock:
+                    self._owed.add(channel.chanid)
+            self.transport._unlink_channel(channel.chanid)  # type: ignore[attr-defined]
+
+    def close_channel(self, channel: paramiko.Channel) -> None:
+        """Close a session's channel (and the pipe behind its fileno()), answering the
+        server's close if it came first; call when no other thread sends on it any more."""
+        channel.close()  # sends our end-of-file and close, unless the server closed first
+        with self._answers_lock:
+            owed = channel.chanid in self._owed
+            self._owed.discard(channel.chanid)
+            self._ours.discard(channel.chanid)
+        if owed:
+            with channel.lock:
+                channel.eof_sent = True  # nothing may follow the close, not even an EOF
+            answer = paramiko.Message()
+            answer.add_byte(cMSG_CHANNEL_CLOSE)
+            answer.add_int(channel.remote_chanid)
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                self.transport._send_user_message(answer)  # type: ignore[attr-defined]
 
     def check_answering(self, now: float) -> None:
         """Ask a connection that carries sessions for a reply now and then; close it when an
@@ -142,8 +194,7 @@ class Connection:
         expired = threading.Event()
         try:
             try:
-                channel = self.transport.open_session(
-                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+                channel = self._open_session(timeout)
             except paramiko.ChannelException:
                 # OpenSSH refuses a session beyond MaxSessions: learn its limit.
                 self.limit = max(1, self.sessions - 1)
@@ -155,6 +206,8 @@ class Connection:
                         label, f"no session within {timeout:g} s (the host stopped answering)"
                     ) from None
                 raise distsvc.errors.HostUnreachable(label, "connection lost") from None
+            with self._answers_lock:
+                self._ours.add(channel.chanid)
             opened = channel
 
             def expire() -> None:  # paramiko waits for the server's replies without a bound
@@ -184,10 +237,32 @@ class Connection:
                 timer.join()
         except BaseException:
             if channel is not None:
-                channel.close()
+                self.close_channel(channel)
             self.release(channel)
             raise
         return RemoteProcess(channel, self)
+
+    def _open_session(self, timeout: float) -> paramiko.Channel:
+        """A session channel; one the server refused is asked for once more before the refusal
+        counts. sshd frees a finished session's slot only after handling every packet it read
+        with our close, so a session opened right behind a close is refused at MaxSessions
+        though a slot is free (about one time in two); by the time its refusal arrives, the
+        slot is free.
+
+        Raises ChannelException for a refusal (nothing ran): paramiko keeps the last refusal
+        per connection, not per channel, so a refusal that another thread's open read first
+        reaches us as a bare SSHException before the timeout, and counts as one."""
+        for _ in range(2):
+            started = time.monotonic()
+            try:
+                return self.transport.open_session(
+                    window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE, timeout=timeout)
+            except paramiko.ChannelException:
+                pass
+            except paramiko.SSHException:
+                if not self.alive() or time.monotonic() - started >= timeout:
+                    raise
+        raise paramiko.ChannelException(2, "refused twice")  # SSH_OPEN_CONNECT_FAILED
 
     def _failed(self, expired: threading.Event, what: str,
                 timeout: float) -> distsvc.errors.HostUnreachable:
@@ -309,7 +384,7 @@ class RemoteProcess:
             if self._closed:
                 return
             self._closed = True
-        self.channel.close()
+        self.connection.close_channel(self.channel)
         self.connection.release(self.channel)
 
     def abandon(self) -> None:
