@@ -31,6 +31,11 @@ import distsvc.ranking
 import distsvc.scanplan
 import distsvc.state
 
+# What the accepting thread may answer itself (serve.answer_inline): the answer, or None
+# when it needs I/O (a worker then serves the request with HANDLERS).
+InlineHandler = Callable[[distsvc.daemon.context.Daemon, dict[str, Any]],
+                         "dict[str, Any] | None"]
+
 Handler = Callable[
     [distsvc.daemon.context.Daemon, dict[str, Any], distsvc.daemon.context.Peer],
     "dict[str, Any] | None"]
@@ -92,6 +97,12 @@ def _adopt_agent(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any])
 
 def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                   peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
+    return status_from_memory(daemon, request)
+
+
+def status_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """The `status` answer: from memory and /proc only, so the accepting thread may give it."""
     state = distsvc.state.store(daemon.state_dir).snapshot()
     now = time.time()
     hosts = {name: {"state": entry.state,
@@ -279,4 +290,9 @@ HANDLERS: dict[str, Handler] = {
     "scan": handle_scan,
     "run": handle_run,
     **distsvc.daemon.job_handlers.JOB_HANDLERS,
+}
+
+INLINE_HANDLERS: dict[str, InlineHandler] = {
+    "status": status_from_memory,
+    "best": best_from_memory,
 }

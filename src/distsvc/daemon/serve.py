@@ -321,9 +321,9 @@ def accept_waiting(listener: socket.socket, daemon: distsvc.daemon.context.Daemo
 
 
 def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) -> bool:
-    """Answer a `best` on the accepting thread, and close it, when its whole request is
-    already in and the answer needs no I/O (handlers.best_from_memory); False, with
-    nothing read, for every other connection: a worker serves it.
+    """Answer a `best` or `status` on the accepting thread, and close it, when its whole
+    request is already in and the answer needs no I/O (handlers.INLINE_HANDLERS); False,
+    with nothing read, for every other connection: a worker serves it.
 
     Under a burst of queries most are answered so: one thread, no hand-over, and no worker
     threads contending for the interpreter lock (with 32 at once, each send and lock waited
@@ -344,12 +344,15 @@ def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) ->
         messages = decoder.feed(waiting)
     except distsvc.protocol.ProtocolError:
         return False
-    if len(messages) != 1 or decoder.buffer or messages[0].get("type") != "best":
+    if len(messages) != 1 or decoder.buffer:
         return False
     request = messages[0]
+    handler = distsvc.daemon.handlers.INLINE_HANDLERS.get(request.get("type"))  # type: ignore[arg-type]
+    if handler is None:
+        return False
     check_identity(daemon, request, pid)
     daemon.reload_config_if_changed()
-    answer = distsvc.daemon.handlers.best_from_memory(daemon, request)
+    answer = handler(daemon, request)
     if answer is None:
         return False
     try:
