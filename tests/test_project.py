@@ -35,3 +35,16 @@ def test_client_does_not_import_paramiko_without_hosts(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_logging_leaves_asyncio_out_until_something_uses_it(tmp_path: Path) -> None:
+    """structlog imports asyncio (and with it ssl and libssl) only for async logging methods
+    distsvc never calls: the daemon and every command that logs do without it."""
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    code = ("import sys, distsvc.log as log; log.configure('info'); log.get().debug('x'); "
+            "print('asyncio' in sys.modules, 'ssl' in sys.modules); "
+            "import structlog._native as n; n.asyncio.get_running_loop; "
+            "print('asyncio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout.split() == ["False", "False", "True"], out.stderr

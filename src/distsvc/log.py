@@ -13,10 +13,12 @@ LOG_LIMIT bytes by renaming it to daemon.log.1 (replacing the previous one) when
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -90,8 +92,33 @@ class _LogFile:
                 os.close(fd)
 
 
+class _Asyncio(types.ModuleType):
+    """Stands for asyncio in structlog's modules; the first use imports the real one."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get("asyncio") is self:
+            del sys.modules["asyncio"]
+        return getattr(importlib.import_module("asyncio"), name)
+
+
+def _import_structlog() -> None:
+    """Import structlog without asyncio, which it imports only for its async logging methods
+    (distsvc has none). asyncio brings ssl and OpenSSL's libssl with it: 2.6 MiB of a
+    daemon's resident memory (6%) and ~15 ms of every start."""
+    if "structlog" in sys.modules or "asyncio" in sys.modules:
+        return
+    stand_in = _Asyncio("asyncio")
+    sys.modules["asyncio"] = stand_in
+    try:
+        import structlog  # noqa: F401  (its `import asyncio` gets the stand-in)
+    finally:
+        if sys.modules.get("asyncio") is stand_in:
+            del sys.modules["asyncio"]
+
+
 def configure(level: str | None = None, log_file: Path | None = None) -> None:
-    # Imported here: structlog (with asyncio) costs ~28 ms, paid only when something logs.
+    # Imported here: structlog costs ~15 ms, paid only when something logs.
+    _import_structlog()
     import structlog
 
     import distsvc.adapters.systemd
@@ -126,8 +153,8 @@ def configure(level: str | None = None, log_file: Path | None = None) -> None:
 
 
 def get(**fields: Any) -> Any:
-    import structlog
-
     if not _configured:
         configure()
+    import structlog
+
     return structlog.get_logger("distsvc").bind(**fields)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 import distsvc.actions.events
+import distsvc.adapters.memory
 import distsvc.adapters.terminal
 
 # Defined in events.py, light enough for the fast client; named here too for the relay's users.
@@ -45,6 +46,9 @@ class OutputClosed(Exception):
 
 
 BACKLOG = 1 << 20  # output held for a stalled reader before the relay stops reading more
+# After relaying this much output, the memory its buffers took is given back to the system
+# (distsvc.adapters.memory): a daemon that carried one large stream stays as small as before.
+RELEASE_AFTER = 16 << 20
 
 
 class Output:
@@ -62,6 +66,7 @@ class Output:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.pending = bytearray()
+        self.written = 0  # bytes the reader took
         self._own: int | None = None
         self._socket: socket.socket | None = None
         try:
@@ -99,6 +104,7 @@ class Output:
                 # EPIPE from `| head`, ENOSPC, EIO: a local matter that ends this command only.
                 raise OutputClosed(str(error)) from None
             del self.pending[:written]
+            self.written += written
 
     def _write_blocking(self) -> int:
         try:
@@ -204,8 +210,9 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
         out, err = outputs
         status: int | None = None
         asked_to_end_at: float | None = None
+        woken = True  # by an event (its pipe readable); else events.take() is left out
         while True:
-            for signum in events.take():
+            for signum in events.take() if woken or events.received else ():
                 if signum == signal.SIGWINCH:
                     if terminal_fd is not None:
                         process.resize(*distsvc.adapters.terminal.window_size(terminal_fd))
@@ -245,7 +252,7 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
             reading = [events.fileno()] + ([process.fileno()] if status is None and not behind
                                            else [])
             writing = [o.fileno() for o in outputs if o.pending]
-            select.select(reading, writing, [], 1.0)
+            woken = events.fileno() in select.select(reading, writing, [], 1.0)[0]
     finally:
         for output in outputs:
             output.close()
@@ -253,3 +260,5 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
             pump.stop()
         for delivery in deliveries:
             delivery.join()
+        if sum(output.written for output in outputs) >= RELEASE_AFTER:
+            distsvc.adapters.memory.release_free_memory()

@@ -23,10 +23,12 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import distsvc.adapters.memory
     import distsvc.adapters.systemd
     import distsvc.errors
     import distsvc.log
 
+    distsvc.adapters.memory.one_arena()  # before any thread: see its docstring
     distsvc.log.configure(args.log_level or os.environ.get("DISTSVC_LOG") or "info",
                           args.log_file)
     log = distsvc.log.get()
