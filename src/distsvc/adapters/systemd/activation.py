@@ -112,21 +112,18 @@ def under_systemd(environ: Mapping[str, str]) -> bool:
 
 
 class JournalLogger:
-    """A structlog logger writing entries with fields (HOST=, LOAD=, JOB=...) to the journal."""
+    """Writes distsvc.log's entries to the journal with their fields (HOST=, LOAD=, JOB=...)."""
 
     PRIORITIES: ClassVar[dict[str, int]] = {
         "debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
 
-    def __init__(self, *_args: Any) -> None:
+    def __init__(self) -> None:
         from systemd import journal
 
         self._send = journal.send
 
-    def _log(self, level: str, event: str = "", **fields: Any) -> None:
+    def log(self, level: str, event: str, fields: dict[str, Any]) -> None:
         extra = {key.upper(): str(value) for key, value in fields.items()
                  if key not in ("level", "timestamp") and key.replace("_", "").isalnum()}
         self._send(event, PRIORITY=self.PRIORITIES.get(level, 6),
                    SYSLOG_IDENTIFIER="distsvc", **extra)
-
-    def __getattr__(self, level: str) -> Any:
-        return lambda **kw: self._log(level, **kw)
