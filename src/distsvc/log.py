@@ -1,5 +1,5 @@
-"""Logging: readable lines on stderr for commands and a daemon started by
-hand; entries with structured fields (HOST=, LOAD=, JOB=, ...) in the journal under systemd.
+"""Logging: readable lines on stderr for commands and a daemon started by hand; entries
+with structured fields (HOST=, LOAD=, JOB=, ...) in the journal under systemd.
 
 Commands log only warnings by default (the user's terminal belongs to the command they run);
 `DISTSVC_LOG=debug` shows everything.
