@@ -56,17 +56,28 @@ def score(host: distsvc.state.HostState, placements: Iterable[distsvc.state.Plac
         base = m.load1 / cpus + (m.psi_some_avg10 or 0.0) / 100.0
     else:
         return None
-    extra = sum(placement_weight(p.placed_at, host.measured_at) for p in placements)
+    measured_at = host.measured_at
+    extra = 0.0
+    for p in placements:  # placement_weight, inlined: this runs for every placement per query
+        extra += 1.0 if p.placed_at >= measured_at else math.exp(
+            (p.placed_at - measured_at) / LOAD_TIME_CONSTANT)
     return base + extra / cpus
 
 
 def rank(hosts: Iterable[distsvc.config.Host], state: distsvc.state.State, now: float,
          stale_after: float) -> list[Ranked]:
-    """All hosts, best first; unknown ones last, in configuration order."""
+    """All hosts, best first; unknown ones last, in configuration order.
+
+    O(hosts log hosts + placements): the placements are grouped by host once, and each tie
+    is a run of the sorted scores (costs that grow with the hosts must grow no faster)."""
+    by_host: dict[str, list[distsvc.state.Placement]] = {}
+    for p in state.placements:
+        by_host.setdefault(p.host, []).append(p)
+    unmeasured = distsvc.state.HostState()
     ranked = []
     for host in hosts:
-        placements = [p for p in state.placements if p.host == host.name]
-        entry = state.hosts.get(host.name, distsvc.state.HostState())
+        placements = by_host.get(host.name, [])
+        entry = state.hosts.get(host.name, unmeasured)
         ranked.append(Ranked(
             host=host,
             score=score(entry, placements, now, stale_after),
@@ -76,13 +87,16 @@ def rank(hosts: Iterable[distsvc.config.Host], state: distsvc.state.State, now: 
 
     known = sorted((r for r in ranked if r.score is not None), key=lambda r: r.score or 0.0)
     ordered: list[Ranked] = []
-    while known:
+    first = 0
+    while first < len(known):
         # Hosts within TIE_WIDTH of the best remaining one are a tie: the nearest goes first.
-        best = known[0].score or 0.0
-        ties = [r for r in known if (r.score or 0.0) <= best + TIE_WIDTH]
-        ordered += sorted(ties, key=lambda r: r.access_ms if r.access_ms is not None
-                          else math.inf)
-        known = known[len(ties):]
+        limit = (known[first].score or 0.0) + TIE_WIDTH
+        end = first
+        while end < len(known) and (known[end].score or 0.0) <= limit:
+            end += 1
+        ordered += sorted(known[first:end], key=lambda r: r.access_ms
+                          if r.access_ms is not None else math.inf)
+        first = end
     return ordered + [r for r in ranked if r.score is None]
 
 

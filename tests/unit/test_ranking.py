@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import time
@@ -73,8 +74,7 @@ def test_stale_measurement_has_no_score():
 
 @pytest.mark.parametrize("state", [distsvc.state.UNKNOWN, "down", ""])
 def test_host_not_up_has_no_score(state):
-    host = up(load1=0.1)
-    host.state = state
+    host = dataclasses.replace(up(load1=0.1), state=state)
     assert score(host, [], T0, STALE) is None
 
 

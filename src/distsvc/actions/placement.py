@@ -1,10 +1,10 @@
-"""Choosing a host for a job and recording the placement, atomically under the state lock.
+"""Choosing a host for a job and recording the placement, atomically.
 
-Without a daemon, each client keeps the shared state itself: measurements older than
-config.max_age are refreshed (outside the lock: it is never held during SSH I/O; probes of
-one host within a process are shared), then under the lock the best host with a free slot is
-chosen and the job is recorded there before the lock is released, so the next client already
-counts it.
+Measurements older than config.max_age are refreshed first (outside any lock: none is held
+during SSH I/O; probes of one host within a process are shared), then in one update of the
+state (distsvc.state.store: the file under its lock, or a daemon's copy in memory) the best
+host with a free slot is chosen and the job is recorded there, so the next choice, in this
+process or another, already counts it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ class Choice:
 
 
 def _prune(state: distsvc.state.State) -> None:
-    state.placements = [p for p in state.placements if distsvc.state.placement_alive(p)]
+    now = time.time()
+    ttl = distsvc.state.ANONYMOUS_PLACEMENT_TTL
+    # Anonymous ones (most, under a burst of `best` queries) by their age, inline: this
+    # runs over every placement on every choice.
+    state.placements = [p for p in state.placements if (
+        now - p.placed_at < ttl if p.pid == 0 else distsvc.state.placement_alive(p, now))]
 
 
 def stale_hosts(config: distsvc.config.Config, state: distsvc.state.State, now: float,
@@ -55,8 +60,7 @@ def refresh(config: distsvc.config.Config, directory: Path, pool: distsvc.adapte
             force: bool = False) -> distsvc.state.State:
     """Probe the hosts older than max_age (every host with `force`) and merge the results
     into the state file; the state as written. Connections stay in `pool`."""
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    state = distsvc.state.store(directory).snapshot()
     hosts = list(config.hosts) if force else stale_hosts(config, state, time.time())
     return measure(config, directory, hosts, pool)
 
@@ -64,24 +68,22 @@ def refresh(config: distsvc.config.Config, directory: Path, pool: distsvc.adapte
 def measure(config: distsvc.config.Config, directory: Path,
             hosts: collections.abc.Sequence[distsvc.config.Host],
             pool: distsvc.adapters.ssh.Pool) -> distsvc.state.State:
-    """Probe `hosts` without holding the state lock (SSH may take seconds), then merge the
-    results into the state file under it; the state as written."""
+    """Probe `hosts` without holding the state (SSH may take seconds), then merge the
+    results into it; the state as kept."""
     import distsvc.actions.measure
 
     probed = distsvc.actions.measure.probe_hosts(hosts, config, pool)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    with distsvc.state.store(directory).update() as state:
         _prune(state)
         for result in probed:
             record(state, result.host.name, result.state)
-        distsvc.state.write(directory, state)
     return state
 
 
 def record(state: distsvc.state.State, name: str, measured: distsvc.state.HostState) -> None:
     previous = state.hosts.get(name)
-    if previous is not None:
-        measured.last_used = previous.last_used
+    if previous is not None and previous.last_used != measured.last_used:
+        measured = dataclasses.replace(measured, last_used=previous.last_used)
     state.hosts[name] = measured
 
 
@@ -121,11 +123,19 @@ def _place(config: distsvc.config.Config, state: distsvc.state.State, now: float
         host=best.host.name, pid=pid, started=distsvc.state.process_start_time(pid),
         placed_at=now)
     state.placements.append(placement)
-    anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name]
-    for old in anonymous[:-MAX_ANONYMOUS_PER_HOST]:
-        state.placements.remove(old)
-    state.hosts[best.host.name].last_used = now
+    anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name
+                 ] if pid == 0 else []
+    if len(anonymous) > MAX_ANONYMOUS_PER_HOST:
+        # By identity, in one pass: list.remove would compare dataclasses one by one.
+        oldest = {id(p) for p in anonymous[:-MAX_ANONYMOUS_PER_HOST]}
+        state.placements = [p for p in state.placements if id(p) not in oldest]
+    _used(state, best.host.name, now)
     return Choice(best.host, placement), True
+
+
+def _used(state: distsvc.state.State, name: str, now: float) -> None:
+    if (entry := state.hosts.get(name)) is not None:
+        state.hosts[name] = dataclasses.replace(entry, last_used=now)
 
 
 def choose(config: distsvc.config.Config, directory: Path, exclude: collections.abc.Set[str],
@@ -148,20 +158,15 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
     waited = False
     retried = False
     pid = os.getpid() if job_pid is None else job_pid
+    store = distsvc.state.store(directory)
     while True:
         if (signum := interrupted()) is not None:
             raise distsvc.errors.Interrupted(signum)
-        with distsvc.state.locked(directory):
-            state = distsvc.state.read(directory)
-        if stale := stale_hosts(config, state, time.time(), exclude):
+        if stale := stale_hosts(config, store.snapshot(), time.time(), exclude):
             measure(config, directory, stale, pool)
-        with distsvc.state.locked(directory):
-            state = distsvc.state.read(directory)
+        with store.update() as state:
             _prune(state)
-            now = time.time()
-            choice, usable = _place(config, state, now, exclude, pid)
-            if choice is not None:
-                distsvc.state.write(directory, state)
+            choice, usable = _place(config, state, time.time(), exclude, pid)
         if choice is not None:
             hosts = [h for h in config.hosts if h.name not in exclude]
             for name, reason in refusals(hosts, state):
@@ -193,20 +198,17 @@ def place_now(config: distsvc.config.Config, directory: Path, pool: distsvc.adap
     measured first, failed ones again at most every RETRY_AFTER seconds."""
     if only is not None:
         exclude = {h.name for h in config.hosts if h.name != only} | set(exclude)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    store = distsvc.state.store(directory)
+    state = store.snapshot()
     now = time.time()
     stale = stale_hosts(config, state, now, exclude)
     stale += [h for h in _failed_hosts(config, state, exclude) if h not in stale
               and now - (state.hosts[h.name].measured_at or 0.0) > RETRY_AFTER]
     if stale:
         measure(config, directory, stale, pool)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    with store.update() as state:
         _prune(state)
         choice, usable = _place(config, state, time.time(), exclude, pid)
-        if choice is not None:
-            distsvc.state.write(directory, state)
     if choice is None and not usable:
         hosts = [h for h in config.hosts if h.name not in exclude]
         raise distsvc.errors.CannotRun(unreachable_summary(
@@ -219,11 +221,9 @@ def hold(directory: Path, host: str, pid: int, placed_at: float) -> distsvc.stat
     found again at its start), so slots and load count it."""
     placement = distsvc.state.Placement(
         host=host, pid=pid, started=distsvc.state.process_start_time(pid), placed_at=placed_at)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    with distsvc.state.store(directory).update() as state:
         _prune(state)
         state.placements.append(placement)
-        distsvc.state.write(directory, state)
     return placement
 
 
@@ -236,33 +236,26 @@ def pin(config: distsvc.config.Config, name: str, directory: Path,
         raise distsvc.errors.Interrupted(signum)
     host = next(h for h in config.hosts if h.name == name)
     pid = os.getpid() if job_pid is None else job_pid
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    with distsvc.state.store(directory).update() as state:
         _prune(state)
         now = time.time()
         placement = distsvc.state.Placement(
             host=name, pid=pid, started=distsvc.state.process_start_time(pid), placed_at=now)
         state.placements.append(placement)
-        if name in state.hosts:
-            state.hosts[name].last_used = now
-        distsvc.state.write(directory, state)
+        _used(state, name, now)
     return Choice(host, placement)
 
 
 def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc.state.Placement,
                      refused: bool = False) -> None:
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    with distsvc.state.store(directory).update() as state:
         state.hosts[host] = distsvc.state.refused(reason) if refused else distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=time.time(), error=reason)
         state.placements = [p for p in state.placements if p != placement]
-        distsvc.state.write(directory, state)
 
 
 def release(directory: Path, placement: distsvc.state.Placement) -> None:
     """Forget a finished job (a killed client's entry is pruned by PID instead)."""
-    with contextlib.suppress(OSError), distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    with contextlib.suppress(OSError), distsvc.state.store(directory).update() as state:
         state.placements = [p for p in state.placements if p != placement]
-        distsvc.state.write(directory, state)
 

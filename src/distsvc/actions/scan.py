@@ -35,9 +35,7 @@ def measure_into_state(hosts: Sequence[distsvc.config.Host], config: distsvc.con
 def timer_pass(config: distsvc.config.Config, environ: Mapping[str, str],
                pool: distsvc.adapters.ssh.Pool) -> list[str]:
     """One pass of the scan timer; the names of the hosts measured."""
-    directory = distsvc.paths.state_dir(environ)
-    with distsvc.state.locked(directory):
-        state = distsvc.state.read(directory)
+    state = distsvc.state.store(distsvc.paths.state_dir(environ)).snapshot()
     due = distsvc.scanplan.timer_pass(config.hosts, state, time.time(), config.max_age * 2)
     measure_into_state(due, config, environ, pool)
     return [h.name for h in due]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import itertools
+import math
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import distsvc.adapters.ssh
 import distsvc.adapters.unix
 import distsvc.config
 import distsvc.daemon.book
+import distsvc.daemon.hoststate
 import distsvc.errors
 import distsvc.log
 import distsvc.paths
@@ -45,6 +47,7 @@ class Daemon:
     connections: int = 0
     jobs: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
     measuring: set[str] = dataclasses.field(default_factory=set)
+    planned_at: float = -math.inf  # when a request last looked for a host to measure
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     job_ids: itertools.count[int] = dataclasses.field(default_factory=lambda: itertools.count(1))
     runs: set[Peer] = dataclasses.field(default_factory=set)  # `run` requests in progress
@@ -53,6 +56,13 @@ class Daemon:
     identity: str = dataclasses.field(default_factory=lambda: distsvc.identity())  # at start
     book: distsvc.daemon.book.Book = dataclasses.field(
         default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
+    # The host state in memory, serving distsvc.state.store(state_dir) while serve() runs.
+    hoststate: distsvc.daemon.hoststate.MemoryStore = dataclasses.field(init=False)
+    # Clients' configurations as parsed, by their canonical JSON (every request carries one).
+    configs: dict[str, distsvc.config.Config] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.hoststate = distsvc.daemon.hoststate.MemoryStore(self.state_dir)
 
     def busy(self) -> bool:
         """Serving a request, or carrying a command."""
@@ -187,13 +197,14 @@ def new_daemon(environ: Mapping[str, str], config_path: Path | None) -> Daemon:
                   book=book)
 
 
+PAGE_KIB = os.sysconf("SC_PAGESIZE") // 1024
+
+
 def rss_kib() -> int | None:
-    """This process's resident memory (VmRSS, KiB), from /proc."""
+    """This process's resident memory (VmRSS, KiB): the second figure of /proc/self/statm,
+    in pages (the same count as status's VmRSS, for half the reading: `status` asks it)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_KIB
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None

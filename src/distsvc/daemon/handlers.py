@@ -7,6 +7,7 @@ when it answered itself, as `run` does while the command runs).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -41,11 +42,42 @@ def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
     return value
 
 
+# Configurations kept parsed: a client's is the same request after request.
+CONFIGS_KEPT = 16
+
+
+def _config(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
+            ) -> distsvc.config.Config:
+    """The request's configuration, parsed and checked once per distinct configuration:
+    its canonical JSON costs a tenth of from_wire (more with many hosts)."""
+    mapping = _field(request, "config", dict)
+    key = json.dumps(mapping, sort_keys=True, separators=(",", ":"))
+    with daemon.lock:
+        config = daemon.configs.get(key)
+    if config is None:
+        config = distsvc.config.from_wire(mapping)  # a bad one raises: never kept
+        with daemon.lock:
+            daemon.configs[key] = config
+            while len(daemon.configs) > CONFIGS_KEPT:
+                del daemon.configs[next(iter(daemon.configs))]  # the oldest
+    return config
+
+
+# How often requests look for a host to measure: a host is measured at most every
+# scanplan.MIN_GAP (5 s), so looking more often than this finds nothing new, and costs a
+# ranking of every host per request under a burst of queries.
+PLAN_INTERVAL = 0.5
+
+
 def _measure_after_request(daemon: distsvc.daemon.context.Daemon,
                            config: distsvc.config.Config) -> None:
     """Measure the stalest of the three best hosts in the background (once per host)."""
-    with distsvc.state.locked(daemon.state_dir):
-        state = distsvc.state.read(daemon.state_dir)
+    now = time.monotonic()
+    with daemon.lock:
+        if now - daemon.planned_at < PLAN_INTERVAL:
+            return
+        daemon.planned_at = now
+    state = distsvc.state.store(daemon.state_dir).snapshot()
     host = distsvc.scanplan.after_request(config.hosts, state, time.time(), config.max_age * 2)
     if host is None:
         return
@@ -73,8 +105,7 @@ def _adopt_agent(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any])
 
 def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                   peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    with distsvc.state.locked(daemon.state_dir):
-        state = distsvc.state.read(daemon.state_dir)
+    state = distsvc.state.store(daemon.state_dir).snapshot()
     now = time.time()
     hosts = {name: {"state": entry.state,
                     "age": None if entry.measured_at is None else round(now - entry.measured_at, 1)}
@@ -92,7 +123,7 @@ def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
 
 def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                 peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = _config(daemon, request)
     if not config.hosts:
         return {"ok": True, "host": None}
     # The answer is for a script that connects by itself: count it for a while, not by PID.
@@ -104,7 +135,7 @@ def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 
 def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                  peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = _config(daemon, request)
     _adopt_agent(daemon, request)
     rows = distsvc.actions.hosts.survey(config, daemon.environ, bool(request.get("refresh")),
                                         daemon.pool)
@@ -117,7 +148,7 @@ def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 def handle_scan(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                 peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
     """The scan timer's pass, over the daemon's warm connections."""
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    config = _config(daemon, request)
     measured = distsvc.actions.scan.timer_pass(config, daemon.environ, daemon.pool)
     return {"ok": True, "measured": measured}
 

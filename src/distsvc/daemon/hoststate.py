@@ -1,0 +1,151 @@
+"""The daemon's host state in memory: queries answered without the file lock, the shared
+state file written behind.
+
+The state file stays the truth between processes: the scan service run without a daemon and
+daemon-less clients (`DISTSVC_DAEMON=off`, a fallback) read and change it under its lock.
+So the daemon's copy
+
+- picks up what they wrote with one stat per look (`_pick_up`: microseconds, against the
+  ~200 us a query may cost; a periodic check would let a query miss a placement made a
+  moment before, and a burst spread worse);
+- writes its own changes behind, at most every WRITE_BEHIND seconds and a tenth of the
+  time (a burst of queries makes a few writes, not one each), atomically and under the lock
+  as every writer does;
+- never writes a stale copy over the file: a write is a three-way merge
+  (`distsvc.state.merge`) of the daemon's changes since the version it last read or wrote
+  onto the file as it is under the lock, and so is picking up;
+- writes what is left when the daemon stops (`close`), after which the process uses the
+  file directly again.
+
+What a daemon killed outright (SIGKILL) had not written yet, a fraction of a second's worth,
+is lost: placements and measurements, which only steer the ranking for a while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import distsvc.log
+import distsvc.state
+
+WRITE_BEHIND = 0.05  # at most one write of the file per this many seconds
+# ... and at most this share of the time spent writing: with 1,000 hosts a write takes
+# ~20 ms of CPU, which 20 writes a second would make 40% of a CPU.
+WRITE_SHARE = 0.1
+
+
+class MemoryStore:
+    """The state of `directory` in memory (a distsvc.state.Store), while `open`.
+
+    `_base` is the file as this process last read or wrote it (signature `_seen`),
+    `_current` that plus the daemon's changes; both are replaced, never changed in place
+    (State.copy), under `lock`, which no I/O but a stat, or a read of a changed file, holds.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.lock = threading.Lock()
+        self._base = distsvc.state.State()
+        self._seen: distsvc.state.Signature | None = None
+        self._current = distsvc.state.State()
+        self._flushing = threading.Lock()  # one write at a time
+        self._writing = False  # a write is under way (under `lock`)
+        self._dirty = threading.Event()
+        self._closed = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Read the file and serve `store(directory)` from memory from now on."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state, seen = distsvc.state.read_signed(self.directory)
+        with self.lock:
+            self._base, self._seen, self._current = state, seen, state.copy()
+        distsvc.state.serve_from(self.directory, self)
+
+    def close(self) -> None:
+        """Write what is left and hand the directory back to the file: a change still made
+        through this object afterwards (a handler that outlived the loop) is written at once."""
+        distsvc.state.serve_from(self.directory, None)
+        self._closed.set()
+        self._dirty.set()
+        if self._writer is not None:
+            self._writer.join(30)
+        self._flush_logged()
+
+    def snapshot(self) -> distsvc.state.State:
+        with self.lock:
+            self._pick_up()
+            return self._current.copy()
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[distsvc.state.State]:
+        with self.lock:
+            self._pick_up()
+            state = self._current.copy()
+            yield state
+            if state == self._current:
+                return
+            self._current = state.copy()  # the caller keeps `state`: not ours to share
+            if self._writer is None and not self._closed.is_set():
+                self._writer = threading.Thread(target=self._write_behind, daemon=True,
+                                                name="state-writer")
+                self._writer.start()
+        if self._closed.is_set():
+            self._flush_logged()
+        else:
+            self._dirty.set()
+
+    def _pick_up(self) -> None:
+        """Merge in what another process wrote since we last looked (under `lock`). Not
+        while a write is under way: the file may be that write, whose changes `_base` does
+        not hold yet (merged as another's, a placement removed since would come back); the
+        write merges in what others wrote before it, the next look what they wrote after."""
+        if self._writing or distsvc.state.signature(self.directory) == self._seen:
+            return
+        theirs, seen = distsvc.state.read_signed(self.directory)
+        self._current = distsvc.state.merge(self._base, self._current, theirs)
+        self._base, self._seen = theirs, seen
+
+    def flush(self) -> None:
+        """Write the daemon's changes not written yet, merged onto the file under its lock."""
+        with self._flushing:
+            with self.lock:
+                base, ours = self._base, self._current.copy()
+                if ours == base:
+                    return  # what others wrote is picked up by the next look
+                self._writing = True
+            try:
+                with distsvc.state.locked(self.directory):
+                    theirs, _ = distsvc.state.read_signed(self.directory)
+                    merged = distsvc.state.merge(base, ours, theirs)
+                    written = distsvc.state.write(self.directory, merged)
+            except BaseException:
+                with self.lock:
+                    self._writing = False
+                raise
+            with self.lock:
+                # What changed here while we wrote stays a change of ours, onto the new base.
+                self._current = distsvc.state.merge(ours, self._current, merged)
+                self._base, self._seen = merged, written
+                self._writing = False
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except OSError as error:  # the runtime directory went away: the next write retries
+            distsvc.log.get().warning("could not write the state file", error=str(error),
+                                      path=str(self.directory / distsvc.state.STATE_FILE))
+
+    def _write_behind(self) -> None:
+        while not self._closed.is_set():
+            self._dirty.wait()
+            if self._closed.is_set():
+                return  # close() writes the rest
+            self._dirty.clear()
+            started = time.monotonic()
+            self._flush_logged()
+            self._closed.wait(max(WRITE_BEHIND, (time.monotonic() - started) / WRITE_SHARE))
