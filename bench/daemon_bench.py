@@ -15,8 +15,8 @@ the SSH servers of the test bed in tests/sshbed.py:
    config, the request) timed inside a fresh interpreter that goes through distsvc-run's
    steps, with `python -X importtime` naming the heaviest imports, and the daemon's part,
    timed by sending the same `run` request from this process (and its pieces: a warm SSH
-   channel, the remote wrapper, a `status` and a `best` request). A prototype minimal
-   client (bench/tiny_client.py) shows how much of it is distsvc-run's own start-up.
+   channel, the remote wrapper, a `status` and a `best` request); and the CPU time (user +
+   sys, from wait4) of each client process, next to `python -c pass` and ssh's.
 2. 200 MiB of stdout (`head -c 209715200 /dev/zero`) through the daemon, next to ssh fresh,
    ssh ControlMaster and DISTSVC_DAEMON=off.
 3. Best-host queries (`distsvc.actions.client.query({"type": "best", ...})`, one connection
@@ -117,7 +117,6 @@ import distsvc.state
 
 DOCS_HEADING = "## The daemon (issue 3)"
 PARTS = ("latency", "stream", "queries", "cold", "container", "scan", "memory")
-TINY_CLIENT = ROOT / "bench" / "tiny_client.py"
 INSIDE_SCRIPT = ROOT / "bench" / "cold_start_inside.py"
 TMPFS = Path("/dev/shm")  # for runtime directories: a tmpfs, like /run/user/UID
 GOAL = 0.3  # the project's goal: the daemon path at most 0.3x a fresh ssh
@@ -317,29 +316,33 @@ WARM_CHANNEL_SCRIPT = """if True:
 
 
 CLIENT_STAGES_SCRIPT = """if True:
-    # distsvc-run's main() stage by stage, as distsvc.actions.run.run goes when a daemon
-    # answers, in a fresh interpreter with the client's environment: seconds per stage.
+    # distsvc-run's main() stage by stage on its fast path (a daemon answers), in a fresh
+    # interpreter with the client's environment: seconds per stage.
     import time
     t0 = time.perf_counter()
     import os, sys
-    import distsvc.commands.run as command
+    import distsvc.commands.run, distsvc.actions.client
     t1 = time.perf_counter()
-    import distsvc.actions.client, distsvc.commands.common, distsvc.environment, distsvc.paths
-    args = command.parser().parse_args(sys.argv[1:])
+    status = distsvc.actions.client.run_fast(sys.argv[1:], os.environ)
     t2 = time.perf_counter()
-    config = distsvc.commands.common.load_config(args)
-    saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(os.environ))
-    env = distsvc.environment.carried(os.environ, config.env, saved)
-    t3 = time.perf_counter()
-    status = distsvc.actions.client.run(args.command, command.options_from(args), config, env,
-                                        os.getcwd(), "xterm", False, os.environ,
-                                        lambda _: None)
-    t4 = time.perf_counter()
     assert status == 0, status
-    import json
-    print(json.dumps({"imports": t1 - t0, "arguments": t2 - t1, "config": t3 - t2,
-                      "request": t4 - t3, "modules": len(sys.modules)}))
+    modules = len(sys.modules)
+    print(f'{{"imports": {t1 - t0}, "request": {t2 - t1}, "modules": {modules}}}')
 """
+
+
+def cpu_per_call(argv: Sequence[str], env: dict[str, str], cwd: Path, runs: int) -> list[float]:
+    """CPU seconds (user + sys, from wait4's rusage) of each of `runs` calls of argv."""
+    values = []
+    for _ in range(runs):
+        process = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise RuntimeError(f"{shlex.join(argv)} exited {process.returncode}")
+        values.append(usage.ru_utime + usage.ru_stime)
+    return values
 
 
 def client_stages(env: dict[str, str], cwd: Path, runs: int) -> dict[str, list[float]]:
@@ -377,21 +380,21 @@ def part_latency(s: Setting) -> dict[str, Any]:
                     [str(DISTSVC_RUN), "true"], via_daemon),
             Variant("distsvc-run, DISTSVC_DAEMON=off", "DISTSVC_DAEMON=off distsvc-run true",
                     [str(DISTSVC_RUN), "true"], direct),
-            Variant("prototype minimal client, warm daemon", "python bench/tiny_client.py true",
-                    [str(PYTHON), str(TINY_CLIENT), "true"], via_daemon),
             Variant("python -c pass", ".venv/bin/python -c pass",
                     [str(PYTHON), "-c", "pass"], bare),
         ]
         latency = latency_rounds(variants, bed.home, runs)
+        cpu = [(v, cpu_per_call(v.argv, v.env, bed.home, runs)) for v in variants
+               if v.name in ("ssh, ControlMaster", "distsvc-run, warm daemon", "python -c pass")]
 
         # The daemon's part, from this process: the same `run` request distsvc-run sends.
         mapping = config_mapping(via_daemon)
         null_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         null_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            run_message = {"type": "run", "config": mapping, "argv": ["true"], "env": {},
-                           "workdir": str(bed.home), "term": "xterm", "tty": False,
-                           "stdin": True, "quiet": True}
+            # distsvc-run's own request (actions/client.run_fast): the daemon reads the config.
+            run_message = {"type": "run", "argv": ["true"], "environ": via_daemon,
+                           "cwd": str(bed.home)}
             pieces = {"run": timed_requests(via_daemon, run_message, runs,
                                             [null_in, null_out, null_out]),
                       "status": timed_requests(via_daemon, {"type": "status"}, runs)}
@@ -408,7 +411,7 @@ def part_latency(s: Setting) -> dict[str, Any]:
         daemon_rss = kib(proc_status(process.pid)["VmRSS"])
     imports = import_times("distsvc.commands.run")
     return {"latency": latency, "pieces": pieces, "imports": imports, "stages": stages,
-            "daemon_rss": daemon_rss}
+            "daemon_rss": daemon_rss, "cpu": cpu}
 
 
 # --- 2. streaming ----------------------------------------------------------------------------
@@ -737,7 +740,7 @@ def report_latency(r: dict[str, Any], runs: int) -> list[str]:
     stages = {k: median(v) for k, v in r["stages"].items()}
     imports = r["imports"]
     bare = by_name["python -c pass"]
-    inside = stages["imports"] + stages["arguments"] + stages["config"] + stages["request"]
+    inside = stages["imports"] + stages["request"]
     out += ["Where the daemon path's time goes (medians). The client's stages are timed inside "
             f"a fresh interpreter going through distsvc-run's steps ({len(r['stages']['request'])}"
             " runs); the daemon's part by sending the same `run` request from the benchmark "
@@ -749,19 +752,17 @@ def report_latency(r: dict[str, Any], runs: int) -> list[str]:
         row("interpreter start-up and exit", ms(bare), "`python -c pass`"),
         row("importing `distsvc.commands.run`", ms(stages["imports"]),
             "heaviest by `python -X importtime` (cumulative ms, median of 7): "
-            + ", ".join(f"{n} {t:.1f}" for n, t in imports.heaviest)),
-        row("building the parser, parsing the arguments", ms(stages["arguments"]),
-            "argparse's help formatter imports shutil (with bz2, lzma) here"),
-        row("config file and environment", ms(stages["config"]),
-            "`load_config`, the allow/deny patterns"),
+            + (", ".join(f"{n} {t:.1f}" for n, t in imports.heaviest) or "only distsvc's")),
         row("the `run` request, client side", ms(stages["request"]),
-            "connect, send with 3 fds, wait for `exit`: the daemon's work and the socket"),
+            "connect, send argv, cwd, the environment and 3 fds, wait for `exit`: the "
+            "daemon's work (config, environment, choosing, the command) and the socket"),
         row("not accounted for", ms(total - bare - inside),
             f"process creation, tearing down {median(r['stages']['modules']):.0f} modules, "
             "scheduling"),
         row("*the daemon's work*", ms(pieces["run"]),
-            "the same `run` request from the benchmark process: peer check, choose and record "
-            "under the state lock, warm channel, wrapper, `true`, `exit` message"),
+            "the same `run` request from the benchmark process: peer check, config (cached) "
+            "and environment, choose and record under the state lock, warm channel, wrapper, "
+            "`true`, `exit` message"),
         row("*in it:* `true` on a warm channel", ms(pieces["true"]),
             "distsvc's SSH adapter in a separate process: open session, exec, exit status"),
         row("*in it:* the wrapper running `true`", ms(pieces["wrapper"]),
@@ -771,12 +772,15 @@ def report_latency(r: dict[str, Any], runs: int) -> list[str]:
             "socket, peer check, handler thread, state file read"),
         row("*for comparison:* a `best` request", ms(pieces["best"]),
             "choose and record a placement under the state lock, no SSH"),
-        row("*for comparison:* prototype minimal client", ms(by_name[
-            "prototype minimal client, warm daemon"]),
-            "`bench/tiny_client.py`: the same request, importing only json, socket, struct "
-            "and tomllib"),
     ]
     out += ["", f"The daemon's VmRSS after these calls: {r['daemon_rss'] / 1024:.1f} MiB.", ""]
+    out += [f"CPU time of each client process (user + sys from wait4, {runs} calls each):", "",
+            row("variant", "median ms", "p90 ms"), "|---|---:|---:|"]
+    out += [row(v.name, ms(median(values)), ms(p90(values))) for v, values in r["cpu"]]
+    cpu = {v.name: median(values) for v, values in r["cpu"]}["distsvc-run, warm daemon"]
+    out += ["", f"Issue 9's goals for the warm call: {total / master:.2f}x ssh through a "
+            f"ControlMaster (at most 3.5x), {total / bare:.2f}x `python -c pass` (at most 2.5x), "
+            f"client CPU {ms(cpu)} ms (at most 15).", ""]
     return out
 
 

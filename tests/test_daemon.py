@@ -315,7 +315,8 @@ def test_hostile_directories_are_skipped(tmp_path: Path, tmp_base: Path) -> None
     assert stat.S_IMODE(candidate(tmp_base, 3).stat().st_mode) == 0o700
     r = start(environ)
     try:
-        assert distsvc.adapters.unix.find_socket(environ) == candidate(tmp_base, 3) / "distsvc.sock"
+        found = distsvc.adapters.unix.find_socket(environ)
+        assert found == str(candidate(tmp_base, 3) / "distsvc.sock")
         assert r.status()["ok"]
     finally:
         r.stop.set()  # type: ignore[attr-defined]
@@ -373,7 +374,7 @@ def test_a_runtime_directory_that_is_not_private_makes_both_sides_use_tmp(
     try:
         helpers.wait_for(lambda: (fallback / "distsvc.sock").exists() or daemon.poll(), 20,
                          "the daemon's socket in the fallback location")
-        assert distsvc.adapters.unix.find_socket(environ) == fallback / "distsvc.sock"
+        assert distsvc.adapters.unix.find_socket(environ) == str(fallback / "distsvc.sock")
         status = subprocess.run([sys.executable, "-m", "distsvc", "status", "--json"],
                                 env=environ, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import distsvc.config
 import distsvc.errors
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+@functools.lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """Whether a name matches any of the shell patterns (fnmatchcase's rules), as one regular
+    expression: the daemon filters every command's environment, ~50 names by ~20 patterns."""
+    if not patterns:
+        return lambda name: None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def carried(environ: Mapping[str, str], env_filter: distsvc.config.EnvFilter,
             saved: Mapping[str, str]) -> dict[str, str]:
     """The variables to set for the command: allowed and not denied, then the saved ones."""
-    result = {k: v for k, v in environ.items()
-              if _matches(k, env_filter.allow) and not _matches(k, env_filter.deny)}
+    allowed, denied = _matcher(env_filter.allow), _matcher(env_filter.deny)
+    result = {k: v for k, v in environ.items() if allowed(k) and not denied(k)}
     result.update(saved)  # saved on purpose with `distsvc env`: they win
     return result
 

@@ -1,20 +1,35 @@
-"""Where distsvc keeps its files, following the XDG base directory spec."""
+"""Where distsvc keeps its files, following the XDG base directory spec.
+
+Light at import (os and stat only): the fast client finds the daemon's socket through
+`runtime_dir`, which works on strings; pathlib (~5 ms with the re and enum it imports) is
+loaded by the functions that return a Path.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import stat
-from collections.abc import Mapping
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
 
 
 def _xdg(environ: Mapping[str, str], name: str, fallback: str) -> Path:
+    from pathlib import Path
+
     value = environ.get(name, "")
     # The spec says relative paths are invalid and must be ignored.
     if value and os.path.isabs(value):
         return Path(value)
     return Path(environ.get("HOME") or os.path.expanduser("~")) / fallback
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def config_file(environ: Mapping[str, str]) -> Path:
@@ -25,7 +40,7 @@ def saved_environment_file(environ: Mapping[str, str]) -> Path:
     return _xdg(environ, "XDG_CONFIG_HOME", ".config") / "distsvc" / "environment.json"
 
 
-def private_dir(path: Path) -> bool:
+def private_dir(path: str | os.PathLike[str]) -> bool:
     """An existing directory, not a symlink, owned by us and closed to everyone else."""
     try:
         info = os.lstat(path)
@@ -35,14 +50,14 @@ def private_dir(path: Path) -> bool:
             and stat.S_IMODE(info.st_mode) & 0o077 == 0)
 
 
-def runtime_dir(environ: Mapping[str, str]) -> Path | None:
+def runtime_dir(environ: Mapping[str, str]) -> str | None:
     """$XDG_RUNTIME_DIR/distsvc when it is usable: the runtime directory set, absolute and
     private, and its distsvc directory private or not there yet. Else None, and the daemon's
     socket goes to /tmp (adapters/unix.py), the state file to the state directory."""
     runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if not runtime or not os.path.isabs(runtime) or not private_dir(Path(runtime)):
+    if not runtime or not os.path.isabs(runtime) or not private_dir(runtime):
         return None
-    directory = Path(runtime) / "distsvc"
+    directory = os.path.join(runtime, "distsvc")
     try:
         os.lstat(directory)
     except FileNotFoundError:
@@ -61,10 +76,12 @@ def state_dir(environ: Mapping[str, str]) -> Path:
     machine's name in the path, because a home directory may be shared between machines
     over NFS.
     """
+    from pathlib import Path
+
     runtime = runtime_dir(environ)
     if runtime is not None:
-        return runtime
-    return _xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / socket.gethostname()
+        return Path(runtime)
+    return _xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / _hostname()
 
 
 def daemon_log(environ: Mapping[str, str]) -> Path:
@@ -74,8 +91,7 @@ def daemon_log(environ: Mapping[str, str]) -> Path:
     outlives a reboot (a daemon that cannot start fails on every boot); with the machine's
     name in the path because a home may be shared between machines over NFS.
     """
-    return (_xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / socket.gethostname()
-            / "daemon.log")
+    return _xdg(environ, "XDG_STATE_HOME", ".local/state") / "distsvc" / _hostname() / "daemon.log"
 
 
 def jobs_dir(environ: Mapping[str, str]) -> Path:

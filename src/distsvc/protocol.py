@@ -1,9 +1,10 @@
 """The wire format between distsvc clients and the daemon. Framing and parsing only: no I/O.
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON holding one
-object. Every message carries the protocol version `v`. Frames over MAX_FRAME bytes, bytes
-that are not JSON, JSON that is not an object, a wrong version and unknown request types
-are ProtocolErrors: the daemon answers them with an error and closes that connection only.
+object (json's own text, made by its C half: see `dumps`, `loads`). Every message carries
+the protocol version `v`. Frames over MAX_FRAME bytes, bytes that are not JSON, JSON that
+is not an object, a wrong version and unknown request types are ProtocolErrors: the daemon
+answers them with an error and closes that connection only.
 
 Requests (client to daemon), each {"v": 1, "type": ..., "client": IDENTITY, ...}, where
 IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
@@ -15,8 +16,16 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term, quiet, ssh_auth_sock, heartbeats: true
           optional host: NAME  runs there, no choosing or falling back (`run --all`)
-          (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent),
-          then, on the same connection:
+          (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent);
+          or the fast client's form (`distsvc-run CMD ARGS`, no options):
+  run     argv, cwd, environ, heartbeats: true   environ: the client's whole environment;
+          the daemon derives the rest as the full client would (daemon/run_setting.py): the
+          configuration file environ names (DISTSVC_HOSTS applied), the variables that
+          travel, the saved environment, $PWD if it is cwd, TERM, SSH_AUTH_SOCK. What it
+          cannot do from that (a configuration error, no hosts, a bad saved environment) it
+          answers before anything ran with {"ok": false, "error", "status": 2,
+          "full_client": true}: the client does it all itself (actions/client.run_fast).
+          Either form then, on the same connection:
           client -> daemon    {"type": "signal", "signal": N}   a signal the client received
                               {"type": "resize"}                 the terminal changed size
           daemon -> client    {"type": "notice", "message"}      one line for stderr
@@ -56,10 +65,12 @@ Queries are one request and one answer per connection; `run` and `job_wait` keep
 
 from __future__ import annotations
 
-import json
-import shlex
+import _json  # json's C half: `import json` costs the fast client ~8 ms (it imports re, enum)
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself costs the fast client ~3 ms; mypy knows the name
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 MAX_FRAME = 1 << 20
@@ -75,8 +86,47 @@ class ProtocolError(Exception):
     """A malformed message; the text is safe to send back to the peer."""
 
 
+class _ScannerContext:
+    """What _json.make_scanner reads from its argument: json.loads' defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(float)  # NaN, Infinity, -Infinity
+
+
+def _unserializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# Exactly what json.dumps(message, separators=(",", ":")) and json.loads run, without the
+# json package's Python half (both sides use these, so the bytes are the same as before).
+_encode_json = _json.make_encoder({}, _unserializable, _json.encode_basestring_ascii, None,
+                                  ":", ",", False, False, True)
+_scan_json = _json.make_scanner(_ScannerContext())  # type: ignore[arg-type]  # stub: a decoder
+
+
+def dumps(value: object) -> str:
+    """json.dumps(value, separators=(",", ":"))."""
+    return "".join(_encode_json(value, 0))
+
+
+def loads(text: str) -> Any:
+    """json.loads(text); ValueError for anything that is not one JSON value."""
+    text = text.strip(" \t\n\r")
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    payload = json.dumps({"v": VERSION, **message}, separators=(",", ":")).encode()
+    payload = dumps({"v": VERSION, **message}).encode()
     if len(payload) > MAX_FRAME:
         raise ProtocolError(f"message of {len(payload)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(payload)) + payload
@@ -84,8 +134,8 @@ def encode(message: dict[str, Any]) -> bytes:
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
     try:
-        message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        message = loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("frame is not UTF-8 JSON") from None
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
@@ -127,7 +177,14 @@ def error(text: str, status: int = 1) -> dict[str, Any]:
     return {"ok": False, "error": text, "status": status}
 
 
+def full_client(reason: str) -> dict[str, Any]:
+    """The answer to a fast client's `run` that the full client must do (nothing ran)."""
+    return {**error(f"use the full client: {reason}", 2), "full_client": True}
+
+
 def describe_command(argv: list[str]) -> str:
     """A run's command line, short, as both sides name it in messages to the user."""
+    import shlex  # only for a message: it imports re, which the fast client does without
+
     text = shlex.join(argv)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -4,6 +4,13 @@ Never hangs and never fails only because the daemon is absent: with no daemon an
 (no systemd, units not enabled, a stale socket), the caller falls back to doing the work
 in-process, and a daemon is started in the background for the next commands.
 
+The fast path (`run_fast`, for `distsvc-run CMD ARGS` with no options) sends the daemon only
+what this process knows (argv, cwd, the raw environment, the fds), and the daemon does the rest
+(configuration, environment filtering, the working directory): this module therefore imports
+almost nothing at module level (os, sys, select, time, and the light distsvc modules: events,
+unix, paths, protocol, errors; terminal with a terminal); tests/test_fast_client_e2e.py keeps
+the set exact.
+
 DISTSVC_DAEMON selects the mode: `auto` (the default, as above), `off` (never ask a daemon,
 never start one) and `required` (only through a daemon: when none answers, the command fails
 with status 255 instead of falling back; the tests of the daemon path use it, so a silent
@@ -12,27 +19,27 @@ fallback can never make them pass).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
-import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
 
 import distsvc
-import distsvc.actions.relay
-import distsvc.adapters.terminal
+import distsvc.actions.events
 import distsvc.adapters.unix
-import distsvc.config
 import distsvc.errors
 import distsvc.paths
 import distsvc.protocol
 
+TYPE_CHECKING = False  # typing costs the fast path ~3 ms at run time; mypy knows the name
 if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
     import distsvc.actions.run
+    import distsvc.adapters.terminal
+    import distsvc.config
 
 CONNECT_TIMEOUT = 0.5
 ANSWER_TIMEOUT = 15.0  # a cold start through socket activation, then a probe round
@@ -66,6 +73,7 @@ def spawn(environ: Mapping[str, str]) -> None:
     a line that marks this start: a daemon that cannot start says why there, and `distsvc
     status` shows it. The daemon keeps the file under distsvc.log.LOG_LIMIT bytes.
     """
+    import contextlib
     import subprocess
 
     import distsvc.log
@@ -89,7 +97,7 @@ def _identified(request: dict[str, Any]) -> dict[str, Any]:
     return {"client": distsvc.identity(), **request}
 
 
-def connect(environ: Mapping[str, str]) -> socket.socket:
+def connect(environ: Mapping[str, str]) -> _socket.socket:
     path = distsvc.adapters.unix.find_socket(environ)
     if path is None:
         raise Unavailable("no daemon socket")
@@ -112,6 +120,8 @@ def answer_or_raise(message: dict[str, Any] | None) -> dict[str, Any]:
         text = str(message.get("error", "unknown error"))
         if text.startswith("bad request"):
             raise Unavailable(text)  # e.g. a daemon of another version: work without it
+        if message.get("full_client") is True:
+            raise Unavailable(text)  # the fast path's request: the full client takes over
         error = distsvc.errors.DistsvcError(text)
         error.exit_status = int(message.get("status", 1))
         raise error
@@ -138,6 +148,8 @@ def run_request(argv: Sequence[str], options: distsvc.actions.run.Options,
                 config: distsvc.config.Config, env: Mapping[str, str], workdir: str, term: str,
                 environ: Mapping[str, str], host: str | None = None) -> dict[str, Any]:
     """The `run` request for argv; with `host`, pinned to that host (no choosing)."""
+    import distsvc.config
+
     request = {
         "type": "run", "config": distsvc.config.to_mapping(config), "argv": list(argv),
         "env": dict(env), "workdir": workdir, "term": term, "tty": options.tty,
@@ -163,7 +175,7 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             stdin_fd = devnull
         request = run_request(argv, options, config, env, workdir, term, environ)
-        with distsvc.actions.relay.SignalCatcher() as signals:
+        with distsvc.actions.events.SignalCatcher() as signals:
             return carry(sock, request, [stdin_fd, 1, 2], signals, terminal, notice)
     finally:
         sock.close()
@@ -171,8 +183,44 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
             os.close(devnull)
 
 
-def carry(sock: socket.socket, request: dict[str, Any], fds: Sequence[int],
-          events: distsvc.actions.relay.EventQueue, terminal: bool,
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_fast(argv: Sequence[str], environ: Mapping[str, str]) -> int | None:
+    """`distsvc-run CMD ARGS` (no options) through the daemon: the command's status, or None
+    when the full client must do it (no daemon answering, or one of another version, or the
+    daemon's answer that it cannot do it from the environment alone: a configuration error,
+    no hosts, an unreadable saved environment). None only while nothing ran.
+
+    The daemon reads the configuration the environment names (XDG_CONFIG_HOME, HOME,
+    DISTSVC_HOSTS), filters the environment and picks the working directory ($PWD when it
+    is the current directory); see protocol.py.
+    """
+    if not enabled(environ):
+        return None
+    try:
+        cwd = os.getcwd()
+        sock = connect(environ)
+    except (OSError, Unavailable):
+        return None
+    request = {"type": "run", "argv": list(argv), "environ": dict(environ), "cwd": cwd,
+               "heartbeats": True}
+    terminal = os.isatty(0) and os.isatty(1)
+    try:
+        with distsvc.actions.events.SignalCatcher() as signals:
+            try:
+                return carry(sock, request, [0, 1, 2], signals, terminal, _stderr)
+            except Unavailable:
+                if (signum := signals.terminating()) is not None:
+                    return 128 + signum  # asked to stop before anything started
+                return None
+    finally:
+        sock.close()
+
+
+def carry(sock: _socket.socket, request: dict[str, Any], fds: Sequence[int],
+          events: distsvc.actions.events.EventQueue, terminal: bool,
           notice: Callable[[str], None],
           started: Callable[[str], None] = lambda host: None) -> int:
     """Send a `run` request with its stdin, stdout and stderr `fds` on a connected `sock`,
@@ -183,14 +231,19 @@ def carry(sock: socket.socket, request: dict[str, Any], fds: Sequence[int],
     """
     try:
         distsvc.adapters.unix.send(sock, _identified(request), fds=list(fds))
-    except OSError as error:
+    except (OSError, distsvc.protocol.ProtocolError) as error:  # e.g. a huge environment
         raise Unavailable(f"daemon did not take the request: {error}") from None
-    what = distsvc.protocol.describe_command(request["argv"])
-    return _follow(sock, events, terminal, notice, what, started)
+    return _follow(sock, events, terminal, notice, request["argv"], started)
 
 
-def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,
-            terminal: bool, notice: Callable[[str], None], what: str = "the command",
+def _raw_mode(fd: int) -> distsvc.adapters.terminal.raw_mode:
+    import distsvc.adapters.terminal  # only with a terminal (termios, tty)
+
+    return distsvc.adapters.terminal.raw_mode(fd)
+
+
+def _follow(sock: _socket.socket, signals: distsvc.actions.events.EventQueue,
+            terminal: bool, notice: Callable[[str], None], argv: Sequence[str] = (),
             on_started: Callable[[str], None] = lambda host: None) -> int:
     """Pass signals on and wait for the command's status.
 
@@ -210,18 +263,23 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,
     last_heard = time.monotonic()
 
     def gone(how: str, when: str = "") -> distsvc.errors.CannotRun:
+        what = distsvc.protocol.describe_command(list(argv)) if argv else "the command"
         if not started:
             return distsvc.errors.CannotRun(f"the daemon {how} before {what} started")
         return distsvc.errors.CannotRun(
             f"the daemon {how} while {what} ran on {host}; the command is ended there{when}")
 
-    with contextlib.ExitStack() as stack:
+    raw: distsvc.adapters.terminal.raw_mode | None = None
+    try:
         while True:
             for signum in signals.take():
-                event: dict[str, Any] = ({"type": "resize"} if signum == signal.SIGWINCH
-                                         else {"type": "signal", "signal": signum})
-                with contextlib.suppress(OSError):
+                event: dict[str, Any] = (
+                    {"type": "resize"} if signum == distsvc.actions.events.SIGWINCH
+                    else {"type": "signal", "signal": signum})
+                try:
                     distsvc.adapters.unix.send(sock, event)
+                except OSError:
+                    pass  # the daemon is gone: the next read says so
             # Messages already read with an earlier one ("started" and "exit" often come in
             # one read) are taken first: the socket will not wake select() for them.
             ready = [sock.fileno()] if reader.pending else select.select(
@@ -245,7 +303,8 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,
                     notice(str(message.get("message", "")))
                 elif kind == "started":
                     if terminal and not started:
-                        stack.enter_context(distsvc.adapters.terminal.raw_mode(0))
+                        raw = _raw_mode(0)
+                        raw.__enter__()
                     started = True
                     host = str(message.get("host") or host)
                     on_started(host)
@@ -263,3 +322,6 @@ def _follow(sock: socket.socket, signals: distsvc.actions.relay.EventQueue,
             elif not started and time.monotonic() > deadline:
                 raise distsvc.errors.CannotRun(
                     f"the daemon did not start the command within {START_TIMEOUT:g} s")
+    finally:
+        if raw is not None:
+            raw.__exit__()

@@ -10,9 +10,9 @@ the true end of each file.
 
 from __future__ import annotations
 
+import _socket
 import os
 import select
-import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +34,7 @@ def _needs_daemon(environ: Mapping[str, str]) -> None:
             "start it: systemctl --user start distsvc.socket)")
 
 
-def connect(environ: Mapping[str, str]) -> socket.socket:
+def connect(environ: Mapping[str, str]) -> _socket.socket:
     """A connection to the daemon, starting one if none answers."""
     _needs_daemon(environ)
     try:
@@ -55,7 +55,7 @@ def connect(environ: Mapping[str, str]) -> socket.socket:
                         "`distsvc status`)") from None
 
 
-def _exchange(sock: socket.socket, request: dict[str, Any],
+def _exchange(sock: _socket.socket, request: dict[str, Any],
               timeout: float) -> tuple[dict[str, Any], list[int]]:
     sock.settimeout(timeout)
     distsvc.adapters.unix.send(sock, {"client": distsvc.identity(), **request})
@@ -121,7 +121,7 @@ class Waiter:
         self.ids = list(ids)
         self.any_ended = any_ended
         self.environ = environ
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.reader: distsvc.adapters.unix.Reader | None = None
         self.last_heard = time.monotonic()
 

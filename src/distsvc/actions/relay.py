@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import select
@@ -14,9 +13,13 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import distsvc.actions.events
 import distsvc.adapters.terminal
 
-RELAYED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Defined in events.py, light enough for the fast client; named here too for the relay's users.
+EventQueue = distsvc.actions.events.EventQueue
+SignalCatcher = distsvc.actions.events.SignalCatcher
+RELAYED_SIGNALS = distsvc.actions.events.RELAYED_SIGNALS
 STATUS_CONNECTION_LOST = -1
 ABANDON = 0  # event: signals cannot reach the command; close its session and stop relaying
 # Output a command ended by a signal (Ctrl-C, a hang-up) left unread this long is dropped, as
@@ -174,63 +177,6 @@ class StdinPump:
         self.thread.join()
         os.close(self.wake_r)
         os.close(self.wake_w)
-
-
-class EventQueue:
-    """Signal numbers waiting for the relay, and a pipe that wakes the relay's select().
-
-    Events come from this process's own signals (SignalCatcher) or, in the daemon, from a
-    client's messages (distsvc.daemon.handlers.ClientEvents).
-    """
-
-    def __init__(self) -> None:
-        self.received: collections.deque[int] = collections.deque()
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def add(self, signum: int) -> None:
-        """Queue an event; safe in a signal handler and from other threads."""
-        self.received.append(signum)
-        with contextlib.suppress(BlockingIOError):
-            os.write(self.wake_w, b"\0")
-
-    def fileno(self) -> int:
-        """Readable after an event was queued."""
-        return self.wake_r
-
-    def take(self) -> list[int]:
-        with contextlib.suppress(BlockingIOError):
-            os.read(self.wake_r, 4096)
-        taken = []
-        while self.received:
-            taken.append(self.received.popleft())
-        return taken
-
-    def terminating(self) -> int | None:
-        """A queued event that asks the command to end, if any (without consuming it)."""
-        return next((s for s in self.received if s != signal.SIGWINCH), None)
-
-    def close_pipe(self) -> None:
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-
-
-class SignalCatcher(EventQueue):
-    """Catches SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGWINCH while entered.
-
-    Entered before anything is started on a host, so a signal that arrives at any moment is
-    acted on (by not starting, or by delivery to the command) instead of tearing through
-    paramiko's locks as a KeyboardInterrupt.
-    """
-
-    def __enter__(self) -> SignalCatcher:
-        self.previous = {s: signal.signal(s, lambda signum, _: self.add(signum))
-                         for s in (*RELAYED_SIGNALS, signal.SIGWINCH)}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-        self.close_pipe()
 
 
 def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int | None,

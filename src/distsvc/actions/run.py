@@ -39,9 +39,11 @@ def notice(options: Options, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def current_directory(environ: Mapping[str, str]) -> str:
-    """The working directory as the user sees it: $PWD keeps symlinked paths when it is right."""
-    cwd = os.getcwd()
+def current_directory(environ: Mapping[str, str], cwd: str | None = None) -> str:
+    """The working directory as the user sees it: $PWD keeps symlinked paths when it is right.
+
+    `cwd`: the process's own (default: ours); a daemon passes its client's."""
+    cwd = os.getcwd() if cwd is None else cwd
     logical = environ.get("PWD", "")
     with contextlib.suppress(OSError):
         if logical and os.path.isabs(logical) and os.path.samefile(logical, cwd):

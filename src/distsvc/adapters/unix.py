@@ -12,30 +12,33 @@ can make us skip names, never make us use theirs. The daemon also checks each pe
 
 from __future__ import annotations
 
-import contextlib
+import _socket  # socket's C half: socket.py costs the fast client ~5 ms (enum, selectors)
 import errno
 import fcntl
-import itertools
 import os
 import pwd
 import select
-import socket
 import stat
 import struct
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import distsvc.paths
 import distsvc.protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterator, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
 
 SOCKET_NAME = "distsvc.sock"
 LOCK_FILE = "daemon.lock"  # held by the one daemon serving this directory
 RECEIVE_CHUNK = 65536
 MAX_FDS = 3
+_INT = struct.Struct("i")  # one fd in an SCM_RIGHTS message
 
 
-def _own_socket(path: Path) -> bool:
+def _own_socket(path: str) -> bool:
     try:
         info = os.lstat(path)
     except OSError:
@@ -43,11 +46,13 @@ def _own_socket(path: Path) -> bool:
     return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
 
 
-def _tmp_candidates() -> Iterator[Path]:
+def _tmp_candidates() -> Iterator[str]:
     user = pwd.getpwuid(os.getuid()).pw_name
-    base = Path(os.environ.get("DISTSVC_TMP_BASE", "/tmp"))  # tests point this elsewhere
-    for n in itertools.count():
-        yield base / f"distsvc-{user}-{n}"
+    base = os.environ.get("DISTSVC_TMP_BASE", "/tmp")  # tests point this elsewhere
+    n = 0
+    while True:
+        yield os.path.join(base, f"distsvc-{user}-{n}")
+        n += 1
 
 
 def runtime_dir_problem(environ: Mapping[str, str]) -> str | None:
@@ -59,11 +64,11 @@ def runtime_dir_problem(environ: Mapping[str, str]) -> str | None:
             "directory of this user (mode 0700, owned by us)")
 
 
-def find_socket(environ: Mapping[str, str]) -> Path | None:
+def find_socket(environ: Mapping[str, str]) -> str | None:
     """The daemon's socket if a safe one exists, else None. Never trusts what it checks."""
     runtime = distsvc.paths.runtime_dir(environ)
     if runtime is not None:
-        path = runtime / SOCKET_NAME
+        path = os.path.join(runtime, SOCKET_NAME)
         return path if _own_socket(path) else None
     for directory in _tmp_candidates():
         try:
@@ -73,27 +78,31 @@ def find_socket(environ: Mapping[str, str]) -> Path | None:
         except OSError:
             continue
         if distsvc.paths.private_dir(directory):
-            path = directory / SOCKET_NAME
+            path = os.path.join(directory, SOCKET_NAME)
             return path if _own_socket(path) else None
     return None  # pragma: no cover - the candidates never run out
 
 
 def claim_directory(environ: Mapping[str, str]) -> Path:
     """The directory the daemon binds in, created 0700 when missing; always a safe one."""
+    from pathlib import Path
+
     runtime = distsvc.paths.runtime_dir(environ)
     if runtime is not None:
-        with contextlib.suppress(FileExistsError):
-            runtime.mkdir(mode=0o700)
+        try:
+            os.mkdir(runtime, 0o700)
+        except FileExistsError:
+            pass
         if distsvc.paths.private_dir(runtime):
-            return runtime
+            return Path(runtime)
         # Replaced since we looked: now clients look in /tmp too.
     for directory in _tmp_candidates():
         try:
-            directory.mkdir(mode=0o700)  # atomic: fails if anything is there already
-            return directory
+            os.mkdir(directory, 0o700)  # atomic: fails if anything is there already
+            return Path(directory)
         except FileExistsError:
             if distsvc.paths.private_dir(directory):
-                return directory
+                return Path(directory)
     raise AssertionError("unreachable")
 
 
@@ -108,11 +117,12 @@ def take_daemon_lock(directory: Path) -> int | None:
     return fd
 
 
-def daemon_running(socket_path: Path) -> bool:
+def daemon_running(socket_path: str | os.PathLike[str]) -> bool:
     """Whether a daemon serves `socket_path` now, without waking one by connecting (a
     socket-activated daemon would start, and count the check as use)."""
+    lock = os.path.join(os.path.dirname(os.fspath(socket_path)), LOCK_FILE)
     try:
-        fd = os.open(socket_path.parent / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -124,11 +134,12 @@ def daemon_running(socket_path: Path) -> bool:
     return False
 
 
-def connect(path: Path, timeout: float) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+def connect(path: str | os.PathLike[str], timeout: float) -> _socket.socket:
+    """A connected socket: the C type that socket.socket extends (no accept, no `with`)."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
-        sock.connect(str(path))
+        sock.connect(os.fspath(path))
     except BaseException:
         sock.close()
         raise
@@ -137,25 +148,27 @@ def connect(path: Path, timeout: float) -> socket.socket:
 
 def listen(directory: Path) -> socket.socket:
     """Bind the socket, replacing a stale one (nothing answering on it)."""
-    path = directory / SOCKET_NAME
+    import socket
+
+    path = os.path.join(directory, SOCKET_NAME)
     if _own_socket(path):
         try:
             connect(path, 0.5).close()
         except OSError:
-            path.unlink()  # stale: its daemon is gone
+            os.unlink(path)  # stale: its daemon is gone
         else:
-            raise FileExistsError(errno.EADDRINUSE, "a daemon is already serving", str(path))
+            raise FileExistsError(errno.EADDRINUSE, "a daemon is already serving", path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)  # the socket is born 0600: no window where others connect
     try:
-        sock.bind(str(path))
+        sock.bind(path)
     finally:
         os.umask(old_umask)
     sock.listen(128)
     return sock
 
 
-def writable(sock: socket.socket) -> bool:
+def writable(sock: _socket.socket) -> bool:
     """Whether a small message would be sent without blocking: a unix stream socket polls
     writable only while at most a quarter of its send buffer is in use."""
     poller = select.poll()
@@ -163,17 +176,19 @@ def writable(sock: socket.socket) -> bool:
     return any(events & select.POLLOUT for _fd, events in poller.poll(0))
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+def peer_credentials(sock: _socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process at the other end, as the kernel saw it connect."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", creds)
     return int(pid), int(uid)
 
 
-def send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+def send(sock: _socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    """One frame; `fds` go with its first bytes (socket.send_fds, without socket.py)."""
     frame = distsvc.protocol.encode(message)
     if fds:
-        sent = socket.send_fds(sock, [frame], list(fds))
+        rights = b"".join(_INT.pack(fd) for fd in fds)
+        sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         frame = frame[sent:]
     sock.sendall(frame)
 
@@ -181,7 +196,7 @@ def send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) 
 class Reader:
     """Reads messages (and file descriptors passed with them) from one socket."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.decoder = distsvc.protocol.Decoder()
         self.pending: list[dict[str, Any]] = []
@@ -190,8 +205,12 @@ class Reader:
     def receive(self) -> dict[str, Any] | None:
         """The next message, or None at end of stream. Raises ProtocolError, OSError."""
         while not self.pending:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, RECEIVE_CHUNK, MAX_FDS)
-            self.fds += fds
+            data, ancillary, _flags, _addr = self.sock.recvmsg(
+                RECEIVE_CHUNK, _socket.CMSG_LEN(MAX_FDS * _INT.size))
+            for level, kind, rights in ancillary:  # socket.recv_fds, without socket.py
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                    whole = len(rights) - len(rights) % _INT.size
+                    self.fds += [fd for (fd,) in _INT.iter_unpack(rights[:whole])]
             if not data:
                 if self.decoder.buffer:
                     raise distsvc.protocol.ProtocolError("connection closed mid-frame")
@@ -201,7 +220,8 @@ class Reader:
 
     def close_fds(self) -> None:
         for fd in self.fds:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(fd)
+            except OSError:
+                pass
         self.fds = []
-

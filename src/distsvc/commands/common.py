@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import distsvc
-import distsvc.config
 import distsvc.errors
 
-if TYPE_CHECKING:  # argparse costs ~6 ms that distsvc-run's fast path does without
+TYPE_CHECKING = False  # light at import: `guarded` serves distsvc-run's fast path
+if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
+    from typing import Any
+
+    import distsvc.config
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
     parser.add_argument("--config", metavar="FILE", type=Path,
                         help="configuration file (default: $XDG_CONFIG_HOME/distsvc/config.toml)")
     parser.add_argument("--accept-new", action="store_true",
@@ -26,6 +28,10 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
 
 def load_config(args: argparse.Namespace | Any) -> distsvc.config.Config:
     """The configuration named by the `config` and `accept_new` attributes of `args`."""
+    import dataclasses
+
+    import distsvc.config
+
     config = distsvc.config.load(args.config, os.environ)
     if args.accept_new:
         config = dataclasses.replace(config, host_key_policy="accept-new")

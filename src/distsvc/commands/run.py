@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-import types
-from typing import TYPE_CHECKING
 
-import distsvc.actions.run
+import distsvc.actions.client
 import distsvc.commands.common
 import distsvc.errors
 
+TYPE_CHECKING = False  # the fast path imports only light modules (actions/client.py)
 if TYPE_CHECKING:
     import argparse
+    import types
 
+    import distsvc.actions.run
     import distsvc.config
 
 
@@ -59,44 +60,61 @@ def parser() -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace | types.SimpleNamespace
                  ) -> distsvc.actions.run.Options:
+    import distsvc.actions.run
+
     return distsvc.actions.run.Options(
         workdir=args.workdir, tty=args.tty, stdin=not args.no_stdin, quiet=args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+
+    def body() -> int:
+        if argv and not argv[0].startswith("-"):
+            # `distsvc-run CMD ARGS...`, the common case: the daemon does all but relaying
+            # our signals; the full client below only when it cannot (no daemon answering, a
+            # configuration error to report, no hosts: see run_fast).
+            status = distsvc.actions.client.run_fast(argv, os.environ)
+            if status is not None:
+                return status
+        return run_full(argv)
+
+    return distsvc.commands.common.guarded(body)
+
+
+def run_full(argv: list[str]) -> int:
+    """Arguments parsed, the configuration loaded here, then through the daemon or not."""
+    import types
+
+    import distsvc.actions.run
+
     if argv and not argv[0].startswith("-"):
-        # `distsvc-run CMD ARGS...`, the common case: no options to parse, so argparse is
-        # neither imported nor built (~9 ms of a ~50 ms run through the daemon).
+        # No options to parse: argparse is neither imported nor built (~9 ms).
         args: argparse.Namespace | types.SimpleNamespace = types.SimpleNamespace(
             workdir=None, tty=None, no_stdin=False, quiet=False, config=None,
             accept_new=False, command=argv, detach=False)
     else:
         args = parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
+    if args.detach:
+        from distsvc.commands import job
 
-    def body() -> int:
-        if not command:
-            raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
-        if args.detach:
-            from distsvc.commands import job
+        args.json = False
+        args.command = command
+        return job.start(args)  # type: ignore[arg-type]
+    if not isinstance(args, types.SimpleNamespace):  # options were parsed
+        from distsvc.commands import job
 
-            args.json = False
-            args.command = command
-            return job.start(args)  # type: ignore[arg-type]
-        if not isinstance(args, types.SimpleNamespace):  # options were parsed
-            from distsvc.commands import job
-
-            if job.queue_given(args):
-                raise distsvc.errors.UsageError(
-                    "--host, --best, --local, --group, --after, --retries and --retry-delay "
-                    "are for a job: add --detach (or use distsvc job start)")
-        config = distsvc.commands.common.load_config(args)
-        if limited(args):
-            return run_limited(args, command, config)
-        return distsvc.actions.run.run(command, options_from(args), config, os.environ)
-
-    return distsvc.commands.common.guarded(body)
+        if job.queue_given(args):
+            raise distsvc.errors.UsageError(
+                "--host, --best, --local, --group, --after, --retries and --retry-delay "
+                "are for a job: add --detach (or use distsvc job start)")
+    config = distsvc.commands.common.load_config(args)
+    if limited(args):
+        return run_limited(args, command, config)
+    return distsvc.actions.run.run(command, options_from(args), config, os.environ)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,6 @@ class Daemon:
         default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
     # The host state in memory, serving distsvc.state.store(state_dir) while serve() runs.
     hoststate: distsvc.daemon.hoststate.MemoryStore = dataclasses.field(init=False)
-    # Clients' configurations as parsed, by their canonical JSON (every request carries one).
-    configs: dict[str, distsvc.config.Config] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.hoststate = distsvc.daemon.hoststate.MemoryStore(self.state_dir)

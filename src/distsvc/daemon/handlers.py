@@ -7,7 +7,6 @@ when it answered itself, as `run` does while the command runs).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -23,6 +22,7 @@ import distsvc.actions.run
 import distsvc.actions.scan
 import distsvc.config
 import distsvc.daemon.context
+import distsvc.daemon.run_setting
 import distsvc.errors
 import distsvc.log
 import distsvc.protocol
@@ -42,25 +42,11 @@ def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) ->
     return value
 
 
-# Configurations kept parsed: a client's is the same request after request.
-CONFIGS_KEPT = 16
-
-
 def _config(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
             ) -> distsvc.config.Config:
-    """The request's configuration, parsed and checked once per distinct configuration:
-    its canonical JSON costs a tenth of from_wire (more with many hosts)."""
-    mapping = _field(request, "config", dict)
-    key = json.dumps(mapping, sort_keys=True, separators=(",", ":"))
-    with daemon.lock:
-        config = daemon.configs.get(key)
-    if config is None:
-        config = distsvc.config.from_wire(mapping)  # a bad one raises: never kept
-        with daemon.lock:
-            daemon.configs[key] = config
-            while len(daemon.configs) > CONFIGS_KEPT:
-                del daemon.configs[next(iter(daemon.configs))]  # the oldest
-    return config
+    """The request's configuration, parsed and checked once per distinct configuration
+    (run_setting keeps the one cache of them)."""
+    return distsvc.daemon.run_setting.wire_config(_field(request, "config", dict))
 
 
 # How often requests look for a host to measure: a host is measured at most every
@@ -206,12 +192,17 @@ class ClientEvents(distsvc.actions.relay.EventQueue):
 
 def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                peer: distsvc.daemon.context.Peer) -> dict[str, Any] | None:
-    config = distsvc.config.from_wire(_field(request, "config", dict))
+    """Run a command for a client: its setting from the request (either form, see
+    run_setting.py), then chosen, connected and relayed as in-process, with the client's fds."""
+    try:
+        setting = distsvc.daemon.run_setting.of(request)
+    except distsvc.daemon.run_setting.FullClient as why:
+        distsvc.log.get(peer_pid=peer.pid).info("left to the full client", reason=str(why))
+        return distsvc.protocol.full_client(str(why))
+    config, env = setting.config, setting.env
     argv = _field(request, "argv", list)
-    env = _field(request, "env", dict)
-    if not argv or not all(isinstance(a, str) for a in argv) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-        raise distsvc.protocol.ProtocolError("argv and env must hold strings")
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise distsvc.protocol.ProtocolError("argv must hold strings")
     if len(peer.reader.fds) != 3:
         raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
     if not config.hosts:
@@ -219,9 +210,9 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     pinned = request.get("host")
     if pinned is not None and pinned not in {h.name for h in config.hosts}:
         raise distsvc.protocol.ProtocolError("field 'host' names no configured host")
-    _adopt_agent(daemon, request)
+    daemon.pool.adopt_agent(setting.ssh_auth_sock)
     options = distsvc.actions.run.Options(
-        workdir=_field(request, "workdir", str), tty=request.get("tty"),
+        workdir=setting.workdir, tty=request.get("tty"),
         stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
     fds = (peer.reader.fds[0], peer.reader.fds[1], peer.reader.fds[2])
     events = ClientEvents(peer)
@@ -248,10 +239,9 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 
     try:
         status = distsvc.actions.run.run_on_best(
-            argv, options, config, env, options.workdir or "/", str(request.get("term") or
-                                                                   "xterm"),
-            daemon.state_dir, daemon.pool, events, say, job_pid=peer.pid, fds=fds,
-            started=started, reader_pid=peer.pid, warn=warn, pinned=pinned)
+            argv, options, config, env, setting.workdir, setting.term, daemon.state_dir,
+            daemon.pool, events, say, job_pid=peer.pid, fds=fds, started=started,
+            reader_pid=peer.pid, warn=warn, pinned=pinned)
         log.info("job ended", status=status)
         _measure_after_request(daemon, config)
         return {"type": "exit", "status": status}

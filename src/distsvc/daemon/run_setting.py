@@ -1,0 +1,139 @@
+"""What a `run` request asks for: its configuration, environment, directory, terminal type.
+
+Two forms (protocol.py): the full client sends them decided (the configuration as data,
+validated here once per distinct configuration; the variables that travel; the working
+directory); the fast client (`distsvc-run CMD ARGS`, see
+actions/client.run_fast) sends its raw environment and current directory, and the daemon
+decides here, exactly as the full client would: the configuration file the environment names
+(XDG_CONFIG_HOME, HOME; DISTSVC_HOSTS applied), loaded once per version of the file (by
+device, inode, size and times), the saved environment (`distsvc env`), the allow/deny
+patterns, $PWD when it is the current directory. What it cannot do from the environment
+alone (a configuration error to report with each bad field's path, no hosts configured so
+the command runs on the client's machine, an unreadable saved environment) it leaves to the
+full client: `FullClient`, answered before anything started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import distsvc.actions.run
+import distsvc.config
+import distsvc.environment
+import distsvc.errors
+import distsvc.paths
+import distsvc.protocol
+
+CACHED_CONFIGS = 32  # distinct configurations kept (of each form); more clears the cache
+
+
+class FullClient(Exception):
+    """The fast client's request needs the full client (the reason, for the log)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    config: distsvc.config.Config
+    env: dict[str, str]  # the variables set for the command
+    workdir: str
+    term: str
+    ssh_auth_sock: str | None  # the client's ssh-agent
+
+
+def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise distsvc.protocol.ProtocolError(f"field {name!r} is missing or of the wrong type")
+    return value
+
+
+def _strings(mapping: dict[Any, Any], name: str) -> dict[str, str]:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise distsvc.protocol.ProtocolError(f"{name} must hold strings")
+    return mapping
+
+
+_Stamp = tuple[int, int, int, int, int] | None
+_configs: dict[tuple[str, str | None], tuple[_Stamp, distsvc.config.Config]] = {}
+_configs_lock = threading.Lock()
+
+
+def _stamp(path: str) -> _Stamp:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def client_config(environ: Mapping[str, str]) -> distsvc.config.Config:
+    """The configuration `distsvc-run` would load with this environment; cached while its
+    file is unchanged. Raises ConfigError as config.load does."""
+    path = str(distsvc.paths.config_file(environ))
+    key = (path, environ.get("DISTSVC_HOSTS"))
+    stamp = _stamp(path)
+    with _configs_lock:
+        cached = _configs.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    config = distsvc.config.load(None, environ)
+    with _configs_lock:
+        if len(_configs) >= CACHED_CONFIGS:
+            _configs.clear()
+        _configs[key] = (stamp, config)
+    return config
+
+
+def from_environ(request: dict[str, Any]) -> Setting:
+    """The fast client's form: decided here from its environment and directory."""
+    environ = _strings(_field(request, "environ", dict), "environ")
+    cwd = _field(request, "cwd", str)
+    try:
+        config = client_config(environ)
+        saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ))
+    except distsvc.errors.DistsvcError as error:
+        raise FullClient(error.message) from None
+    if not config.hosts:
+        raise FullClient("no hosts configured: the command runs on the client's machine")
+    return Setting(config=config,
+                   env=distsvc.environment.carried(environ, config.env, saved),
+                   workdir=distsvc.actions.run.current_directory(environ, cwd),
+                   term=environ.get("TERM") or "xterm",
+                   ssh_auth_sock=environ.get("SSH_AUTH_SOCK"))
+
+
+_wire_configs: dict[str, distsvc.config.Config] = {}
+
+
+def wire_config(data: dict[str, Any]) -> distsvc.config.Config:
+    """config.from_wire(data), validated once per distinct configuration (a client sends the
+    same one with every command, `run --all` with one per host). Raises ConfigError."""
+    key = distsvc.protocol.dumps(data)
+    with _configs_lock:
+        cached = _wire_configs.get(key)
+    if cached is not None:
+        return cached
+    config = distsvc.config.from_wire(data)
+    with _configs_lock:
+        if len(_wire_configs) >= CACHED_CONFIGS:
+            _wire_configs.clear()
+        _wire_configs[key] = config
+    return config
+
+
+def from_wire(request: dict[str, Any]) -> Setting:
+    """The full client's form: as it decided."""
+    config = wire_config(_field(request, "config", dict))
+    env = _strings(_field(request, "env", dict), "env")
+    agent = request.get("ssh_auth_sock")
+    return Setting(config=config, env=env, workdir=_field(request, "workdir", str) or "/",
+                   term=str(request.get("term") or "xterm"),
+                   ssh_auth_sock=agent if isinstance(agent, str) else None)
+
+
+def of(request: dict[str, Any]) -> Setting:
+    return from_environ(request) if "environ" in request else from_wire(request)

@@ -1,0 +1,102 @@
+"""`distsvc-run CMD` through a real daemon on its fast path (actions/client.run_fast): the
+daemon applies the client's own configuration and environment; what it cannot do (a bad
+configuration, no hosts) is done by the full client as without a daemon; and the path stays
+light: a fresh interpreter imports exactly the modules allowed below."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import conftest
+
+# What `distsvc-run CMD` may import beyond a bare interpreter's modules, with a daemon
+# answering: the light distsvc modules, and the C halves of socket, signal and json (their
+# Python halves import enum, re, selectors, collections: ~10 ms and ~10 ms of CPU per call).
+FAST_PATH_MODULES = {
+    "__future__", "_json", "_socket", "_struct", "errno", "fcntl", "pwd", "select", "struct",
+    "distsvc", "distsvc.actions", "distsvc.actions.client", "distsvc.actions.events",
+    "distsvc.adapters", "distsvc.adapters.unix",  # adapters.terminal only with a terminal
+    "distsvc.commands", "distsvc.commands.common", "distsvc.commands.run", "distsvc.errors",
+    "distsvc.paths", "distsvc.protocol",
+}
+MODULES = "import sys; sys.stdout.write(' '.join(sorted(sys.modules)))"
+
+
+def server_address(client: conftest.Client, **kw: object) -> str:
+    """The address of the host the command ran on (sshd's view of the connection)."""
+    result = client.run("distsvc-run", "sh", "-c", "set -- $SSH_CONNECTION; echo $3", **kw)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode().split()[0]
+
+
+def test_the_fast_path_imports_exactly_the_light_modules(
+        daemon_client: conftest.Client) -> None:
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    bare = set(subprocess.run([sys.executable, "-c", MODULES], env=daemon_client.env,
+                              capture_output=True, text=True, check=True).stdout.split())
+    code = ("import sys, distsvc.commands.run as r\n"
+            "status = r.main(['true'])\n"
+            f"{MODULES}\n"
+            "sys.exit(status)")
+    done = subprocess.run([sys.executable, "-c", code], env=daemon_client.env,
+                          cwd=daemon_client.workdir, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) - bare == FAST_PATH_MODULES - bare
+
+
+def test_a_bad_configuration_names_each_field_as_without_a_daemon(
+        daemon_client: conftest.Client) -> None:
+    path = daemon_client.configure(daemon_client.bed.hosts[:1], extra='max_age = "soon"')
+    path.write_text(path.read_text().replace("port = ", 'port = "x" #'))
+    through = daemon_client.run("distsvc-run", "true")
+    alone = daemon_client.run("distsvc-run", "true", env={"DISTSVC_DAEMON": "off"})
+    assert through.returncode == alone.returncode == 2
+    assert through.stderr == alone.stderr
+    line = through.stderr.decode()
+    assert line.count("\n") == 1 and str(path) in line
+    assert "max_age" in line and "hosts[0].port" in line
+    # The daemon still serves, and a fixed file counts at once.
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    assert daemon_client.run("distsvc-run", "true").returncode == 0
+
+
+def test_a_changed_configuration_file_counts_at_once(daemon_client: conftest.Client) -> None:
+    first, second = daemon_client.bed.hosts[:2]
+    daemon_client.configure([first])
+    assert server_address(daemon_client) == first.address
+    daemon_client.configure([second])
+    assert server_address(daemon_client) == second.address
+
+
+def test_each_client_gets_its_own_configuration_and_hosts_variable(
+        daemon_client: conftest.Client, tmp_path: Path) -> None:
+    first, second, third = daemon_client.bed.hosts[:3]
+    daemon_client.configure([first, second])
+    assert server_address(daemon_client, env={"DISTSVC_HOSTS": second.name}) == second.address
+    other = tmp_path / "other-config"
+    (other / "distsvc").mkdir(parents=True)
+    (other / "distsvc" / "config.toml").write_text(
+        f'[[hosts]]\nname = "{third.name}"\naddress = "{third.address}"\n'
+        f'port = {third.port}\nuser = "{daemon_client.bed.user}"\n')
+    assert server_address(daemon_client, env={"XDG_CONFIG_HOME": str(other)}) == third.address
+    assert server_address(daemon_client) in (first.address, second.address)
+
+
+def test_no_hosts_runs_here_through_the_full_client(daemon_client: conftest.Client) -> None:
+    daemon_client.configure([])
+    result = daemon_client.run("distsvc-run", "sh", "-c", "echo here; exit 4")
+    assert (result.returncode, result.stdout) == (4, b"here\n")
+    assert b"no hosts configured; running on this machine" in result.stderr
+
+
+def test_the_saved_environment_and_the_filter_apply(daemon_client: conftest.Client) -> None:
+    daemon_client.configure(daemon_client.bed.hosts[:1], extra='[env]\ndeny = ["SECRET_*"]')
+    assert daemon_client.run("distsvc", "env", "set", "SAVED", "yes").returncode == 0
+    result = daemon_client.run(
+        "distsvc-run", "sh", "-c", 'echo "${SAVED:-} ${SECRET_TOKEN:-none} ${MINE:-}"',
+        env={"SECRET_TOKEN": "x", "MINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"yes none 1\n"
