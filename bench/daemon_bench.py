@@ -541,27 +541,34 @@ def part_container(s: Setting) -> dict[str, Any]:
     reason = container.can_boot()
     if reason:
         return {"skipped": f"the container cannot boot here: {reason}"}
-    # What the cold start is held against (goal: at most 1.2x), measured in this part.
-    plain = ssh_env(s.tmp / "ssh")
-    ssh = [*ssh_command(s.bed, s.bed.hosts[0], s.tmp / "ssh"), "true"]
-    fresh_ssh = [time_call(ssh, plain, s.bed.home) for _ in range(s.args.cold_runs)]
     service = (ROOT / "systemd" / "distsvc.service").read_text().replace(
         "ExecStart=/usr/bin/distsvc", f"ExecStart={DISTSVC}")
     units = {"distsvc.service": service,
              "distsvc.socket": (ROOT / "systemd" / "distsvc.socket").read_text()}
+    key = s.tmp / "container_ed25519"
     try:
         started = time.perf_counter()
-        with container.booted() as c:
+        with container.booted_with_sshd(authorized_key=container.client_keygen(key)) as (c, sd):
             boot = time.perf_counter() - started
             for name, text in units.items():
                 c.write_file(f"{c.home}/.config/systemd/user/{name}", text, owner=c.user)
+            # The container's sshd as the user's one host, logged in to with the user's
+            # default key, as `ssh` and distsvc-run find it: the first `distsvc-run true`.
+            c.write_file(f"{c.home}/.ssh/id_ed25519", key.read_bytes(), owner=c.user,
+                         mode=0o600)
+            c.write_file(f"{c.home}/.ssh/known_hosts",
+                         f"[127.0.0.1]:{sd.port_inside} {sd.host_key}\n", owner=c.user)
+            c.write_file(f"{c.home}/.config/distsvc/config.toml",
+                         f'max_age = 3600\n[[hosts]]\nname = "sd"\naddress = "127.0.0.1"\n'
+                         f'port = {sd.port_inside}\nuser = "{c.user}"\n', owner=c.user)
             c.run_as_user(["systemctl", "--user", "daemon-reload"])
             c.run_as_user(["systemctl", "--user", "start", "distsvc.socket"])
+            c.run_as_user([str(DISTSVC), "hosts"], timeout=120)  # its load, for max_age
             done = c.run_as_user([str(PYTHON), str(INSIDE_SCRIPT), str(s.args.cold_runs),
-                                  str(DISTSVC)], timeout=300)
+                                  str(DISTSVC), f"-p {sd.port_inside} {c.user}@127.0.0.1"],
+                                 timeout=600)
             result = json.loads(done.stdout)
             result["boot"] = boot
-            result["fresh_ssh"] = fresh_ssh
             result["state"] = c.system_state
             c.run_as_user(["systemctl", "--user", "stop", "distsvc.socket"])
         return dict(result)
@@ -771,9 +778,15 @@ def report_cold(r: dict[str, Any], c: dict[str, Any]) -> list[str]:
                        "(no client start-up), service stopped", *cells(t["query_cold"])))
         out.append(row("(b) same, service running", "the same query right after",
                        *cells(t["query_warm"])))
-        if "fresh_ssh" in c:
-            out.append(row("(b) for comparison: a fresh ssh", "`ssh ... user@addr true` to h1 "
-                           "from the host, in this part", *cells(c["fresh_ssh"])))
+        if "run_cold" in t:
+            ratio = median(t["run_cold"]) / median(t["ssh_fresh"])
+            out.append(row("(b) socket activation, first command", "`distsvc-run true` to "
+                           f"the container's sshd, service stopped: {ratio:.2f}x a fresh ssh",
+                           *cells(t["run_cold"])))
+            out.append(row("(b) same, service running", "`distsvc-run true` right after",
+                           *cells(t["run_warm"])))
+            out.append(row("(b) a fresh `ssh host true`", "OpenSSH to the same sshd, in the "
+                           "same rounds", *cells(t["ssh_fresh"])))
     imports = r["daemon_imports"]
     out += ["", f"The daemon imports `distsvc.daemon.handlers` (which loads paramiko): "
             f"{imports.module:.1f} ms cumulative (`python -X importtime`, median of 5; "
@@ -785,17 +798,18 @@ def report_cold(r: dict[str, Any], c: dict[str, Any]) -> list[str]:
                 "`systemd/distsvc.socket` and `systemd/distsvc.service` installed as user "
                 "units (ExecStart pointing at this venv), timed inside by "
                 f"`bench/cold_start_inside.py`; {len(set(pids))} distinct daemon PIDs for "
-                f"{len(pids)} cold calls. The container has no hosts configured. Between "
+                f"{len(pids)} cold calls. Its one host is its own sshd (tests/container.py "
+                "`booted_with_sshd`, 127.0.0.1:2222 inside), measured once before. Between "
                 "rounds the service is stopped and `systemctl --user reset-failed` flushes "
                 "systemd's start rate limit (5 starts in 10 s), which these back-to-back "
                 "cold starts would hit."]
-        if "fresh_ssh" in c:
-            cold, fresh = median(c["times"]["cli_cold"]), median(c["fresh_ssh"])
-            out += ["", f"**Cold first answer through socket activation: {ms(cold)} ms, "
-                    f"{cold / fresh:.2f}x a fresh `ssh host true` ({ms(fresh)} ms; goal at most "
-                    f"{COLD_GOAL}x).** Inside the container no hosts are configured, so the "
-                    "first command is `distsvc status --json`: the client's start-up, the "
-                    "activation and the daemon's start, without a command on a host."]
+        if "run_cold" in c["times"]:
+            cold, fresh = median(c["times"]["run_cold"]), median(c["times"]["ssh_fresh"])
+            out += ["", f"**The first command through socket activation: {ms(cold)} ms, "
+                    f"{cold / fresh:.2f}x a fresh `ssh host true` to the same sshd in the same "
+                    f"rounds ({ms(fresh)} ms; goal at most {COLD_GOAL}x).** It is the client's "
+                    "start-up, the activation, the daemon's start, its first SSH handshake and "
+                    "`true` on the host."]
     return [*out, ""]
 
 
@@ -945,13 +959,14 @@ def goals(results: dict[str, Any], args: argparse.Namespace) -> list[Goal]:
                     p99(best.latencies) * 1000 if best else None, 2, unit=" ms",
                     shown=f"{ms(p99(best.latencies))} ms" if best else ""))
     container = results.get("container", {})
-    if "fresh_ssh" in container:
-        cold, fresh = median(container["times"]["cli_cold"]), median(container["fresh_ssh"])
-        out.append(Goal("first answer, socket activation, x a fresh ssh", cold / fresh,
+    if "run_cold" in container.get("times", {}):
+        times = container["times"]
+        cold, fresh = median(times["run_cold"]), median(times["ssh_fresh"])
+        out.append(Goal("first command, socket activation, x a fresh ssh", cold / fresh,
                         COLD_GOAL, unit="x", shown=f"{ms(cold)} / {ms(fresh)} ms = "
                         f"{cold / fresh:.2f}x"))
     else:
-        out.append(Goal("first answer, socket activation, x a fresh ssh", None, COLD_GOAL,
+        out.append(Goal("first command, socket activation, x a fresh ssh", None, COLD_GOAL,
                         unit="x"))
     if "burst" in results:
         b = results["burst"]
