@@ -22,7 +22,6 @@ import distsvc.actions.run
 import distsvc.actions.scan
 import distsvc.config
 import distsvc.daemon.context
-import distsvc.daemon.job_handlers
 import distsvc.daemon.run_setting
 import distsvc.errors
 import distsvc.log
@@ -283,13 +282,26 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         events.close()
 
 
+def _job_handler(kind: str) -> Handler:
+    """The handler of a job request, loading the jobs machinery (job_handlers, the launcher,
+    the systemd units adapter: ~30 ms) on the first one: not at every daemon's start, most
+    of which only run commands."""
+    def handle(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+               peer: distsvc.daemon.context.Peer) -> dict[str, Any] | None:
+        import distsvc.daemon.job_handlers
+
+        return distsvc.daemon.job_handlers.JOB_HANDLERS[kind](daemon, request, peer)
+    return handle
+
+
 HANDLERS: dict[str, Handler] = {
     "status": handle_status,
     "best": handle_best,
     "hosts": handle_hosts,
     "scan": handle_scan,
     "run": handle_run,
-    **distsvc.daemon.job_handlers.JOB_HANDLERS,
+    **{kind: _job_handler(kind) for kind in distsvc.protocol.REQUEST_TYPES
+       if kind.startswith("job_")},
 }
 
 INLINE_HANDLERS: dict[str, InlineHandler] = {
