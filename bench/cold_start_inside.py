@@ -7,12 +7,17 @@ then times, each from a stopped service and then again against the service it st
 
 - `distsvc status --json`: what a user waits for (client start-up + activation + answer);
 - one `status` request made in this process (distsvc.actions.client.query): the same
-  without the client's start-up, so cold minus warm is the daemon's own start.
+  without the client's start-up, so cold minus warm is the daemon's own start;
+- with SSH_DESTINATION (the container's sshd, configured as the one host): `distsvc-run true`
+  there (what a user waits for first: activation, the daemon's start, its first handshake),
+  next to a fresh `ssh SSH_DESTINATION true` (OpenSSH's own handshake, the yardstick).
 
 Prints one JSON object: lists of seconds per variant, and the daemon PIDs seen (a new one
 each round proves every cold call really started the service).
 
-Usage: python bench/cold_start_inside.py RUNS DISTSVC_EXECUTABLE
+Usage: python bench/cold_start_inside.py RUNS DISTSVC_EXECUTABLE [SSH_DESTINATION]
+(SSH_DESTINATION: e.g. "-p 2222 user@127.0.0.1", split on spaces; distsvc-run is taken from
+DISTSVC_EXECUTABLE's directory.)
 """
 
 import json
@@ -48,6 +53,16 @@ def cli_status(distsvc: str) -> tuple[float, int]:
     return elapsed, int(json.loads(result.stdout)["pid"])
 
 
+def timed(argv: list[str]) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            cwd=os.environ.get("HOME", "/"))
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {result.returncode}: {result.stderr.strip()}")
+    return elapsed
+
+
 def query_status() -> tuple[float, int]:
     started = time.perf_counter()
     answer = distsvc.actions.client.query({"type": "status"}, os.environ)
@@ -56,8 +71,12 @@ def query_status() -> tuple[float, int]:
 
 def main() -> int:
     runs, executable = int(sys.argv[1]), sys.argv[2]
+    destination = sys.argv[3].split() if len(sys.argv) > 3 else None
+    run = [os.path.join(os.path.dirname(executable), "distsvc-run"), "true"]
     times: dict[str, list[float]] = {"cli_cold": [], "cli_warm": [], "query_cold": [],
                                      "query_warm": []}
+    if destination:
+        times.update(run_cold=[], run_warm=[], ssh_fresh=[])
     pids = []
     for _ in range(runs):
         stop_service()
@@ -70,6 +89,13 @@ def main() -> int:
         times["query_cold"].append(elapsed)
         pids.append(pid)
         times["query_warm"].append(query_status()[0])
+        if destination:  # interleaved with the ssh it is compared with
+            times["ssh_fresh"].append(timed(["ssh", "-o", "BatchMode=yes", *destination,
+                                             "true"]))
+            stop_service()
+            times["run_cold"].append(timed(run))
+            times["run_warm"].append(timed(run))
+            pids.append(int(query_status()[1]))
     stop_service()
     print(json.dumps({"times": times, "pids": pids}))
     return 0

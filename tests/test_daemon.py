@@ -28,11 +28,14 @@ import pytest
 import conftest
 import distsvc.actions.client
 import distsvc.adapters.unix
+import distsvc.config
 import distsvc.daemon.context
 import distsvc.daemon.serve
 import distsvc.log
 import distsvc.paths
+import distsvc.probe
 import distsvc.protocol
+import distsvc.state
 import helpers
 import sshbed
 
@@ -127,6 +130,34 @@ def test_status(running: Running) -> None:
     answer = running.status()
     assert answer["ok"] and answer["version"] == distsvc.__version__
     assert answer["pid"] == os.getpid() and answer["jobs"] == [] and answer["connections"] == 0
+
+
+def test_best_from_memory_spreads_whether_its_request_comes_at_once_or_late(
+        running: Running) -> None:
+    """A `best` whose request is in when it is accepted is answered on the accepting thread;
+    one whose request comes later by a connection thread: the same answers, each counted."""
+    directory = running.daemon.state_dir
+    now = time.time()
+    measured = distsvc.state.HostState(state=distsvc.state.UP, measured_at=now, access_ms=1.0,
+                                       measurement=distsvc.probe.Measurement(load1=0.0, cpus=1))
+    with distsvc.state.locked(directory):
+        distsvc.state.write(directory, distsvc.state.State(hosts={"a": measured, "b": measured}))
+    config = distsvc.config.to_mapping(distsvc.config.from_mapping(
+        {"hosts": [{"name": "a"}, {"name": "b"}], "max_age": 3600}, "test", None))
+    request = distsvc.protocol.encode({"type": "best", "config": config})
+    hosts = [decode_all(running.exchange(request))[-1]["host"] for _ in range(5)]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(running.socket_path))
+        time.sleep(0.3)  # accepted, and peeked at, before the request comes
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        late = b""
+        while chunk := sock.recv(65536):
+            late += chunk
+    hosts.append(decode_all(late)[-1]["host"])
+    hosts += [decode_all(running.exchange(request))[-1]["host"]]
+    assert hosts == ["a", "b", "a", "b", "a", "b", "a"]  # each answer counts on its host
 
 
 def test_the_daemon_reloads_its_configuration_when_the_file_changes(running: Running) -> None:

@@ -157,8 +157,14 @@ def _signature(st: os.stat_result) -> Signature:
 
 def signature(directory: Path) -> Signature | None:
     """The file's signature now (one stat), None when there is none."""
+    return file_signature(directory / STATE_FILE)
+
+
+def file_signature(path: Path | str) -> Signature | None:
+    """signature() of the state file at `path`: a caller that looks often keeps the path
+    (joining a pathlib path costs as much as the stat)."""
     try:
-        return _signature(os.stat(directory / STATE_FILE))
+        return _signature(os.stat(path))
     except OSError:
         return None
 

@@ -289,3 +289,38 @@ def test_anonymous_placements_are_capped_per_host(tmp_path):
     placements = distsvc.state.read(directory).placements
     assert len(placements) == distsvc.actions.placement.MAX_ANONYMOUS_PER_HOST
     assert all(p.pid == 0 and p.host == "h1" for p in placements)
+
+
+def test_choose_from_memory_places_without_io_or_declines(tmp_path):
+    """The daemon's accepting thread answers `best` with it: it records an anonymous
+    placement on the best free host, and declines (None, nothing recorded) whenever choose()
+    would have to probe a host or wait for a slot."""
+    directory = tmp_path / "state"
+    config = distsvc.config.from_mapping(
+        {"hosts": [{"name": "a"}, {"name": "b"}], "max_age": 3600}, "test", None)
+    now = time.time()
+    with distsvc.state.locked(directory):
+        distsvc.state.write(directory, State(hosts={
+            "a": up(load1=0.1, measured_at=now, access_ms=1.0),
+            "b": up(load1=0.5, measured_at=now, access_ms=1.0)}))
+    first = distsvc.actions.placement.choose_from_memory(config, directory, pid=0)
+    second = distsvc.actions.placement.choose_from_memory(config, directory, pid=0)
+    assert first is not None and first.host.name == "a"
+    assert second is not None and second.host.name == "b"  # a counts the first answer
+    assert [(p.host, p.pid) for p in distsvc.state.read(directory).placements] == [
+        ("a", 0), ("b", 0)]
+
+    stale = dataclasses.replace(config, max_age=1)
+    full = dataclasses.replace(config, hosts=tuple(
+        dataclasses.replace(h, slots=1) for h in config.hosts))
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        state.hosts["b"] = up(load1=0.5, measured_at=now - 10, access_ms=1.0)
+        distsvc.state.write(directory, state)
+    assert distsvc.actions.placement.choose_from_memory(stale, directory, pid=0) is None
+    with distsvc.state.locked(directory):
+        state = distsvc.state.read(directory)
+        state.hosts["b"] = up(load1=0.5, measured_at=now, access_ms=1.0)
+        distsvc.state.write(directory, state)
+    assert distsvc.actions.placement.choose_from_memory(full, directory, pid=0) is None
+    assert len(distsvc.state.read(directory).placements) == 2

@@ -28,9 +28,12 @@ if TYPE_CHECKING:  # importing it for real would load paramiko
 SLOT_WAIT_INTERVAL = 0.5
 # A host that failed is measured again this soon when no other host will do.
 RETRY_AFTER = 2.0
-# Anonymous placements (answers to `best` queries) kept per host: enough to spread a burst,
-# few enough that a script asking in a loop does not grow the state file without bound.
-MAX_ANONYMOUS_PER_HOST = 64
+# Anonymous placements (answers to `best` queries) kept per host: enough to spread a burst
+# (16 of them add 16 / cpus to a host's score, more than hosts' loads differ by), few
+# enough that a script asking in a loop does not grow the state file without bound, and
+# that the passes over them (prune, rank, trim) stay cheap: every `best` makes them, so
+# the daemon's CPU per query grows with this (64 cost ~2x the whole query's CPU).
+MAX_ANONYMOUS_PER_HOST = 16
 
 
 @dataclasses.dataclass
@@ -120,17 +123,24 @@ def _place(config: distsvc.config.Config, state: distsvc.state.State, now: float
         return None, bool(known)
     best = free[0]
     placement = distsvc.state.Placement(
-        host=best.host.name, pid=pid, started=distsvc.state.process_start_time(pid),
-        placed_at=now)
+        host=best.host.name, pid=pid,
+        started=None if pid == 0 else distsvc.state.process_start_time(pid), placed_at=now)
     state.placements.append(placement)
-    anonymous = [p for p in state.placements if p.pid == 0 and p.host == best.host.name
-                 ] if pid == 0 else []
-    if len(anonymous) > MAX_ANONYMOUS_PER_HOST:
-        # By identity, in one pass: list.remove would compare dataclasses one by one.
-        oldest = {id(p) for p in anonymous[:-MAX_ANONYMOUS_PER_HOST]}
-        state.placements = [p for p in state.placements if id(p) not in oldest]
+    # best.running counts every placement there: only at the cap can the anonymous ones
+    # exceed it, so most queries skip the pass that counts them.
+    if pid == 0 and best.running >= MAX_ANONYMOUS_PER_HOST:
+        _trim_anonymous(state, best.host.name)
     _used(state, best.host.name, now)
     return Choice(best.host, placement), True
+
+
+def _trim_anonymous(state: distsvc.state.State, name: str) -> None:
+    """Keep the MAX_ANONYMOUS_PER_HOST newest anonymous placements on host `name`."""
+    anonymous = [i for i, p in enumerate(state.placements) if p.pid == 0 and p.host == name]
+    if len(anonymous) > MAX_ANONYMOUS_PER_HOST:
+        # By position, in one pass: list.remove would compare dataclasses one by one.
+        oldest = set(anonymous[:-MAX_ANONYMOUS_PER_HOST])
+        state.placements = [p for i, p in enumerate(state.placements) if i not in oldest]
 
 
 def _used(state: distsvc.state.State, name: str, now: float) -> None:
@@ -187,6 +197,19 @@ def choose(config: distsvc.config.Config, directory: Path, exclude: collections.
             waited = True
         retried = False  # while waiting, failed hosts are retried every turn of the wait
         time.sleep(max(SLOT_WAIT_INTERVAL, RETRY_AFTER if failed else 0.0))
+
+
+def choose_from_memory(config: distsvc.config.Config, directory: Path, pid: int
+                       ) -> Choice | None:
+    """choose() when it needs no I/O: the best free host, the job recorded on it as process
+    `pid`; None when a host must be measured first or none is free (choose() then waits or
+    probes). For the daemon's accepting thread, which must never wait on SSH or sleep."""
+    with distsvc.state.store(directory).update() as state:
+        if stale_hosts(config, state, time.time()):
+            return None
+        _prune(state)
+        choice, _ = _place(config, state, time.time(), frozenset(), pid)
+    return choice
 
 
 def place_now(config: distsvc.config.Config, directory: Path, pool: distsvc.adapters.ssh.Pool,

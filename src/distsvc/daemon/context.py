@@ -58,6 +58,7 @@ class Daemon:
         default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
     # The host state in memory, serving distsvc.state.store(state_dir) while serve() runs.
     hoststate: distsvc.daemon.hoststate.MemoryStore = dataclasses.field(init=False)
+    _config_file: str | None = None  # config_path or the environment's, once looked up
 
     def __post_init__(self) -> None:
         self.hoststate = distsvc.daemon.hoststate.MemoryStore(self.state_dir)
@@ -77,16 +78,18 @@ class Daemon:
             self.last_activity = time.monotonic()
 
     def reload_config_if_changed(self) -> None:
-        path = self.config_path or distsvc.paths.config_file(self.environ)
+        """One stat per request, of a path found once (finding it costs as much again)."""
+        if self._config_file is None:
+            self._config_file = str(self.config_path or distsvc.paths.config_file(self.environ))
         try:
-            mtime: float | None = path.stat().st_mtime
+            mtime: float | None = os.stat(self._config_file).st_mtime
         except OSError:
             mtime = None
         if mtime == self.config_mtime:
             return
         try:
             self.config = distsvc.config.load(self.config_path, self.environ)
-            distsvc.log.get().info("configuration reloaded", path=str(path),
+            distsvc.log.get().info("configuration reloaded", path=self._config_file,
                                    hosts=len(self.config.hosts))
         except distsvc.errors.ConfigError as error:
             distsvc.log.get().error("configuration invalid, keeping the previous one",

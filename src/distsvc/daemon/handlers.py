@@ -22,7 +22,6 @@ import distsvc.actions.run
 import distsvc.actions.scan
 import distsvc.config
 import distsvc.daemon.context
-import distsvc.daemon.job_handlers
 import distsvc.daemon.run_setting
 import distsvc.errors
 import distsvc.log
@@ -30,6 +29,11 @@ import distsvc.protocol
 import distsvc.ranking
 import distsvc.scanplan
 import distsvc.state
+
+# What the accepting thread may answer itself (serve.answer_inline): the answer, or None
+# when it needs I/O (a worker then serves the request with HANDLERS).
+InlineHandler = Callable[[distsvc.daemon.context.Daemon, dict[str, Any]],
+                         "dict[str, Any] | None"]
 
 Handler = Callable[
     [distsvc.daemon.context.Daemon, dict[str, Any], distsvc.daemon.context.Peer],
@@ -92,6 +96,12 @@ def _adopt_agent(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any])
 
 def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                   peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
+    return status_from_memory(daemon, request)
+
+
+def status_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """The `status` answer: from memory and /proc only, so the accepting thread may give it."""
     state = distsvc.state.store(daemon.state_dir).snapshot()
     now = time.time()
     hosts = {name: {"state": entry.state,
@@ -116,6 +126,26 @@ def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     # The answer is for a script that connects by itself: count it for a while, not by PID.
     choice = distsvc.actions.placement.choose(config, daemon.state_dir, set(), lambda _: None,
                                               daemon.pool, job_pid=0)
+    _measure_after_request(daemon, config)
+    return {"ok": True, "host": choice.host.name}
+
+
+def best_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
+                     ) -> dict[str, Any] | None:
+    """handle_best's answer when it needs no I/O, for the accepting thread: None when a
+    host must be measured first, none is free, or the request is bad (handle_best then
+    answers it on a connection thread, as it always did)."""
+    if distsvc.state.store(daemon.state_dir) is not daemon.hoststate:
+        return None  # the file itself: its lock may be held by another process
+    try:
+        config = _config(daemon, request)
+    except (distsvc.errors.DistsvcError, distsvc.protocol.ProtocolError):
+        return None
+    if not config.hosts:
+        return {"ok": True, "host": None}
+    choice = distsvc.actions.placement.choose_from_memory(config, daemon.state_dir, pid=0)
+    if choice is None:
+        return None
     _measure_after_request(daemon, config)
     return {"ok": True, "host": choice.host.name}
 
@@ -252,11 +282,29 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         events.close()
 
 
+def _job_handler(kind: str) -> Handler:
+    """The handler of a job request, loading the jobs machinery (job_handlers, the launcher,
+    the systemd units adapter: ~30 ms) on the first one: not at every daemon's start, most
+    of which only run commands."""
+    def handle(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
+               peer: distsvc.daemon.context.Peer) -> dict[str, Any] | None:
+        import distsvc.daemon.job_handlers
+
+        return distsvc.daemon.job_handlers.JOB_HANDLERS[kind](daemon, request, peer)
+    return handle
+
+
 HANDLERS: dict[str, Handler] = {
     "status": handle_status,
     "best": handle_best,
     "hosts": handle_hosts,
     "scan": handle_scan,
     "run": handle_run,
-    **distsvc.daemon.job_handlers.JOB_HANDLERS,
+    **{kind: _job_handler(kind) for kind in distsvc.protocol.REQUEST_TYPES
+       if kind.startswith("job_")},
+}
+
+INLINE_HANDLERS: dict[str, InlineHandler] = {
+    "status": status_from_memory,
+    "best": best_from_memory,
 }

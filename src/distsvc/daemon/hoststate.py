@@ -48,6 +48,7 @@ class MemoryStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._file = str(directory / distsvc.state.STATE_FILE)  # stat on every look
         self.lock = threading.Lock()
         self._base = distsvc.state.State()
         self._seen: distsvc.state.Signature | None = None
@@ -104,7 +105,7 @@ class MemoryStore:
         while a write is under way: the file may be that write, whose changes `_base` does
         not hold yet (merged as another's, a placement removed since would come back); the
         write merges in what others wrote before it, the next look what they wrote after."""
-        if self._writing or distsvc.state.signature(self.directory) == self._seen:
+        if self._writing or distsvc.state.file_signature(self._file) == self._seen:
             return
         theirs, seen = distsvc.state.read_signed(self.directory)
         self._current = distsvc.state.merge(self._base, self._current, theirs)
