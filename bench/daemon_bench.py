@@ -148,7 +148,7 @@ import distsvc.adapters.unix
 import distsvc.config
 import distsvc.state
 
-DOCS_HEADING = "## The daemon (issue 3)"
+DOCS_HEADING = "## The daemon (issues 3 and 9)"
 PARTS = ("latency", "stream", "queries", "throughput", "burst", "rss", "cold", "container",
          "scan", "memory")
 INSIDE_SCRIPT = ROOT / "bench" / "cold_start_inside.py"

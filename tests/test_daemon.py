@@ -187,6 +187,10 @@ def test_one_request_one_answer_per_connection(running: Running) -> None:
     (distsvc.protocol.encode({"type": "run", "config": {}, "argv": ["x"], "env": {},
                               "workdir": "/"}), "needs stdin, stdout and stderr"),
     (struct.pack("!I", 100) + b'{"v":1', "closed mid-frame"),
+    # answered on the accepting thread when well-formed: a malformed one must not take the
+    # loop (and with it the daemon) down
+    (distsvc.protocol.encode({"type": ["best"]}), "unknown request type"),
+    (distsvc.protocol.encode({"type": "best", "config": {"hosts": "x"}}), "hosts"),
 ])
 def test_bad_requests_get_an_error_and_the_daemon_serves_on(
         running: Running, data: bytes, expected: str) -> None:

@@ -16,6 +16,22 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+Signature = tuple[int, int, int, int, int]
+
+
+def regular_file_signature(path: str) -> Signature | None:
+    """What tells a regular file changed, from one stat: device, inode, size, mtime and ctime
+    (chmod and chown change only the ctime: a key made readable again must be read again).
+    None when there is no such regular file (a FIFO or a device is never one to read)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 def _xdg(environ: Mapping[str, str], name: str, fallback: str) -> Path:
     from pathlib import Path
 

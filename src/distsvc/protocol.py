@@ -173,6 +173,14 @@ def request_type(message: dict[str, Any]) -> str:
     return str(kind)
 
 
+def field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """A request's field, of the type it must have; ProtocolError when it is not there."""
+    value = request.get(name)
+    if not isinstance(value, kind):
+        raise ProtocolError(f"field {name!r} is missing or of the wrong type")
+    return value
+
+
 def error(text: str, status: int = 1) -> dict[str, Any]:
     return {"ok": False, "error": text, "status": status}
 

@@ -21,3 +21,26 @@ def test_messages_that_arrive_in_one_read_are_all_taken() -> None:
         with distsvc.actions.relay.SignalCatcher() as signals:
             status = distsvc.actions.client._follow(ours, signals, False, notices.append)
     assert (status, notices) == (7, ["hello"])
+
+
+def test_a_terminal_that_cannot_go_raw_fails_with_its_own_error() -> None:
+    """The terminal can hang up between the client's isatty and the "started" message: the
+    error is tcgetattr's, not one of undoing a raw mode that was never set."""
+    import os
+    import termios
+
+    import pytest
+
+    saved = os.dup(0)
+    read_end, write_end = os.pipe()  # fd 0 a pipe: tcgetattr fails as on a hung-up terminal
+    os.dup2(read_end, 0)
+    ours, daemons = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with ours, daemons:
+            daemons.sendall(distsvc.protocol.encode({"type": "started", "host": "h1"}))
+            with distsvc.actions.relay.SignalCatcher() as signals, pytest.raises(termios.error):
+                distsvc.actions.client._follow(ours, signals, True, lambda _: None)
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, read_end, write_end):
+            os.close(fd)

@@ -77,6 +77,36 @@ def test_an_unreadable_saved_environment_is_left_to_the_full_client(tmp_path: Pa
         run_setting.of(request(environ, str(tmp_path)))
 
 
+def test_a_configuration_the_daemon_must_not_read_is_left_to_the_full_client(
+        tmp_path: Path) -> None:
+    """The daemon reads files a client's environment names: a FIFO would block it, a device
+    never end, a huge file fill its memory; a relative HOME is the client's to resolve."""
+    environ = home(tmp_path, None)
+    (tmp_path / "cfg" / "distsvc").mkdir(parents=True)
+    config = tmp_path / "cfg" / "distsvc" / "config.toml"
+    os.mkfifo(config)
+    with pytest.raises(run_setting.FullClient, match="not a regular file"):
+        run_setting.of(request(environ, str(tmp_path)))
+    config.unlink()
+    config.symlink_to("/dev/zero")
+    with pytest.raises(run_setting.FullClient, match="not a regular file"):
+        run_setting.of(request(environ, str(tmp_path)))
+    config.unlink()
+    config.write_text(HOSTS + "#" * run_setting.CONFIG_MAX_BYTES)
+    with pytest.raises(run_setting.FullClient, match="over"):
+        run_setting.of(request(environ, str(tmp_path)))
+    relative = {k: v for k, v in environ.items() if k != "XDG_CONFIG_HOME"} | {"HOME": "home"}
+    with pytest.raises(run_setting.FullClient, match="relative"):
+        run_setting.of(request(relative, str(tmp_path)))
+
+
+def test_a_saved_environment_that_is_a_fifo_is_left_to_the_full_client(tmp_path: Path) -> None:
+    environ = home(tmp_path)
+    os.mkfifo(tmp_path / "cfg" / "distsvc" / "environment.json")
+    with pytest.raises(run_setting.FullClient, match="not a regular file"):
+        run_setting.of(request(environ, str(tmp_path)))
+
+
 def test_the_full_clients_form_is_taken_as_sent(tmp_path: Path) -> None:
     setting = run_setting.of({"type": "run", "argv": ["x"], "config": {"hosts": [{"name": "a"}]},
                               "env": {"A": "1"}, "workdir": "", "term": ""})

@@ -318,6 +318,13 @@ def test_private_key_files_are_parsed_once_until_they_change(
     os.utime(path, ns=(0, 0))  # a different signature even within the clock's resolution
     assert client._key_from_filepath(str(path), paramiko.ECDSAKey, None) == replaced
     assert len(loads) == 3
+    # chmod and chown change only the ctime: a key made readable again is read again
+    before = os.stat(path).st_ctime_ns
+    while os.stat(path).st_ctime_ns == before:
+        path.chmod(0o644)
+        path.chmod(0o600)
+    client._key_from_filepath(str(path), paramiko.ECDSAKey, None)
+    assert len(loads) == 4
 
 
 def test_paramiko_is_imported_without_invoke_and_match_exec_still_works(

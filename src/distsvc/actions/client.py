@@ -303,8 +303,9 @@ def _follow(sock: _socket.socket, signals: distsvc.actions.events.EventQueue,
                     notice(str(message.get("message", "")))
                 elif kind == "started":
                     if terminal and not started:
-                        raw = _raw_mode(0)
-                        raw.__enter__()
+                        mode = _raw_mode(0)
+                        mode.__enter__()
+                        raw = mode  # only once it is on: a failed start has nothing to undo
                     started = True
                     host = str(message.get("host") or host)
                     on_started(host)

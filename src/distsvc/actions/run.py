@@ -51,6 +51,17 @@ def current_directory(environ: Mapping[str, str], cwd: str | None = None) -> str
     return cwd
 
 
+def command_setting(config: distsvc.config.Config, environ: Mapping[str, str],
+                    cwd: str | None = None) -> tuple[dict[str, str], str, str]:
+    """What a command on a host gets from the environment `environ` of a process whose
+    directory is `cwd` (default: ours): the variables that travel (the config's allow/deny,
+    then the saved ones), the directory and TERM. The full client decides it here, the
+    daemon for the fast one (daemon/run_setting.py): one rule for both."""
+    saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ))
+    return (distsvc.environment.carried(environ, config.env, saved),
+            current_directory(environ, cwd), environ.get("TERM") or "xterm")
+
+
 def wants_terminal(options: Options, fds: tuple[int, int, int] = (0, 1, 2)) -> bool:
     if options.tty is not None:
         return options.tty and os.isatty(fds[0])
@@ -159,10 +170,8 @@ def run(argv: Sequence[str], options: Options, config: distsvc.config.Config,
     """Run argv on the best host (falling back to the next ones), or here with no hosts."""
     if not config.hosts:
         return run_locally(argv, options, environ)
-    saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ))
-    env = distsvc.environment.carried(environ, config.env, saved)
-    workdir = options.workdir or current_directory(environ)
-    term = environ.get("TERM") or "xterm"
+    env, workdir, term = command_setting(config, environ)
+    workdir = options.workdir or workdir
     if distsvc.actions.client.enabled(environ):
         try:
             return distsvc.actions.client.run(

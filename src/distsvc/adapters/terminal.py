@@ -53,7 +53,8 @@ class raw_mode:  # lower case: used as a function, `with raw_mode(fd):`
     def __exit__(self, *exc: object) -> None:
         import termios
 
-        assert self.saved is not None
+        if self.saved is None:
+            return  # never entered (tcgetattr failed): nothing to restore
         # SIGTTOU would stop us if we were moved to the background meanwhile.
         previous = _signal.signal(_signal.SIGTTOU, _signal.SIG_IGN)
         try:

@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class Daemon:
     runs: set[Peer] = dataclasses.field(default_factory=set)  # `run` requests in progress
     stopping: bool = False  # a stop is ending the running commands: new ones do not start
     retiring: bool = False  # a client of another installation came: exit once not busy
+    # Wakes the accept loop (serve() sets it): the last connection ended, it may exit now.
+    wake: Callable[[], None] = lambda: None
     identity: str = dataclasses.field(default_factory=lambda: distsvc.identity())  # at start
     book: distsvc.daemon.book.Book = dataclasses.field(
         default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
@@ -77,14 +79,22 @@ class Daemon:
         with self.lock:
             self.last_activity = time.monotonic()
 
-    def reload_config_if_changed(self) -> None:
-        """One stat per request, of a path found once (finding it costs as much again)."""
+    def _config_mtime_now(self) -> float | None:
+        """One stat, of a path found once (finding it costs as much again)."""
         if self._config_file is None:
             self._config_file = str(self.config_path or distsvc.paths.config_file(self.environ))
         try:
-            mtime: float | None = os.stat(self._config_file).st_mtime
+            return os.stat(self._config_file).st_mtime
         except OSError:
-            mtime = None
+            return None
+
+    def config_changed(self) -> bool:
+        """Whether the configuration file changed since it was loaded (one stat)."""
+        return self._config_mtime_now() != self.config_mtime
+
+    def reload_config_if_changed(self) -> None:
+        """Load the configuration again if its file changed (one stat per request)."""
+        mtime = self._config_mtime_now()
         if mtime == self.config_mtime:
             return
         try:

@@ -40,18 +40,11 @@ Handler = Callable[
     "dict[str, Any] | None"]
 
 
-def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = request.get(name)
-    if not isinstance(value, kind):
-        raise distsvc.protocol.ProtocolError(f"field {name!r} is missing or of the wrong type")
-    return value
-
-
 def _config(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
             ) -> distsvc.config.Config:
     """The request's configuration, parsed and checked once per distinct configuration
     (run_setting keeps the one cache of them)."""
-    return distsvc.daemon.run_setting.wire_config(_field(request, "config", dict))
+    return distsvc.daemon.run_setting.wire_config(distsvc.protocol.field(request, "config", dict))
 
 
 # How often requests look for a host to measure: a host is measured at most every
@@ -231,7 +224,7 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         distsvc.log.get(peer_pid=peer.pid).info("left to the full client", reason=str(why))
         return distsvc.protocol.full_client(str(why))
     config, env = setting.config, setting.env
-    argv = _field(request, "argv", list)
+    argv = distsvc.protocol.field(request, "argv", list)
     if not argv or not all(isinstance(a, str) for a in argv):
         raise distsvc.protocol.ProtocolError("argv must hold strings")
     if len(peer.reader.fds) != 3:

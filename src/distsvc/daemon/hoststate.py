@@ -17,8 +17,9 @@ So the daemon's copy
 - writes what is left when the daemon stops (`close`), after which the process uses the
   file directly again.
 
-What a daemon killed outright (SIGKILL) had not written yet, a fraction of a second's worth,
-is lost: placements and measurements, which only steer the ranking for a while.
+What a daemon killed outright (SIGKILL) had not written yet, one write interval's worth (50 ms,
+longer with many hosts: a write takes at most a tenth of the time), is lost: placements and
+measurements, which only steer the ranking for a while.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class MemoryStore:
             self._flush_logged()
         else:
             self._dirty.set()
+
+    def outside_write(self) -> bool:
+        """Whether another process wrote the file since we last looked (one stat, no lock: a
+        stale answer only sends a request to a worker, or lets the next look merge it)."""
+        return not self._writing and distsvc.state.file_signature(self._file) != self._seen
 
     def _pick_up(self) -> None:
         """Merge in what another process wrote since we last looked (under `lock`). Not

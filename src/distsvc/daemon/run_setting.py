@@ -44,38 +44,41 @@ class Setting:
     ssh_auth_sock: str | None  # the client's ssh-agent
 
 
-def _field(request: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = request.get(name)
-    if not isinstance(value, kind):
-        raise distsvc.protocol.ProtocolError(f"field {name!r} is missing or of the wrong type")
-    return value
-
-
 def _strings(mapping: dict[Any, Any], name: str) -> dict[str, str]:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
         raise distsvc.protocol.ProtocolError(f"{name} must hold strings")
     return mapping
 
 
-_Stamp = tuple[int, int, int, int, int] | None
-_configs: dict[tuple[str, str | None], tuple[_Stamp, distsvc.config.Config]] = {}
+_configs: dict[tuple[str, str | None], tuple[distsvc.paths.Signature | None,
+                                             distsvc.config.Config]] = {}
 _configs_lock = threading.Lock()
 
+# A configuration file larger than this is not read by the daemon (the full client reads it
+# and says what is wrong): a client must not make the daemon read /dev/zero for it.
+CONFIG_MAX_BYTES = 1 << 20
 
-def _stamp(path: str) -> _Stamp:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+def _checked(path: str) -> distsvc.paths.Signature | None:
+    """The signature of a file the daemon may read for a client (None: there is none), or
+    FullClient: a relative path is the client's to resolve, a FIFO would block us, a device
+    never end, a huge file fill our memory: the full client reads it, hurting only itself."""
+    if not os.path.isabs(path):  # a relative HOME
+        raise FullClient(f"{path} is a relative path")
+    stamp = distsvc.paths.regular_file_signature(path)
+    if stamp is None and os.path.lexists(path):
+        raise FullClient(f"{path} is not a regular file")
+    if stamp is not None and stamp[2] > CONFIG_MAX_BYTES:
+        raise FullClient(f"{path} is over {CONFIG_MAX_BYTES} bytes")
+    return stamp
 
 
 def client_config(environ: Mapping[str, str]) -> distsvc.config.Config:
     """The configuration `distsvc-run` would load with this environment; cached while its
     file is unchanged. Raises ConfigError as config.load does."""
     path = str(distsvc.paths.config_file(environ))
+    stamp = _checked(path)
     key = (path, environ.get("DISTSVC_HOSTS"))
-    stamp = _stamp(path)
     with _configs_lock:
         cached = _configs.get(key)
     if cached is not None and cached[0] == stamp:
@@ -90,19 +93,17 @@ def client_config(environ: Mapping[str, str]) -> distsvc.config.Config:
 
 def from_environ(request: dict[str, Any]) -> Setting:
     """The fast client's form: decided here from its environment and directory."""
-    environ = _strings(_field(request, "environ", dict), "environ")
-    cwd = _field(request, "cwd", str)
+    environ = _strings(distsvc.protocol.field(request, "environ", dict), "environ")
+    cwd = distsvc.protocol.field(request, "cwd", str)
     try:
         config = client_config(environ)
-        saved = distsvc.environment.load_saved(distsvc.paths.saved_environment_file(environ))
+        _checked(str(distsvc.paths.saved_environment_file(environ)))
+        env, workdir, term = distsvc.actions.run.command_setting(config, environ, cwd)
     except distsvc.errors.DistsvcError as error:
         raise FullClient(error.message) from None
     if not config.hosts:
         raise FullClient("no hosts configured: the command runs on the client's machine")
-    return Setting(config=config,
-                   env=distsvc.environment.carried(environ, config.env, saved),
-                   workdir=distsvc.actions.run.current_directory(environ, cwd),
-                   term=environ.get("TERM") or "xterm",
+    return Setting(config=config, env=env, workdir=workdir, term=term,
                    ssh_auth_sock=environ.get("SSH_AUTH_SOCK"))
 
 
@@ -127,10 +128,11 @@ def wire_config(data: dict[str, Any]) -> distsvc.config.Config:
 
 def from_wire(request: dict[str, Any]) -> Setting:
     """The full client's form: as it decided."""
-    config = wire_config(_field(request, "config", dict))
-    env = _strings(_field(request, "env", dict), "env")
+    config = wire_config(distsvc.protocol.field(request, "config", dict))
+    env = _strings(distsvc.protocol.field(request, "env", dict), "env")
     agent = request.get("ssh_auth_sock")
-    return Setting(config=config, env=env, workdir=_field(request, "workdir", str) or "/",
+    workdir = distsvc.protocol.field(request, "workdir", str) or "/"
+    return Setting(config=config, env=env, workdir=workdir,
                    term=str(request.get("term") or "xterm"),
                    ssh_auth_sock=agent if isinstance(agent, str) else None)
 

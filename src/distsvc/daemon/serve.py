@@ -45,7 +45,6 @@ IDLE_WORKER_WAIT = 5.0  # a connection thread waits this long for the next conne
 MAX_IDLE_WORKERS = 32
 ACCEPT_BATCH = 64  # connections accepted per turn of the loop, at most: its checks stay timely
 INLINE_PEEK = 65536  # a `best` request longer than this is served by a worker
-EXIT_RECHECK = 0.05  # how soon a daemon due to exit looks again whether it still serves
 
 
 def _refuse(sock: socket.socket, text: str) -> None:
@@ -118,6 +117,9 @@ def handle_connection(daemon: distsvc.daemon.context.Daemon, sock: socket.socket
             daemon.connections -= 1
             if user_request:
                 daemon.last_activity = time.monotonic()
+            last = daemon.connections == 0
+        if last:
+            daemon.wake()
         if peer is not None:
             peer.close()
         else:
@@ -226,8 +228,17 @@ class Stop:
 
     def set(self) -> None:
         self.event.set()
+        self.poke()
+
+    def poke(self) -> None:
+        """Wake serve() for a look at whether it may exit (the last connection ended)."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self.wake_w, b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.wake_r, 4096):
+                pass
 
     def is_set(self) -> bool:
         return self.event.is_set()
@@ -251,6 +262,7 @@ def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: 
     distsvc.adapters.systemd.notify(READY=1, STATUS=status_line(daemon))
     daemon.hoststate.open()  # before the first request: from now on it is read from memory
     workers = Workers(daemon)
+    daemon.wake = stop.poke
     log.info("daemon ready", version=distsvc.__version__, pid=os.getpid(),
              hosts=len(daemon.config.hosts))
     if daemon.book.root.is_dir():
@@ -278,11 +290,11 @@ def serve(listener: socket.socket, daemon: distsvc.daemon.context.Daemon, stop: 
             if idle:
                 log.info("exiting after being idle", idle_seconds=round(idle_for))
                 break
-        # Wakes for a connection, a stop, or each second for the watchdog and idle checks;
-        # while only requests in progress keep it from exiting, soon after they end (the
-        # next connection would be one in progress too).
-        wait = EXIT_RECHECK if daemon.retiring or idle else 1.0
-        readable, _, _ = select.select([listener.fileno(), stop.wake_r], [], [], wait)
+        # Wakes for a connection, a stop, the end of the last connection (a daemon due to
+        # exit goes then), or each second for the watchdog and idle checks.
+        readable, _, _ = select.select([listener.fileno(), stop.wake_r], [], [], 1.0)
+        if stop.wake_r in readable and not stop.is_set():
+            stop.drain()
         if listener.fileno() not in readable or stop.is_set():
             daemon.pool.close_idle(CONNECTION_IDLE)
             continue
@@ -329,7 +341,8 @@ def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) ->
     threads contending for the interpreter lock (with 32 at once, each send and lock waited
     milliseconds for it). The loop cannot block here: the request is only peeked at
     (MSG_DONTWAIT), the answer is a few bytes into an empty socket buffer (sent without
-    waiting), and the state in memory is held by no I/O but a stat."""
+    waiting), and the state in memory is held by no I/O but a stat: a changed configuration
+    or state file, or a handler that fails, sends the request to a worker."""
     import distsvc.daemon.handlers
 
     try:
@@ -347,12 +360,22 @@ def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) ->
     if len(messages) != 1 or decoder.buffer:
         return False
     request = messages[0]
-    handler = distsvc.daemon.handlers.INLINE_HANDLERS.get(request.get("type"))  # type: ignore[arg-type]
+    kind = request.get("type")
+    handler = (distsvc.daemon.handlers.INLINE_HANDLERS.get(kind) if isinstance(kind, str)
+               else None)
     if handler is None:
         return False
+    # Reading a changed configuration or state file is a worker's job: this thread sends
+    # the heartbeats and the watchdog pings, and must not wait for a file system.
+    if daemon.config_changed() or daemon.hoststate.outside_write():
+        return False
     check_identity(daemon, request, pid)
-    daemon.reload_config_if_changed()
-    answer = handler(daemon, request)
+    try:
+        answer = handler(daemon, request)
+    except Exception:  # nothing is read yet: a worker serves it, and answers an error
+        distsvc.log.get().exception("inline answer failed; a worker takes the request",
+                                    request=kind, peer_pid=pid)
+        return False
     if answer is None:
         return False
     try:

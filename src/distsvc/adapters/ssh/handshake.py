@@ -27,6 +27,7 @@ import paramiko
 import distsvc.adapters.ssh.channels
 import distsvc.config
 import distsvc.errors
+import distsvc.paths
 from distsvc.adapters.ssh.channels import Connection
 
 # More hops than this in a chain of ProxyJumps is a loop in ~/.ssh/config.
@@ -58,21 +59,15 @@ class Target:
     host_key_policy: str  # distsvc's own, which the jump hosts get as well
 
 
-def _signature(path: str) -> tuple[int, int, int] | None:
-    """What tells a file's contents changed (inode, size, mtime); None: no such file."""
-    try:
-        info = os.stat(path)
-    except OSError:  # as os.path.isfile would say; a file that cannot be opened fails later
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
+def _signature(path: str) -> distsvc.paths.Signature | None:
+    """What tells a file's contents or access changed; None: no such regular file."""
+    return distsvc.paths.regular_file_signature(path)
 
 
 # Files read once per process and again only when they change, not once per connection: a
 # scan of 200 hosts read ~/.ssh/config, the private keys and the known_hosts files 200 times.
 _files_lock = threading.Lock()
-_ssh_configs: dict[str, tuple[tuple[int, int, int], paramiko.SSHConfig]] = {}
+_ssh_configs: dict[str, tuple[distsvc.paths.Signature, paramiko.SSHConfig]] = {}
 
 
 def _ssh_config() -> paramiko.SSHConfig:
@@ -171,7 +166,7 @@ class _KnownHostsFile:
     hashed: list[tuple[str, str]]  # ("|1|salt|hash", line): HashKnownHosts' hidden names
 
 
-_known_hosts_files: dict[str, tuple[tuple[int, int, int], _KnownHostsFile]] = {}
+_known_hosts_files: dict[str, tuple[distsvc.paths.Signature, _KnownHostsFile]] = {}
 
 
 def _parse_known_hosts(text: str) -> _KnownHostsFile:
@@ -211,7 +206,8 @@ def _known_hosts_file(path: str) -> _KnownHostsFile | None:
     return parsed
 
 
-_KeyFile = tuple[str, type, str | None, tuple[int, int, int] | None, tuple[int, int, int] | None]
+_KeyFile = tuple[str, type, str | None, distsvc.paths.Signature | None,
+                 distsvc.paths.Signature | None]
 _private_keys: dict[_KeyFile, paramiko.PKey | Exception] = {}
 
 
