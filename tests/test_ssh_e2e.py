@@ -7,12 +7,16 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import conftest
 import helpers
 import sshbed
+
+if TYPE_CHECKING:
+    from distsvc.adapters.ssh.channels import Connection
 
 WHERE = ["sh", "-c", 'set -- $SSH_CONNECTION; echo "$3"']
 
@@ -339,3 +343,68 @@ def test_a_pool_that_keeps_nothing_closes_each_connection_after_its_run(
     finally:
         kept.close_all()
         passing.close_all()
+
+
+def _rekeying_every_mib(bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                        ) -> Connection:
+    """A connection to the first host whose transport rekeys every 1 MiB it sends or receives
+    (paramiko's REKEY_BYTES is 512 MiB)."""
+    import paramiko
+
+    import distsvc.adapters.ssh as ssh
+    import distsvc.config
+
+    monkeypatch.setattr(paramiko.Packetizer, "REKEY_BYTES", 1 << 20)
+    client = conftest.Client(bed, tmp_path / "client")
+    monkeypatch.setenv("HOME", str(client.home))
+    h1 = bed.hosts[0]
+    host = distsvc.config.Host("h1", address=h1.address, port=h1.port, user=bed.user)
+    return ssh.connect(ssh.resolve(host, "strict"), 10.0)
+
+
+def _stream_8_mib_then_run_again(connection: Connection) -> None:
+    try:
+        status, out = connection.run("head -c 8388608 /dev/zero", timeout=60)
+        assert (status, len(out)) == (0, 8388608)
+        assert connection.run("echo still", timeout=30) == (0, b"still\n")
+    finally:
+        connection.close()
+
+
+def test_a_connection_survives_rekeying_under_a_stream(bed: sshbed.Bed, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection rekeys in the middle of some command's output: here every 1 MiB,
+    through 8 MiB, then another command. The server's close of the session often arrives
+    during the last rekey: paramiko answered it from its transport thread, which then waited
+    for the end of the rekey only it could bring, and the connection died 30 s later (one run
+    in three before Connection answered closes itself, commit 411b991; a stream of exactly
+    512 MiB ends just as paramiko's own rekey begins)."""
+    _stream_8_mib_then_run_again(_rekeying_every_mib(bed, tmp_path, monkeypatch))
+
+
+def test_what_paramikos_transport_thread_sends_during_a_rekey_waits_for_its_end(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transport thread itself answers some messages (a jump host's channel closes, sshd's
+    keepalive requests); one it sends while keys are renegotiated must not block it, or the
+    rekey never ends ("Key-exchange timed out", the connection lost). Here it sends a message
+    each time the server's KEXINIT arrives, the worst moment, during a stream rekeyed every
+    1 MiB; the message is held until the new keys are in use."""
+    import paramiko
+    from paramiko.common import MSG_KEXINIT, cMSG_IGNORE
+
+    connection = _rekeying_every_mib(bed, tmp_path, monkeypatch)
+    transport = connection.transport
+    negotiate = transport._handler_table[MSG_KEXINIT]  # type: ignore[attr-defined]
+    clear_to_send_after = []
+
+    def negotiate_then_send(message: paramiko.Message) -> None:
+        negotiate(message)
+        ignore = paramiko.Message()
+        ignore.add_byte(cMSG_IGNORE)
+        ignore.add_string(b"sent by the transport thread during a rekey")
+        transport._send_user_message(ignore)  # type: ignore[attr-defined]
+        clear_to_send_after.append(transport.clear_to_send.is_set())
+
+    transport._handler_table[MSG_KEXINIT] = negotiate_then_send  # type: ignore[attr-defined]
+    _stream_8_mib_then_run_again(connection)
+    assert clear_to_send_after and not any(clear_to_send_after)  # each sent in a rekey

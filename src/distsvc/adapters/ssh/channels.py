@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import paramiko
-from paramiko.common import MSG_CHANNEL_CLOSE, cMSG_CHANNEL_CLOSE
+from paramiko.common import MSG_CHANNEL_CLOSE, MSG_NEWKEYS, cMSG_CHANNEL_CLOSE
 
 import distsvc.config
 import distsvc.errors
@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # the handshake module makes connections: it imports this one
 # cut the CPU of a stream by a sixth on both ends, but 2 of 3 streams of 512 MiB then lost
 # their connection in the rekey paramiko makes at 512 MiB ("Key-exchange timed out waiting for
 # key negotiation"; with CTR 0 of 2, though rekeying every 1 MiB fails with CTR as well).
+# The cause was not the cipher: a stream of exactly 512 MiB ends as that rekey begins, and the
+# server's close then arrived during it, answered by paramiko from its transport thread, which
+# blocked (see defer_own_sends_during_rekey); since 411b991 and that function, 3 of 3 such
+# streams with AES-GCM kept their connection (3 of 3 failed before). Not yet chosen again.
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET_SIZE = 32768
 
@@ -38,6 +42,41 @@ SESSIONS_PER_CONNECTION = 10
 KEEPALIVE_INTERVAL = 10.0
 KEEPALIVE_TIMEOUT = 20.0
 OPEN_TIMEOUT = 15.0  # for a session and its start to be confirmed by the server
+
+
+def defer_own_sends_during_rekey(transport: paramiko.Transport) -> None:
+    """Messages paramiko's transport thread sends itself while keys are being renegotiated
+    wait until our NEWKEYS is out, instead of blocking the thread that does the renegotiating.
+
+    During a rekey paramiko holds every non-kex message back (`_send_user_message` waits for
+    `clear_to_send`), as SSH requires. But some messages are sent by the transport thread
+    itself, from its handlers: the answer to a close of a channel not ours (a jump host's
+    forwarding channel), the reply to a channel request that wants one (sshd's
+    ClientAliveInterval keepalive). Received just after a rekey began (paramiko rekeys every
+    512 MiB), such a message blocked the only thread that can finish the rekey: after 30 s
+    "Key-exchange timed out waiting for key negotiation" ended the connection and every
+    command on it (paramiko issue 822, open upstream). Here such a message is queued and sent
+    when the server's NEWKEYS arrives (ours went out before it), before any other thread may
+    send again, so the order of messages stays what paramiko meant."""
+    queued: list[paramiko.Message] = []
+    send_user_message = transport._send_user_message  # type: ignore[attr-defined]
+    handlers = transport._handler_table  # type: ignore[attr-defined]
+    parse_newkeys = handlers[MSG_NEWKEYS]
+
+    def send(message: paramiko.Message) -> None:
+        # Only the transport thread clears and sets clear_to_send: from it, the test holds.
+        if threading.current_thread() is transport and not transport.clear_to_send.is_set():
+            queued.append(message)
+        else:
+            send_user_message(message)
+
+    def newkeys(message: paramiko.Message) -> None:
+        while queued:
+            transport._send_message(queued.pop(0))  # type: ignore[attr-defined]
+        parse_newkeys(message)
+
+    transport._send_user_message = send  # type: ignore[attr-defined]
+    handlers[MSG_NEWKEYS] = newkeys
 
 
 class Connection:
@@ -72,6 +111,7 @@ class Connection:
         self._paramiko_closed_by_server = handlers[MSG_CHANNEL_CLOSE]
         handlers[MSG_CHANNEL_CLOSE] = self._closed_by_server
         self.transport._channel_handler_table = handlers  # type: ignore[attr-defined]
+        defer_own_sends_during_rekey(self.transport)
 
     def reserve(self) -> bool:
         """Take one session slot, if the connection is alive and has one free."""
