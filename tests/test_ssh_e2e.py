@@ -408,3 +408,29 @@ def test_what_paramikos_transport_thread_sends_during_a_rekey_waits_for_its_end(
     transport._handler_table[MSG_KEXINIT] = negotiate_then_send  # type: ignore[attr-defined]
     _stream_8_mib_then_run_again(connection)
     assert clear_to_send_after and not any(clear_to_send_after)  # each sent in a rekey
+
+
+def test_openssh_and_distsvc_agree_on_aes_gcm(bed: sshbed.Bed, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against a real sshd, with paramiko's AES-GCM: the cipher both ways, no separate MAC,
+    and a command's output arrives whole."""
+    import paramiko
+
+    import distsvc.adapters.ssh as ssh
+    import distsvc.config
+
+    if "aes128-gcm@openssh.com" not in paramiko.Transport._preferred_ciphers:
+        pytest.fail(f"paramiko {paramiko.__version__} has no AES-GCM (3.3 added it)")
+    client = conftest.Client(bed, tmp_path / "client")
+    monkeypatch.setenv("HOME", str(client.home))
+    h1 = bed.hosts[0]
+    host = distsvc.config.Host("h1", address=h1.address, port=h1.port, user=bed.user)
+    connection = ssh.connect(ssh.resolve(host, "strict"), 10.0)
+    try:
+        transport = connection.transport
+        assert (transport.local_cipher, transport.remote_cipher) == (
+            "aes128-gcm@openssh.com", "aes128-gcm@openssh.com")
+        status, out = connection.run("head -c 3000000 /dev/urandom | od -An -tx1 | wc -l")
+        assert (status, out.strip()) == (0, b"187500")
+    finally:
+        connection.close()

@@ -341,3 +341,29 @@ def test_paramiko_is_imported_without_invoke_and_match_exec_still_works(
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ,
                             "HOME": str(tmp_path)}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_transports_ask_for_aes_gcm_and_encrypt_then_mac_first() -> None:
+    """paramiko's own order (aes128-ctr + hmac-sha2-256 first) is kept behind AES-GCM, which
+    OpenSSH offers too and which needs no separate MAC pass; nothing is added or dropped."""
+    channels = distsvc.adapters.ssh.channels
+    plain = paramiko.Transport(socket.socket())
+    ours = channels.new_transport(socket.socket())
+    try:
+        offered, asked = plain.get_security_options(), ours.get_security_options()
+        assert sorted(asked.ciphers) == sorted(offered.ciphers)
+        assert sorted(asked.digests) == sorted(offered.digests)
+        if "aes128-gcm@openssh.com" in offered.ciphers:  # paramiko 3.3 and later
+            assert asked.ciphers[:2] == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+        others = [c for c in asked.ciphers if c not in channels.PREFERRED_CIPHERS]
+        assert others == [c for c in offered.ciphers if c not in channels.PREFERRED_CIPHERS]
+        assert asked.digests[0] == "hmac-sha2-256-etm@openssh.com"
+    finally:
+        plain.close()
+        ours.close()
+
+
+def test_preferred_moves_known_names_forward_and_ignores_unknown_ones() -> None:
+    preferred = distsvc.adapters.ssh.channels._preferred
+    assert preferred(("c", "x", "a"), ("a", "b", "c")) == ("c", "a", "b")
+    assert preferred((), ("a", "b")) == ("a", "b")

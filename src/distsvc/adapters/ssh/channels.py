@@ -9,7 +9,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE, MSG_NEWKEYS, cMSG_CHANNEL_CLOSE
@@ -22,16 +22,40 @@ if TYPE_CHECKING:  # the handshake module makes connections: it imports this one
 
 # Measured against OpenSSH 9.2 (docs/benchmarks.md): 4 MiB streams fastest. A much larger
 # window lets sshd queue megabytes it then copies over and over (16 MiB ran 3x slower).
-# paramiko's own cipher order stays (aes128-ctr with hmac-sha2-256): preferring its AES-GCM
-# cut the CPU of a stream by a sixth on both ends, but 2 of 3 streams of 512 MiB then lost
-# their connection in the rekey paramiko makes at 512 MiB ("Key-exchange timed out waiting for
-# key negotiation"; with CTR 0 of 2, though rekeying every 1 MiB fails with CTR as well).
-# The cause was not the cipher: a stream of exactly 512 MiB ends as that rekey begins, and the
-# server's close then arrived during it, answered by paramiko from its transport thread, which
-# blocked (see defer_own_sends_during_rekey); since 411b991 and that function, 3 of 3 such
-# streams with AES-GCM kept their connection (3 of 3 failed before). Not yet chosen again.
+# A larger packet size buys nothing: sshd reads a command's output 32 KiB at a time and sends
+# each read as one packet whatever the maximum.
 WINDOW_SIZE = 4 * 1024 * 1024
 MAX_PACKET_SIZE = 32768
+
+# (AES-GCM first once lost streams of 512 MiB in paramiko's rekey: "Key-exchange timed out".
+# The cause was not the cipher: such a stream ends as the rekey begins, and the server's close
+# then arrived during it, answered by paramiko from its transport thread, which blocked; our
+# close answers it now, and defer_own_sends_during_rekey covers the rest.)
+# Asked for before paramiko's own order (aes*-ctr, then hmac-sha2-*): AES-GCM is an AEAD
+# cipher that OpenSSH offers too, and it authenticates in the same pass as it decrypts, where
+# CTR needs a separate HMAC-SHA2 over every packet computed in Python's hmac module; a stream
+# through the daemon spent a quarter of its CPU on that. Encrypt-then-MAC first for the MACs
+# a CTR cipher still needs (an older server): the same cost, and the MAC is checked before
+# anything is decrypted. A paramiko without AES-GCM (before 3.3) keeps its own order.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+
+
+def _preferred(first: tuple[str, ...], offered: tuple[str, ...]) -> tuple[str, ...]:
+    """`offered` (paramiko's list, in its order) with those of `first` it has moved to the
+    front, in the order of `first`; nothing is added or removed."""
+    front = tuple(name for name in first if name in offered)
+    return front + tuple(name for name in offered if name not in front)
+
+
+def new_transport(sock: Any, **options: Any) -> paramiko.Transport:
+    """A paramiko Transport with distsvc's algorithm preferences (SSHClient.connect's
+    transport_factory: it passes `sock` and its own keyword options)."""
+    transport = paramiko.Transport(sock, **options)
+    security = transport.get_security_options()
+    security.ciphers = _preferred(PREFERRED_CIPHERS, tuple(security.ciphers))
+    security.digests = _preferred(PREFERRED_MACS, tuple(security.digests))
+    return transport
 
 # OpenSSH's default MaxSessions: the sessions one connection carries before the server refuses
 # the next. A server that refuses earlier teaches the pool its own limit.

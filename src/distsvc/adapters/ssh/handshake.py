@@ -550,7 +550,8 @@ def _connect(target: Target, deadline: float, agent_socket: str | None, hops: in
             # paramiko takes a list too, which its type stubs do not say.
             key_filename=identities or None,  # type: ignore[arg-type]
             timeout=remaining, banner_timeout=remaining, auth_timeout=remaining,
-            allow_agent=agent is not None, look_for_keys=True)
+            allow_agent=agent is not None, look_for_keys=True,
+            transport_factory=distsvc.adapters.ssh.channels.new_transport)
         return Connection(target, client, jump)
     except BaseException as error:
         proxy_said = sock.last_words() if isinstance(sock, _ProxyCommand) else None
