@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import select
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from test_relay_memory import Stream  # always ready, 64 KiB a read, the relay's Process seam
 
 import distsvc.actions.relay as relay
+import distsvc.polling
 
 PIECE = 65536
 PIPE_SIZE = 2 * PIECE
@@ -29,18 +28,19 @@ def test_a_reader_that_caught_up_gets_output_without_waiting_out_a_timeout(
     read_fd, write_fd = os.pipe()
     fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     behind = threading.Event()
-    idle_waits = []  # select calls waiting on nothing but events, output still to come
+    idle_waits = []  # waits on nothing but events, output still to come
 
-    def watched_select(reading: list[int], writing: list[int], errors: list[int],
-                       timeout: float) -> Any:
+    wait = distsvc.polling.wait
+
+    def watched_wait(reading: list[int], writing: list[int], timeout: float) -> Any:
         if process.fileno() not in reading and not process.finished():
             if writing:
                 behind.set()  # the relay waits for the reader: let it read
             else:
                 idle_waits.append(reading)
-        return select.select(reading, writing, errors, timeout)
+        return wait(reading, writing, timeout)
 
-    monkeypatch.setattr(relay, "select", SimpleNamespace(select=watched_select))
+    monkeypatch.setattr(distsvc.polling, "wait", watched_wait)
     events = relay.EventQueue()
     statuses = []
 

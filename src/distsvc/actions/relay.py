@@ -16,6 +16,7 @@ from typing import Protocol
 import distsvc.actions.events
 import distsvc.adapters.memory
 import distsvc.adapters.terminal
+import distsvc.polling
 
 # Defined in events.py, light enough for the fast client; named here too for the relay's users.
 EventQueue = distsvc.actions.events.EventQueue
@@ -116,7 +117,7 @@ class Output:
             return os.write(self.fd, self.pending)
         except BlockingIOError:
             # Inherited in non-blocking mode (common under node or CI runners).
-            select.select([], [self.fd], [])
+            distsvc.polling.wait(write=[self.fd])
             return 0
 
     def close(self) -> None:
@@ -262,7 +263,7 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
             reading = [events.fileno()] + ([process.fileno()] if status is None and not behind
                                            else [])
             writing = [o.fileno() for o in outputs if o.pending]
-            woken = events.fileno() in select.select(reading, writing, [], 1.0)[0]
+            woken = events.fileno() in distsvc.polling.wait(reading, writing, 1.0)[0]
     finally:
         for output in outputs:
             output.close()

@@ -5,7 +5,6 @@ that stops answering noticed by keepalive requests."""
 from __future__ import annotations
 
 import contextlib
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from paramiko.common import MSG_CHANNEL_CLOSE, MSG_NEWKEYS, cMSG_CHANNEL_CLOSE
 
 import distsvc.config
 import distsvc.errors
+import distsvc.polling
 
 if TYPE_CHECKING:  # the handshake module makes connections: it imports this one
     from distsvc.adapters.ssh.handshake import Target
@@ -371,7 +371,7 @@ def run_to_end(process: RemoteProcess, stdin: bytes, timeout: float) -> tuple[in
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"no answer within {timeout:g} s")
-            select.select([process.fileno()], [], [], remaining)
+            distsvc.polling.wait([process.fileno()], timeout=remaining)
             out += process.read_stdout()
             process.read_stderr()
             if process.finished():

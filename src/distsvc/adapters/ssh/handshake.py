@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import logging
 import os
-import select
 import socket
 import stat
 import subprocess
@@ -28,6 +27,7 @@ import distsvc.adapters.ssh.channels
 import distsvc.config
 import distsvc.errors
 import distsvc.paths
+import distsvc.polling
 from distsvc.adapters.ssh.channels import Connection
 
 # More hops than this in a chain of ProxyJumps is a loop in ~/.ssh/config.
@@ -302,7 +302,7 @@ class _ProxyCommand(paramiko.ProxyCommand):
         `size` bytes, so a command that ended would spin until the handshake timed out."""
         stdout = self.process.stdout
         assert stdout is not None
-        if not select.select([stdout], [], [], self.timeout)[0]:
+        if not distsvc.polling.wait([stdout], timeout=self.timeout)[0]:
             raise TimeoutError()  # socket.timeout, which paramiko polls with
         try:
             data = os.read(stdout.fileno(), size)
@@ -335,7 +335,7 @@ class _ProxyCommand(paramiko.ProxyCommand):
     def _read_stderr(self) -> str | None:
         stderr = self.process.stderr
         # Non-blocking: a process it left behind may still hold the pipe open.
-        if stderr is None or not select.select([stderr], [], [], 0)[0]:
+        if stderr is None or not distsvc.polling.wait([stderr], timeout=0)[0]:
             return None
         lines = os.read(stderr.fileno(), 65536).decode("utf-8", "replace").strip()
         return lines.splitlines()[-1][:200] if lines else None

@@ -26,13 +26,13 @@ import collections
 import dataclasses
 import errno
 import os
-import select
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import distsvc.errors
+import distsvc.polling
 
 DESTINATION = b"org.freedesktop.systemd1"
 MANAGER_PATH = b"/org/freedesktop/systemd1"
@@ -387,7 +387,7 @@ class Manager:
             if left <= 0:
                 raise UnitError(f"cannot {doing} {name}: systemd did not finish the job "
                                 f"within {JOB_TIMEOUT:.0f} s")
-            select.select([fd], [], [], min(left, WAIT_SLICE))
+            distsvc.polling.wait([fd], timeout=min(left, WAIT_SLICE))
 
     def _drain(self) -> None:
         """Process every message waiting; note the JobRemoved signals (the lock is held)."""
