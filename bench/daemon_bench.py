@@ -353,11 +353,19 @@ def query_worker(env: dict[str, str], message: dict[str, Any], count: int,
 def concurrent_queries(env: dict[str, str], message: dict[str, Any], clients: int,
                        each: int) -> tuple[float, list[float]]:
     """`clients` processes making `each` queries at once: (wall seconds, every latency)."""
+    return forked_clients(query_worker, [(env, message, each)] * clients, "query clients")
+
+
+def forked_clients(target: Any, arguments: list[tuple[Any, ...]], what: str
+                   ) -> tuple[float, list[float]]:
+    """One forked process per tuple of `arguments`, each running target(*its arguments,
+    barrier, results) and putting its latencies (or the repr of its error) on `results`;
+    released together: (wall seconds from the release, every latency)."""
     context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(clients + 1)
+    barrier = context.Barrier(len(arguments) + 1)
     results = context.Queue()
-    workers = [context.Process(target=query_worker, args=(env, message, each, barrier, results))
-               for _ in range(clients)]
+    workers = [context.Process(target=target, args=(*args, barrier, results))
+               for args in arguments]
     for worker in workers:
         worker.start()
     barrier.wait()
@@ -368,7 +376,7 @@ def concurrent_queries(env: dict[str, str], message: dict[str, Any], clients: in
         worker.join(30)
     failed = [c for c in collected if isinstance(c, str)]
     if failed:
-        raise RuntimeError(f"{len(failed)} query clients failed: {failed[0]}")
+        raise RuntimeError(f"{len(failed)} {what} failed: {failed[0]}")
     return wall, [t for c in collected for t in c]
 
 
@@ -396,26 +404,10 @@ def paced_queries(env: dict[str, str], message: dict[str, Any], clients: int, ra
                   seconds: float) -> tuple[float, list[float]]:
     """`clients` processes sending `rate` queries/s in all for `seconds`, evenly staggered:
     (wall seconds, every latency from its due time)."""
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(clients + 1)
-    results = context.Queue()
     interval = clients / rate
     each = max(1, round(rate * seconds / clients))
-    workers = [context.Process(target=paced_worker, args=(
-        env, message, each, interval, interval * i / clients, barrier, results))
-        for i in range(clients)]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    collected = [results.get(timeout=600) for _ in workers]
-    wall = time.perf_counter() - started
-    for worker in workers:
-        worker.join(30)
-    failed = [c for c in collected if isinstance(c, str)]
-    if failed:
-        raise RuntimeError(f"{len(failed)} paced query clients failed: {failed[0]}")
-    return wall, [t for c in collected for t in c]
+    return forked_clients(paced_worker, [(env, message, each, interval, interval * i / clients)
+                                         for i in range(clients)], "paced query clients")
 
 
 def placements(env: dict[str, str]) -> int:
