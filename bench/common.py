@@ -356,17 +356,23 @@ def wait_until_answering(env: dict[str, str], process: subprocess.Popen[bytes] |
             time.sleep(0.002)
 
 
-def stop_daemon(process: subprocess.Popen[bytes], env: dict[str, str]) -> None:
-    """SIGTERM and wait; the daemon notices within its accept timeout (1 s) and removes its
-    socket."""
+def terminate(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM and wait up to `grace` seconds; a daemon that ignores it is killed, and that
+    is the run's failure."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(20)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-            raise RuntimeError(f"daemon {process.pid} ignored SIGTERM for 20 s") from None
+            raise RuntimeError(f"daemon {process.pid} ignored SIGTERM for {grace:g} s") from None
+
+
+def stop_daemon(process: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    """SIGTERM and wait; the daemon notices within its accept timeout (1 s) and removes its
+    socket."""
+    terminate(process, 20)
     if socket_path(env).exists():
         raise RuntimeError(f"daemon {process.pid} left its socket {socket_path(env)}")
 

@@ -84,6 +84,7 @@ from common import (
     ssh_env,
     sshbed,
     stray_sshd,
+    terminate,
     time_call,
 )
 from daemon_bench import load_now
@@ -164,13 +165,7 @@ def daemon(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-            raise RuntimeError(f"daemon {process.pid} ignored SIGTERM for 30 s") from None
+        terminate(process, 30)
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120
