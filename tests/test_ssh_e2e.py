@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -351,10 +353,16 @@ def _rekeying_every_mib(bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.Mon
     (paramiko's REKEY_BYTES is 512 MiB)."""
     import paramiko
 
+    monkeypatch.setattr(paramiko.Packetizer, "REKEY_BYTES", 1 << 20)
+    return _connection(bed, tmp_path, monkeypatch)
+
+
+def _connection(bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> Connection:
+    """A connection to the first host, made in this process."""
     import distsvc.adapters.ssh as ssh
     import distsvc.config
 
-    monkeypatch.setattr(paramiko.Packetizer, "REKEY_BYTES", 1 << 20)
     client = conftest.Client(bed, tmp_path / "client")
     monkeypatch.setenv("HOME", str(client.home))
     h1 = bed.hosts[0]
@@ -432,5 +440,55 @@ def test_openssh_and_distsvc_agree_on_aes_gcm(bed: sshbed.Bed, tmp_path: Path,
             "aes128-gcm@openssh.com", "aes128-gcm@openssh.com")
         status, out = connection.run("head -c 3000000 /dev/urandom | od -An -tx1 | wc -l")
         assert (status, out.strip()) == (0, b"187500")
+    finally:
+        connection.close()
+
+
+def _voluntary_switches(thread: threading.Thread) -> int:
+    """How many times `thread` has gone to sleep and been woken (the kernel's count)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("voluntary_ctxt_switches:"))
+
+
+def test_an_idle_connection_sleeps_until_it_is_closed(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko's transport thread woke 10 times a second (its socket's 0.1 s timeout) to look
+    at a few flags, so a daemon's 1,000 warm connections cost a third of a CPU doing nothing.
+    Now it sleeps until the server sends something, and a close wakes it: its thread ends
+    even when its wait would last an hour. Counted: the thread's wake-ups, from /proc."""
+    connection = _connection(bed, tmp_path, monkeypatch)
+    transport = connection.transport
+    try:
+        assert connection.run("echo warm") == (0, b"warm\n")
+        time.sleep(0.5)  # the session's last packets (its close) are in
+        before = _voluntary_switches(transport)
+        time.sleep(2.0)
+        woke = _voluntary_switches(transport) - before
+        assert woke <= 4, f"the idle transport thread woke {woke} times in 2 s"
+        transport.sock.settimeout(3600.0)  # only the close can end its wait now
+    finally:
+        connection.close()
+    helpers.wait_for(lambda: not transport.is_alive(), 30, "the transport thread to end")
+
+
+def test_a_rekey_a_sender_asks_for_starts_while_the_connection_is_idle(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko asks for new keys after 512 MiB sent, from the sending thread, and only its
+    transport thread starts the exchange, which it looked for between reads: asleep on a
+    connection that receives nothing, it must be woken. Here the next message sent asks, and
+    it is one the server never answers; the thread's wait would otherwise last an hour."""
+    connection = _connection(bed, tmp_path, monkeypatch)
+    transport = connection.transport
+    try:
+        transport.sock.settimeout(3600.0)
+        kexinit = transport.local_kex_init
+        transport.packetizer.REKEY_BYTES = 1  # the instance's, not paramiko's class
+        transport.send_ignore()
+        helpers.wait_for(lambda: transport.local_kex_init is not kexinit, 30,
+                         "our KEXINIT to be sent")
+        del transport.packetizer.REKEY_BYTES
+        helpers.wait_for(lambda: not transport.packetizer.need_rekey(), 30, "the new keys")
+        assert connection.run("echo rekeyed") == (0, b"rekeyed\n")
     finally:
         connection.close()

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_CLOSE, MSG_NEWKEYS, cMSG_CHANNEL_CLOSE
+from paramiko.packet import Packetizer
 
 import distsvc.config
 import distsvc.errors
 import distsvc.polling
+from distsvc.adapters.ssh.sock import TransportSocket
 
 if TYPE_CHECKING:  # the handshake module makes connections: it imports this one
     from distsvc.adapters.ssh.handshake import Target
@@ -50,12 +52,36 @@ def _preferred(first: tuple[str, ...], offered: tuple[str, ...]) -> tuple[str, .
 
 def new_transport(sock: Any, **options: Any) -> paramiko.Transport:
     """A paramiko Transport with distsvc's algorithm preferences (SSHClient.connect's
-    transport_factory: it passes `sock` and its own keyword options)."""
+    transport_factory: it passes `sock` and its own keyword options); on a TransportSocket,
+    what paramiko's transport thread looked at between reads wakes it (`_wake_on_flags`)."""
     transport = paramiko.Transport(sock, **options)
     security = transport.get_security_options()
     security.ciphers = _preferred(PREFERRED_CIPHERS, tuple(security.ciphers))
     security.digests = _preferred(PREFERRED_MACS, tuple(security.digests))
+    if isinstance(sock, TransportSocket):
+        _wake_on_flags(transport.packetizer, sock)
     return transport
+
+
+def _wake_on_flags(packetizer: Packetizer, sock: TransportSocket) -> None:
+    """The flags paramiko's transport thread polled for 10 times a second, made to wake it
+    where they are set: a rekey a sender asks for (after 512 MiB sent; the thread's read
+    loop starts the key exchange when a wait ends with socket.timeout and the flag set), and
+    a keepalive's interval (checked after each such wait). A close wakes it by itself (see
+    sock.TransportSocket.close)."""
+    trigger_rekey = packetizer._trigger_rekey  # type: ignore[attr-defined]
+    set_keepalive = packetizer.set_keepalive
+
+    def rekey() -> None:
+        trigger_rekey()
+        sock.wake()
+
+    def keepalive(interval: float, callback: Callable[[], object]) -> None:
+        set_keepalive(interval, callback)
+        sock.every(interval)
+
+    packetizer._trigger_rekey = rekey  # type: ignore[attr-defined]
+    packetizer.set_keepalive = keepalive  # type: ignore[method-assign]
 
 # OpenSSH's default MaxSessions: the sessions one connection carries before the server refuses
 # the next. A server that refuses earlier teaches the pool its own limit.
@@ -66,6 +92,9 @@ SESSIONS_PER_CONNECTION = 10
 KEEPALIVE_INTERVAL = 10.0
 KEEPALIVE_TIMEOUT = 20.0
 OPEN_TIMEOUT = 15.0  # for a session and its start to be confirmed by the server
+# How long an authenticated connection's transport thread sleeps at most with nothing to do
+# (paramiko: 0.1 s). What it woke for now wakes it (sock.py); this is only a backstop.
+IDLE_WAKE = 60.0
 
 
 def defer_own_sends_during_rekey(transport: paramiko.Transport) -> None:
@@ -136,6 +165,8 @@ class Connection:
         handlers[MSG_CHANNEL_CLOSE] = self._closed_by_server
         self.transport._channel_handler_table = handlers  # type: ignore[attr-defined]
         defer_own_sends_during_rekey(self.transport)
+        if isinstance(self.transport.sock, TransportSocket):  # authenticated: no more timers
+            self.transport.sock.settimeout(IDLE_WAKE)
 
     def reserve(self) -> bool:
         """Take one session slot, if the connection is alive and has one free."""

@@ -29,6 +29,7 @@ import distsvc.errors
 import distsvc.paths
 import distsvc.polling
 from distsvc.adapters.ssh.channels import Connection
+from distsvc.adapters.ssh.sock import TransportSocket
 
 # More hops than this in a chain of ProxyJumps is a loop in ~/.ssh/config.
 MAX_JUMPS = 8
@@ -368,14 +369,18 @@ def _open_socket(target: Target, timeout: float, jump: Connection | None) -> Any
                 target.label, f"ProxyCommand `{command}` could not start: {why} "
                 "(see ~/.ssh/config)") from None
     sock = socket.create_connection((target.hostname, target.port), timeout=timeout)
-    # paramiko leaves Nagle on: small writes then wait for delayed ACKs (~40 ms a command).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    # A host that vanishes (crash, cable) is noticed within ~60 s, not TCP's ~15 minutes.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    return sock
+    try:
+        # paramiko leaves Nagle on: small writes then wait for delayed ACKs (~40 ms a command).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A host that vanishes (crash, cable) is noticed within ~60 s, not TCP's ~15 minutes.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        return TransportSocket(sock)  # wrapped here, so _connect's failure path closes it all
+    except BaseException:
+        sock.close()
+        raise
 
 
 class _Agent(paramiko.agent.AgentSSH):
