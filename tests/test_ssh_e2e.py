@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -490,5 +491,41 @@ def test_a_rekey_a_sender_asks_for_starts_while_the_connection_is_idle(
         del transport.packetizer.REKEY_BYTES
         helpers.wait_for(lambda: not transport.packetizer.need_rekey(), 30, "the new keys")
         assert connection.run("echo rekeyed") == (0, b"rekeyed\n")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("term", [None, "xterm"])
+def test_a_start_the_server_never_answers_fails_within_the_timeout(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        term: str | None) -> None:
+    """paramiko waits for the server's replies to a pseudo-terminal and to `exec` without a
+    bound: the machine freezing right after the session opened must not hold the caller. By
+    the open's timeout, a pseudo-terminal never answered is a host not answering (nothing
+    ran), a command never answered is uncertain (it may have run: never run again); and the
+    connection serves the next command once the machine is back."""
+    import distsvc.errors
+
+    connection = _connection(bed, tmp_path, monkeypatch)
+    open_session = connection._open_session
+    frozen = contextlib.ExitStack()
+
+    def open_then_freeze(timeout: float) -> object:
+        channel = open_session(timeout)
+        frozen.enter_context(bed.hosts[0].hung(connections=True))
+        return channel
+
+    connection._open_session = open_then_freeze  # type: ignore[method-assign]
+    try:
+        with frozen:
+            if term is None:
+                with pytest.raises(distsvc.errors.StartUncertain):
+                    connection.open("echo never", timeout=2.0)
+            else:
+                with pytest.raises(distsvc.errors.HostUnreachable) as error:
+                    connection.open("echo never", term=term, timeout=2.0)
+                assert error.value.reason.startswith("no answer within 2 s"), error.value.reason
+        del connection._open_session
+        assert connection.run("echo back", timeout=30) == (0, b"back\n")
     finally:
         connection.close()

@@ -290,7 +290,6 @@ class Connection:
             raise distsvc.errors.SessionRefused(
                 label, f"all {self.limit} sessions of the connection are in use")
         channel = None
-        expired = threading.Event()
         try:
             try:
                 channel = self._open_session(timeout)
@@ -307,33 +306,25 @@ class Connection:
                 raise distsvc.errors.HostUnreachable(label, "connection lost") from None
             with self._answers_lock:
                 self._ours.add(channel.chanid)
-            opened = channel
-
-            def expire() -> None:  # paramiko waits for the server's replies without a bound
-                expired.set()
-                opened.close()
-
-            timer = threading.Timer(timeout, expire)
-            timer.daemon = True
-            timer.start()
+            _replies_until(channel, time.monotonic() + timeout)
             try:
                 if term is not None:
                     try:
                         channel.get_pty(term=term, width=size[0], height=size[1])
-                    except (paramiko.SSHException, EOFError, OSError):
-                        raise self._failed(expired, "a pseudo-terminal", timeout) from None
+                    except (paramiko.SSHException, EOFError, OSError) as error:
+                        raise self._failed(isinstance(error, _NoReply), "a pseudo-terminal",
+                                           timeout) from None
                 try:
                     channel.exec_command(command)
-                except (paramiko.SSHException, EOFError, OSError):
-                    if expired.is_set() or not self.alive():
+                except (paramiko.SSHException, EOFError, OSError) as error:
+                    if isinstance(error, _NoReply) or not self.alive():
                         raise distsvc.errors.StartUncertain(
                             f"{label}: the connection failed while the command was starting; "
                             "it may have run, so it is not run again") from None
                     raise distsvc.errors.SessionRefused(
                         label, "refused to start the command") from None
             finally:
-                timer.cancel()
-                timer.join()
+                vars(channel).pop("_wait_for_event", None)  # paramiko's own wait again
         except BaseException:
             if channel is not None:
                 self.close_channel(channel)
@@ -363,10 +354,10 @@ class Connection:
                     raise
         raise paramiko.ChannelException(2, "refused twice")  # SSH_OPEN_CONNECT_FAILED
 
-    def _failed(self, expired: threading.Event, what: str,
+    def _failed(self, expired: bool, what: str,
                 timeout: float) -> distsvc.errors.HostUnreachable:
         label = self.target.label
-        if expired.is_set():
+        if expired:
             return distsvc.errors.HostUnreachable(
                 label, f"no answer within {timeout:g} s (the host stopped answering)")
         if not self.alive():
@@ -385,6 +376,29 @@ class Connection:
         self.client.close()  # a ProxyCommand is reaped by its own close (handshake)
         if self.jump is not None:
             self.jump.close()
+
+
+class _NoReply(paramiko.SSHException):
+    """The server did not answer a channel request before its deadline."""
+
+
+def _replies_until(channel: paramiko.Channel, deadline: float) -> None:
+    """Make the channel's waits for the server's replies to its requests (a pseudo-terminal,
+    the command's start) end at `deadline` (time.monotonic()) with _NoReply.
+
+    paramiko waits for them without a bound (`Channel._wait_for_event`), so a host that stops
+    answering held the caller for ever. A Timer thread per command used to close the channel
+    at the deadline: a thread started and joined for every command, about 3 ms of the
+    daemon's CPU each. The caller removes the instance's override once its requests are
+    answered (`vars(channel).pop("_wait_for_event")`)."""
+    wait_for_event = channel._wait_for_event  # type: ignore[attr-defined]
+
+    def wait() -> None:
+        if not channel.event.wait(max(0.0, deadline - time.monotonic())):
+            raise _NoReply("no reply in time")
+        wait_for_event()  # the reply is in: paramiko's own reading of it
+
+    channel._wait_for_event = wait  # type: ignore[attr-defined]
 
 
 def run_to_end(process: RemoteProcess, stdin: bytes, timeout: float) -> tuple[int, bytes]:
