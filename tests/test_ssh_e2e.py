@@ -535,3 +535,28 @@ def test_a_start_the_server_never_answers_fails_within_the_timeout(
         assert connection.run("echo back", timeout=30) == (0, b"back\n")
     finally:
         connection.close()
+
+
+def test_a_keepalive_set_on_the_transport_still_fires_while_idle(
+        bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko sends its keepalive (Transport.set_keepalive) when a wait of its transport
+    thread ends with nothing read; those waits were 0.1 s. distsvc asks for replies from the
+    pool's watcher instead, but a keepalive set on the transport must still fire: its interval
+    bounds the wait, though the wait would otherwise last an hour."""
+    connection = _connection(bed, tmp_path, monkeypatch)
+    transport = connection.transport
+    sent: list[str] = []
+    global_request = transport.global_request
+
+    def counted(kind: str, *arguments: Any, **options: Any) -> Any:
+        sent.append(kind)
+        return global_request(kind, *arguments, **options)
+
+    try:
+        transport.sock.settimeout(3600.0)
+        transport.global_request = counted  # type: ignore[method-assign]
+        transport.set_keepalive(1)
+        helpers.wait_for(lambda: len(sent) >= 2, 30, "two keepalives")
+        assert connection.run("echo alive") == (0, b"alive\n")
+    finally:
+        connection.close()
