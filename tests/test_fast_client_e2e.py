@@ -12,10 +12,12 @@ from pathlib import Path
 import conftest
 
 # What `distsvc-run CMD` may import beyond a bare interpreter's modules, with a daemon
-# answering: the light distsvc modules, and the C halves of socket, signal and json (their
-# Python halves import enum, re, selectors, collections: ~10 ms and ~10 ms of CPU per call).
+# answering: the light distsvc modules, and the C halves of socket, signal, json and struct
+# (their Python halves import enum, re, selectors, collections: ~10 ms and ~10 ms of CPU per
+# call; struct's is one more module to find). errno, fcntl and pwd only off that path (the
+# daemon's lock, a runtime directory in /tmp): each module costs a call ~0.1 ms.
 FAST_PATH_MODULES = {
-    "__future__", "_json", "_socket", "_struct", "errno", "fcntl", "pwd", "select", "struct",
+    "__future__", "_json", "_socket", "_struct", "select",
     "distsvc", "distsvc.actions", "distsvc.actions.client", "distsvc.actions.events",
     "distsvc.adapters", "distsvc.adapters.unix",  # adapters.terminal only with a terminal
     "distsvc.commands", "distsvc.commands.common", "distsvc.commands.run", "distsvc.errors",
