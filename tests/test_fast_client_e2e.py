@@ -49,6 +49,31 @@ def test_the_fast_path_imports_exactly_the_light_modules(
     assert set(done.stdout.split()) - bare == FAST_PATH_MODULES - bare
 
 
+def test_the_program_ends_at_once_with_the_status_after_exit_handlers_and_flushing(
+        daemon_client: conftest.Client) -> None:
+    """As the program (main() without argv), the fast path ends with os._exit: atexit
+    handlers run and buffered output is written, but no teardown (a __del__ would print)."""
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    code = ("import atexit, sys\n"
+            "class Torn:\n"
+            "    def __del__(self): print('teardown')\n"
+            "kept = Torn()\n"
+            "atexit.register(lambda: print('exit handler'))\n"
+            "sys.stdout.write('buffered\\n')\n"
+            "sys.argv = ['distsvc-run', 'sh', '-c', 'echo out; echo err >&2; exit 7']\n"
+            "import distsvc.commands.run\n"
+            "distsvc.commands.run.main()\n"
+            "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], env=daemon_client.env,
+                          cwd=daemon_client.workdir, capture_output=True, timeout=60)
+    assert (done.returncode, done.stderr) == (7, b"err\n")
+    # (The command's "out" is written by the daemon to our stdout as the command runs.)
+    assert sorted(done.stdout.splitlines()) == [b"buffered", b"exit handler", b"out"]
+    # The installed script goes the same way.
+    result = daemon_client.run("distsvc-run", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+
+
 def test_a_bad_configuration_names_each_field_as_without_a_daemon(
         daemon_client: conftest.Client) -> None:
     path = daemon_client.configure(daemon_client.bed.hosts[:1], extra='max_age = "soon"')
