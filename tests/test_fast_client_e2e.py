@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import conftest
+from distsvc import __version__
 
 # What `distsvc-run CMD` may import beyond a bare interpreter's modules, with a daemon
 # answering: the light distsvc modules, and the C halves of socket, signal, json and struct
@@ -72,6 +73,21 @@ def test_the_program_ends_at_once_with_the_status_after_exit_handlers_and_flushi
     # The installed script goes the same way.
     result = daemon_client.run("distsvc-run", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+
+
+def test_the_installed_script_starts_without_site_and_loads_it_for_the_full_client(
+        daemon_client: conftest.Client) -> None:
+    """scripts/setup.sh writes .venv/bin/distsvc-run with `python -S` (scripts/fast-launcher.sh):
+    the fast path needs no site-packages; without a daemon the full client loads `site` and
+    finds paramiko there."""
+    script = conftest.BIN / "distsvc-run"
+    assert script.read_text().splitlines()[0] == f"#!{conftest.BIN / 'python'} -S"
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    address = daemon_client.bed.hosts[0].address
+    assert server_address(daemon_client) == address
+    assert server_address(daemon_client, env={"DISTSVC_DAEMON": "off"}) == address
+    version = daemon_client.run("distsvc-run", "--version")
+    assert (version.returncode, version.stdout.decode()) == (0, f"distsvc {__version__}\n")
 
 
 def test_a_bad_configuration_names_each_field_as_without_a_daemon(

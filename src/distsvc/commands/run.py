@@ -108,6 +108,12 @@ def exit_now(status: int) -> None:
 
 def run_full(argv: list[str]) -> int:
     """Arguments parsed, the configuration loaded here, then through the daemon or not."""
+    if sys.flags.no_site:
+        # Started by the launcher without `site` (scripts/fast-launcher.sh): only the fast
+        # path does without it. Now the site-packages (paramiko, structlog) and .pth files.
+        import site
+
+        site.main()
     import types
 
     import distsvc.actions.run
