@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Rewrites the distsvc-run that pip generated into one that starts Python without `site`:
-#   scripts/fast-launcher.sh PYTHON SCRIPT     (scripts/setup.sh: .venv/bin/python .venv/bin/distsvc-run)
+#   scripts/fast-launcher.sh PYTHON SCRIPT [DIR]
+# DIR holds the distsvc package (default: where PYTHON imports it from). scripts/setup.sh:
+# .venv/bin/python .venv/bin/distsvc-run; the Debian package (packaging/debian/rules):
+# /usr/bin/python3 debian/distsvc/usr/bin/distsvc-run /usr/lib/python3/dist-packages.
 #
 # Why: `distsvc-run CMD` through the daemon imports only distsvc and the standard library
 # (tests/test_fast_client_e2e.py), but every interpreter start runs `site` first: the venv's
@@ -10,7 +13,8 @@
 # instructions fewer with this launcher than with pip's script, ~2 ms less CPU of ~20.
 # pip cannot write this script itself: pip (26.3 and Debian 12's 23.0.1) replaces a whole
 # "#!python -S" line by "#!/path/to/python", dropping the flag, and so does `installer`
-# (Debian's pybuild); console scripts from [project.scripts] never get flags.
+# (Debian's pybuild); console scripts from [project.scripts] never get flags. installer's
+# script (Debian's /usr/bin/distsvc-run) also imports `re` to strip a ".exe": ~10 ms more.
 #
 # The launcher puts distsvc's directory on sys.path itself (after the standard library, where
 # site would put it); when the fast path cannot do a command, commands/run.py loads `site` then
@@ -18,17 +22,18 @@
 # writes pip's script back, which works the same, only slower. Nothing is rewritten when the
 # interpreter's path would not fit a shebang line (spaces, over 127 bytes): pip's script stays.
 set -euo pipefail
-python=$1 script=$2
+python=$1 script=$2 where=${3:-}
 [[ -x $python && -f $script ]] || { echo "fast-launcher.sh: no $python or $script" >&2; exit 2; }
 python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")  # absolute; a venv's link kept
-"$python" - "$python" "$script" <<'PY'
+"$python" - "$python" "$script" "$where" <<'PY'
 import os
 import sys
 
-import distsvc
+python, script, where = sys.argv[1:]
+if not where:
+    import distsvc
 
-python, script = sys.argv[1], sys.argv[2]
-where = os.path.dirname(os.path.dirname(os.path.abspath(distsvc.__file__)))
+    where = os.path.dirname(os.path.dirname(os.path.abspath(distsvc.__file__)))
 shebang = f"#!{python} -S"
 if any(c.isspace() for c in python) or len(shebang) > 127:
     print(f"fast-launcher.sh: keeping pip's {script} (interpreter path unfit for a shebang)",
