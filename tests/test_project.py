@@ -37,14 +37,17 @@ def test_client_does_not_import_paramiko_without_hosts(tmp_path: Path) -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
-def test_logging_leaves_asyncio_out_until_something_uses_it(tmp_path: Path) -> None:
+def test_logging_leaves_asyncio_and_uuid_out_until_something_uses_them(
+        tmp_path: Path) -> None:
     """structlog imports asyncio (and with it ssl and libssl) only for async logging methods
-    distsvc never calls: the daemon and every command that logs do without it."""
+    and uuid (and platform) only for its deprecated threadlocal module, both of which distsvc
+    never calls: the daemon and every command that logs do without them."""
     env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
     code = ("import sys, distsvc.log as log; log.configure('info'); log.get().debug('x'); "
-            "print('asyncio' in sys.modules, 'ssl' in sys.modules); "
+            "print(*(m in sys.modules for m in ('asyncio', 'ssl', 'uuid', 'platform'))); "
             "import structlog._native as n; n.asyncio.get_running_loop; "
-            "print('asyncio' in sys.modules)")
+            "import structlog.threadlocal as t; t.uuid.uuid4(); "
+            "print('asyncio' in sys.modules, 'uuid' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.split() == ["False", "False", "True"], out.stderr
+    assert out.stdout.split() == ["False"] * 4 + ["True"] * 2, out.stderr
