@@ -483,8 +483,9 @@ def test_a_rekey_a_sender_asks_for_starts_while_the_connection_is_idle(
         bed: sshbed.Bed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """paramiko asks for new keys after 512 MiB sent, from the sending thread, and only its
     transport thread starts the exchange, which it looked for between reads: asleep on a
-    connection that receives nothing, it must be woken. Here the next message sent asks, and
-    it is one the server never answers; the thread's wait would otherwise last an hour."""
+    connection that receives nothing, it must be woken (the sender asks the server for a
+    reply). Here the next message sent asks, and it is one the server never answers; the
+    thread's wait would otherwise last an hour."""
     connection = _connection(bed, tmp_path, monkeypatch)
     transport = connection.transport
     try:

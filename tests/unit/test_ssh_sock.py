@@ -1,6 +1,6 @@
 """The socket under a connection's paramiko Transport (adapters/ssh/sock.py), over a socket
-pair: what it reads ahead comes out whole and in order, wake() and close() end a wait at once,
-and its two descriptors are closed by whoever is last to use them."""
+pair: what it reads ahead comes out whole and in order, close() ends a wait at once, and its
+descriptor is closed by whoever is last to use it."""
 
 from __future__ import annotations
 
@@ -68,25 +68,10 @@ def test_a_wait_times_out_as_a_socket_with_a_timeout_does() -> None:
     theirs.close()
 
 
-def test_wake_ends_a_long_wait_and_data_still_comes_after() -> None:
-    """What a sender's rekey request does: the transport thread's wait ends at once with
-    socket.timeout (then paramiko looks at its flags), though it would last an hour."""
-    sock, theirs = _pair()
-    sock.settimeout(3600.0)
-    thread, outcome = _in_thread(lambda: sock.recv(16))
-    sock.wake()
-    thread.join(30)
-    assert not thread.is_alive() and isinstance(outcome[0], TimeoutError)
-    theirs.sendall(b"after the wake")
-    assert sock.recv(64) == b"after the wake"
-    sock.close()
-    theirs.close()
-
-
-def test_close_ends_a_wait_for_ever_and_the_last_user_closes_the_descriptors() -> None:
+def test_close_ends_a_wait_for_ever_and_the_last_user_closes_the_descriptor() -> None:
     """paramiko closes the socket from another thread while its transport thread waits; the
-    wait ends at once (the end of the stream), and the socket and eventfd are closed only
-    once that thread is out, so no other file's descriptor is ever polled."""
+    wait ends at once (the end of the stream), and the descriptor is closed only once that
+    thread is out, so no other file's descriptor is ever polled."""
     before = _fds()
     sock, theirs = _pair()
     sock.settimeout(None)
@@ -102,13 +87,12 @@ def test_close_ends_a_wait_for_ever_and_the_last_user_closes_the_descriptors() -
     assert sock.recv(16) == b""  # closed: the end, again
     with pytest.raises(OSError):
         sock.send(b"x")  # paramiko's writer reads an OSError as the end
-    sock.wake()  # after the close: harmless, touches no descriptor
 
 
-def test_a_closed_idle_socket_releases_both_descriptors_at_once() -> None:
+def test_a_closed_idle_socket_releases_its_descriptor_at_once() -> None:
     before = _fds()
     sock, theirs = _pair()
-    assert _fds() == before + 3  # the pair and the eventfd
+    assert _fds() == before + 2  # the pair: no descriptor of its own
     sock.close()
     sock.close()
     theirs.close()

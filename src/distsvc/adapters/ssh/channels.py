@@ -12,7 +12,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paramiko
-from paramiko.common import MSG_CHANNEL_CLOSE, MSG_NEWKEYS, cMSG_CHANNEL_CLOSE
+from paramiko.common import (
+    MSG_CHANNEL_CLOSE,
+    MSG_NEWKEYS,
+    cMSG_CHANNEL_CLOSE,
+    cMSG_GLOBAL_REQUEST,
+)
 from paramiko.packet import Packetizer
 
 import distsvc.config
@@ -60,22 +65,32 @@ def new_transport(sock: Any, **options: Any) -> paramiko.Transport:
     security.ciphers = _preferred(PREFERRED_CIPHERS, tuple(security.ciphers))
     security.digests = _preferred(PREFERRED_MACS, tuple(security.digests))
     if isinstance(sock, TransportSocket):
-        _wake_on_flags(transport.packetizer, sock)
+        _wake_on_flags(transport, sock)
     return transport
 
 
-def _wake_on_flags(packetizer: Packetizer, sock: TransportSocket) -> None:
+def _wake_on_flags(transport: paramiko.Transport, sock: TransportSocket) -> None:
     """The flags paramiko's transport thread polled for 10 times a second, made to wake it
-    where they are set: a rekey a sender asks for (after 512 MiB sent; the thread's read
-    loop starts the key exchange when a wait ends with socket.timeout and the flag set), and
-    a keepalive's interval (checked after each such wait). A close wakes it by itself (see
-    sock.TransportSocket.close)."""
+    where they are set. A rekey a sender asks for (after 512 MiB sent; the thread's read loop
+    starts the key exchange when it next reads a message or its wait ends): the sender also
+    asks the server for a reply (a global request, which SSH servers must answer, OpenSSH with
+    a refusal), and its arrival wakes the thread. A keepalive's interval (checked when a wait
+    ends) bounds each wait. A close wakes it by itself (sock.TransportSocket.close)."""
+    packetizer: Packetizer = transport.packetizer
     trigger_rekey = packetizer._trigger_rekey  # type: ignore[attr-defined]
     set_keepalive = packetizer.set_keepalive
 
     def rekey() -> None:
-        trigger_rekey()
-        sock.wake()
+        trigger_rekey()  # within send_message, under its (reentrant) write lock
+        # Another thread sends only through _send_user_message, holding clear_to_send_lock
+        # with clear_to_send set: our KEXINIT is not out yet, so any message may still go.
+        # (The transport thread itself reads on, and sees the flag.)
+        if threading.current_thread() is not transport:
+            nudge = paramiko.Message()
+            nudge.add_byte(cMSG_GLOBAL_REQUEST)
+            nudge.add_string("keepalive@openssh.com")
+            nudge.add_boolean(True)
+            packetizer.send_message(nudge)
 
     def keepalive(interval: float, callback: Callable[[], object]) -> None:
         set_keepalive(interval, callback)

@@ -100,8 +100,8 @@ class Pool:
     def __init__(self, agent_socket: str | None = None, *, keep: bool = True) -> None:
         # keep=False: a connection closes once its run() is over and it carries nothing else.
         # For a process that makes one pass over many hosts (`distsvc scan`): it would hold
-        # every connection to the end, each a paramiko thread and two fds (the socket and
-        # its eventfd: 1,000 hosts would pass the usual limit of 1,024 fds).
+        # every connection to the end, each a paramiko thread and a fd (1,000 hosts would
+        # meet the usual limit of 1,024 fds).
         self.keep = keep
         self._lock = threading.Lock()
         self._connections: dict[Target, list[Connection]] = {}

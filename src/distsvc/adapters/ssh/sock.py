@@ -6,17 +6,18 @@ socket.timeout, only to look at a few flags between reads: the transport closed,
 sender asked for, a keepalive due. So every warm connection woke 10 times a second, and a
 daemon holding 1,000 of them woke 10,000 times a second, each wake taking the interpreter
 lock: idle, it used a third of a CPU, and a `best` query that needs under a millisecond took
-25 ms (docs/benchmarks.md, issue 9). Here the thread sleeps in poll(2) on the socket and one
-eventfd, with a timeout of minutes once the connection is authenticated (`settimeout`; the
-handshake keeps paramiko's 0.1 s, which its banner and handshake timeouts count on), and each
-of those flags wakes it instead:
+25 ms (docs/benchmarks.md, issue 9). Here the thread sleeps in poll(2) on the socket, with a
+timeout of a minute once the connection is authenticated (`settimeout`; the handshake keeps
+paramiko's 0.1 s, which its banner and handshake timeouts count on), and each of those flags
+wakes it instead:
 
 - a close (paramiko's Transport.close and the thread's own end both close their socket):
   shutdown(2) first, which makes a poll or recv in another thread return at once, so the
   thread ends now rather than at its next timeout;
 - a rekey asked by a sender (paramiko sets the flag after 512 MiB sent and only the transport
-  thread starts the key exchange): `wake()` pokes the eventfd and the waiting recv raises
-  socket.timeout, the signal paramiko's read loop checks its flags on;
+  thread starts the key exchange): the sender also asks the server for a reply, whose arrival
+  wakes the thread (channels._wake_on_flags: no descriptor of its own, where a wake pipe or
+  eventfd would double the daemon's descriptors per connection, against a usual limit of 1,024);
 - a keepalive set with Transport.set_keepalive (distsvc asks for replies from the pool's
   watcher instead): `every(interval)` bounds the wait by it.
 
@@ -27,15 +28,14 @@ packets that have arrived, and poll is called only when nothing has. Nothing els
 descriptor (paramiko touches its socket only through recv, send, settimeout, close and
 getpeername), so no byte can be missed behind the buffer; `fileno` is deliberately absent.
 
-Descriptors: the socket and one eventfd. They are closed by close() if no thread is inside a
-call that uses them, else by the last such thread on its way out, so a descriptor number is
-never polled after it was closed (and perhaps reused by another file).
+The socket is closed by close() if no thread is inside a call that uses it, else by the last
+such thread on its way out, so its number is never polled after it was closed (and perhaps
+reused by another file).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import select
 import socket
 import threading
@@ -47,12 +47,10 @@ READ_AHEAD = 256 * 1024
 
 class TransportSocket:
     """A connected TCP socket as paramiko's Packetizer uses one (recv, send, settimeout,
-    close), waking on close and on wake() as described in the module's docstring."""
+    close), reading ahead and waking on close as described in the module's docstring."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._fd = sock.fileno()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         sock.setblocking(False)
         self._timeout: float | None = None  # of one wait, as socket.settimeout's
         self._interval: float | None = None  # a keepalive's, which bounds each wait
@@ -60,21 +58,20 @@ class TransportSocket:
         self._offset = 0  # what of _buffer recv has handed out
         self._lock = threading.Lock()
         self._closing = False
-        self._inside = 0  # threads in a call that uses the descriptors
+        self._inside = 0  # threads in a call that uses the descriptor
         # One poller per direction: the transport thread reads while another thread sends,
         # and a poll object may not be polled by two threads at once.
         self._readable = select.poll()
-        self._readable.register(self._fd, select.POLLIN)
-        self._readable.register(self._wake, select.POLLIN)
+        self._readable.register(sock.fileno(), select.POLLIN)
         self._writable = select.poll()
-        self._writable.register(self._fd, select.POLLOUT)
+        self._writable.register(sock.fileno(), select.POLLOUT)
 
     # --- paramiko's side ---------------------------------------------------------------
 
     def recv(self, size: int) -> bytes:
         """Up to `size` bytes: buffered ones, else what one recv brings; b"" at the end or
-        once closed. Raises socket.timeout (TimeoutError) when the wait timed out or wake()
-        was called, as a socket with a timeout would."""
+        once closed. Raises socket.timeout (TimeoutError) when the wait timed out, as a
+        socket with a timeout would."""
         if self._offset < len(self._buffer):
             return self._take(size)
         if not self._enter():
@@ -86,13 +83,8 @@ class TransportSocket:
                     break
                 except BlockingIOError:
                     pass
-                events = self._readable.poll(self._wait_ms())
-                if not events:
+                if not self._readable.poll(self._wait_ms()):
                     raise TimeoutError("timed out")
-                if any(fd == self._wake for fd, _ in events):
-                    self._clear_wake()
-                    if not any(fd == self._fd for fd, _ in events):
-                        raise TimeoutError("woken")
         finally:
             self._leave()
         if len(data) <= size:
@@ -122,8 +114,8 @@ class TransportSocket:
         self._timeout = timeout
 
     def close(self) -> None:
-        """Shut the connection down, waking any thread waiting on it; the descriptors go
-        now, or when the last thread using them leaves (see the module's docstring)."""
+        """Shut the connection down, waking any thread waiting on it; the descriptor goes
+        now, or when the last thread using it leaves (see the module's docstring)."""
         with self._lock:
             if self._closing:
                 return
@@ -134,7 +126,7 @@ class TransportSocket:
         except OSError:
             pass  # not connected any more: nothing waits on it
         if idle:
-            self._release()
+            self._sock.close()
 
     @property
     def _closed(self) -> bool:
@@ -146,12 +138,6 @@ class TransportSocket:
         return address
 
     # --- distsvc's side ------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """Make a recv waiting now (or the next one to wait) raise socket.timeout at once."""
-        with self._lock:
-            if not self._closing:  # else the eventfd may be closed already
-                os.eventfd_write(self._wake, 1)
 
     def every(self, interval: float) -> None:
         """Wait no longer than `interval` seconds at a time (0: no bound): a keepalive's."""
@@ -171,12 +157,6 @@ class TransportSocket:
         waits = [t for t in (self._timeout, self._interval) if t is not None]
         return math.ceil(min(waits) * 1000) if waits else -1
 
-    def _clear_wake(self) -> None:
-        try:
-            os.eventfd_read(self._wake)
-        except BlockingIOError:
-            pass  # another thread's wake was read already
-
     def _enter(self) -> bool:
         with self._lock:
             if self._closing:
@@ -189,8 +169,4 @@ class TransportSocket:
             self._inside -= 1
             last = self._closing and self._inside == 0
         if last:
-            self._release()
-
-    def _release(self) -> None:
-        self._sock.close()
-        os.close(self._wake)
+            self._sock.close()
