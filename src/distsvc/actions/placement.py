@@ -408,11 +408,18 @@ def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc
     with distsvc.state.store(directory).update() as state:
         state.hosts[host] = distsvc.state.refused(reason) if refused else distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=time.time(), error=reason)
-        state.placements = [p for p in state.placements if p != placement]
+        state.placements = _without(state.placements, placement)
+
+
+def _without(placements: list[distsvc.state.Placement], placement: distsvc.state.Placement
+             ) -> list[distsvc.state.Placement]:
+    """`placements` but `placement`, compared by PID first (a dataclass's == builds tuples:
+    with 100 commands running, a release compared 100)."""
+    return [p for p in placements if p.pid != placement.pid or p != placement]
 
 
 def release(directory: Path, placement: distsvc.state.Placement) -> None:
     """Forget a finished job (a killed client's entry is pruned by PID instead)."""
     with contextlib.suppress(OSError), distsvc.state.store(directory).update() as state:
-        state.placements = [p for p in state.placements if p != placement]
+        state.placements = _without(state.placements, placement)
 
