@@ -5,6 +5,7 @@ that stops answering noticed by keepalive requests."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -85,7 +86,11 @@ def defer_own_sends_during_rekey(transport: paramiko.Transport) -> None:
     queued: list[paramiko.Message] = []
     send_user_message = transport._send_user_message  # type: ignore[attr-defined]
     handlers = transport._handler_table  # type: ignore[attr-defined]
-    parse_newkeys = handlers[MSG_NEWKEYS]
+    # paramiko 3+ builds this table per transport, of bound methods. Up to 2.12 (Debian 12's)
+    # it is one table in the class, whose handlers are called as handler(transport, message).
+    per_transport = "_handler_table" in vars(transport)
+    parse_newkeys = (handlers[MSG_NEWKEYS] if per_transport
+                     else functools.partial(handlers[MSG_NEWKEYS], transport))
 
     def send(message: paramiko.Message) -> None:
         # Only the transport thread clears and sets clear_to_send: from it, the test holds.
@@ -100,7 +105,11 @@ def defer_own_sends_during_rekey(transport: paramiko.Transport) -> None:
         parse_newkeys(message)
 
     transport._send_user_message = send  # type: ignore[attr-defined]
-    handlers[MSG_NEWKEYS] = newkeys
+    if per_transport:
+        handlers[MSG_NEWKEYS] = newkeys
+    else:  # a table of this transport's own, leaving the class's to other transports
+        transport._handler_table = {  # type: ignore[attr-defined]
+            **handlers, MSG_NEWKEYS: lambda _transport, message: newkeys(message)}
 
 
 class Connection:
