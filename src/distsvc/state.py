@@ -13,6 +13,7 @@ from what another process wrote meanwhile, never a stale copy written over it.
 
 from __future__ import annotations
 
+import _json
 import contextlib
 import dataclasses
 import fcntl
@@ -161,12 +162,26 @@ def _host_to_json(host: HostState) -> dict[str, Any]:
             "last_used": host.last_used}
 
 
+def _unserializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# json.dumps(value)'s very output, from json's C encoder made once: json.dumps makes one per
+# call, which was half of a write's CPU (the daemon writes every 50 ms under a burst).
+_encode_json = _json.make_encoder({}, _unserializable, _json.encode_basestring_ascii, None,
+                                  ": ", ", ", False, False, True)
+
+
+def _dumps(value: object) -> str:
+    return "".join(_encode_json(value, 0))
+
+
 def encode(state: State) -> str:
     # Field by field and one entry a line (not dataclasses.asdict and indent=, which take
     # the pure-Python encoder: 14 ms for 4 hosts and 256 placements, against 1 ms).
-    hosts = ",\n".join(f"  {json.dumps(name)}: {json.dumps(_host_to_json(host))}"
+    hosts = ",\n".join(f"  {_dumps(name)}: {_dumps(_host_to_json(host))}"
                        for name, host in sorted(state.hosts.items()))
-    placements = ",\n".join(f"  {json.dumps(p.__dict__)}" for p in state.placements)
+    placements = ",\n".join(f"  {_dumps(p.__dict__)}" for p in state.placements)
     return (f'{{"version": {SCHEMA_VERSION},\n "hosts": {{\n{hosts}\n }},\n'
             f' "placements": [\n{placements}\n ]}}\n')
 
