@@ -41,3 +41,5 @@ fi
 [[ -x .venv/bin/python ]] || /usr/bin/python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+# distsvc-run without `site`: ~2 ms of CPU less per command (see the script).
+scripts/fast-launcher.sh .venv/bin/python .venv/bin/distsvc-run

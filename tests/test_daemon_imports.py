@@ -23,8 +23,9 @@ import helpers
 # Never before the first job request.
 JOBS = ("distsvc.daemon.job_handlers", "distsvc.daemon.launch", "distsvc.jobs.local",
         "distsvc.jobs.isolation", "distsvc.adapters.systemd.units", "pystemd")
-# Never at a daemon's start: what its start-up cut out (importlib.metadata: adapters/ssh/lean.py).
-NEVER = ("asyncio", "importlib.metadata", "email")
+# Never at a daemon's start: what its start-up cut out (importlib.metadata: adapters/ssh/lean.py;
+# asyncio and uuid: log._import_structlog).
+NEVER = ("asyncio", "importlib.metadata", "email", "uuid", "platform")
 COMMANDS_USED = {"distsvc.commands", "distsvc.commands.main", "distsvc.commands.common",
                  "distsvc.commands.daemon"}
 

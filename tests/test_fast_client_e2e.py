@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import conftest
+from distsvc import __version__
 
 # What `distsvc-run CMD` may import beyond a bare interpreter's modules, with a daemon
-# answering: the light distsvc modules, and the C halves of socket, signal and json (their
-# Python halves import enum, re, selectors, collections: ~10 ms and ~10 ms of CPU per call).
+# answering: the light distsvc modules, and the C halves of socket, signal, json and struct
+# (their Python halves import enum, re, selectors, collections: ~10 ms and ~10 ms of CPU per
+# call; struct's is one more module to find). errno, fcntl and pwd only off that path (the
+# daemon's lock, a runtime directory in /tmp): each module costs a call ~0.1 ms.
 FAST_PATH_MODULES = {
-    "__future__", "_json", "_socket", "_struct", "errno", "fcntl", "pwd", "select", "struct",
+    "__future__", "_json", "_socket", "_struct", "select",
     "distsvc", "distsvc.actions", "distsvc.actions.client", "distsvc.actions.events",
     "distsvc.adapters", "distsvc.adapters.unix",  # adapters.terminal only with a terminal
     "distsvc.commands", "distsvc.commands.common", "distsvc.commands.run", "distsvc.errors",
@@ -45,6 +48,46 @@ def test_the_fast_path_imports_exactly_the_light_modules(
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) - bare == FAST_PATH_MODULES - bare
+
+
+def test_the_program_ends_at_once_with_the_status_after_exit_handlers_and_flushing(
+        daemon_client: conftest.Client) -> None:
+    """As the program (main() without argv), the fast path ends with os._exit: atexit
+    handlers run and buffered output is written, but no teardown (a __del__ would print)."""
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    code = ("import atexit, sys\n"
+            "class Torn:\n"
+            "    def __del__(self): print('teardown')\n"
+            "kept = Torn()\n"
+            "atexit.register(lambda: print('exit handler'))\n"
+            "sys.stdout.write('buffered\\n')\n"
+            "sys.argv = ['distsvc-run', 'sh', '-c', 'echo out; echo err >&2; exit 7']\n"
+            "import distsvc.commands.run\n"
+            "distsvc.commands.run.main()\n"
+            "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], env=daemon_client.env,
+                          cwd=daemon_client.workdir, capture_output=True, timeout=60)
+    assert (done.returncode, done.stderr) == (7, b"err\n")
+    # (The command's "out" is written by the daemon to our stdout as the command runs.)
+    assert sorted(done.stdout.splitlines()) == [b"buffered", b"exit handler", b"out"]
+    # The installed script goes the same way.
+    result = daemon_client.run("distsvc-run", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, b"out\n", b"err\n")
+
+
+def test_the_installed_script_starts_without_site_and_loads_it_for_the_full_client(
+        daemon_client: conftest.Client) -> None:
+    """scripts/setup.sh writes .venv/bin/distsvc-run with `python -S` (scripts/fast-launcher.sh):
+    the fast path needs no site-packages; without a daemon the full client loads `site` and
+    finds paramiko there."""
+    script = conftest.BIN / "distsvc-run"
+    assert script.read_text().splitlines()[0] == f"#!{conftest.BIN / 'python'} -S"
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    address = daemon_client.bed.hosts[0].address
+    assert server_address(daemon_client) == address
+    assert server_address(daemon_client, env={"DISTSVC_DAEMON": "off"}) == address
+    version = daemon_client.run("distsvc-run", "--version")
+    assert (version.returncode, version.stdout.decode()) == (0, f"distsvc {__version__}\n")
 
 
 def test_a_bad_configuration_names_each_field_as_without_a_daemon(

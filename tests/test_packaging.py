@@ -187,7 +187,13 @@ def test_deb_runs_with_debians_python(deb: Path, tmp_path: Path) -> None:
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "PYTHONPATH": str(tmp_path / "usr/lib/python3/dist-packages")}
-    result = subprocess.run([str(python), str(tmp_path / "usr/bin/distsvc"), "--version"],
-                            capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"distsvc {pyproject_version()}"
+    for program in ("distsvc", "distsvc-run"):
+        result = subprocess.run([str(python), str(tmp_path / "usr/bin" / program), "--version"],
+                                capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == f"distsvc {pyproject_version()}"
+    # distsvc-run without site and without installer's `import re` (scripts/fast-launcher.sh).
+    launcher = (tmp_path / "usr/bin/distsvc-run").read_text()
+    assert launcher.startswith("#!/usr/bin/python3 -S\n")
+    assert "sys.path.append('/usr/lib/python3/dist-packages')" in launcher
+    assert "import re" not in launcher

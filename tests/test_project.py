@@ -37,14 +37,45 @@ def test_client_does_not_import_paramiko_without_hosts(tmp_path: Path) -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
-def test_logging_leaves_asyncio_out_until_something_uses_it(tmp_path: Path) -> None:
+def test_logging_leaves_asyncio_and_uuid_out_until_something_uses_them(
+        tmp_path: Path) -> None:
     """structlog imports asyncio (and with it ssl and libssl) only for async logging methods
-    distsvc never calls: the daemon and every command that logs do without it."""
+    and uuid (and platform) only for its deprecated threadlocal module, both of which distsvc
+    never calls: the daemon and every command that logs do without them."""
     env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
     code = ("import sys, distsvc.log as log; log.configure('info'); log.get().debug('x'); "
-            "print('asyncio' in sys.modules, 'ssl' in sys.modules); "
+            "print(*(m in sys.modules for m in ('asyncio', 'ssl', 'uuid', 'platform'))); "
             "import structlog._native as n; n.asyncio.get_running_loop; "
-            "print('asyncio' in sys.modules)")
+            "import structlog.threadlocal as t; t.uuid.uuid4(); "
+            "print('asyncio' in sys.modules, 'uuid' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=env,
                          capture_output=True, text=True, cwd=tmp_path)
-    assert out.stdout.split() == ["False", "False", "True"], out.stderr
+    assert out.stdout.split() == ["False"] * 4 + ["True"] * 2, out.stderr
+
+
+def test_fast_launcher_writes_a_script_without_site_or_keeps_pips(tmp_path: Path) -> None:
+    """scripts/fast-launcher.sh: `#!PYTHON -S` with distsvc's directory on sys.path, which
+    runs the full client as well (it loads site itself); pip's script is kept where the
+    interpreter's path cannot be a shebang (a space in it)."""
+    launcher = ROOT / "scripts" / "fast-launcher.sh"
+    script = tmp_path / "distsvc-run"
+    script.write_text("pip's script\n")
+    subprocess.run([str(launcher), sys.executable, str(script)], check=True)
+    text = script.read_text()
+    assert text.splitlines()[0] == f"#!{sys.executable} -S"
+    assert f"sys.path.append({str(ROOT / 'src')!r})" in text
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"]})
+    assert (done.returncode, done.stdout) == (0, f"distsvc {distsvc.__version__}\n")
+    # With the package's directory given, as the Debian package's rules give it.
+    subprocess.run([str(launcher), sys.executable, str(script), "/usr/lib/python3/dist-packages"],
+                   check=True)
+    assert "sys.path.append('/usr/lib/python3/dist-packages')" in script.read_text()
+    spaced = tmp_path / "a venv" / "python"
+    spaced.parent.mkdir()
+    spaced.symlink_to(sys.executable)
+    script.write_text("pip's script\n")
+    kept = subprocess.run([str(launcher), str(spaced), str(script), str(ROOT / "src")],
+                          capture_output=True, text=True)
+    assert kept.returncode == 0 and "keeping pip's" in kept.stderr
+    assert script.read_text() == "pip's script\n"

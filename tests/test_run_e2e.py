@@ -223,8 +223,10 @@ def test_a_background_run_does_not_read_the_terminal(daemon_client: conftest.Cli
         helpers.wait_for(lambda: one_host.bed.remote_processes("cat"), 20, "the command")
         term.write(b"typed-for-the-shell\n")
         time.sleep(1.5)
-        # The client itself (its interpreter runs the script), not the shell around it.
-        subprocess.run(["pkill", "-TERM", "-f", "python[0-9.]* [^ ]*distsvc-run -T cat"])
+        # The client itself (its interpreter runs the script, with -S: fast-launcher.sh), not
+        # the shell around it.
+        subprocess.run(["pkill", "-TERM", "-f",
+                        "python[0-9.]* (-S )?[^ ]*distsvc-run -T cat"])
         term.read_until(b"DONE")
         assert b"typed-for-the-shell" not in out.read_bytes()
     finally:

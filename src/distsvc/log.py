@@ -92,28 +92,35 @@ class _LogFile:
                 os.close(fd)
 
 
-class _Asyncio(types.ModuleType):
-    """Stands for asyncio in structlog's modules; the first use imports the real one."""
+class _OnFirstUse(types.ModuleType):
+    """Stands for a module in structlog's modules; the first use imports the real one."""
 
     def __getattr__(self, name: str) -> Any:
-        if sys.modules.get("asyncio") is self:
-            del sys.modules["asyncio"]
-        return getattr(importlib.import_module("asyncio"), name)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+# What structlog imports but uses only in what distsvc never calls: asyncio for its async
+# logging methods (asyncio brings ssl and OpenSSL's libssl: 2.6 MiB of a daemon's resident
+# memory, ~15 ms of every start); uuid (and with it platform) for its deprecated threadlocal
+# module's wrap_dict (8M of the ~455M instructions of a daemon's start-up imports).
+_NOT_AT_IMPORT = ("asyncio", "uuid")
 
 
 def _import_structlog() -> None:
-    """Import structlog without asyncio, which it imports only for its async logging methods
-    (distsvc has none). asyncio brings ssl and OpenSSL's libssl with it: 2.6 MiB of a
-    daemon's resident memory (6%) and ~15 ms of every start."""
-    if "structlog" in sys.modules or "asyncio" in sys.modules:
+    """Import structlog with stand-ins for _NOT_AT_IMPORT, which are imported only if
+    something uses them (the stand-ins leave sys.modules when structlog is in)."""
+    if "structlog" in sys.modules:
         return
-    stand_in = _Asyncio("asyncio")
-    sys.modules["asyncio"] = stand_in
+    stand_ins = {name: _OnFirstUse(name) for name in _NOT_AT_IMPORT if name not in sys.modules}
+    sys.modules.update(stand_ins)
     try:
-        import structlog  # noqa: F401  (its `import asyncio` gets the stand-in)
+        import structlog  # noqa: F401  (its `import asyncio`, `import uuid` get the stand-ins)
     finally:
-        if sys.modules.get("asyncio") is stand_in:
-            del sys.modules["asyncio"]
+        for name, stand_in in stand_ins.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
 def configure(level: str | None = None, log_file: Path | None = None) -> None:

@@ -66,7 +66,7 @@ Queries are one request and one answer per connection; `run` and `job_wait` keep
 from __future__ import annotations
 
 import _json  # json's C half: `import json` costs the fast client ~8 ms (it imports re, enum)
-import struct
+import _struct  # struct's C half: one module fewer for the fast client
 
 TYPE_CHECKING = False  # typing itself costs the fast client ~3 ms; mypy knows the name
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 
 VERSION = 1
 MAX_FRAME = 1 << 20
-HEADER = struct.Struct("!I")
+HEADER = _struct.Struct("!I")
 REQUEST_TYPES = ("status", "best", "hosts", "scan", "run", "job_start", "job_list",
                  "job_status", "job_logs", "job_wait", "job_stop", "job_pause", "job_resume",
                  "job_remove", "job_clean")

@@ -13,13 +13,10 @@ can make us skip names, never make us use theirs. The daemon also checks each pe
 from __future__ import annotations
 
 import _socket  # socket's C half: socket.py costs the fast client ~5 ms (enum, selectors)
-import errno
-import fcntl
+import _struct  # struct's C half: struct.py is one more module to find and load per call
 import os
-import pwd
 import select
 import stat
-import struct
 
 import distsvc.paths
 import distsvc.protocol
@@ -35,7 +32,7 @@ SOCKET_NAME = "distsvc.sock"
 LOCK_FILE = "daemon.lock"  # held by the one daemon serving this directory
 RECEIVE_CHUNK = 65536
 MAX_FDS = 3
-_INT = struct.Struct("i")  # one fd in an SCM_RIGHTS message
+_INT = _struct.Struct("i")  # one fd in an SCM_RIGHTS message
 
 
 def _own_socket(path: str) -> bool:
@@ -47,6 +44,8 @@ def _own_socket(path: str) -> bool:
 
 
 def _tmp_candidates() -> Iterator[str]:
+    import pwd  # only without a usable runtime directory: the fast client rarely needs it
+
     user = pwd.getpwuid(os.getuid()).pw_name
     base = os.environ.get("DISTSVC_TMP_BASE", "/tmp")  # tests point this elsewhere
     n = 0
@@ -108,6 +107,8 @@ def claim_directory(environ: Mapping[str, str]) -> Path:
 
 def take_daemon_lock(directory: Path) -> int | None:
     """The daemon lock of `directory` (an fd to keep open), or None if a daemon holds it."""
+    import fcntl  # the daemon's and the scan's: not the fast client's
+
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -120,6 +121,8 @@ def take_daemon_lock(directory: Path) -> int | None:
 def daemon_running(socket_path: str | os.PathLike[str]) -> bool:
     """Whether a daemon serves `socket_path` now, without waking one by connecting (a
     socket-activated daemon would start, and count the check as use)."""
+    import fcntl
+
     lock = os.path.join(os.path.dirname(os.fspath(socket_path)), LOCK_FILE)
     try:
         fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
@@ -148,6 +151,7 @@ def connect(path: str | os.PathLike[str], timeout: float) -> _socket.socket:
 
 def listen(directory: Path) -> socket.socket:
     """Bind the socket, replacing a stale one (nothing answering on it)."""
+    import errno
     import socket
 
     path = os.path.join(directory, SOCKET_NAME)
@@ -178,8 +182,8 @@ def writable(sock: _socket.socket) -> bool:
 
 def peer_credentials(sock: _socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process at the other end, as the kernel saw it connect."""
-    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _struct.calcsize("3i"))
+    pid, uid, _gid = _struct.unpack("3i", creds)
     return int(pid), int(uid)
 
 

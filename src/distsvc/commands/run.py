@@ -67,6 +67,9 @@ def options_from(args: argparse.Namespace | types.SimpleNamespace
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`distsvc-run`'s exit status. Called as the program (no `argv`: the installed script),
+    a command the daemon carried on the fast path ends the process at once (`exit_now`)."""
+    program = argv is None
     argv = sys.argv[1:] if argv is None else argv
 
     def body() -> int:
@@ -76,14 +79,41 @@ def main(argv: list[str] | None = None) -> int:
             # configuration error to report, no hosts: see run_fast).
             status = distsvc.actions.client.run_fast(argv, os.environ)
             if status is not None:
+                if program:
+                    exit_now(status)
                 return status
         return run_full(argv)
 
     return distsvc.commands.common.guarded(body)
 
 
+def exit_now(status: int) -> None:
+    """End the process with `status`, skipping the interpreter's teardown, which frees every
+    module and object one by one: a fifth of the instructions a fast `distsvc-run true`
+    executes, ~3 ms of its CPU. What teardown does that matters still happens: exit handlers
+    run (none of ours on the fast path; a sitecustomize's, such as coverage's, may be there),
+    then stdout and stderr are flushed. The fast path starts no thread and leaves nothing
+    open that needs closing (its socket is closed, signal handlers and the terminal's mode
+    restored). Returns only if a flush fails, for the normal exit to report it."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed or broken stream: the normal exit says so
+        return
+    os._exit(status)
+
+
 def run_full(argv: list[str]) -> int:
     """Arguments parsed, the configuration loaded here, then through the daemon or not."""
+    if sys.flags.no_site:
+        # Started by the launcher without `site` (scripts/fast-launcher.sh): only the fast
+        # path does without it. Now the site-packages (paramiko, structlog) and .pth files.
+        import site
+
+        site.main()
     import types
 
     import distsvc.actions.run
