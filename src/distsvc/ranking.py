@@ -42,26 +42,38 @@ def placement_weight(placed_at: float, measured_at: float) -> float:
     return math.exp(-(measured_at - placed_at) / LOAD_TIME_CONSTANT)
 
 
-def score(host: distsvc.state.HostState, placements: Iterable[distsvc.state.Placement],
-          now: float, stale_after: float) -> float | None:
+def base_score(host: distsvc.state.HostState, now: float, stale_after: float
+               ) -> tuple[float, int] | None:
+    """(the score before placements, the CPUs they are divided by); None when unknown. Apart
+    from `score`, so the daemon's Tally keeps it per host and adds only the placements."""
     m = host.measurement
     if host.state != distsvc.state.UP or m is None or host.measured_at is None:
         return None
     if now - host.measured_at > stale_after:
         return None
     if m.metric is not None:
-        base, cpus = m.metric, 1
-    elif m.load1 is not None:
+        return m.metric, 1
+    if m.load1 is not None:
         cpus = m.cpus or 1
-        base = m.load1 / cpus + (m.psi_some_avg10 or 0.0) / 100.0
-    else:
-        return None
-    measured_at = host.measured_at
+        return m.load1 / cpus + (m.psi_some_avg10 or 0.0) / 100.0, cpus
+    return None
+
+
+def placed_load(placements: Iterable[distsvc.state.Placement], measured_at: float) -> float:
+    """The jobs `placements` hold that a measurement at `measured_at` does not show yet."""
     extra = 0.0
     for p in placements:  # placement_weight, inlined: this runs for every placement per query
         extra += 1.0 if p.placed_at >= measured_at else math.exp(
             (p.placed_at - measured_at) / LOAD_TIME_CONSTANT)
-    return base + extra / cpus
+    return extra
+
+
+def score(host: distsvc.state.HostState, placements: Iterable[distsvc.state.Placement],
+          now: float, stale_after: float) -> float | None:
+    base = base_score(host, now, stale_after)
+    if base is None or host.measured_at is None:
+        return None
+    return base[0] + placed_load(placements, host.measured_at) / base[1]
 
 
 def rank(hosts: Iterable[distsvc.config.Host], state: distsvc.state.State, now: float,
@@ -84,7 +96,11 @@ def rank(hosts: Iterable[distsvc.config.Host], state: distsvc.state.State, now: 
             running=len(placements),
             access_ms=entry.access_ms,
         ))
+    return order(ranked)
 
+
+def order(ranked: list[Ranked]) -> list[Ranked]:
+    """`ranked` (in configuration order) best first, ties by access time, unknown ones last."""
     known = sorted((r for r in ranked if r.score is not None), key=lambda r: r.score or 0.0)
     ordered: list[Ranked] = []
     first = 0

@@ -74,6 +74,17 @@ def test_character_class_and_question_mark_globs():
                                              "PATH": "/usr/bin:/bin"}
 
 
+def test_each_filter_decides_for_itself_however_often_a_name_is_asked_about():
+    """The decisions are kept per filter (the daemon filters the same names again and
+    again, for clients with different configurations)."""
+    environ = {"HOME": "/h", "MAKEFLAGS": "-j4", "SECRET_TOKEN": "x"}
+    everything, only_make = EnvFilter(allow=("*",), deny=("SECRET_*",)), EnvFilter(
+        allow=("MAKE*",), deny=())
+    for _ in range(3):
+        assert carried(environ, everything, {}) == {"HOME": "/h", "MAKEFLAGS": "-j4"}
+        assert carried(environ, only_make, {}) == {"MAKEFLAGS": "-j4"}
+
+
 def test_saved_variables_are_added_and_override_live_ones():
     saved = {"MY_VAR": "saved", "EXTRA": "x"}
     result = carried(LIVE, EnvFilter(allow=("MY_VAR", "LANG")), saved)

@@ -3,6 +3,7 @@ write-behind, what other processes wrote picked up, nothing lost when the daemon
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import distsvc.actions.placement
+import distsvc.config
 import distsvc.daemon.hoststate
 import distsvc.state
 import helpers
@@ -272,3 +275,98 @@ def test_nothing_is_lost_between_the_daemon_and_other_processes(
     memory.flush()
     assert sorted((p.host, p.pid) for p in memory.snapshot().placements) == expected
     assert sorted((p.host, p.pid) for p in in_file(directory).placements) == expected
+
+
+# --- `best` queries through the tally ---------------------------------------------------------
+
+
+def config_of(*names: str, slots: int | None = None,
+              max_age: float = 3600) -> distsvc.config.Config:
+    return distsvc.config.from_mapping(
+        {"hosts": [{"name": n, **({} if slots is None else {"slots": slots})} for n in names],
+         "max_age": max_age}, "test", None)
+
+
+def test_the_tally_answers_query_after_query_as_choose_from_memory(
+        memory: distsvc.daemon.hoststate.MemoryStore, directory: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same answers and the same state as choose_from_memory on the file, over a stream
+    of queries long enough to reach the cap per host, with placements expiring, a job's
+    process ending, a slot limit and measurements going stale on the way."""
+    clock = [T0 + 30]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    ended = Placement(host="b", pid=2**22 + 12345, started="1", placed_at=T0 - 5)
+    alive = Placement(host="c", pid=os.getpid(), started=distsvc.state.process_start_time(
+        os.getpid()), placed_at=T0 - 100)
+    start = State(
+        hosts={"a": up(T0, load1=0.2), "b": up(T0 + 1, load1=0.9), "c": up(T0 - 200, 0.1),
+               "x": up(T0)},
+        placements=[placed_anonymous("a", T0 - 50), ended, alive,
+                    placed_anonymous("x", T0 - 1), placed_anonymous("c", T0 - 250),
+                    placed_anonymous("a", T0 + 20)])
+    reference = tmp_path / "reference"
+    for where in (directory, reference):
+        with distsvc.state.locked(where):
+            distsvc.state.write(where, start)
+    memory.snapshot()  # picks the file up
+    config = config_of("a", "b", "c", slots=30)
+    answers, expected = [], []
+    for step in range(400):
+        clock[0] += 0.25 if step % 50 else 11.0  # placements expire on the way
+        if step == 300:
+            config = config_of("a", "b", "c", slots=30, max_age=1)  # stale: both decline
+        choice = memory.place_anonymous(config, clock[0])
+        answers.append(None if choice is None else choice.host.name)
+        choice = distsvc.actions.placement.choose_from_memory(config, reference, pid=0)
+        expected.append(None if choice is None else choice.host.name)
+    assert answers == expected
+    assert len(set(answers[:300])) == 3 and answers[-1] is None
+    mine, theirs = memory.snapshot(), distsvc.state.read(reference)
+    assert mine == theirs
+
+
+def placed_anonymous(host: str, placed_at: float) -> Placement:
+    return Placement(host=host, pid=0, started=None, placed_at=placed_at)
+
+
+def test_the_tally_expires_a_placement_without_any_other_change(
+        memory: distsvc.daemon.hoststate.MemoryStore) -> None:
+    """No update in between: the tally itself notices the first expiry and counts afresh."""
+    now = time.time()
+    with memory.update() as state:
+        state.hosts.update({"a": up(now, load1=0.0), "b": up(now, load1=1.2)})
+    config = config_of("a", "b")
+    first = [memory.place_anonymous(config, now + i * 0.1) for i in range(2)]
+    assert [c.host.name for c in first if c is not None] == ["a", "a"]  # a: 0 + 1/2 < 0.6
+    third = memory.place_anonymous(config, now + 0.2)
+    assert third is not None and third.host.name == "b"  # a: 1.0 now
+    after = now + distsvc.state.ANONYMOUS_PLACEMENT_TTL + 0.05  # the first has expired
+    fourth = memory.place_anonymous(config, after)
+    assert fourth is not None and fourth.host.name == "a"  # a: 1/2 again, b: 0.6 + 1/2
+    assert len(memory.snapshot().placements) == 4 - 1
+
+
+def test_the_tally_declines_when_another_process_wrote_and_then_counts_what_it_wrote(
+        memory: distsvc.daemon.hoststate.MemoryStore, directory: Path) -> None:
+    now = time.time()
+    with memory.update() as state:
+        state.hosts.update({"a": up(now, load1=0.0), "b": up(now, load1=0.4)})
+    memory.flush()
+    config = config_of("a", "b")
+    first = memory.place_anonymous(config, now)
+    assert first is not None and first.host.name == "a"
+    assert memory.place_anonymous(config, now) is not None  # the same tally: one stat
+    with memory.update() as state:
+        state.placements.pop()  # one answer alone, and a tally built again
+    memory.flush()  # written (a look while a write of ours is under way does not read)
+    # Another process (a daemon-less client, the scan service) measures a as busy.
+    with distsvc.state.locked(directory):
+        theirs = distsvc.state.read(directory)
+        theirs.hosts["a"] = up(now + 1, load1=1.9)
+        distsvc.state.write(directory, theirs)
+    # Declined (a worker reads the file), not the answer of the tally before (a: 0.5, b: 0.6).
+    assert memory.place_anonymous(config, now + 1) is None
+    assert memory.snapshot().hosts["a"].measurement == up(now + 1, load1=1.9).measurement
+    second = memory.place_anonymous(config, now + 2)
+    assert second is not None and second.host.name == "b"
+    assert [p.host for p in memory.snapshot().placements] == ["a", "b"]

@@ -252,6 +252,26 @@ def test_placement_of_a_dead_process_is_not_alive():
         Placement(host="h", pid=pid, started=None, placed_at=0.0))
 
 
+def test_a_process_seen_alive_is_not_read_again_for_a_second_but_its_end_is_seen_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every choice prunes every placement: /proc/PID/stat is read once a second per job, and
+    kill(pid, 0) on every look, so a job that ended is dropped by the next choice."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        placement = Placement(host="h", pid=child.pid,
+                              started=distsvc.state.process_start_time(child.pid), placed_at=0)
+        reads = []
+        real = distsvc.state.process_start_time
+        monkeypatch.setattr(distsvc.state, "process_start_time",
+                            lambda pid: reads.append(pid) or real(pid))
+        assert all(distsvc.state.placement_alive(placement) for _ in range(50))
+        assert reads == [child.pid]
+    finally:
+        child.kill()
+        child.wait()
+    assert not distsvc.state.placement_alive(placement)
+
+
 def test_placement_of_a_recycled_pid_is_not_alive():
     me = os.getpid()
     started = distsvc.state.process_start_time(me)

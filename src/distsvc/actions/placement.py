@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -54,9 +55,12 @@ def _prune(state: distsvc.state.State) -> None:
 def stale_hosts(config: distsvc.config.Config, state: distsvc.state.State, now: float,
                 exclude: collections.abc.Set[str] = frozenset()) -> list[distsvc.config.Host]:
     """The hosts whose measurement is missing or older than max_age."""
-    return [h for h in config.hosts if h.name not in exclude and (
-        (entry := state.hosts.get(h.name)) is None or entry.measured_at is None
-        or now - entry.measured_at > config.max_age)]
+    return [h for h in config.hosts if h.name not in exclude
+            and _stale(state.hosts.get(h.name), now, config.max_age)]
+
+
+def _stale(entry: distsvc.state.HostState | None, now: float, max_age: float) -> bool:
+    return entry is None or entry.measured_at is None or now - entry.measured_at > max_age
 
 
 def refresh(config: distsvc.config.Config, directory: Path, pool: distsvc.adapters.ssh.Pool,
@@ -212,6 +216,136 @@ def choose_from_memory(config: distsvc.config.Config, directory: Path, pid: int
     return choice
 
 
+class Tally:
+    """choose_from_memory(config, directory, pid=0) query after query, without a pass over
+    the placements per query: what the daemon's `best` answers from its accepting thread
+    (daemon/hoststate.MemoryStore.place_anonymous keeps one while nothing else changes the
+    state, and `state()` gives the state each query would have left, whenever another
+    reader looks).
+
+    Built from a state (pruned as _prune does), it keeps per configured host the positions
+    of its placements in the state's list and the load they add (`ranking.placed_load`,
+    summed in the list's order, so every score is the very float `ranking.rank` gives); a
+    query then costs a pass over the hosts (staleness, ranking) and over the chosen host's
+    placements. Named placements are checked for their process on every query, as _prune
+    does. The first anonymous placement to expire ends it (`place` answers EXPIRED: build
+    another, which prunes it); a measurement, a release, another process's write end it
+    too, as they change the state through the store, which then builds another.
+    """
+
+    def __init__(self, config: distsvc.config.Config, state: distsvc.state.State,
+                 now: float) -> None:
+        self.config = config
+        self.hosts = state.hosts  # shared, never changed here: uses are kept in `used`
+        self.placements = list(state.placements)  # appended to; `removed` by position
+        self.removed: set[int] = set()
+        self.used: dict[str, float] = {}
+        self.changed = False
+        self.stale_after = config.max_age * 2
+        self.positions: dict[str, list[int]] = {h.name: [] for h in config.hosts}
+        self.named: list[int] = []
+        self.expires = math.inf  # at or before the first anonymous placement's expiry
+        ttl = distsvc.state.ANONYMOUS_PLACEMENT_TTL
+        for i, p in enumerate(self.placements):
+            if p.pid == 0:
+                alive = now - p.placed_at < ttl
+                if alive:
+                    self.expires = min(self.expires, p.placed_at)
+            else:
+                alive = distsvc.state.placement_alive(p, now)
+                if alive:
+                    self.named.append(i)
+            if not alive:
+                self.removed.add(i)
+                self.changed = True
+            elif (mine := self.positions.get(p.host)) is not None:
+                mine.append(i)
+        self.base: dict[str, tuple[float, int] | None] = {}
+        self.extra: dict[str, float] = {}
+        for host in config.hosts:
+            entry = self.hosts.get(host.name)
+            self.base[host.name] = None if entry is None else distsvc.ranking.base_score(
+                entry, now, self.stale_after)
+            self._count(host.name)
+
+    def _count(self, name: str) -> None:
+        entry = self.hosts.get(name)
+        if entry is not None and entry.measured_at is not None:
+            self.extra[name] = distsvc.ranking.placed_load(
+                [self.placements[i] for i in self.positions[name]], entry.measured_at)
+
+    def _remove(self, i: int) -> None:
+        self.removed.add(i)
+        self.changed = True
+        if (mine := self.positions.get(self.placements[i].host)) is not None:
+            mine.remove(i)
+            self._count(self.placements[i].host)
+
+    def place(self, now: float) -> Choice | Expired | None:
+        """The best free host with an anonymous placement recorded on it, as
+        choose_from_memory would; None when it would decline; EXPIRED when a placement has
+        expired since the tally was built (build another)."""
+        if any(_stale(self.hosts.get(h.name), now, self.config.max_age)
+               for h in self.config.hosts):
+            return None
+        if now - self.expires >= distsvc.state.ANONYMOUS_PLACEMENT_TTL:
+            return EXPIRED
+        for i in [i for i in self.named if not distsvc.state.placement_alive(
+                self.placements[i], now)]:
+            self.named.remove(i)
+            self._remove(i)
+        ranked = []
+        for host in self.config.hosts:
+            base = self.base[host.name]
+            entry = self.hosts[host.name]
+            ranked.append(distsvc.ranking.Ranked(
+                host=host,
+                score=None if base is None else base[0] + self.extra[host.name] / base[1],
+                running=len(self.positions[host.name]), access_ms=entry.access_ms))
+        free = distsvc.ranking.candidates(distsvc.ranking.order(ranked))
+        if not free:
+            return None
+        best = free[0]
+        name = best.host.name
+        placement = distsvc.state.Placement(host=name, pid=0, started=None, placed_at=now)
+        mine = self.positions[name]
+        mine.append(len(self.placements))
+        self.placements.append(placement)
+        self.expires = min(self.expires, now)
+        if best.running >= MAX_ANONYMOUS_PER_HOST:  # as _trim_anonymous, by position
+            anonymous = [i for i in mine if self.placements[i].pid == 0]
+            for i in anonymous[:-MAX_ANONYMOUS_PER_HOST]:
+                self.removed.add(i)
+                mine.remove(i)
+        self._count(name)
+        if name in self.hosts:
+            self.used[name] = now
+        self.changed = True
+        return Choice(best.host, placement)
+
+    def state(self) -> distsvc.state.State:
+        """The state the queries so far left (as choose_from_memory would have)."""
+        hosts = dict(self.hosts)
+        for name, when in self.used.items():
+            hosts[name] = dataclasses.replace(hosts[name], last_used=when)
+        return distsvc.state.State(hosts, [p for i, p in enumerate(self.placements)
+                                           if i not in self.removed])
+
+
+class Expired:
+    """What Tally.place answers when an anonymous placement expired since it was built."""
+
+
+EXPIRED = Expired()
+
+
+def tally(config: distsvc.config.Config, state: distsvc.state.State, now: float
+          ) -> Tally | None:
+    """A Tally of `state`, or None when a host must be measured first: choose_from_memory
+    declines then before it prunes anything, and so must a tally's building."""
+    return None if stale_hosts(config, state, now) else Tally(config, state, now)
+
+
 def place_now(config: distsvc.config.Config, directory: Path, pool: distsvc.adapters.ssh.Pool,
               exclude: collections.abc.Set[str], pid: int, only: str | None = None
               ) -> Choice | None:
@@ -274,11 +408,18 @@ def mark_unreachable(directory: Path, host: str, reason: str, placement: distsvc
     with distsvc.state.store(directory).update() as state:
         state.hosts[host] = distsvc.state.refused(reason) if refused else distsvc.state.HostState(
             state=distsvc.state.UNKNOWN, measured_at=time.time(), error=reason)
-        state.placements = [p for p in state.placements if p != placement]
+        state.placements = _without(state.placements, placement)
+
+
+def _without(placements: list[distsvc.state.Placement], placement: distsvc.state.Placement
+             ) -> list[distsvc.state.Placement]:
+    """`placements` but `placement`, compared by PID first (a dataclass's == builds tuples:
+    with 100 commands running, a release compared 100)."""
+    return [p for p in placements if p.pid != placement.pid or p != placement]
 
 
 def release(directory: Path, placement: distsvc.state.Placement) -> None:
     """Forget a finished job (a killed client's entry is pruned by PID instead)."""
     with contextlib.suppress(OSError), distsvc.state.store(directory).update() as state:
-        state.placements = [p for p in state.placements if p != placement]
+        state.placements = _without(state.placements, placement)
 

@@ -89,13 +89,20 @@ def _adopt_agent(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any])
 
 def handle_status(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                   peer: distsvc.daemon.context.Peer) -> dict[str, Any]:
-    return status_from_memory(daemon, request)
+    return _status(daemon, distsvc.state.store(daemon.state_dir).snapshot())
 
 
 def status_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
-                       ) -> dict[str, Any]:
-    """The `status` answer: from memory and /proc only, so the accepting thread may give it."""
-    state = distsvc.state.store(daemon.state_dir).snapshot()
+                       ) -> dict[str, Any] | None:
+    """The `status` answer from memory and /proc only, for the accepting thread: None when
+    the state file changed since the daemon read it (a worker reads it)."""
+    served = distsvc.state.store(daemon.state_dir) is daemon.hoststate  # else: the file's lock
+    state = daemon.hoststate.snapshot_if_current() if served else None
+    return None if state is None else _status(daemon, state)
+
+
+def _status(daemon: distsvc.daemon.context.Daemon, state: distsvc.state.State
+            ) -> dict[str, Any]:
     now = time.time()
     hosts = {name: {"state": entry.state,
                     "age": None if entry.measured_at is None else round(now - entry.measured_at, 1)}
@@ -126,8 +133,10 @@ def handle_best(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
 def best_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any]
                      ) -> dict[str, Any] | None:
     """handle_best's answer when it needs no I/O, for the accepting thread: None when a
-    host must be measured first, none is free, or the request is bad (handle_best then
-    answers it on a connection thread, as it always did)."""
+    host must be measured first, none is free, the state file changed (it is read by a
+    worker), or the request is bad (handle_best then answers it on a connection thread, as
+    it always did). Chosen as placement.choose_from_memory would, by the daemon's tally
+    (MemoryStore.place_anonymous: no pass over the placements per query)."""
     if distsvc.state.store(daemon.state_dir) is not daemon.hoststate:
         return None  # the file itself: its lock may be held by another process
     try:
@@ -136,7 +145,7 @@ def best_from_memory(daemon: distsvc.daemon.context.Daemon, request: dict[str, A
         return None
     if not config.hosts:
         return {"ok": True, "host": None}
-    choice = distsvc.actions.placement.choose_from_memory(config, daemon.state_dir, pid=0)
+    choice = daemon.hoststate.place_anonymous(config, time.time())
     if choice is None:
         return None
     _measure_after_request(daemon, config)

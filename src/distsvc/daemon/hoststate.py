@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import distsvc.actions.placement
+import distsvc.config
 import distsvc.log
 import distsvc.state
 
@@ -45,6 +47,11 @@ class MemoryStore:
     `_base` is the file as this process last read or wrote it (signature `_seen`),
     `_current` that plus the daemon's changes; both are replaced, never changed in place
     (State.copy), under `lock`, which no I/O but a stat, or a read of a changed file, holds.
+
+    `best` queries (`place_anonymous`) change the state through a `placement.Tally` built
+    on `_current`, with no pass over its placements; whatever else looks or changes the
+    state first takes the tally's changes into `_current` (`_settle`) and drops it, so the
+    next query builds another: the tally serves a stream of queries, never a stale state.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -59,6 +66,7 @@ class MemoryStore:
         self._dirty = threading.Event()
         self._closed = threading.Event()
         self._writer: threading.Thread | None = None
+        self._tally: distsvc.actions.placement.Tally | None = None
 
     def open(self) -> None:
         """Read the file and serve `store(directory)` from memory from now on."""
@@ -83,6 +91,55 @@ class MemoryStore:
             self._pick_up()
             return self._current.copy()
 
+    def snapshot_if_current(self) -> distsvc.state.State | None:
+        """snapshot() without reading the file: None when another process wrote it since we
+        last looked (one stat), for a thread that must not wait on a file system."""
+        with self.lock:
+            if self._outside_write():
+                return None
+            self._settle()
+            return self._current.copy()
+
+    def place_anonymous(self, config: distsvc.config.Config, now: float
+                        ) -> distsvc.actions.placement.Choice | None:
+        """placement.choose_from_memory(config, directory, pid=0), answered by the tally
+        (see the class), without reading the file: None as that declines, and when another
+        process wrote the file since we last looked (one stat)."""
+        with self.lock:
+            if self._outside_write():
+                return None
+            tally = self._tally
+            choice = None
+            if tally is not None and tally.config is config:
+                choice = tally.place(now)
+            if tally is None or tally.config is not config or (
+                    choice is distsvc.actions.placement.EXPIRED):  # built (again)
+                self._settle()  # (a tally built again prunes what expired)
+                tally = self._tally = distsvc.actions.placement.tally(config, self._current, now)
+                if tally is None:
+                    return None
+                choice = tally.place(now)
+            changed = tally.changed
+            self._start_writer()
+        if self._closed.is_set():
+            self._flush_logged()
+        elif changed and not self._dirty.is_set():
+            self._dirty.set()
+        return choice if isinstance(choice, distsvc.actions.placement.Choice) else None
+
+    def _settle(self) -> None:
+        """The tally's changes into `_current`, and the tally dropped (under `lock`)."""
+        if self._tally is not None:
+            if self._tally.changed:
+                self._current = self._tally.state()
+            self._tally = None
+
+    def _start_writer(self) -> None:
+        if self._writer is None and not self._closed.is_set():
+            self._writer = threading.Thread(target=self._write_behind, daemon=True,
+                                            name="state-writer")
+            self._writer.start()
+
     @contextlib.contextmanager
     def update(self) -> Iterator[distsvc.state.State]:
         with self.lock:
@@ -92,18 +149,15 @@ class MemoryStore:
             if state == self._current:
                 return
             self._current = state.copy()  # the caller keeps `state`: not ours to share
-            if self._writer is None and not self._closed.is_set():
-                self._writer = threading.Thread(target=self._write_behind, daemon=True,
-                                                name="state-writer")
-                self._writer.start()
+            self._start_writer()
         if self._closed.is_set():
             self._flush_logged()
         else:
             self._dirty.set()
 
-    def outside_write(self) -> bool:
-        """Whether another process wrote the file since we last looked (one stat, no lock: a
-        stale answer only sends a request to a worker, or lets the next look merge it)."""
+    def _outside_write(self) -> bool:
+        """Whether another process wrote the file since we last looked (one stat; under
+        `lock`). Not while a write of ours is under way: the file may be that write."""
         return not self._writing and distsvc.state.file_signature(self._file) != self._seen
 
     def _pick_up(self) -> None:
@@ -111,7 +165,8 @@ class MemoryStore:
         while a write is under way: the file may be that write, whose changes `_base` does
         not hold yet (merged as another's, a placement removed since would come back); the
         write merges in what others wrote before it, the next look what they wrote after."""
-        if self._writing or distsvc.state.file_signature(self._file) == self._seen:
+        self._settle()
+        if not self._outside_write():
             return
         theirs, seen = distsvc.state.read_signed(self.directory)
         self._current = distsvc.state.merge(self._base, self._current, theirs)
@@ -121,13 +176,17 @@ class MemoryStore:
         """Write the daemon's changes not written yet, merged onto the file under its lock."""
         with self._flushing:
             with self.lock:
-                base, ours = self._base, self._current.copy()
+                self._settle()
+                base, seen, ours = self._base, self._seen, self._current.copy()
                 if ours == base:
                     return  # what others wrote is picked up by the next look
                 self._writing = True
             try:
                 with distsvc.state.locked(self.directory):
-                    theirs, _ = distsvc.state.read_signed(self.directory)
+                    # The file as we last read or wrote it is `base`: not read again (a
+                    # burst of commands writes every 50 ms; reading was a third of a write).
+                    theirs = base if distsvc.state.file_signature(self._file) == seen else (
+                        distsvc.state.read_signed(self.directory)[0])
                     merged = distsvc.state.merge(base, ours, theirs)
                     written = distsvc.state.write(self.directory, merged)
             except BaseException:
@@ -136,6 +195,7 @@ class MemoryStore:
                 raise
             with self.lock:
                 # What changed here while we wrote stays a change of ours, onto the new base.
+                self._settle()
                 self._current = distsvc.state.merge(ours, self._current, merged)
                 self._base, self._seen = merged, written
                 self._writing = False

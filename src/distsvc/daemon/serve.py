@@ -352,22 +352,18 @@ def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) ->
         return False  # nothing sent yet (BlockingIOError), or gone: the worker finds out
     if uid != os.getuid():
         return False  # refused by the worker, with a line
-    decoder = distsvc.protocol.Decoder()
-    try:
-        messages = decoder.feed(waiting)
-    except distsvc.protocol.ProtocolError:
+    request = _decoded(waiting)
+    if request is None:
         return False
-    if len(messages) != 1 or decoder.buffer:
-        return False
-    request = messages[0]
     kind = request.get("type")
     handler = (distsvc.daemon.handlers.INLINE_HANDLERS.get(kind) if isinstance(kind, str)
                else None)
     if handler is None:
         return False
     # Reading a changed configuration or state file is a worker's job: this thread sends
-    # the heartbeats and the watchdog pings, and must not wait for a file system.
-    if daemon.config_changed() or daemon.hoststate.outside_write():
+    # the heartbeats and the watchdog pings, and must not wait for a file system (the
+    # handlers decline when the state file changed: MemoryStore.snapshot_if_current).
+    if daemon.config_changed():
         return False
     check_identity(daemon, request, pid)
     try:
@@ -388,6 +384,32 @@ def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) ->
         sock.close()
         daemon.touch()
     return True
+
+
+# Requests the accepting thread decoded, by their bytes: a script or a client asking again
+# sends the same frame, and decoding it again (the configuration it carries too, and the
+# signature handlers.wire_config keys it by) was a tenth of a query's CPU. Handlers never
+# change a request.
+_requests: dict[bytes, dict[str, Any]] = {}
+KNOWN_REQUESTS = 32  # distinct frames kept; more clears them
+
+
+def _decoded(frame: bytes) -> dict[str, Any] | None:
+    """The one request `frame` holds, decoded once per distinct frame; None when it is not
+    exactly one whole request."""
+    if (request := _requests.get(frame)) is not None:
+        return request
+    decoder = distsvc.protocol.Decoder()
+    try:
+        messages = decoder.feed(frame)
+    except distsvc.protocol.ProtocolError:
+        return None
+    if len(messages) != 1 or decoder.buffer:
+        return None
+    if len(_requests) >= KNOWN_REQUESTS:
+        _requests.clear()
+    _requests[frame] = messages[0]
+    return messages[0]
 
 
 def beat(daemon: distsvc.daemon.context.Daemon) -> None:
