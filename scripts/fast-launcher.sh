@@ -17,7 +17,9 @@
 # script (Debian's /usr/bin/distsvc-run) also imports `re` to strip a ".exe": ~10 ms more.
 #
 # The launcher puts distsvc's directory on sys.path itself (after the standard library, where
-# site would put it); when the fast path cannot do a command, commands/run.py loads `site` then
+# site would put it), unless the user installed a distsvc of their own in their user site
+# (pip install --user), which then goes first as it would with site (and as it does for the
+# daemon); when the fast path cannot do a command, commands/run.py loads `site` then
 # (site.main()), so the full client finds paramiko and the rest as usual. A later `pip install`
 # writes pip's script back, which works the same, only slower. Nothing is rewritten when the
 # interpreter's path would not fit a shebang line (spaces, over 127 bytes): pip's script stays.
@@ -41,8 +43,13 @@ if any(c.isspace() for c in python) or len(shebang) > 127:
     sys.exit(0)
 text = f"""{shebang}
 # distsvc-run without `site`: written by scripts/fast-launcher.sh over pip's script (see there).
+import os
+import site
 import sys
-sys.path.append({where!r})
+if site.check_enableusersite() and os.path.isdir(site.getusersitepackages() + "/distsvc"):
+    site.main()  # a distsvc of the user's own (pip install --user) goes first, as with site
+else:
+    sys.path.append({where!r})
 from distsvc.commands.run import main
 sys.exit(main())
 """

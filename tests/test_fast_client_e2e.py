@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import conftest
 from distsvc import __version__
 
@@ -143,3 +145,51 @@ def test_the_saved_environment_and_the_filter_apply(daemon_client: conftest.Clie
         env={"SECRET_TOKEN": "x", "MINE": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"yes none 1\n"
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
+def test_a_closed_standard_descriptor_is_dev_null_for_the_command(
+        daemon_client: conftest.Client, closed: str) -> None:
+    """`distsvc-run cmd >&-` (cron jobs, `exec >&-` scripts): as with OpenSSH's client, the
+    closed descriptor is /dev/null for the command, and the status comes back whole. Before,
+    a closed stdout made the fast path's exit fail (exit 1 and a traceback), and whichever of
+    0-2 was closed became the daemon's socket, carried to the command as its own."""
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    command = ("read line; echo \"in=$line\"; echo out; echo err >&2; "
+               "ls -l /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2 | grep -c socket; exit 3")
+    argv = daemon_client.command("distsvc-run", "sh", "-c", command)
+    done = subprocess.run(["sh", "-c", f'exec "$@" {closed}', "sh", *argv],
+                          env={**daemon_client.env, "DISTSVC_DAEMON": "required"},
+                          cwd=daemon_client.workdir, input=b"typed\n", capture_output=True,
+                          timeout=60)
+    expected_out = {"<&-": b"in=\nout\n0\n", ">&-": b"", "2>&-": b"in=typed\nout\n0\n"}[closed]
+    expected_err = b"" if closed == "2>&-" else b"err\n"
+    assert (done.returncode, done.stdout, done.stderr) == (3, expected_out, expected_err)
+
+
+def test_the_run_module_runs_as_a_program(daemon_client: conftest.Client) -> None:
+    """`python -m distsvc.commands.run` reaches every definition (its __main__ block once
+    stood above some, and the full client failed with a NameError)."""
+    daemon_client.configure(daemon_client.bed.hosts[:1])
+    done = subprocess.run([sys.executable, "-m", "distsvc.commands.run", "sh", "-c", "exit 5"],
+                          env={**daemon_client.env, "DISTSVC_DAEMON": "off"},
+                          cwd=daemon_client.workdir, capture_output=True, timeout=60)
+    assert (done.returncode, done.stderr) == (5, b"")
+
+
+def test_the_full_client_started_without_site_gets_the_path_a_plain_start_has() -> None:
+    """The launcher's `python -S` plus distsvc's directory, then commands.run.load_site(): the
+    same sys.path, in the same order, as the interpreter started normally (before, distsvc's
+    directory came first, ahead of the user site)."""
+    script = conftest.BIN / "distsvc-run"
+    appended = [line for line in script.read_text().splitlines()
+                if line.strip().startswith("sys.path.append(")]
+    assert len(appended) == 1
+    show = "import sys, json; print(json.dumps(sys.path[1:]))"
+    plain = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True,
+                           check=True).stdout
+    launched = subprocess.run(
+        [sys.executable, "-S", "-c", f"import sys\n{appended[0].strip()}\n"
+         "import distsvc.commands.run\ndistsvc.commands.run.load_site()\n" + show],
+        capture_output=True, text=True, check=True).stdout
+    assert launched == plain

@@ -195,6 +195,11 @@ def _signature(st: os.stat_result) -> Signature:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def signature_of(fd: int) -> Signature:
+    """signature() of the file open as `fd`."""
+    return _signature(os.fstat(fd))
+
+
 def signature(directory: Path) -> Signature | None:
     """The file's signature now (one stat), None when there is none."""
     return file_signature(directory / STATE_FILE)

@@ -370,3 +370,40 @@ def test_the_tally_declines_when_another_process_wrote_and_then_counts_what_it_w
     second = memory.place_anonymous(config, now + 2)
     assert second is not None and second.host.name == "b"
     assert [p.host for p in memory.snapshot().placements] == ["a", "b"]
+
+
+def test_the_version_last_read_or_written_is_held_open_so_its_inode_cannot_come_back(
+        directory: Path) -> None:
+    """ext4 often gives a file written by rename the inode number of the version before; the
+    write-behind trusts "same inode, size and mtime" only because the daemon holds the
+    version it last saw open (MemoryStore._hold), which no other version can then share."""
+    def held_inode(store: distsvc.daemon.hoststate.MemoryStore) -> int | None:
+        held = store._held
+        return None if held is None else os.fstat(held).st_ino
+
+    with FileStore(directory).update() as state:
+        state.hosts["a"] = up(T0)
+    store = distsvc.daemon.hoststate.MemoryStore(directory)
+    store.open()
+    path = directory / distsvc.state.STATE_FILE
+    try:
+        assert held_inode(store) == path.stat().st_ino  # the version read
+        with store.update() as state:
+            state.placements.append(placed("a", 1))
+        store.flush()
+        assert held_inode(store) == path.stat().st_ino  # the version written
+        with FileStore(directory).update() as state:  # another process's version
+            state.placements.append(placed("a", 2))
+        assert held_inode(store) != path.stat().st_ino
+        assert len(store.snapshot().placements) == 2  # a look merged it in
+        assert held_inode(store) == path.stat().st_ino
+        held = store._held
+    finally:
+        store.close()
+    assert store._held is None
+    assert held is not None
+    try:  # closed with the store (its number may have been given to another file since)
+        target = os.readlink(f"/proc/self/fd/{held}")
+    except OSError:
+        target = None
+    assert target != str(path)

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     a command the daemon carried on the fast path ends the process at once (`exit_now`)."""
     program = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if program:
+        standard_fds_open()
 
     def body() -> int:
         if argv and not argv[0].startswith("-"):
@@ -87,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     return distsvc.commands.common.guarded(body)
 
 
+def standard_fds_open() -> None:
+    """/dev/null on whichever of descriptors 0-2 the caller closed (`distsvc-run cmd >&-`),
+    as OpenSSH's client does: else the next descriptor opened, the daemon's socket or an SSH
+    connection, would be taken for the command's stdin, stdout or stderr and carried to it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # the lowest free descriptor: fd itself unless a lower one is free
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def exit_now(status: int) -> None:
     """End the process with `status`, skipping the interpreter's teardown, which frees every
     module and object one by one: a fifth of the instructions a fast `distsvc-run true`
@@ -99,9 +115,10 @@ def exit_now(status: int) -> None:
 
     atexit._run_exitfuncs()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):  # a closed or broken stream: the normal exit says so
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: the descriptor was closed when Python started
+                stream.flush()
+    except Exception:  # a closed or broken stream: the normal exit says so
         return
     os._exit(status)
 
@@ -109,11 +126,7 @@ def exit_now(status: int) -> None:
 def run_full(argv: list[str]) -> int:
     """Arguments parsed, the configuration loaded here, then through the daemon or not."""
     if sys.flags.no_site:
-        # Started by the launcher without `site` (scripts/fast-launcher.sh): only the fast
-        # path does without it. Now the site-packages (paramiko, structlog) and .pth files.
-        import site
-
-        site.main()
+        load_site()
     import types
 
     import distsvc.actions.run
@@ -147,8 +160,20 @@ def run_full(argv: list[str]) -> int:
     return distsvc.actions.run.run(command, options_from(args), config, os.environ)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def load_site() -> None:
+    """Started by the launcher without `site` (scripts/fast-launcher.sh), for the full client:
+    the site-packages (paramiko, structlog) and .pth files, in the order a plain start has.
+    The launcher appended distsvc's own directory; site puts it back where it belongs (after
+    the user site), not before."""
+    import site
+
+    where = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if sys.path and sys.path[-1] == where:
+        sys.path.pop()
+    site.main()
+    if where not in sys.path:
+        sys.path.append(where)
 
 
 def limited(args: argparse.Namespace | types.SimpleNamespace) -> bool:
@@ -169,3 +194,7 @@ def run_limited(args: argparse.Namespace | types.SimpleNamespace, command: list[
     limits = distsvc.commands.job.limits_from(args)  # type: ignore[arg-type]
     return distsvc.actions.scope.run(command, options_from(args), limits,
                                      bool(getattr(args, "best_effort", False)), os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,6 +25,7 @@ measurements, which only steer the ranking for a while.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -44,7 +45,8 @@ WRITE_SHARE = 0.1
 class MemoryStore:
     """The state of `directory` in memory (a distsvc.state.Store), while `open`.
 
-    `_base` is the file as this process last read or wrote it (signature `_seen`),
+    `_base` is the file as this process last read or wrote it (signature `_seen`, and a
+    descriptor `_held` open on that very file: see `_hold`),
     `_current` that plus the daemon's changes; both are replaced, never changed in place
     (State.copy), under `lock`, which no I/O but a stat, or a read of a changed file, holds.
 
@@ -60,6 +62,7 @@ class MemoryStore:
         self.lock = threading.Lock()
         self._base = distsvc.state.State()
         self._seen: distsvc.state.Signature | None = None
+        self._held: int | None = None
         self._current = distsvc.state.State()
         self._flushing = threading.Lock()  # one write at a time
         self._writing = False  # a write is under way (under `lock`)
@@ -73,7 +76,7 @@ class MemoryStore:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         state, seen = distsvc.state.read_signed(self.directory)
         with self.lock:
-            self._base, self._seen, self._current = state, seen, state.copy()
+            self._base, self._seen, self._current = state, self._hold(seen), state.copy()
         distsvc.state.serve_from(self.directory, self)
 
     def close(self) -> None:
@@ -85,6 +88,8 @@ class MemoryStore:
         if self._writer is not None:
             self._writer.join(30)
         self._flush_logged()
+        with self.lock:
+            self._hold(None)
 
     def snapshot(self) -> distsvc.state.State:
         with self.lock:
@@ -170,7 +175,32 @@ class MemoryStore:
             return
         theirs, seen = distsvc.state.read_signed(self.directory)
         self._current = distsvc.state.merge(self._base, self._current, theirs)
-        self._base, self._seen = theirs, seen
+        self._base, self._seen = theirs, self._hold(seen)
+
+    def _hold(self, seen: distsvc.state.Signature | None) -> distsvc.state.Signature | None:
+        """`seen` if the file now there is still the one with that signature, which is then
+        held open; None (the next look reads the file) if it was replaced meanwhile.
+
+        Why: the signature says "unchanged" by inode, size and mtime, and on ext4 a file
+        written by rename often gets the inode number the previous version had; with a coarse
+        clock, another process's two writes within a tick could then carry our last write's
+        signature, and a flush trusting it would write over them. No other file can get the
+        inode number of a file held open, and every writer replaces the file whole, so while
+        it is held an equal signature is the same file, unchanged. Under `lock`."""
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
+        if seen is None:
+            return None
+        try:
+            held = os.open(self._file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if distsvc.state.signature_of(held) != seen:
+            os.close(held)
+            return None
+        self._held = held
+        return seen
 
     def flush(self) -> None:
         """Write the daemon's changes not written yet, merged onto the file under its lock."""
@@ -197,7 +227,7 @@ class MemoryStore:
                 # What changed here while we wrote stays a change of ours, onto the new base.
                 self._settle()
                 self._current = distsvc.state.merge(ours, self._current, merged)
-                self._base, self._seen = merged, written
+                self._base, self._seen = merged, self._hold(written)
                 self._writing = False
 
     def _flush_logged(self) -> None:

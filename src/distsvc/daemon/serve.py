@@ -406,10 +406,15 @@ def _decoded(frame: bytes) -> dict[str, Any] | None:
         return None
     if len(messages) != 1 or decoder.buffer:
         return None
-    if len(_requests) >= KNOWN_REQUESTS:
-        _requests.clear()
-    _requests[frame] = messages[0]
-    return messages[0]
+    request = messages[0]
+    # Only what may be answered here is kept: a `run` request carries a client's whole
+    # environment (secrets too), which must not outlive the command, and is never repeated.
+    kind = request.get("type")
+    if isinstance(kind, str) and kind in distsvc.daemon.handlers.INLINE_HANDLERS:
+        if len(_requests) >= KNOWN_REQUESTS:
+            _requests.clear()
+        _requests[frame] = request
+    return request
 
 
 def beat(daemon: distsvc.daemon.context.Daemon) -> None:
