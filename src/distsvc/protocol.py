@@ -132,6 +132,14 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+def frame_size(prefix: bytes) -> int | None:
+    """The size of the whole frame `prefix` begins (header included), by its header; None
+    while the header itself is not all there."""
+    if len(prefix) < HEADER.size:
+        return None
+    return HEADER.size + int(HEADER.unpack_from(prefix)[0])
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
     try:
         message = loads(payload.decode("utf-8"))

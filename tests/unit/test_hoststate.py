@@ -325,6 +325,50 @@ def test_the_tally_answers_query_after_query_as_choose_from_memory(
     assert mine == theirs
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_the_tally_breaks_ties_and_skips_full_hosts_as_choose_from_memory(
+        memory: distsvc.daemon.hoststate.MemoryStore, directory: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Many hosts whose scores tie (within ranking.TIE_WIDTH) or are equal, access times
+    that differ, are equal or are unknown, different CPU counts and slot limits that fill:
+    the tally keeps the known hosts sorted and looks at the first groups of ties only, and
+    must still answer exactly as the full ranking does, query after query."""
+    import random
+
+    rng = random.Random(seed)
+    clock = [T0 + 1]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    names = [f"h{i:02d}" for i in range(40)]
+    hosts = {}
+    for name in names:
+        hosts[name] = HostState(
+            state=distsvc.state.UP, measured_at=T0 - rng.choice([0, 5, 30]),
+            access_ms=rng.choice([None, 1.0, 1.0, 2.5, rng.uniform(0.5, 3)]),
+            measurement=Measurement(load1=rng.choice([0.0, 0.0, 0.02, 0.04, 0.5, 1.0]),
+                                    cpus=rng.choice([1, 2, 4])))
+    start = State(hosts=hosts, placements=[
+        placed_anonymous(rng.choice(names), T0 - rng.uniform(0, 50)) for _ in range(20)])
+    reference = tmp_path / "reference"
+    for where in (directory, reference):
+        with distsvc.state.locked(where):
+            distsvc.state.write(where, start)
+    memory.snapshot()  # picks the file up
+    config = distsvc.config.from_mapping(
+        {"hosts": [{"name": n, **({"slots": rng.choice([1, 2, 3])} if rng.random() < 0.4
+                                  else {})} for n in names],
+         "max_age": 3600}, "test", None)
+    answers, expected = [], []
+    for _ in range(300):
+        clock[0] += rng.choice([0.01, 0.3, 2.0])
+        choice = memory.place_anonymous(config, clock[0])
+        answers.append(None if choice is None else choice.host.name)
+        choice = distsvc.actions.placement.choose_from_memory(config, reference, pid=0)
+        expected.append(None if choice is None else choice.host.name)
+    assert answers == expected
+    assert len(set(answers)) > 10
+    assert memory.snapshot() == distsvc.state.read(reference)
+
+
 def placed_anonymous(host: str, placed_at: float) -> Placement:
     return Placement(host=host, pid=0, started=None, placed_at=placed_at)
 

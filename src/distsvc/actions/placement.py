@@ -9,6 +9,7 @@ process or another, already counts it.
 
 from __future__ import annotations
 
+import bisect
 import collections.abc
 import contextlib
 import dataclasses
@@ -262,6 +263,18 @@ class Tally:
                 mine.append(i)
         self.base: dict[str, tuple[float, int] | None] = {}
         self.extra: dict[str, float] = {}
+        # The known hosts by (score, position in the configuration), as ranking.order sorts
+        # them before it breaks ties: kept sorted as scores change, so a query looks at the
+        # best few, not at every host.
+        self.index = {h.name: i for i, h in enumerate(config.hosts)}
+        self.known: list[tuple[float, int]] = []
+        self.key: dict[str, tuple[float, int]] = {}
+        # The host measured longest ago: the first to go stale (then every query declines).
+        # (None, as if stale, when one was never measured, or none is configured: no answer.)
+        entries = [self.hosts.get(h.name) for h in config.hosts]
+        measured = [e for e in entries if e is not None and e.measured_at is not None]
+        self.oldest = min(measured, key=lambda e: e.measured_at or 0.0) if (
+            measured and len(measured) == len(entries)) else None
         for host in config.hosts:
             entry = self.hosts.get(host.name)
             self.base[host.name] = None if entry is None else distsvc.ranking.base_score(
@@ -269,10 +282,43 @@ class Tally:
             self._count(host.name)
 
     def _count(self, name: str) -> None:
+        """The load `name`'s placements add, and its place among the known hosts, again."""
         entry = self.hosts.get(name)
         if entry is not None and entry.measured_at is not None:
             self.extra[name] = distsvc.ranking.placed_load(
                 [self.placements[i] for i in self.positions[name]], entry.measured_at)
+        old = self.key.pop(name, None)
+        if old is not None:
+            del self.known[bisect.bisect_left(self.known, old)]
+        base = self.base.get(name)
+        if base is not None:  # the very float ranking.score gives
+            key = (base[0] + self.extra[name] / base[1], self.index[name])
+            bisect.insort(self.known, key)
+            self.key[name] = key
+
+    def _first_free(self) -> int | None:
+        """The configuration index of what ranking.candidates(ranking.order(...))[0] would
+        be: within the first group of ties (scores within TIE_WIDTH of the group's best)
+        that has a host with a free slot, the nearest such host (by access time, then by
+        score and configuration order, as order's stable sorts leave them)."""
+        known, first = self.known, 0
+        while first < len(known):
+            end = bisect.bisect_right(
+                known, (known[first][0] + distsvc.ranking.TIE_WIDTH, math.inf))
+            chosen: tuple[float, int, int] | None = None  # (access, position, index)
+            for position in range(first, end):
+                index = known[position][1]
+                host = self.config.hosts[index]
+                if host.slots is not None and len(self.positions[host.name]) >= host.slots:
+                    continue  # full
+                access = self.hosts[host.name].access_ms
+                candidate = (math.inf if access is None else access, position, index)
+                if chosen is None or candidate < chosen:
+                    chosen = candidate
+            if chosen is not None:
+                return chosen[2]
+            first = end
+        return None
 
     def _remove(self, i: int) -> None:
         self.removed.add(i)
@@ -285,8 +331,7 @@ class Tally:
         """The best free host with an anonymous placement recorded on it, as
         choose_from_memory would; None when it would decline; EXPIRED when a placement has
         expired since the tally was built (build another)."""
-        if any(_stale(self.hosts.get(h.name), now, self.config.max_age)
-               for h in self.config.hosts):
+        if _stale(self.oldest, now, self.config.max_age):  # none is stale before it
             return None
         if now - self.expires >= distsvc.state.ANONYMOUS_PLACEMENT_TTL:
             return EXPIRED
@@ -294,25 +339,18 @@ class Tally:
                 self.placements[i], now)]:
             self.named.remove(i)
             self._remove(i)
-        ranked = []
-        for host in self.config.hosts:
-            base = self.base[host.name]
-            entry = self.hosts[host.name]
-            ranked.append(distsvc.ranking.Ranked(
-                host=host,
-                score=None if base is None else base[0] + self.extra[host.name] / base[1],
-                running=len(self.positions[host.name]), access_ms=entry.access_ms))
-        free = distsvc.ranking.candidates(distsvc.ranking.order(ranked))
-        if not free:
+        index = self._first_free()
+        if index is None:
             return None
-        best = free[0]
-        name = best.host.name
+        best = self.config.hosts[index]
+        name = best.name
         placement = distsvc.state.Placement(host=name, pid=0, started=None, placed_at=now)
         mine = self.positions[name]
+        running = len(mine)
         mine.append(len(self.placements))
         self.placements.append(placement)
         self.expires = min(self.expires, now)
-        if best.running >= MAX_ANONYMOUS_PER_HOST:  # as _trim_anonymous, by position
+        if running >= MAX_ANONYMOUS_PER_HOST:  # as _trim_anonymous, by position
             anonymous = [i for i in mine if self.placements[i].pid == 0]
             for i in anonymous[:-MAX_ANONYMOUS_PER_HOST]:
                 self.removed.add(i)
@@ -321,7 +359,7 @@ class Tally:
         if name in self.hosts:
             self.used[name] = now
         self.changed = True
-        return Choice(best.host, placement)
+        return Choice(best, placement)
 
     def state(self) -> distsvc.state.State:
         """The state the queries so far left (as choose_from_memory would have)."""

@@ -44,7 +44,9 @@ HEARTBEAT = {"type": "heartbeat"}
 IDLE_WORKER_WAIT = 5.0  # a connection thread waits this long for the next connection, then ends
 MAX_IDLE_WORKERS = 32
 ACCEPT_BATCH = 64  # connections accepted per turn of the loop, at most: its checks stay timely
-INLINE_PEEK = 65536  # a `best` request longer than this is served by a worker
+# What the accepting thread peeks at first; a longer request (a `best` carries the client's
+# configuration: ~62 bytes per host, 64 KiB from ~1,050 hosts) is peeked at again whole.
+INLINE_PEEK = 65536
 
 
 def _refuse(sock: socket.socket, text: str) -> None:
@@ -348,6 +350,12 @@ def answer_inline(daemon: distsvc.daemon.context.Daemon, sock: socket.socket) ->
     try:
         pid, uid = distsvc.adapters.unix.peer_credentials(sock)
         waiting = sock.recv(INLINE_PEEK, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        whole = distsvc.protocol.frame_size(waiting)
+        if whole is not None and len(waiting) < whole <= distsvc.protocol.HEADER.size + (
+                distsvc.protocol.MAX_FRAME):
+            # With 1,000 hosts configured every `best` went to a worker, whose full ranking
+            # made a query cost 4x the tally's (docs/benchmarks.md, "How costs grow").
+            waiting = sock.recv(whole, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except OSError:
         return False  # nothing sent yet (BlockingIOError), or gone: the worker finds out
     if uid != os.getuid():
