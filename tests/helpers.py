@@ -48,11 +48,14 @@ def sleeps_with(marker: str) -> list[int]:
     return pids
 
 
-def unix_exchange(path: Path | str, data: bytes, timeout: float = 10) -> bytes:
-    """Connect to the unix socket at `path`, send `data`, half-close, read all."""
+def unix_exchange(path: Path | str, data: bytes, timeout: float = 10,
+                  delay: float = 0.0) -> bytes:
+    """Connect to the unix socket at `path`, wait `delay` seconds, send `data`, half-close,
+    read all."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
+        time.sleep(delay)
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         chunks = []
