@@ -46,7 +46,8 @@ text = f"""{shebang}
 import os
 import site
 import sys
-if site.check_enableusersite() and os.path.isdir(site.getusersitepackages() + "/distsvc"):
+if (sys.prefix == sys.base_prefix and site.check_enableusersite()  # (a venv has no user site)
+        and os.path.isdir(site.getusersitepackages() + "/distsvc")):
     site.main()  # a distsvc of the user's own (pip install --user) goes first, as with site
 else:
     sys.path.append({where!r})

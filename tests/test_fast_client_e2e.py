@@ -147,17 +147,19 @@ def test_the_saved_environment_and_the_filter_apply(daemon_client: conftest.Clie
     assert result.stdout == b"yes none 1\n"
 
 
+@pytest.mark.parametrize("program", ["distsvc-run", "distsvc run"])
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
 def test_a_closed_standard_descriptor_is_dev_null_for_the_command(
-        daemon_client: conftest.Client, closed: str) -> None:
+        daemon_client: conftest.Client, closed: str, program: str) -> None:
     """`distsvc-run cmd >&-` (cron jobs, `exec >&-` scripts): as with OpenSSH's client, the
     closed descriptor is /dev/null for the command, and the status comes back whole. Before,
     a closed stdout made the fast path's exit fail (exit 1 and a traceback), and whichever of
-    0-2 was closed became the daemon's socket, carried to the command as its own."""
+    0-2 was closed became the daemon's socket, carried to the command as its own (with
+    `distsvc run` too, the full client's way)."""
     daemon_client.configure(daemon_client.bed.hosts[:1])
     command = ("read line; echo \"in=$line\"; echo out; echo err >&2; "
                "ls -l /proc/self/fd/0 /proc/self/fd/1 /proc/self/fd/2 | grep -c socket; exit 3")
-    argv = daemon_client.command("distsvc-run", "sh", "-c", command)
+    argv = daemon_client.command(*program.split(), "sh", "-c", command)
     done = subprocess.run(["sh", "-c", f'exec "$@" {closed}', "sh", *argv],
                           env={**daemon_client.env, "DISTSVC_DAEMON": "required"},
                           cwd=daemon_client.workdir, input=b"typed\n", capture_output=True,

@@ -243,24 +243,40 @@ def read(directory: Path) -> State:
 
 def write(directory: Path, state: State) -> Signature:
     """Replace the file atomically (under the lock); the signature of what was written."""
+    written, held = write_held(directory, state)
+    os.close(held)
+    return written
+
+
+def write_held(directory: Path, state: State) -> tuple[Signature, int]:
+    """write(), and a descriptor open on the very file written (the caller closes it): held,
+    its inode number cannot be given to a later version (see daemon/hoststate.py)."""
     fd, temporary = tempfile.mkstemp(prefix=".state-", dir=directory)
+    held = -1
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(encode(state))
             out.flush()
             os.fsync(out.fileno())
             written = _signature(os.fstat(out.fileno()))
+            held = os.open(temporary, os.O_RDONLY | os.O_CLOEXEC)
         os.replace(temporary, directory / STATE_FILE)
     except BaseException:
+        if held >= 0:
+            os.close(held)
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return written
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        os.close(held)
+        raise
+    return written, held
 
 
 @contextlib.contextmanager

@@ -17,6 +17,20 @@ if TYPE_CHECKING:
     import distsvc.config
 
 
+def standard_fds_open() -> None:
+    """/dev/null on whichever of descriptors 0-2 the caller closed (`distsvc-run cmd >&-`),
+    as OpenSSH's client does: else the next descriptor opened, the daemon's socket or an SSH
+    connection, would be taken for the command's stdin, stdout or stderr and carried to it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:  # the lowest free descriptor: fd itself unless a lower one is free
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     from pathlib import Path
 

@@ -43,6 +43,8 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program
+        distsvc.commands.common.standard_fds_open()
     argv = sys.argv[1:] if argv is None else argv
     args = parser(argv[0] if argv else None).parse_args(argv)
     return distsvc.commands.common.guarded(lambda: int(module(args.subcommand).run(args)))

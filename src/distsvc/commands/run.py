@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if program:
-        standard_fds_open()
+        distsvc.commands.common.standard_fds_open()
 
     def body() -> int:
         if argv and not argv[0].startswith("-"):
@@ -87,20 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_full(argv)
 
     return distsvc.commands.common.guarded(body)
-
-
-def standard_fds_open() -> None:
-    """/dev/null on whichever of descriptors 0-2 the caller closed (`distsvc-run cmd >&-`),
-    as OpenSSH's client does: else the next descriptor opened, the daemon's socket or an SSH
-    connection, would be taken for the command's stdin, stdout or stderr and carried to it."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:  # the lowest free descriptor: fd itself unless a lower one is free
-                os.dup2(null, fd)
-                os.close(null)
 
 
 def exit_now(status: int) -> None:
@@ -168,6 +154,8 @@ def load_site() -> None:
     the user site), not before."""
     import site
 
+    if site.ENABLE_USER_SITE is not None:
+        return  # the launcher ran site already (a distsvc in the user site)
     where = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if sys.path and sys.path[-1] == where:
         sys.path.pop()

@@ -12,6 +12,8 @@ import distsvc.remote
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program
+        distsvc.commands.common.standard_fds_open()
     p = argparse.ArgumentParser(
         prog="distsvc-shell",
         description="Open your login shell on the least-loaded host, in the current directory.")

@@ -177,9 +177,11 @@ class MemoryStore:
         self._current = distsvc.state.merge(self._base, self._current, theirs)
         self._base, self._seen = theirs, self._hold(seen)
 
-    def _hold(self, seen: distsvc.state.Signature | None) -> distsvc.state.Signature | None:
+    def _hold(self, seen: distsvc.state.Signature | None, held: int | None = None
+              ) -> distsvc.state.Signature | None:
         """`seen` if the file now there is still the one with that signature, which is then
-        held open; None (the next look reads the file) if it was replaced meanwhile.
+        held open (`held`: already open on it, as state.write_held leaves the file it wrote);
+        None (the next look reads the file) if it was replaced meanwhile.
 
         Why: the signature says "unchanged" by inode, size and mtime, and on ext4 a file
         written by rename often gets the inode number the previous version had; with a coarse
@@ -190,6 +192,13 @@ class MemoryStore:
         if self._held is not None:
             os.close(self._held)
             self._held = None
+        if self._closed.is_set():  # a write after close(): nothing stays open
+            if held is not None:
+                os.close(held)
+            return None
+        if held is not None:  # the file itself, from before its rename: no window
+            self._held = held
+            return seen
         if seen is None:
             return None
         try:
@@ -218,7 +227,7 @@ class MemoryStore:
                     theirs = base if distsvc.state.file_signature(self._file) == seen else (
                         distsvc.state.read_signed(self.directory)[0])
                     merged = distsvc.state.merge(base, ours, theirs)
-                    written = distsvc.state.write(self.directory, merged)
+                    written, held = distsvc.state.write_held(self.directory, merged)
             except BaseException:
                 with self.lock:
                     self._writing = False
@@ -227,7 +236,7 @@ class MemoryStore:
                 # What changed here while we wrote stays a change of ours, onto the new base.
                 self._settle()
                 self._current = distsvc.state.merge(ours, self._current, merged)
-                self._base, self._seen = merged, self._hold(written)
+                self._base, self._seen = merged, self._hold(written, held)
                 self._writing = False
 
     def _flush_logged(self) -> None:
