@@ -206,11 +206,12 @@ class Reader:
         self.pending: list[dict[str, Any]] = []
         self.fds: list[int] = []
 
-    def receive(self) -> dict[str, Any] | None:
-        """The next message, or None at end of stream. Raises ProtocolError, OSError."""
+    def receive(self, flags: int = 0) -> dict[str, Any] | None:
+        """The next message, or None at end of stream. Raises ProtocolError, OSError (with
+        flags=MSG_DONTWAIT, BlockingIOError until a whole message is in: call again later)."""
         while not self.pending:
             data, ancillary, _flags, _addr = self.sock.recvmsg(
-                RECEIVE_CHUNK, _socket.CMSG_LEN(MAX_FDS * _INT.size))
+                RECEIVE_CHUNK, _socket.CMSG_LEN(MAX_FDS * _INT.size), flags)
             for level, kind, rights in ancillary:  # socket.recv_fds, without socket.py
                 if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
                     whole = len(rights) - len(rights) % _INT.size

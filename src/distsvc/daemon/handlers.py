@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import distsvc.actions.relay
 import distsvc.actions.run
 import distsvc.actions.scan
 import distsvc.config
+import distsvc.daemon.client_events
 import distsvc.daemon.context
 import distsvc.daemon.run_setting
 import distsvc.errors
@@ -172,57 +172,6 @@ def handle_scan(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     return {"ok": True, "measured": measured}
 
 
-class ClientEvents(distsvc.actions.relay.EventQueue):
-    """Signals and resizes a `run` client sends, as relay events; its hang-up is SIGHUP.
-
-    A thread reads the client's messages until its connection ends, which may be after the
-    handler is done: the wake-up pipe is closed by whichever of the two finishes last.
-    """
-
-    def __init__(self, peer: distsvc.daemon.context.Peer) -> None:
-        super().__init__()
-        self.peer = peer
-        self.lock = threading.Lock()
-        self.users = 2  # the handler and the reading thread
-        self.closed = False
-        threading.Thread(target=self._read, daemon=True, name="client-events").start()
-
-    def _read(self) -> None:
-        try:
-            while True:
-                try:
-                    message = self.peer.reader.receive()
-                except (OSError, distsvc.protocol.ProtocolError):
-                    message = None
-                if message is None:
-                    self.add(signal.SIGHUP)  # the client is gone: as if its terminal hung up
-                    return
-                if message.get("type") == "resize":
-                    self.add(signal.SIGWINCH)
-                elif message.get("type") == "signal" and message.get("signal") in (
-                        signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-                    self.add(message["signal"])
-        finally:
-            self._release()
-
-    def add(self, signum: int) -> None:
-        with self.lock:
-            if not self.closed:
-                super().add(signum)
-
-    def _release(self) -> None:
-        with self.lock:
-            self.users -= 1
-            if self.users == 0:
-                self.close_pipe()
-
-    def close(self) -> None:
-        """The handler is done with the events."""
-        with self.lock:
-            self.closed = True
-        self._release()
-
-
 def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
                peer: distsvc.daemon.context.Peer) -> dict[str, Any] | None:
     """Run a command for a client: its setting from the request (either form, see
@@ -248,7 +197,7 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         workdir=setting.workdir, tty=request.get("tty"),
         stdin=bool(request.get("stdin", True)), quiet=bool(request.get("quiet")))
     fds = (peer.reader.fds[0], peer.reader.fds[1], peer.reader.fds[2])
-    events = ClientEvents(peer)
+    events = distsvc.daemon.client_events.ClientEvents(peer)
     peer.attach(events)  # a stop of the daemon ends the command through its events
     job_id = next(daemon.job_ids)
     log = distsvc.log.get(job=job_id, peer_pid=peer.pid)
