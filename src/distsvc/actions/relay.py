@@ -191,6 +191,20 @@ class StdinPump:
         os.close(self.wake_w)
 
 
+_DEV_NULL = os.makedev(1, 3)  # /dev/null's device numbers on Linux
+
+
+def _reads_nothing(fd: int) -> bool:
+    """`fd` is /dev/null, whose every read is end-of-file: the command's stdin is closed at
+    once, without a StdinPump thread (`cmd < /dev/null`, cron, CI: a thread and a pipe per
+    command in a daemon serving many)."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == _DEV_NULL
+
+
 def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int | None,
           deliver: Callable[[int], None], events: EventQueue,
           reader_pid: int | None = None) -> int:
@@ -207,7 +221,7 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     pump = None
     deliveries: list[threading.Thread] = []
     outputs: list[Output] = []
-    if stdin_fd is not None:
+    if stdin_fd is not None and not _reads_nothing(stdin_fd):
         pump = StdinPump(process, stdin_fd, reader_pid)
     else:
         process.close_stdin()
