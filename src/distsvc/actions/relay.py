@@ -42,6 +42,15 @@ class Process(Protocol):
     def abandon(self) -> None: ...
 
 
+class DirectOutput(Protocol):
+    """Output the command's side writes to our descriptor itself while we hold none of ours
+    (an SSH session's stdout: adapters/ssh/direct.py); what it cannot write, read_stdout()
+    returns."""
+
+    def resume(self) -> None: ...
+    def close(self) -> int: ...
+
+
 class OutputClosed(Exception):
     """Our stdout or stderr was closed by the reader (e.g. `| head`)."""
 
@@ -87,6 +96,10 @@ class Output:
 
     def fileno(self) -> int:
         return self._own if self._own is not None else self.fd
+
+    def nonblocking(self) -> int | None:
+        """A descriptor of our own to the reader, in non-blocking mode, if there is one."""
+        return self._own
 
     def write(self, data: bytes, drop_past: int | None = None) -> None:
         """Queue `data` (beyond `drop_past` bytes pending, drop it) and write what the reader
@@ -216,9 +229,12 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     a terminal (`terminal_fd`), a SIGWINCH event passes its new size on. `reader_pid`: see
     StdinPump. While a reader of our output is behind, no more output is read from the
     command (the SSH window then holds the command back) but events are still handled.
+    A process that can write stdout to a pipe or terminal itself (`stdout_to`, a
+    DirectOutput) does so while the relay has none of it waiting.
     """
     stdin_fd, stdout_fd, stderr_fd = fds
     pump = None
+    direct: DirectOutput | None = None
     deliveries: list[threading.Thread] = []
     outputs: list[Output] = []
     if stdin_fd is not None and not _reads_nothing(stdin_fd):
@@ -228,6 +244,9 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     try:
         outputs += [Output(stdout_fd), Output(stderr_fd)]
         out, err = outputs
+        stdout_to = getattr(process, "stdout_to", None)
+        if stdout_to is not None and out.nonblocking() is not None:
+            direct = stdout_to(out.nonblocking())
         status: int | None = None
         asked_to_end_at: float | None = None
         woken = True  # by an event (its pipe readable); else events.take() is left out
@@ -274,16 +293,19 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
             # relay slept out select's timeout (1 s) with the SSH window spent and everyone
             # idle: a 200 MiB stream took 1.2 to 10 s, about one such second per 30 MiB.
             behind = not ending and _backlogged(outputs)
+            if direct is not None and status is None and not out.pending:
+                direct.resume()
             reading = [events.fileno()] + ([process.fileno()] if status is None and not behind
                                            else [])
             writing = [o.fileno() for o in outputs if o.pending]
             woken = events.fileno() in distsvc.polling.wait(reading, writing, 1.0)[0]
     finally:
+        written = direct.close() if direct is not None else 0  # before its fd is closed
         for output in outputs:
             output.close()
         if pump is not None:
             pump.stop()
         for delivery in deliveries:
             delivery.join()
-        if sum(output.written for output in outputs) >= RELEASE_AFTER:
+        if written + sum(output.written for output in outputs) >= RELEASE_AFTER:
             distsvc.adapters.memory.release_free_memory()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 from paramiko.common import (
     MSG_CHANNEL_CLOSE,
+    MSG_CHANNEL_DATA,
     MSG_NEWKEYS,
     cMSG_CHANNEL_CLOSE,
     cMSG_GLOBAL_REQUEST,
@@ -23,6 +24,7 @@ from paramiko.packet import Packetizer
 import distsvc.config
 import distsvc.errors
 import distsvc.polling
+from distsvc.adapters.ssh.direct import Sink
 from distsvc.adapters.ssh.sock import TransportSocket
 
 if TYPE_CHECKING:  # the handshake module makes connections: it imports this one
@@ -187,6 +189,10 @@ class Connection:
         handlers = dict(self.transport._channel_handler_table)  # type: ignore[attr-defined]
         self._paramiko_closed_by_server = handlers[MSG_CHANNEL_CLOSE]
         handlers[MSG_CHANNEL_CLOSE] = self._closed_by_server
+        # Sessions whose stdout the transport thread writes to its reader (direct.Sink).
+        self._sinks: dict[int, Sink] = {}
+        self._paramiko_data = handlers[MSG_CHANNEL_DATA]
+        handlers[MSG_CHANNEL_DATA] = self._data
         self.transport._channel_handler_table = handlers  # type: ignore[attr-defined]
         defer_own_sends_during_rekey(self.transport)
         if isinstance(self.transport.sock, TransportSocket):  # authenticated: no more timers
@@ -254,9 +260,27 @@ class Connection:
                     self._owed.add(channel.chanid)
             self.transport._unlink_channel(channel.chanid)  # type: ignore[attr-defined]
 
+    def _data(self, channel: paramiko.Channel, message: paramiko.Message) -> None:
+        """A session's stdout data (in the transport thread): to its sink if it has one."""
+        sink = self._sinks.get(channel.chanid)
+        if sink is None:
+            self._paramiko_data(channel, message)
+        else:
+            sink.feed(message.get_binary())
+
+    def sink(self, channel: paramiko.Channel, fd: int) -> Sink:
+        """A sink for the channel's stdout to `fd` (see direct.py); it buffers until resumed,
+        and close_channel() forgets it."""
+        sink = Sink(channel, fd)
+        self._sinks[channel.chanid] = sink
+        return sink
+
     def close_channel(self, channel: paramiko.Channel) -> None:
         """Close a session's channel (and the pipe behind its fileno()), answering the
         server's close if it came first; call when no other thread sends on it any more."""
+        sink = self._sinks.pop(channel.chanid, None)
+        if sink is not None:
+            sink.close()
         channel.close()  # sends our end-of-file and close, unless the server closed first
         with self._answers_lock:
             owed = channel.chanid in self._owed
@@ -487,6 +511,12 @@ class RemoteProcess:
 
     def read_stderr(self, limit: int = 1 << 20) -> bytes:
         return _drain(self.channel.recv_stderr_ready, self.channel.recv_stderr, limit)
+
+    def stdout_to(self, fd: int) -> Sink:
+        """Let the connection's transport thread write stdout to `fd`, a non-blocking
+        descriptor, while the caller has no output of its own waiting (direct.py); read_stdout
+        then returns what it could not take. Close the sink before closing `fd`."""
+        return self.connection.sink(self.channel, fd)
 
     def write(self, data: bytes) -> None:
         self.channel.sendall(data)
