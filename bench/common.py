@@ -187,11 +187,13 @@ def control_master(ssh: list[str], env: dict[str, str], path: Path) -> Iterator[
             raise RuntimeError(f"the ControlMaster at {path} did not exit within 10 s")
 
 
-def check_master(muxed: list[str], env: dict[str, str]) -> None:
+def check_master(muxed: list[str], env: dict[str, str]) -> int:
+    """The running ControlMaster's PID (`ssh -O check` says `Master running (pid=N)`)."""
     result = subprocess.run([*muxed[:-1], "-O", "check", muxed[-1]], env=env,
                             capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise RuntimeError(f"ControlMaster not running: {result.stderr.strip()}")
+    return int(result.stderr.rpartition("pid=")[2].rstrip(")\n"))
 
 
 # --- measurements ----------------------------------------------------------------------------

@@ -106,6 +106,7 @@ from common import (
     Setting,
     Variant,
     burst,
+    check_master,
     concurrent_raw,
     config_mapping,
     control_master,
@@ -315,7 +316,7 @@ def part_stream(s: Setting) -> dict[str, Any]:
     plain = ssh_env(s.tmp / "ssh")
     ssh = ssh_command(bed, host, s.tmp / "ssh")
     command = STREAM_COMMAND.split()
-    with daemon(via_daemon, s.log("stream-daemon")), \
+    with daemon(via_daemon, s.log("stream-daemon")) as served, \
             control_master(ssh, plain, s.tmp / "cm-stream") as muxed:
         for _ in range(3):
             time_call([str(DISTSVC_RUN), "true"], via_daemon, bed.home)
@@ -329,7 +330,14 @@ def part_stream(s: Setting) -> dict[str, Any]:
             Variant("distsvc-run, DISTSVC_DAEMON=off", f"DISTSVC_DAEMON=off distsvc-run "
                     f"{STREAM_COMMAND}", [str(DISTSVC_RUN), *command], direct),
         ]
-        return {"stream": stream_rounds(variants, bed.home, s.args.stream_runs)}
+        # CPU of the two long-lived processes that carry streams (nothing else uses them
+        # here): the daemon for its variant, the master for its own.
+        master = check_master(muxed, plain)
+        before = cpu_seconds(served.pid), cpu_seconds(master)
+        rounds = stream_rounds(variants, bed.home, s.args.stream_runs)
+        cpu = {"daemon": (cpu_seconds(served.pid) - before[0]) / s.args.stream_runs,
+               "master": (cpu_seconds(master) - before[1]) / s.args.stream_runs}
+        return {"stream": rounds, "cpu": cpu}
 
 
 # --- 3. best-host queries --------------------------------------------------------------------
@@ -766,6 +774,11 @@ def report_stream(r: dict[str, Any], runs: int) -> list[str]:
         out.append(row(variant.name, f"`{variant.shown}`", f"{m:.2f}",
                        f"{STREAM_BYTES / MIB / m:.0f}", f"{min(values):.2f}",
                        f"{max(values):.2f}"))
+    if "cpu" in r:
+        out += ["", f"CPU per stream (utime+stime from /proc over the {runs} rounds, divided by "
+                f"{runs}): the daemon {r['cpu']['daemon']:.2f} s, the ControlMaster's master "
+                f"process {r['cpu']['master']:.2f} s (the multiplexing ssh client's own "
+                "copying, like distsvc-run's none, not counted)."]
     return [*out, ""]
 
 
