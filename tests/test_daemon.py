@@ -490,6 +490,23 @@ def test_a_client_of_another_version_makes_the_daemon_retire(running: Running) -
         daemon.wait(20)
 
 
+def test_a_daemon_whose_own_files_changed_retires(running: Running) -> None:
+    """Clients send only version and place (no ~100 stats per command): the daemon notices
+    its files changing itself, as after a `git pull` in an editable install."""
+    assert running.daemon.source_stamp == distsvc.source_stamp()
+    # A worker's request within a second of the last look does not look again ...
+    distsvc.actions.client.query({"type": "hosts", "config": {"hosts": []}}, running.environ)
+    assert running.status()["retiring"] is False
+    # ... a later one does, and finds files newer than at the daemon's start.
+    running.daemon.source_stamp -= 1
+    running.daemon.source_checked -= distsvc.daemon.serve.SOURCE_CHECK_INTERVAL
+    answer = distsvc.actions.client.query({"type": "hosts", "config": {"hosts": []}},
+                                          running.environ)
+    assert answer["ok"] is True  # served all the same
+    running.thread.join(20)
+    assert not running.thread.is_alive(), "the daemon did not retire"
+
+
 def test_a_spawned_daemon_that_cannot_start_says_why_in_status(reachable_tmp: Path) -> None:
     environ = user_environ(reachable_tmp)
     runtime = Path(environ["XDG_RUNTIME_DIR"])

@@ -10,8 +10,6 @@ import os
 
 __version__ = "0.1.0"
 
-_identity: str | None = None
-
 
 def _newest_source(directory: str) -> int:
     """The newest modification time (ns) of the .py files under `directory`."""
@@ -32,15 +30,15 @@ def _newest_source(directory: str) -> int:
 
 
 def identity() -> str:
-    """This installation's version and code, as a daemon and its clients compare them.
+    """This installation, as a daemon and its clients compare them: the version and where it
+    is. Cheap, for every client sends it with every request; a daemon also watches its own
+    files (source_stamp), which tells an editable install before and after a `git pull`, or
+    files replaced at the same version. A daemon that meets a client of another identity,
+    or sees its files change, retires (daemon/serve.py)."""
+    return f"{__version__}@{os.path.dirname(os.path.abspath(__file__))}"
 
-    The version alone would not tell an editable install before and after a `git pull`:
-    the newest modification time of the package's files does (one stat per source file, from
-    os.scandir, once per process). A daemon that meets a client of another identity retires
-    (daemon/serve.py).
-    """
-    global _identity
-    if _identity is None:
-        newest = _newest_source(os.path.dirname(os.path.abspath(__file__)))
-        _identity = f"{__version__}+{newest}"
-    return _identity
+
+def source_stamp() -> int:
+    """The newest modification time (ns) of this installation's .py files: one stat per
+    source file (os.scandir), ~1 ms, which is why clients do not send it."""
+    return _newest_source(os.path.dirname(os.path.abspath(__file__)))

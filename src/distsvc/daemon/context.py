@@ -56,6 +56,9 @@ class Daemon:
     # Wakes the accept loop (serve() sets it): the last connection ended, it may exit now.
     wake: Callable[[], None] = lambda: None
     identity: str = dataclasses.field(default_factory=lambda: distsvc.identity())  # at start
+    # Its own files' newest mtime at start, and when it last looked again (serve.py).
+    source_stamp: int = dataclasses.field(default_factory=lambda: distsvc.source_stamp())
+    source_checked: float = dataclasses.field(default_factory=time.monotonic)
     book: distsvc.daemon.book.Book = dataclasses.field(
         default_factory=lambda: distsvc.daemon.book.Book({}))  # the jobs (new_daemon's environ)
     # The host state in memory, serving distsvc.state.store(state_dir) while serve() runs.

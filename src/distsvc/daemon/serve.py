@@ -89,6 +89,7 @@ def handle_connection(daemon: distsvc.daemon.context.Daemon, sock: socket.socket
         # daemon alive.
         user_request = kind != "scan"
         check_identity(daemon, request, pid)
+        check_own_files(daemon)
         daemon.reload_config_if_changed()
         peer = distsvc.daemon.context.Peer(
             sock, reader, pid, uid, heartbeats=request.get("heartbeats") is True,
@@ -154,6 +155,30 @@ def check_identity(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any
     distsvc.log.get().info("a client of another version: retiring once the requests in "
                            "progress are done", ours=daemon.identity, client=client,
                            peer_pid=peer_pid)
+
+
+SOURCE_CHECK_INTERVAL = 1.0  # seconds between two looks at the daemon's own files
+
+
+def check_own_files(daemon: distsvc.daemon.context.Daemon) -> None:
+    """Files of this installation changed since the daemon started (an upgrade that kept the
+    version, a `git pull` in an editable install): it retires as for a client of another
+    version. Looked at by workers at most once a second (~1 ms), never by the accepting
+    thread, which must not wait for a file system."""
+    now = time.monotonic()
+    with daemon.lock:
+        if daemon.retiring or now - daemon.source_checked < SOURCE_CHECK_INTERVAL:
+            return
+        daemon.source_checked = now
+    stamp = distsvc.source_stamp()
+    if stamp == daemon.source_stamp:
+        return
+    with daemon.lock:
+        if daemon.retiring:
+            return
+        daemon.retiring = True
+    distsvc.log.get().info("its own files changed: retiring once the requests in progress "
+                           "are done", started_with=daemon.source_stamp, now=stamp)
 
 
 def status_line(daemon: distsvc.daemon.context.Daemon) -> str:
