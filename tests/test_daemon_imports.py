@@ -27,7 +27,7 @@ JOBS = ("distsvc.daemon.job_handlers", "distsvc.daemon.launch", "distsvc.jobs.lo
 # asyncio and uuid: log._import_structlog).
 NEVER = ("asyncio", "importlib.metadata", "email", "uuid", "platform")
 COMMANDS_USED = {"distsvc.commands", "distsvc.commands.main", "distsvc.commands.common",
-                 "distsvc.commands.daemon"}
+                 "distsvc.commands.daemon", "distsvc.commands.parsing"}
 
 
 def daemon_modules(tmp_path: Path, requests: list[dict[str, Any]]) -> set[str]:

@@ -101,6 +101,30 @@ def test_missing_directory_on_the_host_is_a_clear_error(one_host: conftest.Clien
     assert result.returncode == 255 and b"no such directory" in result.stderr
 
 
+def test_a_command_the_host_cannot_run_is_said_in_the_users_terms(
+        one_host: conftest.Client) -> None:
+    """As ssh's shell would say it (127, 126), naming the command and the host, never the
+    wrapper's internal name; a carried PATH entry the host's user cannot search (the client's
+    own ~/bin here) neither turns "not found" into "Permission denied" nor hides the host's
+    own PATH."""
+    private = one_host.home / "bin"
+    private.mkdir(mode=0o700)
+    path = f"{private}:{one_host.env['PATH']}"
+    host = one_host.bed.hosts[0].name
+    result = one_host.run("distsvc-run", "distsvc-nosuchcmd", "arg", env={"PATH": path})
+    assert (result.returncode, result.stdout) == (127, b"")
+    assert result.stderr.decode() == f"distsvc: distsvc-nosuchcmd: command not found on {host}\n"
+    script = one_host.workdir / f"noexec-{one_host.mode}.sh"  # the hosts' user's home
+    script.write_text("#!/bin/sh\necho ran\n")
+    script.chmod(0o644)
+    result = one_host.run("distsvc-run", f"./{script.name}", env={"PATH": path})
+    script.unlink()
+    assert result.returncode == 126
+    assert result.stderr.decode() == f"distsvc: ./{script.name}: Permission denied on {host}\n"
+    result = one_host.run("distsvc-run", "sh", "-c", "echo ran", env={"PATH": str(private)})
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"ran\n", b"")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signals_end_the_whole_remote_tree(one_host: conftest.Client, signum: int) -> None:
     marker = f"1002.{int(signum)}"

@@ -171,6 +171,15 @@ def parse_host_spec(spec: str) -> Host | None:
     return Host(name=name, user=match["user"], port=port)
 
 
+def _spec_problem(spec: str) -> str:
+    """Why parse_host_spec refused spec, in the words of DISTSVC_HOSTS's syntax."""
+    match = _HOST_SPEC.match(spec)
+    if match and match["port"]:
+        return f"{json.dumps(spec)}: port {match['port']} is not in 1-65535"
+    return (f"{json.dumps(spec)} is not [user@]host[:port] (hosts are separated by ',' "
+            "or ';')")
+
+
 def _check_host(check: _Checker, raw: Any, where: str) -> Host | None:
     if not isinstance(raw, dict):
         check.problem(where, "must be a table with at least `name`")
@@ -305,7 +314,7 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
         for spec in filter(None, (s.strip() for s in re.split(r"[;,]", hosts_env))):
             parsed = parse_host_spec(spec)
             if parsed is None:
-                check.problem(f"DISTSVC_HOSTS[{spec!r}]", "expected [user@]host[:port]")
+                check.problem("DISTSVC_HOSTS", _spec_problem(spec))
                 continue
             known = by_name.get(parsed.name, Host(name=parsed.name))
             hosts.append(dataclasses.replace(

@@ -40,7 +40,17 @@ class ConfigError(DistsvcError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"invalid configuration in {source}: " + "; ".join(problems))
+        # Each problem is blamed on what the user wrote: the variable, or the file (which
+        # need not exist when only the variable is wrong).
+        in_variable = [p for p in problems if p.startswith(HOSTS_VARIABLE)]
+        in_file = [p for p in problems if not p.startswith(HOSTS_VARIABLE)]
+        parts = ["; ".join(in_variable)] if in_variable else []
+        if in_file:
+            parts.append(f"invalid configuration in {source}: " + "; ".join(in_file))
+        super().__init__("; ".join(parts))
+
+
+HOSTS_VARIABLE = "DISTSVC_HOSTS"
 
 
 class CannotRun(DistsvcError):

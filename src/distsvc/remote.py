@@ -130,14 +130,50 @@ def env_file_writer(token: str) -> str:
     return f"umask 077; set -C; cat > \"{env_file(token)}\""
 
 
-def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file: bool) -> str:
+# The PATH a command gets on a host: the carried one's entries that are directories there the
+# user may search, then the host's own (`_ds_hp`, saved before the environment is set) that are
+# not among them. A carried entry the host lacks, or cannot read, would otherwise turn "not
+# found" into "Permission denied" (a shell reports the last EACCES of its search), and a
+# command the host has elsewhere would not be found at all.
+SAVE_HOST_PATH = '_ds_hp=$PATH'
+PATH_FOR_HOST = (
+    '_ds_np=; set -f; _ds_ifs=$IFS; IFS=:; for _ds_d in $PATH $_ds_hp; do '
+    'case ":$_ds_np:" in *:"$_ds_d":*) ;; *) [ -d "$_ds_d" ] && [ -x "$_ds_d" ] '
+    '&& _ds_np=${_ds_np:+$_ds_np:}$_ds_d;; esac; done; IFS=$_ds_ifs; set +f; '
+    '[ -z "$_ds_np" ] || PATH=$_ds_np')
+
+
+def lookup_check(argv0: str, host: str, fail: str) -> str:
+    """Shell code that finds argv0 as the shell would, and when it cannot run, says why in
+    the user's terms (their command, the host's name) and runs `fail STATUS` instead: 127 not
+    found, 126 not executable, as a shell exits. Without it the shell's own message would
+    name the wrapper (`distsvc-TOKEN: 45: cmd: not found`). The same for dash and bash,
+    whose `command -v` differ for files that are not executable."""
+    name = shlex.quote(argv0)
+
+    def say(why: str, status: int) -> str:
+        return (f"{{ printf 'distsvc: %s: {why} on %s\\n' {name} {shlex.quote(host)} >&2; "
+                f"{fail} {status}; }}")
+
+    return "\n".join([
+        f"case {name} in",
+        f"*/*) _ds_x={name}; [ -e \"$_ds_x\" ] || {say('No such file or directory', 127)};;",
+        f"*) _ds_x=$(command -v -- {name}) || {say('command not found', 127)};;",
+        "esac",
+        'case $_ds_x in */*) if [ -d "$_ds_x" ] || [ ! -x "$_ds_x" ]; then '
+        + say("Permission denied", 126) + "; fi;; esac",
+    ])
+
+
+def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file: bool,
+            host: str) -> str:
     """The command line to hand to `exec_command` for running argv under the wrapper.
 
     Send environment_script() first on stdin, or with env_from_file, store it with
-    env_file_writer() before.
+    env_file_writer() before. `host` names the host in what the wrapper says.
     """
     # Own variables are prefixed `_ds_`; exportable() keeps the environment off them.
-    lines = ["_ds_p=$PPID", "_ds_nl='\n'"]
+    lines = ["_ds_p=$PPID", "_ds_nl='\n'", SAVE_HOST_PATH]
     # dash and bash read a pipe one byte at a time here: the user's input stays unread.
     read_environment = (
         f'while IFS= read -r _ds_l && [ "$_ds_l" != {ENV_END} ]; do eval "$_ds_l"; done')
@@ -145,12 +181,14 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
         lines.append(f'_ds_f="{env_file(token)}"; {read_environment} < "$_ds_f"; rm -f "$_ds_f"')
     else:
         lines.append(read_environment)
+    lines.append(PATH_FOR_HOST)
     if workdir is not None:
         where = shlex.quote(workdir)
         lines.append(
             f"cd -- {where} 2>/dev/null || {{ printf 'distsvc: %s: no such directory on %s "
-            f"(choose another with --workdir)\\n' {where} \"$(uname -n)\" >&2; "
+            f"(choose another with --workdir)\\n' {where} {shlex.quote(host)} >&2; "
             f"exit {WRAPPER_STATUS_NO_WORKDIR}; }}")
+    lines.append(lookup_check(argv[0], host, "exit"))
     lines += [
         # The watcher runs with INT/QUIT ignored (an asynchronous list) and HUP ignored by itself,
         # and off the channel: a sleep of its own still holding the output would keep sshd from

@@ -165,10 +165,31 @@ def test_unset_or_blank_distsvc_hosts_keeps_the_file_list(hosts_env):
     assert [h.name for h in hosts] == ["alpha", "beta"]
 
 
-@pytest.mark.parametrize("spec", ["bad host", "h:0", "h:65536", "a@b@c", "h:port", "u@"])
+@pytest.mark.parametrize("spec", ["bad host", "a@b@c", "h:port", "u@"])
 def test_malformed_distsvc_hosts_entry_is_a_problem_naming_it(spec):
     problems = problems_of({}, f"good;{spec}")
-    assert problems == [f"DISTSVC_HOSTS[{spec!r}]: expected [user@]host[:port]"]
+    assert problems == [f"DISTSVC_HOSTS: {json.dumps(spec)} is not [user@]host[:port] "
+                        "(hosts are separated by ',' or ';')"]
+
+
+@pytest.mark.parametrize("spec", ["h:0", "h:65536"])
+def test_distsvc_hosts_port_out_of_range_says_so(spec):
+    problems = problems_of({}, f"good;{spec}")
+    assert problems == [f"DISTSVC_HOSTS: {json.dumps(spec)}: port {spec[2:]} is not in "
+                        "1-65535"]
+
+
+def test_a_bad_distsvc_hosts_is_blamed_on_the_variable_not_the_file():
+    """The file need not exist; a problem in it is still said as the file's."""
+    with pytest.raises(distsvc.errors.ConfigError) as caught:
+        distsvc.config.from_mapping({}, "/home/u/.config/distsvc/config.toml", "a b")
+    assert caught.value.message == ('DISTSVC_HOSTS: "a b" is not [user@]host[:port] '
+                                    "(hosts are separated by ',' or ';')")
+    with pytest.raises(distsvc.errors.ConfigError) as caught:
+        distsvc.config.from_mapping({"max_age": "x"}, "cfg.toml", "h:0")
+    assert caught.value.message == ('DISTSVC_HOSTS: "h:0": port 0 is not in 1-65535; '
+                                    "invalid configuration in cfg.toml: max_age: must be a "
+                                    "number")
 
 
 def test_parse_host_spec_rejects_out_of_range_port():

@@ -69,7 +69,7 @@ def run_wrapper(argv: list[str], env: dict[str, str] | None = None, stdin: bytes
                 env_from_file: bool = False, shell: dict[str, str] | None = None,
                 cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run wrapper(argv) the way sshd runs a command: `sh -c LINE` in a new session."""
-    command = wrapper(argv, workdir, token or new_token(), env_from_file)
+    command = wrapper(argv, workdir, token or new_token(), env_from_file, "testhost")
     data = stdin if env_from_file else environment_script(env or {}).encode() + stdin
     return subprocess.run(["/bin/sh", "-c", command], input=data, capture_output=True,
                           env=shell_env(**(shell or {})), cwd=cwd, timeout=60,
@@ -122,7 +122,7 @@ def test_each_tricky_argument_alone(arg):
 
 def test_wrapper_is_one_exec_line_named_by_the_token():
     token = new_token()
-    line = wrapper(["true"], None, token, False)
+    line = wrapper(["true"], None, token, False, "testhost")
     assert line.startswith("exec /bin/sh -c ")
     assert shlex.split(line)[-1] == f"distsvc-{token}"
 
@@ -274,14 +274,58 @@ def test_death_by_signal_gives_128_plus_n(signal_name, number):
     assert result.returncode == 128 + number
 
 
-def test_command_not_found_is_127():
-    assert run_wrapper(["distsvc-no-such-command-xyz"]).returncode == 127
+@pytest.mark.parametrize("shell", ["/bin/dash", "/bin/bash"])
+def test_a_command_that_cannot_run_is_said_in_the_users_terms(tmp_path, shell):
+    """What ssh's shell would say (127 not found, 126 not executable), naming the user's
+    command and the host, never the wrapper's internal name."""
+    (tmp_path / "noexec").write_text("#!/bin/sh\necho ran\n")
+    (tmp_path / "dir").mkdir()
+    cases = [(["distsvc-no-such-command-xyz", "a"], 127, "command not found"),
+             (["./nope"], 127, "No such file or directory"),
+             (["./noexec"], 126, "Permission denied"),
+             (["./dir"], 126, "Permission denied"),
+             ([str(tmp_path / "noexec")], 126, "Permission denied")]
+    for argv, status, why in cases:
+        command = wrapper(argv, str(tmp_path), new_token(), False, "build1")
+        result = subprocess.run([shell, "-c", command], input=environment_script({}).encode(),
+                                capture_output=True, env=shell_env(), timeout=60,
+                                start_new_session=True)
+        assert result.returncode == status, (argv, result.stderr)
+        assert result.stderr.decode() == f"distsvc: {argv[0]}: {why} on build1\n", argv
+        assert result.stdout == b""
+
+
+def test_a_command_in_a_path_directory_that_is_not_executable_is_not_found(tmp_path):
+    """bash's `command -v` finds a file without x in PATH; the shell would not run it."""
+    (tmp_path / "tool").write_text("#!/bin/sh\n")
+    result = run_wrapper(["tool"], env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert result.returncode in (126, 127), result.stderr
+    assert result.stderr.decode().startswith("distsvc: tool: ")
+
+
+def test_carried_path_entries_the_host_lacks_are_dropped_and_its_own_added(tmp_path):
+    """The carried PATH keeps its order where the host has the directories; entries it lacks
+    (or that are not directories) go, and the host's own PATH follows, without repeats."""
+    here = tmp_path / "bin"
+    here.mkdir()
+    (tmp_path / "file").write_text("")
+    carried = f"/nonexistent/bin:{here}:{tmp_path / 'file'}::{here}:/usr/bin"
+    result = run_wrapper(["sh", "-c", 'printf %s "$PATH"'], env={"PATH": carried},
+                         shell={"PATH": "/usr/bin:/bin:/nonexistent/host"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == f"{here}:/usr/bin:/bin"
+
+
+def test_a_command_only_the_hosts_path_has_is_found():
+    result = run_wrapper(["sh", "-c", "echo ran"], env={"PATH": "/nonexistent/local/bin"})
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"ran\n", b"")
 
 
 def test_watcher_is_gone_when_the_command_ends():
     token = new_token()
     child = subprocess.Popen(
-        ["/bin/sh", "-c", wrapper(["true"], None, token, False)], stdin=subprocess.PIPE,
+        ["/bin/sh", "-c", wrapper(["true"], None, token, False, "testhost")],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=shell_env(),
         start_new_session=True)
     child.communicate(environment_script({}).encode(), timeout=60)
@@ -327,7 +371,8 @@ def test_kill_command_ends_the_wrapped_command_tree(script, signal_name, status)
     token = new_token()
     marker = unique_sleep()
     child = subprocess.Popen(
-        ["/bin/sh", "-c", wrapper(["sh", "-c", script.format(m=marker)], None, token, False)],
+        ["/bin/sh", "-c", wrapper(["sh", "-c", script.format(m=marker)], None, token, False,
+                                  "testhost")],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=shell_env(), start_new_session=True)
     try:

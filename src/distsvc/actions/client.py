@@ -50,12 +50,25 @@ class Unavailable(Exception):
     """No daemon answered, or it speaks another protocol version: do it in-process."""
 
 
+MODES = ("auto", "off", "required")
+
+
+def mode(environ: Mapping[str, str]) -> str:
+    """DISTSVC_DAEMON's value; a misspelt one is refused rather than read as `auto` (which
+    would quietly fall back where the user asked for `required`)."""
+    value = environ.get("DISTSVC_DAEMON", "auto") or "auto"
+    if value not in MODES:
+        raise distsvc.errors.UsageError(
+            f"DISTSVC_DAEMON={value}: not a mode (use {', '.join(MODES)}, or unset it)")
+    return value
+
+
 def enabled(environ: Mapping[str, str]) -> bool:
-    return environ.get("DISTSVC_DAEMON", "auto") != "off"
+    return mode(environ) != "off"
 
 
 def required(environ: Mapping[str, str]) -> bool:
-    return environ.get("DISTSVC_DAEMON", "auto") == "required"
+    return mode(environ) == "required"
 
 
 def fall_back(environ: Mapping[str, str], why: Unavailable) -> None:

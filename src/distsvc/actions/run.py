@@ -109,7 +109,8 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
                 sessions.label, "could not store the environment in $TMPDIR")
     size = distsvc.adapters.terminal.window_size(fds[0]) if terminal else (80, 24)
     try:
-        process = sessions.open(distsvc.remote.wrapper(argv, workdir, token, terminal),
+        process = sessions.open(distsvc.remote.wrapper(argv, workdir, token, terminal,
+                                                       sessions.label),
                                 term=term if terminal else None, size=size)
     except distsvc.errors.HostUnreachable:
         if terminal:  # the environment file holds secrets: do not leave it behind

@@ -116,8 +116,9 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, process_group=0,
                                  preexec_fn=in_child if terminal is not None else None,
                                  pass_fds=(gate_r,) if gate is not None else ())
-    except FileNotFoundError:
-        print(f"distsvc: {argv[0]}: command not found", file=sys.stderr)
+    except FileNotFoundError:  # worded as the remote wrapper words it (remote.lookup_check)
+        why = "No such file or directory" if "/" in argv[0] else "command not found"
+        print(f"distsvc: {argv[0]}: {why}", file=sys.stderr)
         return 127
     except PermissionError as error:
         print(f"distsvc: {argv[0]}: {error.strerror}", file=sys.stderr)

@@ -36,6 +36,16 @@ def _fmt(value: Any, suffix: str = "", digits: int = 2) -> str:
     return f"{value}{suffix}"
 
 
+def _age(seconds: float | None) -> str:
+    """How long ago a host was measured: never "-0 s ago" for a measurement made a moment ago
+    (age rounds to zero from either side), and a clock that went back said as such."""
+    if seconds is None:
+        return "-"
+    if seconds <= -1:
+        return f"{-seconds:.0f} s ahead (clock changed?)"
+    return f"{seconds if seconds > 0 else 0.0:.0f} s ago"
+
+
 def _memory(kb: int | None) -> str:
     if kb is None:
         return "-"
@@ -50,7 +60,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         jobs = str(len(r["jobs"]))
         lines.append((r["host"], r["state"], load, _fmt(r["cpus"]), _fmt(r["cpu_pressure"], "%"),
                       _memory(r["mem_available_kb"]), _fmt(r["access_ms"], " ms", 1),
-                      _fmt(r["age_s"], " s ago", 0), running, jobs, r["error"] or ""))
+                      _age(r["age_s"]), running, jobs, r["error"] or ""))
     widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1]

@@ -8,6 +8,7 @@ import sys
 from types import ModuleType
 
 import distsvc.commands.common
+import distsvc.commands.parsing
 
 # Each subcommand's module (with add_parser and run), imported only when its parser is built:
 # `distsvc job start` need not load what `distsvc hosts` uses.
@@ -32,7 +33,7 @@ def module(name: str) -> ModuleType:
 def parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with `only` (a subcommand named first on the command line) just
     that subcommand's: the same arguments, without importing the others."""
-    p = argparse.ArgumentParser(
+    p = distsvc.commands.parsing.Parser(
         prog="distsvc", description="Run commands on the least-loaded of your SSH hosts.")
     p.add_argument("--version", action="version",
                    version=distsvc.commands.common.version_string())

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 def parser() -> argparse.ArgumentParser:
     import argparse
 
-    p = argparse.ArgumentParser(
+    import distsvc.commands.parsing
+
+    p = distsvc.commands.parsing.Parser(
         prog="distsvc-run",
         description="Run CMD on the least-loaded of your SSH hosts, as if it ran here: same "
         "directory, environment, stdin/stdout/stderr, exit status, Ctrl-C and terminal. With "

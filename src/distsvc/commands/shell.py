@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import distsvc.actions.run
 import distsvc.commands.common
+import distsvc.commands.parsing
 import distsvc.remote
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the program
         distsvc.commands.common.standard_fds_open()
-    p = argparse.ArgumentParser(
+    p = distsvc.commands.parsing.Parser(
         prog="distsvc-shell",
         description="Open your login shell on the least-loaded host, in the current directory.")
     p.add_argument("-w", "--workdir", metavar="DIR", help="directory to start in")

@@ -248,7 +248,8 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
     _check(origin, job.id, job.attempt)
     attempt_dir = f'"$ds_root/{job.id}.{job.attempt}"'
     env_script = "".join(line + "\n" for line in
-                         ["_ds_nl='\n'", *distsvc.remote.export_lines(env)])
+                         ["_ds_nl='\n'", distsvc.remote.SAVE_HOST_PATH,
+                          *distsvc.remote.export_lines(env), distsvc.remote.PATH_FOR_HOST])
     cwd = _q(job.cwd)
     run = ('. "${0%/run}/env"\n'  # run as `/bin/sh DIR/run CMD...`
            f"cd -- {cwd} || exit 200\n"
