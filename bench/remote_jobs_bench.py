@@ -320,7 +320,7 @@ def part_start(s: Setting) -> dict[str, Any]:
         _, done = cli(env, "job", "start", "--host", h1.name, "true")
         one = started_id(done)
         cli(env, "job", "wait", one)
-        record = json.loads(cli(env, "job", "status", "--json", one)[1].stdout)
+        record = json.loads(cli(env, "job", "status", "--json", one)[1].stdout)["job"]
         rss = kib(proc_status(process.pid)["VmRSS"])
         jobs = json.loads(cli(env, "job", "list", "--json")[1].stdout)["jobs"]
         cli(env, "job", "wait", *(j["id"] for j in jobs), timeout=300)  # the last ones
@@ -418,7 +418,7 @@ def part_queue(s: Setting) -> dict[str, Any]:
         def sample() -> None:
             while not sampling.wait(1.0):
                 try:
-                    rows = json.loads(cli(env, "hosts", "--json")[1].stdout)
+                    rows = json.loads(cli(env, "hosts", "--json")[1].stdout)["hosts"]
                 except Exception as error:
                     with lock:
                         errors.append(f"hosts --json: {error}")

@@ -144,7 +144,7 @@ def start_job(bed: Any, *args: str) -> str:
 def job_status(bed: Any, job_id: str) -> dict[str, Any]:
     import json
 
-    return json.loads(job(bed, "status", "--json", job_id).stdout)  # type: ignore[no-any-return]
+    return json.loads(job(bed, "status", "--json", job_id).stdout)["job"]  # type: ignore[no-any-return]
 
 
 def pause_resume_and_wait(job: Callable[..., Any], job_id: str) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def pause_resume_and_wait(job: Callable[..., Any], job_id: str) -> dict[str, Any
     import json
 
     time.sleep(1)
-    paused: dict[str, Any] = json.loads(job("pause", "--json", job_id).stdout)["jobs"][0]
+    paused: dict[str, Any] = json.loads(job("pause", "--json", job_id).stdout)["job"]
     assert paused["paused"] is True
     time.sleep(1.2)
     before = job("logs", job_id).stdout

@@ -346,7 +346,7 @@ def test_a_bed_users_daemon_places_a_job_there(
         started = client.run("distsvc", "job", "start", "--json", "--host", host.name, "--",
                              "sh", "-c", "echo from the job", cwd="/")
         assert started.returncode == 0, started.stderr
-        record = json.loads(started.stdout)
+        record = json.loads(started.stdout)["job"]
         assert record["placement"]["mode"] == "systemd", record["placement"]
         assert client.run("distsvc", "job", "wait", record["id"], cwd="/").returncode == 0
         logs = client.run("distsvc", "job", "logs", record["id"], cwd="/")

@@ -241,7 +241,7 @@ def refused_session_run_once(client: conftest.Client, once: Path) -> None:
         assert (result.returncode, lines_of(once)) == (0, ["ran"]), result.stderr
         assert b"trying the next host" not in result.stderr
         # The probe is refused a session on the full connection too, yet measures the host.
-        rows = json.loads(client.run("distsvc", "hosts", "--refresh", "--json").stdout)
+        rows = json.loads(client.run("distsvc", "hosts", "--refresh", "--json").stdout)["hosts"]
         assert rows[0]["state"] == "up", rows
     finally:
         first.send_signal(signal.SIGINT)

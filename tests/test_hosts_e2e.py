@@ -22,7 +22,7 @@ def address_of(client: conftest.Client, name: str) -> str:
 def hosts_json(client: conftest.Client, *args: str) -> list[dict]:
     result = client.run("distsvc", "hosts", "--json", *args)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return json.loads(result.stdout)["hosts"]  # type: ignore[no-any-return]
 
 
 def test_runs_on_the_least_loaded_host(client: conftest.Client) -> None:
@@ -153,7 +153,7 @@ def test_distsvc_hosts_env_overrides_the_file(client: conftest.Client) -> None:
     (client.home / ".ssh" / "config").write_text(f"Host {h2.address}\n  User {client.bed.user}\n")
     result = client.run("distsvc", "hosts", "--json",
                         env={"DISTSVC_HOSTS": f" {h2.address}:{h2.port} ; "})
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["hosts"]
     assert [r["host"] for r in rows] == [h2.address] and rows[0]["state"] == "up"
 
 

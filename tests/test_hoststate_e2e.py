@@ -36,7 +36,7 @@ def rows(client: conftest.Client, env: dict[str, str] | None = None) -> dict[str
     """`distsvc hosts --json` by host (through the daemon unless `env` says otherwise)."""
     result = client.run("distsvc", "hosts", "--json", env=env or {})
     assert result.returncode == 0, result.stderr
-    return {r["host"]: r for r in json.loads(result.stdout)}
+    return {r["host"]: r for r in json.loads(result.stdout)["hosts"]}
 
 
 def scan_without_daemon_until(client: conftest.Client, host: str) -> None:

@@ -115,8 +115,8 @@ def test_pause_and_resume_the_whole_tree(box: container.Container) -> None:
     job_id = start(box, "sh", "-c", script)
     helpers.wait_for(lambda: "tick" in job(box, "logs", "--stdout", job_id).stdout, 20, "output")
     answer = json.loads(job(box, "pause", "--json", job_id).stdout)
-    assert answer["jobs"][0]["paused"] is True
-    method = answer["jobs"][0]["pause_method"]
+    assert answer["job"]["paused"] is True
+    method = answer["job"]["pause_method"]
     assert method in ("freezer", "signals")
     time.sleep(0.5)
     before = job(box, "logs", "--stdout", job_id).stdout

@@ -110,7 +110,7 @@ def test_pause_uses_the_freezer_and_resume_goes_on(box: vmbed.VM) -> None:
     while "tick" not in job(box, "logs", "--stdout", job_id).stdout:
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    paused = json.loads(job(box, "pause", "--json", job_id).stdout)["jobs"][0]
+    paused = json.loads(job(box, "pause", "--json", job_id).stdout)["job"]
     assert paused["pause_method"] == "freezer"
     state = box.run_as_user(["systemctl", "--user", "show", "-p", "FreezerState", "--value",
                              f"distsvc-job-{job_id}.service"]).stdout.strip()

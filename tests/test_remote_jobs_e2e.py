@@ -36,12 +36,12 @@ def job(client: Client, *args: str, check: bool = True, timeout: float = 60
 
 def start(client: Client, *args: str) -> dict[str, Any]:
     out = job(client, "start", "--json", *args).stdout
-    record: dict[str, Any] = json.loads(out)
+    record: dict[str, Any] = json.loads(out)["job"]
     return record
 
 
 def status(client: Client, job_id: str) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(job(client, "status", "--json", job_id).stdout)
+    record: dict[str, Any] = json.loads(job(client, "status", "--json", job_id).stdout)["job"]
     return record
 
 
@@ -128,7 +128,7 @@ def test_a_burst_spreads_over_the_hosts_and_slots_queue(daemon_client: Client) -
     answers = [p.communicate(timeout=120) for p in submitting]
     assert all(p.returncode == 0 for p in submitting), (
         answers, (c.home / "daemon.log").read_text()[-3000:])
-    ids = [json.loads(out)["id"] for out, _ in answers]
+    ids = [json.loads(out)["job"]["id"] for out, _ in answers]
     records = [status(c, i) for i in ids]
     running = [r for r in records if r["state"] == "running"]
     queued = [r for r in records if r["state"] == "queued"]
@@ -270,7 +270,7 @@ def test_remote_jobs_outlive_the_local_daemon(daemon_client: Client) -> None:
     try:
         assert status(c, short["id"])["state"] == "exited"
         assert status(c, long["id"])["state"] == "running"
-        rows = json.loads(c.run("distsvc", "hosts", "--json").stdout)
+        rows = json.loads(c.run("distsvc", "hosts", "--json").stdout)["hosts"]
         assert {r["host"]: r["jobs"] for r in rows}[h2] == [long["id"]]  # its slot held again
         assert job(c, "wait", long["id"], check=False).returncode == 6
         assert job(c, "logs", long["id"]).stdout == b"long done\n"
@@ -285,7 +285,7 @@ def test_hosts_and_list_show_the_jobs_of_a_host(daemon_client: Client) -> None:
     c.configure()
     h3 = c.bed.hosts[2].name
     record = start(c, "--host", h3, "sleep", "60")
-    rows = json.loads(c.run("distsvc", "hosts", "--json").stdout)
+    rows = json.loads(c.run("distsvc", "hosts", "--json").stdout)["hosts"]
     assert {r["host"]: r["jobs"] for r in rows}[h3] == [record["id"]]
     listed = json.loads(job(c, "list", "--json", "--host", h3).stdout)["jobs"]
     assert [j["id"] for j in listed] == [record["id"]]

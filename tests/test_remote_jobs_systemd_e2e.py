@@ -49,7 +49,7 @@ def job(c: conftest.Client, *args: str, check: bool = True) -> Any:
 
 
 def start(c: conftest.Client, *args: str) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(job(c, "start", "--json", "-w", "/", *args).stdout)
+    record: dict[str, Any] = json.loads(job(c, "start", "--json", "-w", "/", *args).stdout)["job"]
     return record
 
 
@@ -168,5 +168,5 @@ def test_an_unreachable_host_is_skipped_for_the_next(user: conftest.Client) -> N
     proxy.cut()
     second = start(user, "true")
     assert second["placement"]["host"] == bed.hosts[1].name, second
-    rows = json.loads(user.run("distsvc", "hosts", "--json").stdout)
+    rows = json.loads(user.run("distsvc", "hosts", "--json").stdout)["hosts"]
     assert {r["host"]: r["state"] for r in rows}["via-proxy"] != "up"

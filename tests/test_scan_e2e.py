@@ -28,7 +28,8 @@ def test_a_pass_measures_every_host_and_reports_the_unreachable(
     result = client.run("distsvc", "scan", env={"DISTSVC_LOG": "info"})
     assert result.returncode == 0, result.stderr
     assert b"scan pass done" in result.stderr
-    rows = {r["host"]: r for r in json.loads(client.run("distsvc", "hosts", "--json").stdout)}
+    listed = json.loads(client.run("distsvc", "hosts", "--json").stdout)["hosts"]
+    rows = {r["host"]: r for r in listed}
     for host in bed.hosts[:3]:
         row = rows[host.name]
         assert row["state"] == "up", row

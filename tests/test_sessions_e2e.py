@@ -36,7 +36,7 @@ def test_more_commands_than_max_sessions_all_run_are_measured_and_signalled(
                          >= COMMANDS, 90, f"{COMMANDS} commands running on h1")
         # The probe needs a session too: it gets one on another connection.
         hosts = client.run("distsvc", "hosts", "--refresh", "--json")
-        row = json.loads(hosts.stdout)[0]
+        row = json.loads(hosts.stdout)["hosts"][0]
         assert (row["host"], row["state"]) == ("h1", "up"), row
         # Ctrl-C, SIGTERM and hang-ups reach every command, whichever connection carries it.
         signals = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]

@@ -210,7 +210,7 @@ def test_connect_failures_read_as_one_line_each(client: conftest.Client) -> None
     try:
         result = client.run("distsvc-run", "true")
         rows = {r["host"]: r["error"] for r in json.loads(
-            client.run("distsvc", "hosts", "--json").stdout)}
+            client.run("distsvc", "hosts", "--json").stdout)["hosts"]}
     finally:
         closer.close()
     assert result.returncode == 255

@@ -130,7 +130,7 @@ def test_socket_activates_the_service_on_first_connection(box: container.Contain
     assert sock.lstat().st_mode & 0o777 == 0o600 and directory.stat().st_mode & 0o777 == 0o700
     status = box.run_as_user(["distsvc", "status", "--json"])
     answer = json.loads(status.stdout)
-    assert answer["ok"] and answer["version"]
+    assert answer["running"] and answer["daemon_version"]
     assert systemctl(box, "is-active", "distsvc.service") == "active"
     assert int(systemctl(box, "show", "-p", "MainPID", "--value", "distsvc.service")) > 0
     # Ready was notified, the watchdog is armed, the status line is set.
@@ -223,7 +223,7 @@ def test_bad_frames_leave_the_activated_daemon_serving(box: container.Container)
             (message,) = distsvc.protocol.Decoder().feed(answer)
             assert message["ok"] is False
     answer = json.loads(box.run_as_user(["distsvc", "status", "--json"]).stdout)
-    assert answer["ok"]
+    assert answer["running"]
 
 
 def test_another_user_is_refused(box: container.Container) -> None:
@@ -241,7 +241,7 @@ def test_another_user_is_refused(box: container.Container) -> None:
         box.wait_for_journal("distsvc.service", "refused a connection from another user")
     finally:
         box.run(["chmod", "o-rwx", box.runtime_dir(), f"{box.runtime_dir()}/distsvc", sock])
-    assert json.loads(box.run_as_user(["distsvc", "status", "--json"]).stdout)["ok"]
+    assert json.loads(box.run_as_user(["distsvc", "status", "--json"]).stdout)["running"]
 
 
 def test_insecure_runtime_directory_is_skipped_and_work_goes_on(

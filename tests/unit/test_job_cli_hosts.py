@@ -98,5 +98,5 @@ def test_json_rows_carry_the_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(hosts, "survey", lambda config, refresh: [row("h1"), row("h2")])
     monkeypatch.setattr(distsvc.commands.common, "load_config", lambda args: None)
     assert hosts.run(argparse.Namespace(json=True, refresh=False)) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = json.loads(capsys.readouterr().out)["hosts"]
     assert [(r["host"], r["jobs"]) for r in rows] == [("h1", ["2", "4"]), ("h2", [])]

@@ -11,6 +11,10 @@ signal goes to every command that started (through its relay or its daemon conne
 hosts still connecting are left behind at once instead of waited for: each checks for the
 signal before it starts its command (placement.pin, run.execute, `_Run.started`), so none
 starts after it. One host's failure is only that host's outcome.
+
+With `capture` (`run --all --json`), each host's output is kept in its outcome instead, its
+first `capture` bytes of each stream as they came (the rest counted), for a caller that
+prints every host's output and status together.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class Outcome:
     host: str
     status: int
     error: str | None = None  # why it did not run or finish; None: it exited with `status`
+    stdout: bytes = b""  # with `capture`: what it wrote, at most that many bytes of each
+    stderr: bytes = b""
+    stdout_cut: int = 0  # bytes left out past the `capture` bound
+    stderr_cut: int = 0
 
 
 @dataclasses.dataclass
@@ -128,8 +136,11 @@ class _Task:
     """One host's command: its pipes (read ends here, write ends the carrier's), its signal
     queue, and where it stands."""
 
-    def __init__(self, host: distsvc.config.Host) -> None:
+    def __init__(self, host: distsvc.config.Host, capture: int | None = None) -> None:
         self.host = host
+        self.capture = capture
+        self.kept = {1: bytearray(), 2: bytearray()}
+        self.cut = {1: 0, 2: 0}
         self.state = CONNECTING
         self.outcome: Outcome | None = None  # set by the worker when it is done
         self.events = distsvc.actions.relay.EventQueue()
@@ -155,11 +166,14 @@ class _Task:
             except BlockingIOError:
                 return True
             if not data:
-                screen.write(out_fd, lines.flush())
+                self._put(screen, out_fd, lines.flush())
                 os.close(fd)
                 del self.streams[fd]
                 return False
-            screen.write(out_fd, lines.feed(data))
+            if self.capture is None:
+                screen.write(out_fd, lines.feed(data))
+            else:
+                self._keep(out_fd, data)
             if len(data) < READ_SIZE:
                 return True
 
@@ -171,8 +185,25 @@ class _Task:
                 self.read(fd, screen)
             if fd in self.streams:
                 out_fd, lines = self.streams.pop(fd)
-                screen.write(out_fd, lines.flush())
+                self._put(screen, out_fd, lines.flush())
                 os.close(fd)
+
+    def _put(self, screen: _Screen, fd: int, data: bytes) -> None:
+        """Prefixed lines to the screen, unless capturing (then `_Lines` got nothing)."""
+        if self.capture is None:
+            screen.write(fd, data)
+
+    def _keep(self, fd: int, data: bytes) -> None:
+        kept = self.kept[fd]
+        room = max(0, (self.capture or 0) - len(kept))
+        kept += data[:room]
+        self.cut[fd] += max(0, len(data) - room)
+
+    def with_output(self, outcome: Outcome) -> Outcome:
+        """The outcome with what was captured of the host's output."""
+        return dataclasses.replace(outcome, stdout=bytes(self.kept[1]),
+                                   stderr=bytes(self.kept[2]), stdout_cut=self.cut[1],
+                                   stderr_cut=self.cut[2])
 
 
 def _one_line(text: str) -> str:
@@ -291,8 +322,9 @@ class _Run:
 def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
                    config: distsvc.config.Config, environ: Mapping[str, str],
                    signals: distsvc.actions.relay.EventQueue, jobs: int | None = None,
-                   quiet: bool = False) -> Result:
-    """Run argv on every host, at most `jobs` at once (default: all, up to DEFAULT_MAX_JOBS).
+                   quiet: bool = False, capture: int | None = None) -> Result:
+    """Run argv on every host, at most `jobs` at once (default: all, up to DEFAULT_MAX_JOBS);
+    with `capture`, each host's output in its outcome (at most that many bytes per stream).
 
     `signals` must be caught before this is called (the caller's SignalCatcher), so that a
     signal at any moment stops the run.
@@ -306,7 +338,7 @@ def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
     try:
         while True:
             while waiting and len(active) < limit and run.stopping is None:
-                task = _Task(waiting.popleft())
+                task = _Task(waiting.popleft(), capture)
                 active.append(task)
                 threading.Thread(target=run.work, args=(task,), daemon=True,
                                  name=f"host-{task.host.name}").start()
@@ -333,14 +365,14 @@ def run_everywhere(argv: Sequence[str], workdir: str, env: Mapping[str, str],
                 if task.outcome is not None:
                     task.finish(screen, drain=True)
                     task.events.close_pipe()
-                    outcomes[task.host.name] = task.outcome
+                    outcomes[task.host.name] = task.with_output(task.outcome)
                     active.remove(task)
                 elif run.stopping is not None and task.state == CONNECTING:
                     # Still connecting (a host that does not answer can take the whole
                     # connect timeout): left behind; it checks for the signal before starting.
                     task.finish(screen, drain=False)
-                    outcomes[task.host.name] = Outcome(
-                        task.host.name, 128 + run.stopping, "interrupted while connecting")
+                    outcomes[task.host.name] = task.with_output(Outcome(
+                        task.host.name, 128 + run.stopping, "interrupted while connecting"))
                     active.remove(task)
             if screen.closed and run.stopping is None:
                 run.stop(signal.SIGPIPE, active)

@@ -7,11 +7,13 @@ import os
 from typing import Any
 
 import distsvc.commands.common
+import distsvc.commands.output
 import distsvc.errors
 
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="print the best host's name")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     distsvc.commands.common.add_config_options(p)
 
 
@@ -39,5 +41,8 @@ def run(args: argparse.Namespace) -> int:
                 job_pid=0).host.name
         finally:
             pool.close_all()
-    print(host)
+    if args.json:
+        distsvc.commands.output.emit("best", {"host": host})
+    else:
+        print(host)
     return 0

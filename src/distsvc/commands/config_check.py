@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import distsvc.commands.common
+import distsvc.commands.output
 import distsvc.config
 
 
@@ -14,6 +15,7 @@ def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="check the configuration")
     actions = p.add_subparsers(dest="config_action", metavar="ACTION", required=True)
     check = actions.add_parser("check", help="validate and print the effective configuration")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     distsvc.commands.common.add_config_options(check)
 
 
@@ -42,5 +44,11 @@ def render(config: distsvc.config.Config) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(render(distsvc.commands.common.load_config(args)), end="")
+    config = distsvc.commands.common.load_config(args)
+    if args.json:
+        data = distsvc.config.to_mapping(config)
+        distsvc.commands.output.emit("config check", {"source": data.pop("source"),
+                                                      "config": data})
+    else:
+        print(render(config), end="")
     return 0

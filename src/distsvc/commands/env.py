@@ -12,6 +12,7 @@ import shlex
 from typing import Any
 
 import distsvc.commands.common
+import distsvc.commands.output
 import distsvc.environment
 import distsvc.errors
 import distsvc.paths
@@ -24,7 +25,9 @@ def add_parser(sub: Any, name: str) -> None:
     export = actions.add_parser("export", help="save the current environment (after the "
                                 "config's allow/deny filter)")
     distsvc.commands.common.add_config_options(export)
-    actions.add_parser("print", help="show the saved environment as shell assignments")
+    print_ = actions.add_parser("print", help="show the saved environment as shell "
+                                "assignments")
+    print_.add_argument("--json", action="store_true", help="machine-readable output")
     set_ = actions.add_parser("set", help="save one variable")
     set_.add_argument("name")
     set_.add_argument("value")
@@ -45,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         path.unlink(missing_ok=True)
         return 0
     saved = distsvc.environment.load_saved(path)
+    if args.env_action == "print" and args.json:
+        distsvc.commands.output.emit("env print", {"variables": dict(sorted(saved.items()))})
+        return 0
     if args.env_action == "print":
         for name, value in sorted(saved.items()):
             print(f"{name}={shlex.quote(value)}")

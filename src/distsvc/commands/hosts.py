@@ -8,12 +8,12 @@ disk, which are as fresh as the last daemon left them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import distsvc.commands.common
+import distsvc.commands.output
 
 COLUMNS = ("HOST", "STATE", "LOAD/CPU", "CPUS", "PRESSURE", "MEM AVAIL", "ACCESS", "MEASURED",
            "RUNNING", "JOBS", "NOTE")
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     config = distsvc.commands.common.load_config(args)
     rows = with_jobs(survey(config, args.refresh), os.environ)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        distsvc.commands.output.emit("hosts", {"hosts": rows})
     elif not rows:
         print("no hosts configured: commands run on this machine "
               f"(add [[hosts]] to {config.source} or set DISTSVC_HOSTS)")

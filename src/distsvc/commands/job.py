@@ -1,7 +1,8 @@
 """`distsvc job VERB`: start, list, status, logs, stop, wait, pause, resume, remove, clean.
 
 Every verb asks the daemon (actions/jobs.py) and prints for people (tables, plain lines) or,
-with --json, the records as JSON. Exit statuses: 0 done; `wait` a job's own status (below);
+with --json, a document of commands/output.py holding the records (docs/json.md); `logs`
+refuses --json (see _logs). Exit statuses: 0 done; `wait` a job's own status (below);
 2 bad usage or a bad limit; 4 the job cannot do that now; 5 no such job; 126/127 the command
 is not executable / not found; 255 no daemon.
 
@@ -267,8 +268,10 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=1))
+def _emit(verb: str, data: dict[str, Any]) -> None:
+    import distsvc.commands.output
+
+    distsvc.commands.output.emit(f"job {verb}", data)
 
 
 def _record(job: dict[str, Any]) -> Any:
@@ -307,7 +310,7 @@ def start(args: argparse.Namespace) -> int:
     answer = distsvc.actions.jobs.request(_start(args), os.environ)
     job = answer["jobs"][0]
     if args.json:
-        _print_json(job)
+        _emit("start", {"job": job})
     else:
         print(job["id"])
     return 0
@@ -321,7 +324,7 @@ def _list(args: argparse.Namespace) -> int:
         message["host"] = args.host
     answer = distsvc.actions.jobs.request(message, os.environ)
     if args.json:
-        _print_json(answer)
+        _emit("list", {"jobs": answer["jobs"], "corrupt": answer.get("corrupt", [])})
         return 0
     for line in answer.get("corrupt", []):
         print(f"distsvc: {line}", file=sys.stderr)
@@ -376,7 +379,7 @@ def _status(args: argparse.Namespace) -> int:
     data = distsvc.actions.jobs.request({"type": "job_status", "id": args.id},
                                         os.environ)["jobs"][0]
     if args.json:
-        _print_json(data)
+        _emit("status", {"job": data})
         return 0
     print(status_text(data), end="")
     return 0
@@ -477,8 +480,16 @@ def _attempt(summary: dict[str, Any]) -> str:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    """A job's output as it is, byte for byte. Not with --json: the output is bytes, which
+    JSON can carry only re-encoded (lossy as text, or base64 a script must undo), and
+    stdout and stderr already come apart on our own stdout and stderr; the facts about the
+    output (where it was cut, the attempts) are in `job status --json`."""
     import distsvc.actions.jobs
 
+    if args.json:
+        raise distsvc.errors.UsageError(
+            "job logs --json: a job's output is shown as it is, not as JSON (its facts are in "
+            "`distsvc job status --json ID`)")
     streams = ["stdout"] if args.stdout else ["stderr"] if args.stderr else ["stdout", "stderr"]
     if args.tail is not None and args.tail < 0:
         raise distsvc.errors.UsageError("--tail: must be 0 or more lines")
@@ -504,9 +515,10 @@ def _wait(args: argparse.Namespace) -> int:
             jobs = waiter.poll(3600.0)
     finally:
         waiter.close()
+    status = wait_status(args.ids, jobs, args.any)
     if args.json:
-        _print_json({"ok": True, "jobs": jobs})
-    return wait_status(args.ids, jobs, args.any)
+        _emit("wait", {"jobs": jobs, "exit_status": status})
+    return status
 
 
 def wait_status(ids: list[str], jobs: list[dict[str, Any]], any_ended: bool) -> int:
@@ -545,7 +557,11 @@ def _simple(kind: str) -> Any:
             message["grace"] = args.grace
         answer = distsvc.actions.jobs.request(message, os.environ, timeout=args_timeout(args))
         if args.json:
-            _print_json(answer)
+            data = {"removed": answer["removed"]} if "removed" in answer else \
+                {"job": answer["jobs"][0]}
+            if kind == "job_resume":  # how it was paused, so how it was let go on
+                data["method"] = answer.get("method")
+            _emit(args.verb, data)
             return 0
         if "removed" in answer:
             removed = answer["removed"]

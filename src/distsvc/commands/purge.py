@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import distsvc.commands.common
+import distsvc.commands.output
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -14,6 +15,8 @@ def add_parser(sub: Any, name: str) -> None:
                        description="List your processes on every host, except your ssh "
                        "sessions and service manager; --kill ends them (SIGTERM, then SIGKILL).")
     p.add_argument("--kill", action="store_true", help="end the processes listed")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output (the summary line still goes to stderr)")
     p.add_argument("--whitelist", action="append", default=[], metavar="REGEX",
                    help="keep processes whose command line matches (repeatable)")
     distsvc.commands.common.add_config_options(p)
@@ -30,8 +33,13 @@ def run(args: argparse.Namespace) -> int:
         if result.error:
             print(f"distsvc: {result.host}: {result.error}", file=sys.stderr)
             status = 255
-        for stray in result.strays:
+        for stray in result.strays if not args.json else []:
             print(f"{stray.host}\t{stray.pid}\t{stray.command}")
+    if args.json:
+        distsvc.commands.output.emit("purge", {"killed": args.kill, "hosts": [
+            {"host": r.host, "error": r.error,
+             "processes": [{"pid": s.pid, "command": s.command} for s in r.strays]}
+            for r in results]})
     total = sum(len(r.strays) for r in results)
     print(f"{verb} {total} processes on {len(results)} hosts", file=sys.stderr)
     return status

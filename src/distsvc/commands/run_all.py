@@ -11,10 +11,15 @@ import distsvc.actions.relay
 import distsvc.actions.remote_all
 import distsvc.actions.run
 import distsvc.commands.common
+import distsvc.commands.output
 import distsvc.commands.run
 import distsvc.environment
 import distsvc.errors
 import distsvc.paths
+
+# With --json, each host's stdout and stderr are kept up to this many bytes each (the rest is
+# counted): one document holds every host's output, so its size is bounded per host.
+JSON_MAX_OUTPUT = 65536
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -30,6 +35,10 @@ def add_parser(sub: Any, name: str) -> None:
                    help="with --all: at most N hosts at once (default: all of them, up to "
                    f"{distsvc.actions.remote_all.DEFAULT_MAX_JOBS}; at most "
                    f"{distsvc.actions.remote_all.MAX_JOBS})")
+    p.add_argument("--json", action="store_true",
+                   help="with --all: once every host is done, one JSON document with each "
+                   f"host's status, error, and output (up to {JSON_MAX_OUTPUT} bytes of "
+                   "each stream) instead of prefixed lines")
 
 
 def _jobs(value: str | None) -> int | None:
@@ -58,7 +67,10 @@ def _run_all(args: argparse.Namespace, command: list[str]) -> int:
         env = distsvc.environment.carried(os.environ, config.env, saved)
         workdir = args.workdir or distsvc.actions.run.current_directory(os.environ)
         result = distsvc.actions.remote_all.run_everywhere(
-            command, workdir, env, config, os.environ, signals, jobs, args.quiet)
+            command, workdir, env, config, os.environ, signals, jobs, args.quiet,
+            capture=JSON_MAX_OUTPUT if args.json else None)
+    if args.json:
+        distsvc.commands.output.emit("run --all", json_data(result))
     # -q leaves out the hosts that merely exited non-zero, never the ones that could not run.
     failed = [o for o in result.outcomes if o.status != 0 and (o.error or not args.quiet)]
     if failed:
@@ -69,10 +81,24 @@ def _run_all(args: argparse.Namespace, command: list[str]) -> int:
     return max((o.status for o in result.outcomes), default=0)
 
 
+def json_data(result: distsvc.actions.remote_all.Result) -> dict[str, Any]:
+    """`run --all --json`'s fields (docs/json.md). Output is decoded as UTF-8, a byte that is
+    not UTF-8 becoming U+FFFD: JSON carries text (plain `run --all` keeps bytes as they are)."""
+    return {"hosts": [{"host": o.host, "status": o.status, "error": o.error,
+                       "stdout": o.stdout.decode(errors="replace"),
+                       "stderr": o.stderr.decode(errors="replace"),
+                       "stdout_cut": o.stdout_cut, "stderr_cut": o.stderr_cut}
+                      for o in result.outcomes],
+            "interrupted": result.interrupted}
+
+
 def run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.jobs is not None and not args.all:
         raise distsvc.errors.UsageError("-j/--jobs goes with --all")
+    if args.json and not args.all:
+        raise distsvc.errors.UsageError(
+            "--json goes with --all (a command on one host gives its own output as it is)")
     if not command:
         raise distsvc.errors.UsageError("no command given (usage: distsvc run [--all] CMD...)")
     if args.all:

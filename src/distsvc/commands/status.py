@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
+
+# The daemon's `status` answer -> the fields of `status --json` (docs/json.md): "version" is
+# the daemon's, not the schema's. Every field is there whether a daemon runs or not (null
+# when none does), so a script reads the same keys either way.
+FIELDS = {"version": "daemon_version", "pid": "pid", "uptime": "uptime", "config": "config",
+          "hosts_configured": "hosts_configured", "hosts": "hosts", "rss_kib": "rss_kib",
+          "connections": "connections", "connections_per_host": "connections_per_host",
+          "retiring": "retiring", "jobs": "jobs"}
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -29,14 +36,16 @@ def last_failure() -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     import distsvc.actions.client
+    import distsvc.commands.output
 
     try:
         answer = distsvc.actions.client.query({"type": "status"}, os.environ)
     except distsvc.actions.client.Unavailable as why:
         failure = last_failure()
         if args.json:
-            print(json.dumps({"ok": False, "running": False, "why": str(why),
-                              "last_failure": failure}, indent=1))
+            distsvc.commands.output.emit("status", {
+                "running": False, **{field: None for field in FIELDS.values()},
+                "why": str(why), "last_failure": failure})
             return 3
         print(f"distsvc daemon: not running ({why}); commands work without it, and the next "
               "one starts it (or: systemctl --user enable --now distsvc.socket)")
@@ -44,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  last start failed: {failure}")
         return 3
     if args.json:
-        print(json.dumps(answer, indent=1))
+        distsvc.commands.output.emit("status", {
+            "running": True, **{field: answer.get(key) for key, field in FIELDS.items()},
+            "why": None, "last_failure": None})
         return 0
     hosts = answer["hosts"]
     ages = [h["age"] for h in hosts.values() if h["age"] is not None]
