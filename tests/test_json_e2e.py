@@ -115,3 +115,23 @@ def test_the_job_commands(daemon_client: Client) -> None:
     assert job(client, "remove", job_id)["removed"] == [job_id]
     assert job(client, "clean")["removed"] == [short]
     assert job(client, "list")["jobs"] == []
+
+
+def test_purge_lists_and_kills_a_stray(client: Client) -> None:
+    client.configure(client.bed.hosts[:1])
+    # Escaped from its session: neither the wrapper nor the watcher ends it (as in
+    # test_commands_e2e), so purge finds it.
+    started = client.run("distsvc-run", "sh", "-c",
+                         "setsid sleep 1202.5 </dev/null >/dev/null 2>&1 &")
+    assert started.returncode == 0
+    wait_for(lambda: client.bed.remote_processes("1202.5"), 10, "the stray")
+    listed = document(client, "purge", "purge", "--json")
+    [host] = listed["hosts"]
+    assert host["error"] is None
+    # Whatever else the bed's user has there (a zombie a moment) is listed too.
+    [stray] = [p for p in host["processes"] if p["command"] == "sleep 1202.5"]
+    assert isinstance(stray["pid"], int)
+    killed = document(client, "purge", "purge", "--kill", "--json")
+    assert killed["killed"] is True
+    assert stray in killed["hosts"][0]["processes"]
+    wait_for(lambda: not client.bed.remote_processes("1202.5"), 5, "the stray to end")
