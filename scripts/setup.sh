@@ -13,6 +13,8 @@ if [[ ${1:-} == --test ]]; then
     packages+=(openssh-server systemd systemd-container dbus dbus-user-session iproute2 passwd)
     # The VM bed (tests/vmbed.py; it fetches its kernel itself).
     packages+=(qemu-system-x86 busybox-static kmod)
+    # Man pages and completion (tests/test_docs_gen.py, tests/test_completion.py).
+    packages+=(man-db groff-base bash-completion zsh)
     extras="systemd,test"
 fi
 

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "purge": "purge",
     "daemon": "daemon",
     "scan": "scan",
+    "complete": "complete",  # hidden: for the completion scripts (commands/complete.py)
 }
 
 
