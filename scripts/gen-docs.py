@@ -44,16 +44,30 @@ import distsvc.commands.shell  # noqa: E402
 HOSTS = shtab.cmd("distsvc complete hosts 2>/dev/null")
 JOBS = shtab.cmd("distsvc complete jobs 2>/dev/null")
 COMMANDS = {"bash": "_distsvc_compgen_command_file", "zsh": "_command_names -e"}
+# CMD ARGS of distsvc-run, `distsvc run` and `distsvc job start`: a command name on this
+# machine's PATH until the command is on the line, then (its arguments) file names. The
+# words before it are the subcommand's and the options with their values (VALUE_OPTIONS, from
+# the parser: the options that take a value). ("_file" in the function's name: shtab then has
+# bash treat the words offered as file names.)
 BASH_PREAMBLE = r"""
-# CMD ARGS of distsvc-run, `distsvc run` and `job start`: a command name on this machine's
-# PATH right after the program, the subcommand or an option, else (the command's arguments)
-# a file name. ("_file" in the name: shtab then has bash treat the words as file names.)
+_distsvc_value_options=" VALUE_OPTIONS "
 _distsvc_compgen_command_file() {
-  local before=${COMP_WORDS[COMP_CWORD-1]}
-  case $before in
-    -*|distsvc-run|run|start) compgen -c -- "$1" | sort -u ;;
-    *) compgen -f -- "$1" ;;
-  esac
+  local i=1 word
+  if [[ ${COMP_WORDS[0]##*/} == distsvc ]]; then  # after `run`, or `job start`
+    [[ ${COMP_WORDS[1]} == job ]] && i=3 || i=2
+  fi
+  while (( i < COMP_CWORD )); do
+    word=${COMP_WORDS[i]}
+    if [[ $_distsvc_value_options == *" $word "* ]]; then
+      (( i += 2 ))
+    elif [[ $word == -* ]]; then
+      (( i += 1 ))
+    else
+      compgen -f -- "$1"  # the command is there: these are its arguments
+      return
+    fi
+  done
+  compgen -c -- "$1" | sort -u
 }
 """
 
@@ -212,6 +226,18 @@ def mark_completers(parser: argparse.ArgumentParser) -> None:
             action.complete = complete  # type: ignore[attr-defined]
 
 
+def value_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The option strings of `parser` and its subcommands that take a value (--memory 1G)."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found.update(value_options(sub))
+        elif action.option_strings and action.nargs != 0:
+            found.update(action.option_strings)
+    return sorted(found)
+
+
 def manpage(name: str, parser: argparse.ArgumentParser, date: str) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".h2m") as include:
         include.write(f"[EXIT STATUS]\n{EXIT_STATUS[name].strip()}\n\n"
@@ -246,7 +272,8 @@ def generate(out: Path) -> list[Path]:
         files = {
             out / "man/man1" / f"{name}.1": manpage(name, parser, date),
             out / "bash-completion/completions" / name:
-                shtab.complete(parser, "bash", preamble=BASH_PREAMBLE),
+                shtab.complete(parser, "bash", preamble=BASH_PREAMBLE.replace(
+                    "VALUE_OPTIONS", " ".join(value_options(parser)))),
             out / "zsh/vendor-completions" / f"_{name}": shtab.complete(parser, "zsh"),
         }
         for path, text in files.items():

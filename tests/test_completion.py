@@ -116,6 +116,10 @@ def test_bash_completes_job_ids(tmp_path: Path) -> None:
 def test_bash_completes_the_command_then_files(tmp_path: Path) -> None:
     env = home_env(tmp_path)
     assert "true" in bash_complete(env, "distsvc-run", "tru")
+    # past the options and their values (--memory 1G), the subcommand's words
+    assert "true" in bash_complete(env, "distsvc", "job", "start", "--memory", "1G", "tru")
+    assert "true" in bash_complete(env, "distsvc", "run", "--all", "-j", "2", "tru")
+    assert "true" in bash_complete(env, "distsvc-run", "-w", "/tmp", "--", "tru")
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / "input.txt").write_text("")
     result = subprocess.run(
