@@ -33,6 +33,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 os.environ["COLUMNS"] = "80"  # argparse wraps usage lines to the terminal's width
 
+
+
+def check_generators() -> None:
+    """The generators installed are the versions pyproject.toml pins (another version writes
+    other bytes, and the test comparing share/ with a fresh run would fail): else one line."""
+    import importlib.metadata
+    import tomllib
+
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = dict(re.fullmatch(r"([\w-]+)==([\w.]+)", spec).groups()  # type: ignore[union-attr]
+                  for spec in pins["project"]["optional-dependencies"]["test"] if "==" in spec)
+    for name in ("shtab", "argparse-manpage"):
+        try:
+            have = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            have = "none"
+        if have != wanted[name]:
+            sys.exit(f"gen-docs.py: needs {name} {wanted[name]} (found: {have}); run it with the "
+                     "test venv's Python: .venv/bin/python scripts/gen-docs.py "
+                     "(scripts/setup.sh --test makes it)")
+
+
+check_generators()
+
 import argparse_manpage.manpage  # noqa: E402
 import shtab  # noqa: E402
 

@@ -38,7 +38,8 @@ def test_share_is_what_gen_docs_makes_from_the_parsers(tmp_path: Path) -> None:
     made, committed = files(tmp_path), files(SHARE)
     stale = sorted(name for name in made.keys() | committed.keys()
                    if made.get(name) != committed.get(name))
-    assert not stale, f"share/ is out of date ({', '.join(stale)}): run scripts/gen-docs.py"
+    assert not stale, (f"share/ is out of date ({', '.join(stale)}): "
+                       "run .venv/bin/python scripts/gen-docs.py")
 
 
 def render(page: Path) -> subprocess.CompletedProcess[str]:
