@@ -155,8 +155,8 @@ no shell could be started (no reachable host, a refused host key)
 ENVIRONMENT = r"""
 .TP
 .B DISTSVC_HOSTS
-the hosts, comma-separated \fI[user@]host[:port]\fR, instead of the configuration file's
-list (a name the file knows keeps its settings)
+the hosts, \fI[user@]host[:port]\fR separated by commas or semicolons, instead of the
+configuration file's list (a name the file knows keeps its settings)
 .TP
 .B DISTSVC_DAEMON
 \fBauto\fR (the default: through the daemon when its socket answers, else in this
