@@ -171,7 +171,7 @@ def test_zsh_finds_and_loads_the_script(program: str, tmp_path: Path) -> None:
 # An interactive zsh under zpty (a pseudo-terminal, as a user's): compinit with the scripts'
 # directory in fpath, and compadd wrapped to print each match it is given as <HIT>MATCH (the
 # way zsh-capture-completion does). DRIVE types BUFFER and a Tab, then reads until every word
-# of EXPECT was offered (or 60 s have passed) and prints what it read.
+# of EXPECT was offered (or 30 s have passed) and prints what it read.
 ZSH_SETUP = r"""
 PROMPT='> '
 fpath=($FUNCDIR $fpath)
@@ -193,7 +193,7 @@ zpty -r z line '*<READY>*'
 zpty -n -w z "$BUFFER"$'\t'
 out=
 integer i
-for i in {1..600}; do
+for i in {1..300}; do
   zpty -r -t z chunk && out+=$chunk || sleep 0.1
   local all=1 word
   for word in ${=EXPECT}; do [[ $out == *"<HIT>$word"$'\r'* ]] || all=; done
