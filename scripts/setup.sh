@@ -13,6 +13,9 @@ if [[ ${1:-} == --test ]]; then
     packages+=(openssh-server systemd systemd-container dbus dbus-user-session iproute2 passwd)
     # The VM bed (tests/vmbed.py; it fetches its kernel itself).
     packages+=(qemu-system-x86 busybox-static kmod)
+    # The Debian package's checks (tests/test_packaging.py, test_deb_e2e.py): lintian on the
+    # built .deb, man-db for `man distsvc-run` in the container.
+    packages+=(lintian man-db)
     extras="systemd,test"
 fi
 
