@@ -13,8 +13,11 @@ if [[ ${1:-} == --test ]]; then
     packages+=(openssh-server systemd systemd-container dbus dbus-user-session iproute2 passwd)
     # The VM bed (tests/vmbed.py; it fetches its kernel itself).
     packages+=(qemu-system-x86 busybox-static kmod)
-    # Man pages and completion (tests/test_docs_gen.py, tests/test_completion.py).
-    packages+=(man-db groff-base bash-completion zsh)
+    # The Debian package's checks (tests/test_packaging.py, test_deb_e2e.py): lintian on the
+    # built .deb; man-db and bash-completion for `man distsvc-run` and completion in the container.
+    packages+=(lintian man-db bash-completion)
+    # Man pages and completion tests (tests/test_docs_gen.py, tests/test_completion.py).
+    packages+=(groff-base zsh)
     extras="systemd,test"
 fi
 
