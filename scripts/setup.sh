@@ -16,7 +16,8 @@ if [[ ${1:-} == --test ]]; then
     # The Debian package's checks (tests/test_packaging.py, test_deb_e2e.py): lintian on the
     # built .deb; man-db and bash-completion for `man distsvc-run` and completion in the container.
     packages+=(lintian man-db bash-completion)
-    # Man pages and completion tests (tests/test_docs_gen.py, tests/test_completion.py).
+    # Man pages and completion tests (tests/test_docs_gen.py, test_completion.py; with man-db
+    # and bash-completion above).
     packages+=(groff-base zsh)
     extras="systemd,test"
 fi

@@ -55,8 +55,6 @@ ROOT_ENV = {"PATH": SYSTEM_PATH, "DEBIAN_FRONTEND": "noninteractive"}
 USER_ENV = {"PATH": USER_PATH}
 UNITS = ("distsvc.socket", "distsvc-scan.timer")
 DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
-MANCOMP = pytest.mark.xfail(strict=True, reason="mancomp not merged")
-"""The man pages and completion files another branch adds: flip when it is on main."""
 
 
 @dataclasses.dataclass
@@ -257,7 +255,6 @@ def test_a_job_is_started_and_followed_to_its_end(installed: Installed) -> None:
         "exited", 0, "sd"), (status, installed.report())
 
 
-@MANCOMP
 def test_man_distsvc_run(installed: Installed) -> None:
     page = installed.user("man", "distsvc-run", check=False,
                           env={"MANPAGER": "cat", "MANWIDTH": "80"})
@@ -281,7 +278,6 @@ printf '%s\n' "${COMPREPLY[@]}"
 """Bash's completion of the command line $1 as TAB would ask for it, one candidate a line."""
 
 
-@MANCOMP
 def test_bash_completes_a_subcommand_and_a_job_id(installed: Installed) -> None:
     def complete(line: str) -> list[str]:
         done = installed.user("bash", "-c", COMPLETE, "complete", line, check=False)
