@@ -271,3 +271,27 @@ def test_install_units_leaves_units_it_did_not_write(
         assert leftovers(c) == ""
     finally:
         c.run(["rm", "-f", path])
+
+
+def test_install_units_system_wide_for_every_user(
+        installs: Installs, sd: tuple[container.Container, container.SshHost]) -> None:
+    c, _ = sd
+    program = str(installs.plain / "distsvc")
+    refused = c.run_as_user([program, "install-units", "--system-wide"], check=False)
+    assert refused.returncode == 1 and refused.stdout == "", refused
+    assert refused.stderr.startswith("distsvc: cannot change /etc/systemd/user")
+    assert refused.stderr.endswith("Permission denied (--system-wide needs root)\n")
+    done = c.run([program, "install-units", "--system-wide"])
+    assert "each user, to use them: systemctl --user daemon-reload" in done.stdout, done.stdout
+    c.run(["systemctl", "--global", "enable", "distsvc.socket"])
+    systemctl(c, "daemon-reload")
+    # Found through /etc/xdg/systemd/user, Debian's link to /etc/systemd/user.
+    fragment = systemctl(c, "show", "-p", "FragmentPath", "--value", "distsvc.service")
+    assert c.run(["readlink", "-f", fragment]).stdout.strip() == \
+        "/etc/systemd/user/distsvc.service"
+    assert "ExecStart=" + program in c.read_file("/etc/systemd/user/distsvc.service")
+    done = c.run([program, "install-units", "--system-wide", "--remove"])
+    assert "and 1 enablement link" in done.stdout, done.stdout
+    assert c.run(["find", "/etc/systemd/user", "-name", "distsvc*"]).stdout == ""
+    systemctl(c, "daemon-reload")
+    assert systemctl(c, "show", "-p", "LoadState", "--value", "distsvc.service") == "not-found"
