@@ -66,11 +66,10 @@ def documentation() -> str | None:
     import importlib.metadata
 
     try:
-        files = importlib.metadata.distribution("distsvc").files or []
         dist = importlib.metadata.distribution("distsvc")
     except importlib.metadata.PackageNotFoundError:
         return None
-    for file in files:
+    for file in dist.files or []:
         if file.name == "METADATA" and file.parent.name.endswith(".dist-info"):
             path = Path(str(dist.locate_file(file))).resolve()
             if path.is_file():
