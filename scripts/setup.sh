@@ -15,6 +15,9 @@ if [[ ${1:-} == --test ]]; then
     packages+=(pipx)
     # The VM bed (tests/vmbed.py; it fetches its kernel itself).
     packages+=(qemu-system-x86 busybox-static kmod)
+    # The Debian package's checks (tests/test_packaging.py, test_deb_e2e.py): lintian on the
+    # built .deb; man-db and bash-completion for `man distsvc-run` and completion in the container.
+    packages+=(lintian man-db bash-completion)
     extras="systemd,test"
 fi
 
