@@ -197,8 +197,10 @@ socket is \fI/tmp/distsvc-USER-N\fR and the state \fI~/.local/state/distsvc/HOST
 the daemon's log when it runs outside systemd
 .TP
 .I /usr/lib/systemd/user/distsvc.socket, distsvc.service, distsvc-scan.timer, distsvc-scan.service
-the user units (\fBsystemctl \-\-user enable \-\-now distsvc.socket distsvc-scan.timer\fR);
-their log: \fBjournalctl \-\-user \-u distsvc\fR
+the user units of the Debian package (\fBsystemctl \-\-user enable \-\-now distsvc.socket
+distsvc-scan.timer\fR); installed with pip, \fBdistsvc install-units\fR writes them to
+\fI~/.config/systemd/user\fR (\fB\-\-system-wide\fR: \fI/etc/systemd/user\fR). Their log:
+\fBjournalctl \-\-user \-u distsvc\fR
 """
 
 SEE_ALSO = {
