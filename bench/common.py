@@ -269,15 +269,15 @@ def timed_scan(env: dict[str, str], log: Path) -> tuple[float, resource.struct_r
     return wall, usage
 
 
-def latency_rounds(variants: Sequence[Variant], cwd: Path,
-                   runs: int) -> list[tuple[Variant, list[float]]]:
+def latency_rounds(variants: Sequence[Variant], cwd: Path, runs: int,
+                   timeout: float = 60) -> list[tuple[Variant, list[float]]]:
     """`runs` timed calls of every variant, one of each per round, after one warm-up call."""
     times: list[tuple[Variant, list[float]]] = [(v, []) for v in variants]
     for variant in variants:
-        time_call(variant.argv, variant.env, cwd)
+        time_call(variant.argv, variant.env, cwd, timeout)
     for _ in range(runs):
         for variant, values in times:
-            values.append(time_call(variant.argv, variant.env, cwd))
+            values.append(time_call(variant.argv, variant.env, cwd, timeout))
     return times
 
 

@@ -11,8 +11,16 @@ packages=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev openssh
 extras="systemd"
 if [[ ${1:-} == --test ]]; then
     packages+=(openssh-server systemd systemd-container dbus dbus-user-session iproute2 passwd)
+    # pip and pipx installations (tests/test_install_e2e.py): Debian 12's pipx 1.1.0.
+    packages+=(pipx)
     # The VM bed (tests/vmbed.py; it fetches its kernel itself).
     packages+=(qemu-system-x86 busybox-static kmod)
+    # The Debian package's checks (tests/test_packaging.py, test_deb_e2e.py): lintian on the
+    # built .deb; man-db and bash-completion for `man distsvc-run` and completion in the container.
+    packages+=(lintian man-db bash-completion)
+    # Man pages and completion tests (tests/test_docs_gen.py, test_completion.py; with man-db
+    # and bash-completion above).
+    packages+=(groff-base zsh)
     extras="systemd,test"
 fi
 

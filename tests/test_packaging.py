@@ -136,9 +136,10 @@ def test_build_script_is_valid_bash() -> None:
 JUNK = ("debian", "build", ".pybuild", "src/distsvc.egg-info", "distsvc.egg-info")
 
 
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    outdir = tmp_path_factory.mktemp("deb")
+def build_deb(outdir: Path) -> Path:
+    """Build the .deb from this checkout into `outdir` with packaging/build-deb.sh (which
+    installs missing build dependencies with apt-get); its path. Fails the test when the
+    build fails or leaves anything in the project."""
     before = {name for name in JUNK if (ROOT / name).exists()}
     result = subprocess.run([str(BUILD_DEB), str(outdir)], capture_output=True, text=True,
                             timeout=1200)
@@ -148,7 +149,12 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = Path(result.stdout.strip().splitlines()[-1])
     assert path.parent == outdir and path.name.endswith("_all.deb"), result.stdout
     assert path.name == f"distsvc_{pyproject_version()}-1_all.deb"
-    yield path
+    return path
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield build_deb(tmp_path_factory.mktemp("deb"))
 
 
 @pytest.mark.timeout(1500)
@@ -197,3 +203,81 @@ def test_deb_runs_with_debians_python(deb: Path, tmp_path: Path) -> None:
     assert launcher.startswith("#!/usr/bin/python3 -S\n")
     assert "sys.path.append('/usr/lib/python3/dist-packages')" in launcher
     assert "import re" not in launcher
+
+
+# --- lintian (scripts/setup.sh --test installs it) -------------------------------------------
+
+LINTIAN_TAG = re.compile(r"^([A-Z]): (\S+(?: \w+)?): (\S+)(?: (.*))?$")
+"""A tag line of lintian's output: code (E, W, I, O, ...), package, tag, context."""
+
+
+def lintian_tags(output: str) -> list[tuple[str, str, str, str]]:
+    """(code, package, tag, context) of each tag line of lintian's output; notes (N:) and
+    anything else left out."""
+    tags = []
+    for line in output.splitlines():
+        match = LINTIAN_TAG.match(line.rstrip())
+        if match and match.group(1) != "N":
+            code, package, tag, context = match.groups()
+            tags.append((code, package, tag, context or ""))
+    return tags
+
+
+def accepted_warnings() -> set[tuple[str, str, str, str]]:
+    """The warnings debian/README.source lists, each line as lintian prints it, with the
+    reason indented below it."""
+    text = (DEBIAN / "README.source").read_text()
+    listed = lintian_tags("\n".join(line for line in text.splitlines()
+                                    if line.startswith(("E: ", "W: "))))
+    for code, _, tag, _ in listed:
+        assert code == "W", f"README.source accepts an error: {tag} (errors must be fixed)"
+    return set(listed)
+
+
+def overridden_tags() -> set[str]:
+    """The tags debian/distsvc.lintian-overrides overrides (each preceded by its reason)."""
+    tags = set()
+    lines = (DEBIAN / "distsvc.lintian-overrides").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() and not line.startswith("#"):
+            assert number and lines[number - 1].startswith("#"), \
+                f"override without a comment saying why: {line!r}"
+            tags.add(line.split(":", 1)[1].split()[0])
+    return tags
+
+
+def test_lintian_output_parses() -> None:
+    output = ("W: distsvc: no-manual-page [usr/bin/distsvc]\n"
+              "N: a note\n"
+              "O: distsvc: initial-upload-closes-no-bugs [x:1]\n"
+              "E: distsvc source: some-error\n")
+    assert lintian_tags(output) == [
+        ("W", "distsvc", "no-manual-page", "[usr/bin/distsvc]"),
+        ("O", "distsvc", "initial-upload-closes-no-bugs", "[x:1]"),
+        ("E", "distsvc source", "some-error", "")]
+
+
+@pytest.mark.timeout(1500)
+def test_lintian_reports_no_errors_and_only_the_warnings_readme_source_lists(
+        deb: Path) -> None:
+    done = subprocess.run(["lintian", "--show-overrides", "--fail-on", "none", str(deb)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    tags = lintian_tags(done.stdout)
+    errors = [t for t in tags if t[0] == "E"]
+    assert not errors, f"lintian errors:\n{done.stdout}"
+    warnings = {t for t in tags if t[0] == "W"}
+    accepted = accepted_warnings()
+    assert not warnings - accepted, (
+        f"lintian warnings not in packaging/debian/README.source: {sorted(warnings - accepted)}"
+        f" (fix them, or list them there with the reason)")
+    assert not accepted - warnings, (
+        f"packaging/debian/README.source lists warnings lintian no longer reports: "
+        f"{sorted(accepted - warnings)} (remove them there)")
+    # Each override is used (lintian shows it as O:) and README.source says why.
+    overridden = {tag for code, _, tag, _ in tags if code == "O"}
+    assert overridden == overridden_tags(), done.stdout
+    readme = (DEBIAN / "README.source").read_text()
+    for tag in overridden:
+        assert re.search(rf"^\s+{re.escape(tag)}$", readme, re.M), \
+            f"README.source does not explain the override of {tag}"

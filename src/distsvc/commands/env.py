@@ -29,10 +29,10 @@ def add_parser(sub: Any, name: str) -> None:
                                 "assignments")
     print_.add_argument("--json", action="store_true", help="machine-readable output")
     set_ = actions.add_parser("set", help="save one variable")
-    set_.add_argument("name")
-    set_.add_argument("value")
+    set_.add_argument("name", metavar="NAME", help="the variable's name")
+    set_.add_argument("value", metavar="VALUE", help="its value")
     delete = actions.add_parser("delete", help="remove saved variables")
-    delete.add_argument("names", nargs="*", metavar="NAME")
+    delete.add_argument("names", nargs="*", metavar="NAME", help="the variables to remove")
     delete.add_argument("--all", action="store_true", help="remove the whole saved environment")
 
 

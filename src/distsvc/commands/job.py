@@ -195,14 +195,16 @@ def add_parser(sub: Any, name: str) -> None:
         v: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
         v.add_argument("--json", action="store_true", help="machine-readable output")
         if ids == "one":
-            v.add_argument("id", metavar="ID")
+            v.add_argument("id", metavar="ID", help="the job's ID, as job start printed it")
         elif ids == "many":
-            v.add_argument("ids", metavar="ID", nargs="+")
+            v.add_argument("ids", metavar="ID", nargs="+",
+                           help="the jobs' IDs, as job start printed them")
         return v
 
     start = verb("start", "start CMD as a job; print its ID and return at once")
     add_start_options(start)
-    start.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD ARGS")
+    start.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD ARGS",
+                       help="the command and its arguments")
     lst = verb("list", "list jobs, newest first")
     lst.add_argument("--state", action="append", metavar="STATE",
                      help="only jobs in this state (queued, starting, running, paused, "

@@ -1,4 +1,5 @@
-"""`distsvc SUBCOMMAND`: hosts, best, run, job, status, config check, env, purge, daemon, scan."""
+"""`distsvc SUBCOMMAND`: hosts, best, run, job, status, config check, env, purge, daemon, scan,
+install-units."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ SUBCOMMANDS = {
     "purge": "purge",
     "daemon": "daemon",
     "scan": "scan",
+    "install-units": "install_units",
+    "complete": "complete",  # hidden: for the completion scripts (commands/complete.py)
 }
 
 

@@ -11,9 +11,8 @@ import distsvc.commands.parsing
 import distsvc.remote
 
 
-def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the program
-        distsvc.commands.common.standard_fds_open()
+def parser() -> distsvc.commands.parsing.Parser:
+    """distsvc-shell's arguments (the man page and completion are generated from it too)."""
     p = distsvc.commands.parsing.Parser(
         prog="distsvc-shell",
         description="Open your login shell on the least-loaded host, in the current directory.")
@@ -22,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", action="version",
                    version=distsvc.commands.common.version_string())
     distsvc.commands.common.add_config_options(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the program
+        distsvc.commands.common.standard_fds_open()
+    args = parser().parse_args(argv)
 
     def body() -> int:
         config = distsvc.commands.common.load_config(args)

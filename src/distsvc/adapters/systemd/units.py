@@ -309,8 +309,10 @@ class Manager:
         try:
             from pystemd.dbuslib import DBus
         except ImportError as error:
-            raise UnitError(f"pystemd is not installed ({error}): install distsvc[systemd] "
-                            "or Debian's python3-pystemd") from None
+            raise UnitError(f"jobs need pystemd, which is not installed ({error}): "
+                            "pip install 'distsvc[systemd]' (which builds it: libsystemd-dev, "
+                            "pkg-config and a C compiler), or apt install python3-pystemd"
+                            ) from None
         self.user = os.getuid() != 0 if user is None else user
         self._lock = threading.RLock()
         self._removed: collections.OrderedDict[bytes, str] = collections.OrderedDict()
