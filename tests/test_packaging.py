@@ -164,6 +164,7 @@ def test_deb_contents(deb: Path) -> None:
     paths = {line.split()[-1].removeprefix(".") for line in listing.splitlines()}
     expected = {"/usr/bin/distsvc", "/usr/bin/distsvc-run", "/usr/bin/distsvc-shell",
                 "/usr/share/doc/distsvc/example.toml", "/usr/share/doc/distsvc/README.md",
+                "/usr/share/doc/distsvc/json.md",  # the --json schemas, which --help names
                 "/usr/lib/python3/dist-packages/distsvc/__init__.py"}
     units = {"distsvc.socket", "distsvc.service", "distsvc-scan.service", "distsvc-scan.timer"}
     units |= {p.name for p in (ROOT / "systemd").iterdir() if p.name.endswith(UNIT_SUFFIXES)}

@@ -13,7 +13,7 @@ import distsvc.errors
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="print the best host's name")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help=distsvc.commands.output.HELP)
     distsvc.commands.common.add_config_options(p)
 
 

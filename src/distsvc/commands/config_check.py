@@ -15,7 +15,7 @@ def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="check the configuration")
     actions = p.add_subparsers(dest="config_action", metavar="ACTION", required=True)
     check = actions.add_parser("check", help="validate and print the effective configuration")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--json", action="store_true", help=distsvc.commands.output.HELP)
     distsvc.commands.common.add_config_options(check)
 
 

@@ -27,7 +27,7 @@ def add_parser(sub: Any, name: str) -> None:
     distsvc.commands.common.add_config_options(export)
     print_ = actions.add_parser("print", help="show the saved environment as shell "
                                 "assignments")
-    print_.add_argument("--json", action="store_true", help="machine-readable output")
+    print_.add_argument("--json", action="store_true", help=distsvc.commands.output.HELP)
     set_ = actions.add_parser("set", help="save one variable")
     set_.add_argument("name", metavar="NAME", help="the variable's name")
     set_.add_argument("value", metavar="VALUE", help="its value")

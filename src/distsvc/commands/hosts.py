@@ -24,7 +24,7 @@ def add_parser(sub: Any, name: str) -> None:
                        description="Measure hosts not measured within max_age and show all, "
                        "best first.")
     p.add_argument("--refresh", action="store_true", help="measure every host now")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help=distsvc.commands.output.HELP)
     distsvc.commands.common.add_config_options(p)
 
 

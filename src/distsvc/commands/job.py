@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+import distsvc.commands.output
 import distsvc.errors
 
 LIMIT_OPTIONS = (  # option, field, help
@@ -193,7 +194,9 @@ def add_parser(sub: Any, name: str) -> None:
 
     def verb(name: str, text: str, ids: str | None = None) -> argparse.ArgumentParser:
         v: argparse.ArgumentParser = verbs.add_parser(name, help=text, description=text)
-        v.add_argument("--json", action="store_true", help="machine-readable output")
+        v.add_argument("--json", action="store_true", help=(
+            "refused: the output is shown as it is (its facts: job status --json)"
+            if name == "logs" else distsvc.commands.output.HELP))
         if ids == "one":
             v.add_argument("id", metavar="ID", help="the job's ID, as job start printed it")
         elif ids == "many":
@@ -271,8 +274,6 @@ def _size(n: int | None) -> str:
 
 
 def _emit(verb: str, data: dict[str, Any]) -> None:
-    import distsvc.commands.output
-
     distsvc.commands.output.emit(f"job {verb}", data)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 VERSION = 1
+HELP = "machine-readable output (docs/json.md)"  # every --json option's
 
 
 def document(command: str, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+import distsvc.commands.output
+
 # The daemon's `status` answer -> the fields of `status --json` (docs/json.md): "version" is
 # the daemon's, not the schema's. Every field is there whether a daemon runs or not (null
 # when none does), so a script reads the same keys either way.
@@ -17,7 +19,7 @@ FIELDS = {"version": "daemon_version", "pid": "pid", "uptime": "uptime", "config
 
 def add_parser(sub: Any, name: str) -> None:
     p = sub.add_parser(name, help="show the daemon's health")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help=distsvc.commands.output.HELP)
 
 
 def last_failure() -> str | None:
