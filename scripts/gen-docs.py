@@ -65,8 +65,23 @@ import distsvc.commands.main  # noqa: E402
 import distsvc.commands.run  # noqa: E402
 import distsvc.commands.shell  # noqa: E402
 
-HOSTS = shtab.cmd("distsvc complete hosts 2>/dev/null")
-JOBS = shtab.cmd("distsvc complete jobs 2>/dev/null")
+# zsh gets functions, called on a Tab that wants a host or a job: shtab.cmd's zsh form is a
+# $(...) in the script's arrays, run every time the completion function runs (12 Python starts
+# on any Tab after `distsvc`).
+HOSTS = {**shtab.cmd("distsvc complete hosts 2>/dev/null"), "zsh": "_distsvc_hosts"}
+JOBS = {**shtab.cmd("distsvc complete jobs 2>/dev/null"), "zsh": "_distsvc_jobs"}
+ZSH_PREAMBLE = r"""
+_distsvc_hosts() {
+  local -a found
+  found=(${(f)"$(distsvc complete hosts 2>/dev/null)"})
+  compadd -a found
+}
+_distsvc_jobs() {
+  local -a found
+  found=(${(f)"$(distsvc complete jobs 2>/dev/null)"})
+  compadd -a found
+}
+"""
 COMMANDS = {"bash": "_distsvc_compgen_command_file", "zsh": "_command_names -e"}
 # CMD ARGS of distsvc-run, `distsvc run` and `distsvc job start`: a command name on this
 # machine's PATH until the command is on the line, then (its arguments) file names. The
@@ -107,8 +122,14 @@ EXIT_STATUS = {
 .B 0
 success
 .TP
+.B 1
+\fBinstall-units\fR could not write or remove a unit file (the reason on stderr)
+.TP
 .B 2
 bad usage or configuration (one line on stderr naming every problem)
+.TP
+.B 3
+\fBstatus\fR: no daemon is running (it says why, and the last start's failure)
 .TP
 .B 4
 the job cannot do that now (\fBjob stop\fR of an ended job, ...)
@@ -300,7 +321,8 @@ def generate(out: Path) -> list[Path]:
             out / "bash-completion/completions" / name:
                 shtab.complete(parser, "bash", preamble=BASH_PREAMBLE.replace(
                     "VALUE_OPTIONS", " ".join(value_options(parser)))),
-            out / "zsh/vendor-completions" / f"_{name}": shtab.complete(parser, "zsh"),
+            out / "zsh/vendor-completions" / f"_{name}":
+                shtab.complete(parser, "zsh", preamble=ZSH_PREAMBLE),
         }
         for path, text in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)

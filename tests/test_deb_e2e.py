@@ -263,8 +263,8 @@ def test_man_distsvc_run(installed: Installed) -> None:
 
 
 COMPLETE = r"""
-[ -r /usr/share/bash-completion/bash_completion ] && . /usr/share/bash-completion/bash_completion
-. /usr/share/bash-completion/completions/distsvc
+. /usr/share/bash-completion/bash_completion
+__load_completion distsvc || exit 1  # found by name, as bash-completion finds it on a Tab
 spec=$(complete -p distsvc) || exit 1
 function=$(printf '%s\n' "$spec" | sed -n 's/.* -F \([^ ]*\) .*/\1/p')
 COMP_LINE=$1

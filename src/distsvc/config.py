@@ -311,7 +311,11 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
         # DISTSVC_HOSTS replaces the file's list; a name the file knows keeps its settings.
         by_name = {h.name: h for h in hosts}
         hosts = []
-        for spec in filter(None, (s.strip() for s in re.split(r"[;,]", hosts_env))):
+        specs = [s for s in (s.strip() for s in re.split(r"[;,]", hosts_env)) if s]
+        if not specs:
+            check.problem("DISTSVC_HOSTS", f"{json.dumps(hosts_env)} names no host (name "
+                          "hosts separated by ',' or ';', or unset it to use the file's)")
+        for spec in specs:
             parsed = parse_host_spec(spec)
             if parsed is None:
                 check.problem("DISTSVC_HOSTS", _spec_problem(spec))

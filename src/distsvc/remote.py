@@ -130,16 +130,19 @@ def env_file_writer(token: str) -> str:
     return f"umask 077; set -C; cat > \"{env_file(token)}\""
 
 
-# The PATH a command gets on a host: the carried one's entries that are directories there the
-# user may search, then the host's own (`_ds_hp`, saved before the environment is set) that are
-# not among them. A carried entry the host lacks, or cannot read, would otherwise turn "not
-# found" into "Permission denied" (a shell reports the last EACCES of its search), and a
-# command the host has elsewhere would not be found at all.
+# The PATH a command gets on a host: the carried one's absolute entries that are directories
+# there the user may search, its relative ones as they are (they name directories under the
+# working directory, which is not entered yet: `node_modules/.bin`), then the host's own
+# (`_ds_hp`, saved before the environment is set) that are not among them. A carried entry the
+# host lacks, or cannot read, would otherwise turn "not found" into "Permission denied" (a
+# shell reports the last EACCES of its search), and a command the host has elsewhere would not
+# be found at all.
 SAVE_HOST_PATH = '_ds_hp=$PATH'
 PATH_FOR_HOST = (
     '_ds_np=; set -f; _ds_ifs=$IFS; IFS=:; for _ds_d in $PATH $_ds_hp; do '
-    'case ":$_ds_np:" in *:"$_ds_d":*) ;; *) [ -d "$_ds_d" ] && [ -x "$_ds_d" ] '
-    '&& _ds_np=${_ds_np:+$_ds_np:}$_ds_d;; esac; done; IFS=$_ds_ifs; set +f; '
+    'case ":$_ds_np:" in *:"$_ds_d":*) continue;; esac; '
+    'case $_ds_d in /*) [ -d "$_ds_d" ] && [ -x "$_ds_d" ] || continue;; esac; '
+    '_ds_np=${_ds_np:+$_ds_np:}$_ds_d; done; IFS=$_ds_ifs; set +f; '
     '[ -z "$_ds_np" ] || PATH=$_ds_np')
 
 

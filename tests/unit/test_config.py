@@ -179,6 +179,13 @@ def test_distsvc_hosts_port_out_of_range_says_so(spec):
                         "1-65535"]
 
 
+@pytest.mark.parametrize("hosts_env", [";", " , ;"])
+def test_a_distsvc_hosts_of_separators_alone_is_a_problem_not_an_empty_list(hosts_env):
+    assert problems_of({}, hosts_env) == [
+        f"DISTSVC_HOSTS: {json.dumps(hosts_env)} names no host (name hosts separated by ',' "
+        "or ';', or unset it to use the file's)"]
+
+
 def test_a_bad_distsvc_hosts_is_blamed_on_the_variable_not_the_file():
     """The file need not exist; a problem in it is still said as the file's."""
     with pytest.raises(distsvc.errors.ConfigError) as caught:

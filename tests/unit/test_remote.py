@@ -304,16 +304,27 @@ def test_a_command_in_a_path_directory_that_is_not_executable_is_not_found(tmp_p
 
 
 def test_carried_path_entries_the_host_lacks_are_dropped_and_its_own_added(tmp_path):
-    """The carried PATH keeps its order where the host has the directories; entries it lacks
-    (or that are not directories) go, and the host's own PATH follows, without repeats."""
+    """The carried PATH keeps its order where the host has the directories; absolute entries
+    it lacks (or that are not directories) go, relative ones stay (they are under the working
+    directory, entered later), and the host's own PATH follows, without repeats."""
     here = tmp_path / "bin"
     here.mkdir()
     (tmp_path / "file").write_text("")
-    carried = f"/nonexistent/bin:{here}:{tmp_path / 'file'}::{here}:/usr/bin"
+    carried = f"/nonexistent/bin:{here}:{tmp_path / 'file'}:node_modules/.bin:{here}:/usr/bin"
     result = run_wrapper(["sh", "-c", 'printf %s "$PATH"'], env={"PATH": carried},
                          shell={"PATH": "/usr/bin:/bin:/nonexistent/host"})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.decode() == f"{here}:/usr/bin:/bin"
+    assert result.stdout.decode() == f"{here}:node_modules/.bin:/usr/bin:/bin"
+
+
+def test_a_relative_path_entry_finds_a_command_under_the_working_directory(tmp_path):
+    tools = tmp_path / "work" / "node_modules" / ".bin"
+    tools.mkdir(parents=True)
+    (tools / "mytool").write_text("#!/bin/sh\necho tool ran\n")
+    (tools / "mytool").chmod(0o755)
+    result = run_wrapper(["mytool"], env={"PATH": "node_modules/.bin:/usr/bin:/bin"},
+                         workdir=str(tmp_path / "work"))
+    assert (result.returncode, result.stdout) == (0, b"tool ran\n"), result.stderr
 
 
 def test_a_command_only_the_hosts_path_has_is_found():

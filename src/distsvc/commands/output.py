@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 VERSION = 1
-HELP = "machine-readable output (docs/json.md)"  # every --json option's
+HELP = ("machine-readable output (schemas: /usr/share/doc/distsvc/json.md, docs/json.md in "
+        "the source)")  # every --json option's
 
 
 def document(command: str, data: Mapping[str, Any]) -> dict[str, Any]:
