@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,16 @@ import sshbed
 import vmbed
 
 BIN = Path(sys.executable).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background by a non-interactive shell (`.ci/run &`, nohup)
+    inherits SIGINT and SIGQUIT ignored, and so would every process the tests start (sshd,
+    daemons, commands): the tests of Ctrl-C would then fail, or prove nothing. The defaults
+    come back here, as a terminal's job has them (a handler is reset to the default on exec;
+    an ignored signal stays ignored)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
