@@ -92,7 +92,10 @@ def test_a_host_allowing_fewer_sessions_teaches_the_pool_its_limit(
         clients = [client.popen("distsvc-run", "sleep", marker, stdin=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE) for _ in range(7)]
         try:
-            helpers.wait_for(lambda: len(client.bed.remote_processes(f"sleep {marker}")) >= 7,
+            # The commands themselves, not their wrappers (whose arguments name them too):
+            # counted with the wrappers, 7 could be reached before every session was open.
+            helpers.wait_for(lambda: len([p for p in client.bed.remote_processes(marker)
+                                          if p.split(None, 1)[1] == f"sleep {marker}"]) >= 7,
                              60, "7 commands on a host allowing 2 sessions a connection")
             status = json.loads(client.run("distsvc", "status", "--json").stdout)
             assert status["connections"] >= 4, status
