@@ -148,13 +148,18 @@ def check_identity(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any
     client = request.get("client")
     if not isinstance(client, str) or client == daemon.identity:
         return
+    _retire(daemon, "a client of another version", ours=daemon.identity, client=client,
+            peer_pid=peer_pid)
+
+
+def _retire(daemon: distsvc.daemon.context.Daemon, why: str, **fields: Any) -> None:
+    """Retire once the requests in progress are done, saying why the first time only."""
     with daemon.lock:
         if daemon.retiring:
             return
         daemon.retiring = True
-    distsvc.log.get().info("a client of another version: retiring once the requests in "
-                           "progress are done", ours=daemon.identity, client=client,
-                           peer_pid=peer_pid)
+    distsvc.log.get().info(f"{why}: retiring once the requests in progress are done",
+                           **fields)
 
 
 SOURCE_CHECK_INTERVAL = 1.0  # seconds between two looks at the daemon's own files
@@ -171,14 +176,8 @@ def check_own_files(daemon: distsvc.daemon.context.Daemon) -> None:
             return
         daemon.source_checked = now
     stamp = distsvc.source_stamp()
-    if stamp == daemon.source_stamp:
-        return
-    with daemon.lock:
-        if daemon.retiring:
-            return
-        daemon.retiring = True
-    distsvc.log.get().info("its own files changed: retiring once the requests in progress "
-                           "are done", started_with=daemon.source_stamp, now=stamp)
+    if stamp != daemon.source_stamp:
+        _retire(daemon, "its own files changed", started_with=daemon.source_stamp, now=stamp)
 
 
 def status_line(daemon: distsvc.daemon.context.Daemon) -> str:
