@@ -146,17 +146,17 @@ PATH_FOR_HOST = (
     '[ -z "$_ds_np" ] || PATH=$_ds_np')
 
 
-def lookup_check(argv0: str, host: str, fail: str) -> str:
+def lookup_check(argv0: str, host: str) -> str:
     """Shell code that finds argv0 as the shell would, and when it cannot run, says why in
-    the user's terms (their command, the host's name) and runs `fail STATUS` instead: 127 not
-    found, 126 not executable, as a shell exits. Without it the shell's own message would
+    the user's terms (their command, the host's name) and exits as a shell would: 127 not
+    found, 126 not executable. Without it the shell's own message would
     name the wrapper (`distsvc-TOKEN: 45: cmd: not found`). The same for dash and bash,
     whose `command -v` differ for files that are not executable."""
     name = shlex.quote(argv0)
 
     def say(why: str, status: int) -> str:
         return (f"{{ printf 'distsvc: %s: {why} on %s\\n' {name} {shlex.quote(host)} >&2; "
-                f"{fail} {status}; }}")
+                f"exit {status}; }}")
 
     return "\n".join([
         f"case {name} in",
@@ -191,7 +191,7 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
             f"cd -- {where} 2>/dev/null || {{ printf 'distsvc: %s: no such directory on %s "
             f"(choose another with --workdir)\\n' {where} {shlex.quote(host)} >&2; "
             f"exit {WRAPPER_STATUS_NO_WORKDIR}; }}")
-    lines.append(lookup_check(argv[0], host, "exit"))
+    lines.append(lookup_check(argv[0], host))
     lines += [
         # The watcher runs with INT/QUIT ignored (an asynchronous list) and HUP ignored by itself,
         # and off the channel: a sleep of its own still holding the output would keep sshd from
