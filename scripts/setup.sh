@@ -21,6 +21,9 @@ if [[ ${1:-} == --test ]]; then
     # Man pages and completion tests (tests/test_docs_gen.py, test_completion.py; with man-db
     # and bash-completion above).
     packages+=(groff-base zsh)
+    # A single-node Slurm cluster in the booted container (tests/slurmbed.py): slurm-wlm 22.05
+    # with munge, slurmdbd over MariaDB for accounting (sacct) and associations.
+    packages+=(slurm-wlm slurm-client munge slurmdbd mariadb-server)
     extras="systemd,test"
 fi
 

@@ -152,6 +152,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 VENV_BIN = (Path(sys.prefix) if sys.prefix != sys.base_prefix else PROJECT / ".venv") / "bin"
 """The venv's bin directory; the container sees the same path (its lower layer is /)."""
 PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SLURM_UNITS = ("munge.service", "mariadb.service", "slurmdbd.service", "slurmctld.service",
+               "slurmd.service")
+"""The cluster's units (installed for tests/slurmbed.py): masked except in its containers."""
 DEFAULT_MASK = (
     "postgresql.service",
     "apt-daily.timer",
@@ -160,6 +163,7 @@ DEFAULT_MASK = (
     "e2scrub_all.timer",
     "fstrim.timer",
     "man-db.timer",
+    *SLURM_UNITS,
 )
 """Units masked inside by default: enabled on the machine, useless in a test container, slow."""
 POWEROFF_TIMEOUT = 20.0

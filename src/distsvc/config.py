@@ -51,6 +51,28 @@ class Host:
     probe: str | None = None
 
 
+CLUSTER_LIMITS = ("memory", "cpu", "tasks", "timeout")
+"""The limits a cluster may have a default for (the others have no Slurm counterpart)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """A Slurm cluster: reached on this machine (Slurm's client commands here) when `login`
+    is None, else through its login node over SSH (a `Host`, found in ~/.ssh/config like
+    any). Work goes to `partition`, `account` and `qos` (Slurm's defaults when None) with
+    `defaults` for the limits a command or job does not ask for itself. `output` is the
+    directory on the cluster (shared with its nodes) that keeps jobs' output: relative to
+    the home directory there unless absolute."""
+
+    name: str
+    login: Host | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    defaults: job_limits.Limits = dataclasses.field(default_factory=job_limits.Limits)
+    output: str = ".local/state/distsvc/slurm"
+
+
 @dataclasses.dataclass(frozen=True)
 class EnvFilter:
     allow: tuple[str, ...] = ("*",)
@@ -89,11 +111,20 @@ class Config:
     env: EnvFilter = EnvFilter()
     daemon_idle_exit: float = 600.0
     jobs: JobsConfig = JobsConfig()
+    clusters: tuple[Cluster, ...] = ()
+
+    def cluster(self, name: str) -> Cluster | None:
+        """The cluster called `name`, if one is configured."""
+        return next((c for c in self.clusters if c.name == name), None)
 
 
 _HOST_KEYS = {f.name for f in dataclasses.fields(Host)}
 _TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_policy", "env",
-             "daemon_idle_exit", "jobs"}
+             "daemon_idle_exit", "jobs", "clusters"}
+_CLUSTER_KEYS = {"name", "login", "address", "port", "user", "partition", "account", "qos",
+                 "output", *CLUSTER_LIMITS}
+# Slurm's names for partitions, accounts and QOS: no spaces, quotes or option syntax.
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 _JOBS_KEYS = {*JOB_DEFAULT_LIMITS, "isolate", "keep", "max_age", "max_output", "all", "slots",
               "groups"}
 _HOST_SPEC = re.compile(
@@ -196,6 +227,65 @@ def _check_host(check: _Checker, raw: Any, where: str) -> Host | None:
         slots=check.integer(raw, "slots", f"{where}.", 1, 100_000),
         probe=check.string(raw, "probe", f"{where}."),
     )
+
+
+def _check_cluster(check: _Checker, raw: Any, where: str) -> Cluster | None:
+    if not isinstance(raw, dict):
+        check.problem(where, "must be a table with at least `name`")
+        return None
+    check.unknown_keys(raw, _CLUSTER_KEYS, f"{where}.")
+    name = check.string(raw, "name", f"{where}.")
+    if name is None and "name" not in raw:
+        check.problem(f"{where}.name", "is required")
+    login_name = check.string(raw, "login", f"{where}.")
+    login = None
+    if login_name is not None:
+        login = Host(name=login_name, address=check.string(raw, "address", f"{where}."),
+                     port=check.integer(raw, "port", f"{where}.", 1, 65535),
+                     user=check.string(raw, "user", f"{where}."))
+    else:
+        for key in ("address", "port", "user"):
+            if key in raw:
+                check.problem(f"{where}.{key}", "is for the login node: set `login` too (or "
+                              "leave it out to use Slurm's commands on this machine)")
+    names: dict[str, str | None] = {}
+    for key in ("partition", "account", "qos"):
+        value = check.string(raw, key, f"{where}.")
+        if value is not None and not _SLURM_NAME.fullmatch(value):
+            check.problem(f"{where}.{key}", f"{json.dumps(value)} is not a Slurm name "
+                          "(letters, digits and _.+- only)")
+            value = None
+        names[key] = value
+    output = check.string(raw, "output", f"{where}.") or Cluster.output
+    if "\n" in output or "'" in output:
+        check.problem(f"{where}.output", "must not hold a newline or a quote")
+        output = Cluster.output
+    return Cluster(name=name or "", login=login, partition=names["partition"],
+                   account=names["account"], qos=names["qos"],
+                   defaults=_limits(check, raw, CLUSTER_LIMITS, f"{where}."), output=output)
+
+
+def _check_clusters(check: _Checker, data: Mapping[str, Any], hosts: list[Host]
+                    ) -> tuple[Cluster, ...]:
+    raw_clusters = data.get("clusters", [])
+    if not isinstance(raw_clusters, list):
+        check.problem("clusters", "must be an array of tables ([[clusters]])")
+        return ()
+    clusters: list[Cluster] = []
+    host_names = {h.name for h in hosts}
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_clusters):
+        cluster = _check_cluster(check, raw, f"clusters[{index}]")
+        if cluster is None:
+            continue
+        if cluster.name and cluster.name in seen:
+            check.problem(f"clusters[{index}].name", f"duplicate cluster {cluster.name!r}")
+        elif cluster.name in host_names:
+            check.problem(f"clusters[{index}].name", f"{cluster.name!r} is a host's name too "
+                          "(a name is either a host or a cluster)")
+        seen.add(cluster.name)
+        clusters.append(cluster)
+    return tuple(clusters)
 
 
 def _limit_text(check: _Checker, value: Any, where: str) -> str | None:
@@ -350,6 +440,7 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
             deny=DEFAULT_ENV_DENY + (deny or ()),
         ),
         jobs=_check_jobs(check, data.get("jobs", {})),
+        clusters=_check_clusters(check, data, hosts),
     )
     if check.problems:
         raise distsvc.errors.ConfigError(source, check.problems)
@@ -384,7 +475,22 @@ def to_mapping(config: Config) -> dict[str, Any]:
     data["hosts"] = [{k: v for k, v in h.items() if v is not None} for h in data["hosts"]]
     data["env"] = {"allow": list(config.env.allow), "deny": list(config.env.deny)}
     data["jobs"] = _jobs_mapping(config.jobs)
+    data["clusters"] = [_cluster_mapping(c) for c in config.clusters]
     return data
+
+
+def _cluster_mapping(cluster: Cluster) -> dict[str, Any]:
+    """A cluster as it is written in the file (what from_mapping reads back)."""
+    shown: dict[str, Any] = {"name": cluster.name}
+    if cluster.login is not None:
+        shown["login"] = cluster.login.name
+        shown.update({k: v for k in ("address", "port", "user")
+                      if (v := getattr(cluster.login, k)) is not None})
+    shown.update({k: v for k in ("partition", "account", "qos")
+                  if (v := getattr(cluster, k)) is not None})
+    shown["output"] = cluster.output
+    shown.update(_limits_mapping(cluster.defaults))
+    return shown
 
 
 def _limits_mapping(limits: job_limits.Limits) -> dict[str, Any]:

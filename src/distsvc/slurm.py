@@ -1,0 +1,243 @@
+"""Slurm: the options distsvc hands a cluster, and reading what Slurm answers. Pure: no I/O.
+
+A cluster (`config.Cluster`) is reached either on this machine, where Slurm's client commands
+are, or on its login node over SSH; either way distsvc runs POSIX shell there, so everything
+here is text: options for `srun` and `sbatch`, and parsers for `sinfo`, `squeue`, `scontrol`
+and `sacct` output. Who runs it is the caller's business (`actions/` for `distsvc-run --on`,
+`daemon/` for jobs).
+
+Limits map to Slurm's own requests (`LIMIT_OPTIONS`): `--memory` to `--mem` (MiB, rounded up),
+`--cpu 250%` to `--cpus-per-task=3` (whole CPUs, rounded up), `--timeout` to `--time`
+(whole minutes, rounded up: Slurm's granularity). What has no Slurm counterpart is refused
+with the reason (`ClusterCannot`): `--tasks` (Slurm 22.05's cgroup plugin bounds no process
+count), `--io-*` (Slurm has no I/O limits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+
+import distsvc.config
+import distsvc.errors
+from distsvc.jobs import limits as job_limits
+
+RUN_PREFIX = "distsvc-run-"
+"""`srun --job-name` of a `distsvc-run --on` command: RUN_PREFIX + its token (to cancel it)."""
+JOB_PREFIX = "distsvc-"
+"""`sbatch --job-name` of a distsvc job: JOB_PREFIX + ORIGIN-ID (see jobs)."""
+NOT_SHARED_STATUS = distsvc.errors.EXIT_CANNOT_RUN
+"""The exit status when the working directory is not on the cluster's node."""
+
+
+class ClusterCannot(distsvc.errors.DistsvcError):
+    """The cluster cannot give what was asked (a limit Slurm has no counterpart for, a
+    directory it does not share) or refused it (partition, account, QOS, a limit beyond the
+    partition's): why, in one line, with what to do."""
+
+    exit_status = distsvc.errors.EXIT_JOB
+
+
+# Limit field -> why Slurm cannot give it (the others map, see slurm_limits).
+UNMAPPED = {
+    "tasks": "Slurm bounds no process count (its cgroup plugin has no pids limit)",
+    "io_weight": "Slurm has no I/O limits",
+    "io_read": "Slurm has no I/O limits",
+    "io_write": "Slurm has no I/O limits",
+}
+
+
+def refuse_unmapped(cluster: distsvc.config.Cluster, limits: job_limits.Limits) -> None:
+    """Raise ClusterCannot for the first limit asked that Slurm cannot give."""
+    for field, why in UNMAPPED.items():
+        if getattr(limits, field) is not None:
+            raise ClusterCannot(f"{job_limits.option(field)}: cluster {cluster.name} cannot "
+                                f"enforce it: {why}; leave it out")
+
+
+def limit_options(limits: job_limits.Limits) -> list[str]:
+    """Slurm's options for the mapped limits (refuse_unmapped first)."""
+    options = []
+    if limits.memory is not None:
+        options.append(f"--mem={max(1, math.ceil(limits.memory / (1 << 20)))}M")
+    if limits.cpu is not None:
+        options.append(f"--cpus-per-task={max(1, math.ceil(limits.cpu / 100))}")
+    if limits.timeout is not None:
+        options.append(f"--time={format_time(limits.timeout)}")
+    return options
+
+
+def format_time(seconds: float) -> str:
+    """Slurm's `--time` for `seconds`: whole minutes, rounded up (at least one)."""
+    minutes = max(1, math.ceil(seconds / 60))
+    days, minutes = divmod(minutes, 1440)
+    hours, minutes = divmod(minutes, 60)
+    return f"{days}-{hours:02d}:{minutes:02d}:00" if days else f"{hours:02d}:{minutes:02d}:00"
+
+
+def options(cluster: distsvc.config.Cluster, limits: job_limits.Limits) -> list[str]:
+    """Where the work goes (partition, account, QOS) and its limits: the ones asked merged
+    over the cluster's defaults. Raises ClusterCannot for what Slurm cannot give."""
+    merged = job_limits.merge(cluster.defaults, limits)
+    refuse_unmapped(cluster, merged)
+    placed = [f"--{key}={value}" for key in ("partition", "account", "qos")
+              if (value := getattr(cluster, key)) is not None]
+    return placed + limit_options(merged)
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+_FAILURE = re.compile(r"^(?:allocation failure|s(?:run|batch|alloc): error): (?P<why>.+)$",
+                      re.MULTILINE)
+
+
+def refusal(cluster: distsvc.config.Cluster, stderr: str, opts: list[str]) -> ClusterCannot:
+    """Slurm's refusal (srun/sbatch's stderr) as one line: Slurm's reason, then what to do."""
+    reasons = [m["why"].strip() for m in _FAILURE.finditer(stderr)]
+    # The last one is the summary ("Batch job submission failed: ..."): keep it, without it.
+    why = reasons[-1] if reasons else (stderr.strip().splitlines() or ["no reason given"])[-1]
+    why = re.sub(r"^(?:Batch job submission failed|Unable to allocate resources): ", "", why)
+    low = why.lower()
+    default = "the default"
+    if "partition" in low:
+        hint = (f"check `partition` of cluster {cluster.name} ({cluster.partition or default})"
+                " against `sinfo -s` there")
+    elif "account" in low or "association" in low:
+        hint = (f"check `account` of cluster {cluster.name} ({cluster.account or default})"
+                " against `sacctmgr show assoc user=$USER` there")
+    elif "qos" in low:
+        hint = f"check `qos` of cluster {cluster.name} ({cluster.qos or default})"
+    elif any(word in low for word in ("time limit", "memory", "processors", "node config",
+                                      "cpu")):
+        shown = " ".join(o for o in opts if o.startswith(("--mem", "--cpus", "--time")))
+        hint = (f"ask for less ({shown or 'the defaults'}); `sinfo -o '%P %l %m %c'` there "
+                "shows each partition's most")
+    else:
+        hint = f"see `sinfo` and `squeue` on cluster {cluster.name}"
+    return ClusterCannot(f"cluster {cluster.name} refused it: {why}; {hint}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What `distsvc hosts` shows of a cluster: its nodes by state, the user's jobs."""
+
+    nodes: dict[str, int]   # "idle", "allocated", "mixed", "down", ... -> count
+    cpus: tuple[int, int, int, int]  # allocated, idle, other, total (sinfo's %C)
+    pending: int
+    running: int
+
+
+def summary_script(user_only: bool = True) -> str:
+    """Shell that prints what `parse_summary` reads (one line per node state, then jobs)."""
+    who = "-u \"$(id -un)\" " if user_only else ""
+    return ("sinfo -h -N -o 'node %N %T' | sort -u && sinfo -h -o 'cpus %C' | head -n 1 && "
+            f"squeue -h {who}-o 'job %T'")
+
+
+def parse_summary(out: str) -> Summary:
+    nodes: dict[str, int] = {}
+    cpus = (0, 0, 0, 0)
+    pending = running = 0
+    for line in out.splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "node":
+            state = rest.split()[-1].rstrip("*~#!%$@^-").lower() if rest.split() else "unknown"
+            state = {"alloc": "allocated", "drng": "draining", "drain": "drained"}.get(
+                state, state)
+            nodes[state] = nodes.get(state, 0) + 1
+        elif word == "cpus":
+            parts = rest.strip().split("/")
+            if len(parts) == 4 and all(p.isdigit() for p in parts):
+                cpus = (int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3]))
+        elif word == "job":
+            if rest.strip() == "PENDING":
+                pending += 1
+            elif rest.strip() in ("RUNNING", "COMPLETING", "CONFIGURING"):
+                running += 1
+    return Summary(nodes=nodes, cpus=cpus, pending=pending, running=running)
+
+
+def exit_code(text: str) -> tuple[int | None, int | None]:
+    """sacct's and scontrol's `ExitCode` ("3:0", "0:15"): (exit code, signal)."""
+    code, _, sig = text.partition(":")
+    try:
+        number, signal = int(code), int(sig or 0)
+    except ValueError:
+        return None, None
+    return (None, signal) if signal else (number, None)
+
+
+def parse_fields(text: str) -> dict[str, str]:
+    """`scontrol show job -o ID`'s one line of `Key=Value` pairs (values may hold spaces
+    only in Command= and the like, which come last; what we read comes before)."""
+    fields: dict[str, str] = {}
+    for item in re.finditer(r"(?:^|\s)([A-Za-z][A-Za-z:/]*)=(\S*)", text):
+        fields.setdefault(item[1], item[2])
+    return fields
+
+
+def parse_duration(text: str) -> float | None:
+    """Slurm's `[D-]HH:MM:SS[.mmm]` or `MM:SS.mmm` as seconds; None if it is not one."""
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+(?:\.\d+)?)", text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = match.groups()
+    return (int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes) * 60
+            + float(seconds))
+
+
+def parse_size(text: str) -> int | None:
+    """sacct's MaxRSS ("1234K", "12M", "0"): bytes; None if empty or unreadable."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGTP]?)", text.strip())
+    if not match:
+        return None
+    scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+    return int(float(match[1]) * scale[match[2]])
+
+
+# A Slurm state -> (distsvc state, reason template) for an ended job. Exit code and signal
+# come from ExitCode.
+ENDED = {
+    "COMPLETED": "exited",
+    "FAILED": "exited",
+    "CANCELLED": "killed",
+    "TIMEOUT": "timeout",
+    "OUT_OF_MEMORY": "oom",
+    "NODE_FAIL": "failed",
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "timeout",
+    "PREEMPTED": "killed",
+    "REVOKED": "failed",
+    "SPECIAL_EXIT": "exited",
+}
+ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
+          "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED",
+          "RESV_DEL_HOLD")
+
+
+def ended(slurm_state: str, code_text: str, reason: str | None = None
+          ) -> tuple[str, int | None, int | None, str | None] | None:
+    """A job's end as a record has it, (state, exit code, signal, reason), from Slurm's state
+    ("CANCELLED by 1001" reads as CANCELLED) and ExitCode; None while it is not over."""
+    state = slurm_state.split()[0].rstrip("+") if slurm_state.split() else ""
+    if state in ACTIVE or state not in ENDED:
+        return None
+    code, signal = exit_code(code_text)
+    mapped = ENDED[state]
+    note = f"Slurm: {state}" + (f" ({reason})" if reason and reason != "None" else "")
+    if mapped == "exited":
+        if signal is not None:
+            return ("killed", None, signal, note)
+        return ("exited", code if code is not None else 1, None,
+                None if state == "COMPLETED" else note)
+    if mapped == "killed":
+        return ("killed", None, signal or 15, note)
+    return (mapped, None, None, note)
+
+
+def reason_text(fields: Mapping[str, str]) -> str | None:
+    """`Reason=` as people read it ("Priority", "Resources", "Dependency"); None for None."""
+    reason = fields.get("Reason", "")
+    return None if reason in ("", "None", "(null)") else reason
