@@ -476,6 +476,8 @@ def to_mapping(config: Config) -> dict[str, Any]:
     data["env"] = {"allow": list(config.env.allow), "deny": list(config.env.deny)}
     data["jobs"] = _jobs_mapping(config.jobs)
     data["clusters"] = [_cluster_mapping(c) for c in config.clusters]
+    if not data["clusters"]:
+        del data["clusters"]  # a file without clusters shows none
     return data
 
 

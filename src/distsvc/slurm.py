@@ -101,12 +101,13 @@ def refusal(cluster: distsvc.config.Cluster, stderr: str, opts: list[str]) -> Cl
     why = re.sub(r"^(?:Batch job submission failed|Unable to allocate resources): ", "", why)
     low = why.lower()
     default = "the default"
-    if "partition" in low:
-        hint = (f"check `partition` of cluster {cluster.name} ({cluster.partition or default})"
-                " against `sinfo -s` there")
-    elif "account" in low or "association" in low:
+    # "Invalid account or account/partition combination": the account's, first.
+    if "account" in low or "association" in low:
         hint = (f"check `account` of cluster {cluster.name} ({cluster.account or default})"
                 " against `sacctmgr show assoc user=$USER` there")
+    elif "partition" in low:
+        hint = (f"check `partition` of cluster {cluster.name} ({cluster.partition or default})"
+                " against `sinfo -s` there")
     elif "qos" in low:
         hint = f"check `qos` of cluster {cluster.name} ({cluster.qos or default})"
     elif any(word in low for word in ("time limit", "memory", "processors", "node config",

@@ -1,19 +1,24 @@
-"""The host table: measure what is stale, then rank every host."""
+"""The host table: measure what is stale, then rank every host; and each cluster as Slurm
+sees it (its nodes by state, CPUs, the user's pending and running jobs), asked at once."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import distsvc.actions.cluster
 import distsvc.actions.placement
 import distsvc.config
+import distsvc.errors
 import distsvc.paths
 import distsvc.ranking
 import distsvc.state
 
 if TYPE_CHECKING:
     import distsvc.adapters.ssh
+    import distsvc.jobs.record
 
 
 def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: bool,
@@ -56,3 +61,66 @@ def survey(config: distsvc.config.Config, environ: Mapping[str, str], refresh: b
             "error": entry.error,
         })
     return rows
+
+
+CLUSTERS_AT_ONCE = 8
+
+
+def _cluster_row(cluster: distsvc.config.Cluster, config: distsvc.config.Config,
+                 pool: distsvc.adapters.ssh.Pool) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "cluster": cluster.name,
+        "reach": "here" if cluster.login is None else cluster.login.name,
+        "partition": cluster.partition, "state": "up", "nodes": {}, "cpus_idle": None,
+        "cpus_total": None, "pending": None, "running": None, "error": None,
+    }
+    began = time.monotonic()
+    try:
+        summary = distsvc.actions.cluster.summary(
+            cluster, distsvc.actions.cluster.runner(cluster, config, pool))
+    except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
+        message = error.message if isinstance(error, distsvc.errors.DistsvcError) else str(
+            error)
+        return {**row, "state": "unreachable", "error": message,
+                "access_ms": round((time.monotonic() - began) * 1000, 1)}
+    _, idle, _, total = summary.cpus
+    return {**row, "nodes": dict(sorted(summary.nodes.items())), "cpus_idle": idle,
+            "cpus_total": total, "pending": summary.pending, "running": summary.running,
+            "access_ms": round((time.monotonic() - began) * 1000, 1)}
+
+
+def clusters(config: distsvc.config.Config,
+             pool: distsvc.adapters.ssh.Pool | None = None) -> list[dict[str, Any]]:
+    """One row per configured cluster, in the configuration's order, all asked at once
+    (`CLUSTERS_AT_ONCE`); a cluster that does not answer is a row saying why."""
+    if not config.clusters:
+        return []
+    import distsvc.adapters.ssh
+
+    own_pool = pool is None
+    pool = pool or distsvc.adapters.ssh.Pool()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(
+                min(CLUSTERS_AT_ONCE, len(config.clusters))) as executor:
+            return list(executor.map(lambda c: _cluster_row(c, config, pool), config.clusters))
+    finally:
+        if own_pool:
+            pool.close_all()
+
+
+def placed(jobs: list[distsvc.jobs.record.Job]) -> dict[str, list[str]]:
+    """Host or cluster name -> IDs (in the order given) of the jobs running or starting there:
+    placed over SSH or handed to Slurm, and not ended. A queued job's placement is an
+    earlier attempt's, so it is not there."""
+    import distsvc.jobs.record
+
+    found: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.state == "queued" or job.state in distsvc.jobs.record.FINAL:
+            continue
+        kind = job.placement.get("kind")
+        name = (job.placement.get("host") if kind == "ssh" else
+                job.placement.get("cluster") if kind == "slurm" else None)
+        if name:
+            found.setdefault(name, []).append(job.id)
+    return found

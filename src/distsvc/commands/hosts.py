@@ -1,4 +1,6 @@
-"""`distsvc hosts [--refresh] [--json]`: every host, best first, with what was measured.
+"""`distsvc hosts [--refresh] [--json]`: every host, best first, with what was measured; then
+every cluster with what Slurm says of it (nodes by state, idle CPUs, your pending and running
+jobs there).
 
 JOBS is the user's unfinished jobs placed on each host: the daemon's rows carry their IDs
 ("jobs"); rows measured in-process (no daemon answered) get them from the job records on
@@ -20,9 +22,9 @@ COLUMNS = ("HOST", "STATE", "LOAD/CPU", "CPUS", "PRESSURE", "MEM AVAIL", "ACCESS
 
 
 def add_parser(sub: Any, name: str) -> None:
-    p = sub.add_parser(name, help="show the hosts, best first",
+    p = sub.add_parser(name, help="show the hosts, best first, and the clusters",
                        description="Measure hosts not measured within max_age and show all, "
-                       "best first.")
+                       "best first; then each cluster as Slurm sees it now.")
     p.add_argument("--refresh", action="store_true", help="measure every host now")
     p.add_argument("--json", action="store_true", help=distsvc.commands.output.HELP)
     distsvc.commands.common.add_config_options(p)
@@ -53,7 +55,7 @@ def _memory(kb: int | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [COLUMNS]
+    lines: list[tuple[str, ...]] = [COLUMNS]
     for r in rows:
         load = _fmt(r["load_per_cpu"]) if r["metric"] is None else f"{r['metric']:g}*"
         running = str(r.get("running", 0)) + (f"/{r['slots']}" if r["slots"] else "")
@@ -61,27 +63,34 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append((r["host"], r["state"], load, _fmt(r["cpus"]), _fmt(r["cpu_pressure"], "%"),
                       _memory(r["mem_available_kb"]), _fmt(r["access_ms"], " ms", 1),
                       _age(r["age_s"]), running, jobs, r["error"] or ""))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS) - 1)]
+    return _layout(lines)
+
+
+def _layout(lines: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell; the last (a note) left as it is."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1]
         for line in lines).replace("  \n", "\n").rstrip() + "\n"
 
 
-def with_jobs(rows: list[dict[str, Any]], environ: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The rows, each with "jobs": the IDs of the unfinished jobs placed on its host. A row
-    without that list (not the daemon's) gets it from the job records on disk."""
+def with_jobs(rows: list[dict[str, Any]], environ: Mapping[str, str], key: str = "host"
+              ) -> list[dict[str, Any]]:
+    """The rows, each with "jobs": the IDs of the unfinished jobs placed on its host (or
+    cluster: `key`). A row without that list (not the daemon's) gets it from the job records
+    on disk."""
     if all(isinstance(r.get("jobs"), list) for r in rows):
         return rows
     placed = placed_jobs(environ)
-    return [r if isinstance(r.get("jobs"), list) else {**r, "jobs": placed.get(r["host"], [])}
+    return [r if isinstance(r.get("jobs"), list) else {**r, "jobs": placed.get(r[key], [])}
             for r in rows]
 
 
 def placed_jobs(environ: Mapping[str, str]) -> dict[str, list[str]]:
-    """Host -> IDs (oldest first) of the jobs on disk running or starting there: placed over
-    SSH and not ended. A queued job's placement is an earlier attempt's, so it is not there.
-    Unreadable records are left to `distsvc job list`, which reports them."""
-    import distsvc.jobs.record
+    """Host or cluster -> IDs (oldest first) of the unfinished jobs on disk placed there
+    (`actions.hosts.placed`). Unreadable records are left to `distsvc job list`, which
+    reports them."""
+    import distsvc.actions.hosts
     import distsvc.jobs.store
     import distsvc.paths
 
@@ -89,16 +98,30 @@ def placed_jobs(environ: Mapping[str, str]) -> dict[str, list[str]]:
         jobs, _ = distsvc.jobs.store.load_all(distsvc.paths.jobs_dir(environ))
     except OSError:  # an unreadable jobs directory: the host table still shows, without jobs
         return {}
-    placed: dict[str, list[str]] = {}
-    for job in reversed(jobs):
-        if (job.placement.get("kind") == "ssh" and job.state != "queued"
-                and job.state not in distsvc.jobs.record.FINAL and "host" in job.placement):
-            placed.setdefault(job.placement["host"], []).append(job.id)
-    return placed
+    return distsvc.actions.hosts.placed(list(reversed(jobs)))
 
 
-def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
-    """Through the daemon (its connections are warm) when one answers, else in-process."""
+CLUSTER_COLUMNS = ("CLUSTER", "STATE", "REACH", "PARTITION", "NODES", "CPUS IDLE", "PENDING",
+                   "RUNNING", "JOBS", "NOTE")
+
+
+def _nodes(nodes: Mapping[str, int]) -> str:
+    return ", ".join(f"{count} {state}" for state, count in nodes.items()) or "-"
+
+
+def cluster_table(rows: list[dict[str, Any]]) -> str:
+    lines: list[tuple[str, ...]] = [CLUSTER_COLUMNS]
+    for r in rows:
+        cpus = "-" if r["cpus_total"] is None else f"{r['cpus_idle']}/{r['cpus_total']}"
+        lines.append((r["cluster"], r["state"], r["reach"], r["partition"] or "(default)",
+                      _nodes(r["nodes"]), cpus, _fmt(r["pending"]), _fmt(r["running"]),
+                      str(len(r["jobs"])), r["error"] or ""))
+    return _layout(lines)
+
+
+def survey(config: Any, refresh: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Hosts and clusters: through the daemon (its connections are warm) when one answers,
+    else in-process."""
     import distsvc.actions.client
     import distsvc.config
 
@@ -106,25 +129,37 @@ def survey(config: Any, refresh: bool) -> list[dict[str, Any]]:
         request = {"type": "hosts", "config": distsvc.config.to_mapping(config),
                    "refresh": refresh, "ssh_auth_sock": os.environ.get("SSH_AUTH_SOCK", "")}
         try:
-            rows: list[dict[str, Any]] = distsvc.actions.client.query(request, os.environ)["rows"]
-            return rows
+            answer = distsvc.actions.client.query(request, os.environ)
+            return answer["rows"], answer.get("clusters", [])
         except distsvc.actions.client.Unavailable as why:
             distsvc.actions.client.fall_back(os.environ, why)
     import distsvc.actions.hosts
+    import distsvc.adapters.ssh
 
-    return distsvc.actions.hosts.survey(config, os.environ, refresh)
+    pool = distsvc.adapters.ssh.Pool()
+    try:
+        return (distsvc.actions.hosts.survey(config, os.environ, refresh, pool),
+                distsvc.actions.hosts.clusters(config, pool))
+    finally:
+        pool.close_all()
 
 
 def run(args: argparse.Namespace) -> int:
     config = distsvc.commands.common.load_config(args)
-    rows = with_jobs(survey(config, args.refresh), os.environ)
+    hosts, clusters = survey(config, args.refresh)
+    rows = with_jobs(hosts, os.environ)
+    clusters = with_jobs(clusters, os.environ, key="cluster")
     if args.json:
-        distsvc.commands.output.emit("hosts", {"hosts": rows})
-    elif not rows:
+        distsvc.commands.output.emit("hosts", {"hosts": rows, "clusters": clusters})
+        return 0
+    if not rows:
         print("no hosts configured: commands run on this machine "
               f"(add [[hosts]] to {config.source} or set DISTSVC_HOSTS)")
     else:
         print(table(rows), end="")
         if any(r["metric"] is not None for r in rows):
             print("* figure from the host's custom probe")
+    if clusters:
+        print()
+        print(cluster_table(clusters), end="")
     return 0

@@ -161,7 +161,14 @@ def handle_hosts(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
     daemon.book.load()
     for row in rows:
         row["jobs"] = [job.id for job in daemon.book.running_on(str(row.get("host")))]
-    return {"ok": True, "rows": rows}
+    clusters = distsvc.actions.hosts.clusters(config, daemon.pool)
+    if clusters:
+        with daemon.book.changed:
+            jobs = list(daemon.book.jobs.values())
+        placed = distsvc.actions.hosts.placed(jobs)
+        for row in clusters:
+            row["jobs"] = placed.get(row["cluster"], [])
+    return {"ok": True, "rows": rows, "clusters": clusters}
 
 
 def handle_scan(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
