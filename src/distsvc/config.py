@@ -51,8 +51,9 @@ class Host:
     probe: str | None = None
 
 
-CLUSTER_LIMITS = ("memory", "cpu", "tasks", "timeout")
-"""The limits a cluster may have a default for (the others have no Slurm counterpart)."""
+CLUSTER_LIMITS = ("memory", "cpu", "timeout")
+"""The limits a cluster may have a default for (the others have no Slurm counterpart: see
+distsvc/slurm.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +124,9 @@ _TOP_KEYS = {"hosts", "probe_timeout", "connect_timeout", "max_age", "host_key_p
              "daemon_idle_exit", "jobs", "clusters"}
 _CLUSTER_KEYS = {"name", "login", "address", "port", "user", "partition", "account", "qos",
                  "output", *CLUSTER_LIMITS}
+_NOT_FOR_CLUSTERS = {"tasks": "Slurm bounds no process count", "io_weight": "Slurm has no "
+                     "I/O limits", "io_read": "Slurm has no I/O limits",
+                     "io_write": "Slurm has no I/O limits"}
 # Slurm's names for partitions, accounts and QOS: no spaces, quotes or option syntax.
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 _JOBS_KEYS = {*JOB_DEFAULT_LIMITS, "isolate", "keep", "max_age", "max_output", "all", "slots",
@@ -233,7 +237,10 @@ def _check_cluster(check: _Checker, raw: Any, where: str) -> Cluster | None:
     if not isinstance(raw, dict):
         check.problem(where, "must be a table with at least `name`")
         return None
-    check.unknown_keys(raw, _CLUSTER_KEYS, f"{where}.")
+    for key, why in _NOT_FOR_CLUSTERS.items():
+        if key in raw:
+            check.problem(f"{where}.{key}", f"a cluster cannot have it: {why}")
+    check.unknown_keys(raw, _CLUSTER_KEYS | set(_NOT_FOR_CLUSTERS), f"{where}.")
     name = check.string(raw, "name", f"{where}.")
     if name is None and "name" not in raw:
         check.problem(f"{where}.name", "is required")

@@ -92,8 +92,10 @@ def test_clusters_in_the_config_with_every_problem_at_its_path() -> None:
         config.clusters
     with pytest.raises(distsvc.errors.ConfigError) as bad:
         distsvc.config.from_mapping({"hosts": [{"name": "a"}], "clusters": [
-            {"name": "a", "user": "u", "qos": "x y", "color": 1, "cpu": "lots"}, {}]}, "f", None)
+            {"name": "a", "user": "u", "qos": "x y", "color": 1, "cpu": "lots", "tasks": 9},
+            {}]}, "f", None)
     assert bad.value.problems == [
+        "clusters[0].tasks: a cluster cannot have it: Slurm bounds no process count",
         "clusters[0].color: unknown setting",
         "clusters[0].user: is for the login node: set `login` too (or leave it out to use "
         "Slurm's commands on this machine)",
