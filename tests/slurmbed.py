@@ -22,6 +22,7 @@ the test user in it; QOS ``normal`` only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Iterator
@@ -152,11 +153,23 @@ def stop(c: container.Container) -> None:
            "mariadb.service", "munge.service"], check=False, timeout=60)
 
 
+@contextlib.contextmanager
+def running(**options: Any
+            ) -> Iterator[tuple[container.Container, container.SshHost, Cluster]]:
+    """A booted container with its sshd (the cluster's login node, see
+    `container.booted_with_sshd`, which takes `options`) and the cluster; stopped after."""
+    with container.booted_with_sshd(mask=(*MASK, "ssh.service"), **options) as (c, host):
+        try:
+            yield c, host, cluster(c)
+        finally:
+            stop(c)
+
+
 def cluster_fixture(**options: Any
                     ) -> Iterator[tuple[container.Container, container.SshHost, Cluster]]:
-    """The body of a module-scoped pytest fixture: a booted container with its sshd (the
-    cluster's login node, see `container.booted_with_sshd`, which takes `options`) and the
-    cluster. In a test module::
+    """The body of a module-scoped pytest fixture: `running` (the same options). Fails (not
+    skips: the suite allows no skipped tests) when the container cannot boot. In a test
+    module::
 
         @pytest.fixture(scope="module")
         def bed() -> Iterator[tuple[container.Container, container.SshHost, slurmbed.Cluster]]:
@@ -167,8 +180,5 @@ def cluster_fixture(**options: Any
     reason = container.can_boot()
     if reason:
         pytest.fail(reason)
-    with container.booted_with_sshd(mask=(*MASK, "ssh.service"), **options) as (c, host):
-        try:
-            yield c, host, cluster(c)
-        finally:
-            stop(c)
+    with running(**options) as bed:
+        yield bed
