@@ -188,13 +188,18 @@ def peer_credentials(sock: _socket.socket) -> tuple[int, int]:
 
 
 def send(sock: _socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
-    """One frame; `fds` go with its first bytes (socket.send_fds, without socket.py)."""
+    """One frame; `fds` go with its first bytes (socket.send_fds, without socket.py).
+
+    Raises OSError only while some of the frame is unsent, so the peer cannot have taken it:
+    once it is all out, the peer may act on it, answer and close at once (a `run`'s command
+    may have run), and sendall() of nothing left would still fail with EPIPE."""
     frame = distsvc.protocol.encode(message)
     if fds:
         rights = b"".join(_INT.pack(fd) for fd in fds)
         sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         frame = frame[sent:]
-    sock.sendall(frame)
+    if frame:
+        sock.sendall(frame)
 
 
 class Reader:
