@@ -27,6 +27,13 @@ ABANDON = 0  # event: signals cannot reach the command; close its session and st
 # Output a command ended by a signal (Ctrl-C, a hang-up) left unread this long is dropped, as
 # a local command's unwritten output dies with it.
 END_DRAIN = 5.0
+# A delivery ends every process of the command's tree it finds (the signal, then TERM and
+# KILL), but finds nothing while the command is not there yet: the exec request was answered,
+# and the host's shell or the wrapper has yet to start it (seconds on a loaded host). A command
+# still running this long after a delivery ended is sent the signal again, at twice the
+# interval each time (at most REDELIVER_MAX): a signal is never lost to a slow start.
+REDELIVER_AFTER = 1.0
+REDELIVER_MAX = 30.0
 
 
 class Process(Protocol):
@@ -224,7 +231,8 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     """Relay until the command ends; its exit status, or STATUS_CONNECTION_LOST.
 
     `fds` are stdin (None: none), stdout and stderr. `deliver(signum)` is called (in a
-    thread, joined before returning) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event; an
+    thread, joined before returning) for each SIGINT, SIGTERM, SIGHUP and SIGQUIT event, and
+    again while the command runs on after a delivery ended (REDELIVER_AFTER); an
     ABANDON event (a signal that could not be delivered) closes the command's session; with
     a terminal (`terminal_fd`), a SIGWINCH event passes its new size on. `reader_pid`: see
     StdinPump. While a reader of our output is behind, no more output is read from the
@@ -236,7 +244,20 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
     pump = None
     direct: DirectOutput | None = None
     deliveries: list[threading.Thread] = []
+    delivered: list[float] = []  # when each delivery ended (appended by its thread)
+    redeliver_after = REDELIVER_AFTER
     outputs: list[Output] = []
+
+    def delivering(signum: int) -> None:
+        try:
+            deliver(signum)
+        finally:
+            delivered.append(time.monotonic())
+
+    def start_delivery(signum: int) -> None:
+        deliveries.append(threading.Thread(
+            target=delivering, args=(signum,), daemon=True, name="signal"))
+        deliveries[-1].start()
     if stdin_fd is not None and not _reads_nothing(stdin_fd):
         pump = StdinPump(process, stdin_fd, reader_pid)
     else:
@@ -249,6 +270,7 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
             direct = stdout_to(out.nonblocking())
         status: int | None = None
         asked_to_end_at: float | None = None
+        asked_with: int | None = None  # the last signal delivered
         woken = True  # by an event (its pipe readable); else events.take() is left out
         while True:
             for signum in events.take() if woken or events.received else ():
@@ -262,9 +284,12 @@ def relay(process: Process, fds: tuple[int | None, int, int], terminal_fd: int |
                 if asked_to_end_at is None:
                     asked_to_end_at = time.monotonic()
                 if status is None:
-                    deliveries.append(threading.Thread(
-                        target=deliver, args=(signum,), daemon=True, name="signal"))
-                    deliveries[-1].start()
+                    asked_with = signum
+                    start_delivery(signum)
+            if (status is None and asked_with is not None and len(delivered) == len(deliveries)
+                    and time.monotonic() - delivered[-1] >= redeliver_after):
+                start_delivery(asked_with)  # the last one found no command yet
+                redeliver_after = min(redeliver_after * 2, REDELIVER_MAX)
             # Once the command is asked to end, its output is read on (its end arrives behind
             # it) and what a stalled reader cannot take is dropped, as it would die with a
             # local command.
