@@ -16,6 +16,10 @@ IDENTITY is the client's distsvc.identity() (a daemon of another one retires):
   scan    config              -> {"ok": true, "measured": [NAME...]}  the timer's pass
   run     config, argv, workdir, env, tty, term, quiet, ssh_auth_sock, heartbeats: true
           optional host: NAME  runs there, no choosing or falling back (`run --all`)
+          optional cluster: NAME, limits {field: value}  runs through srun on the config's
+          cluster of that name, from its login node (`distsvc-run --on`; the config's hosts
+          are left out, so a daemon that knows no `cluster` refuses it); "started" names
+          the cluster and its login node
           (+ stdin, stdout, stderr passed as fds; ssh_auth_sock: the client's ssh-agent);
           or the fast client's form (`distsvc-run CMD ARGS`, no options):
   run     argv, cwd, environ, heartbeats: true   environ: the client's whole environment;

@@ -18,10 +18,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import shlex
 from collections.abc import Mapping
 
 import distsvc.config
 import distsvc.errors
+import distsvc.remote
 from distsvc.jobs import limits as job_limits
 
 RUN_PREFIX = "distsvc-run-"
@@ -242,3 +244,86 @@ def reason_text(fields: Mapping[str, str]) -> str | None:
     """`Reason=` as people read it ("Priority", "Resources", "Dependency"); None for None."""
     reason = fields.get("Reason", "")
     return None if reason in ("", "None", "(null)") else reason
+
+
+# --- distsvc-run --on: srun's command line and the check before it -----------------------------
+
+# What runs on the node before the command, with the directory as $1: the command must never
+# run elsewhere, and `srun --chdir` to a directory the node lacks runs it in /tmp (slurmstepd
+# only logs it). Said in the user's terms, as remote.lookup_check says it for hosts: their
+# directory and command, the node's name.
+GUARD = (
+    'cd -- "$1" 2>/dev/null || { printf \'distsvc: %s: no such directory on node %s '
+    '(choose one the nodes have with --workdir)\\n\' "$1" "${SLURMD_NODENAME:-$(uname -n)}" '
+    '>&2; exit 255; }; shift; '
+    'command -v -- "$1" >/dev/null 2>&1 || { printf \'distsvc: %s: command not found on '
+    'node %s\\n\' "$1" "${SLURMD_NODENAME:-$(uname -n)}" >&2; exit 127; }; '
+    'exec "$@"')
+GUARD_NAME = "distsvc-guard"
+"""The guard's $0: what `ps` shows on the node until the command replaces it."""
+NO_DIRECTORY_STATUS = 255
+
+
+def run_name(token: str) -> str:
+    """`srun --job-name` of a `distsvc-run --on` command (`scancel --name` finds it)."""
+    return RUN_PREFIX + token
+
+
+def srun_argv(opts: list[str], token: str, workdir: str, argv: list[str] | tuple[str, ...],
+              terminal: bool, stdin: bool = True) -> list[str]:
+    """srun running argv in `workdir` on a node, under the guard: one Ctrl-C ends the job
+    (`--quit-on-interrupt`: srun 22.05 mis-parses `-q`), a terminal with `terminal`, stdin
+    not read without `stdin` (the command reads end-of-file)."""
+    return ["srun", f"--job-name={run_name(token)}", "--quit-on-interrupt", *opts,
+            f"--chdir={workdir}", *(["--pty"] if terminal else []),
+            *([] if stdin else ["--input=none"]), "--",
+            "/bin/sh", "-c", GUARD, GUARD_NAME, workdir, *argv]
+
+
+def check_script(workdir: str, opts: list[str]) -> str:
+    """Shell for the cluster's side (login node or this machine) before anything runs: is the
+    directory there, are Slurm's commands, and would Slurm take the request (`srun
+    --test-only`, which asks the controller without running anything: ~15 ms)? Its answer is
+    read by `check_answer`."""
+    test = distsvc.remote.command_line(["srun", "--test-only", *opts, "true"])
+    return (f"[ -d {shlex.quote(workdir)} ] || {{ echo distsvc-no-directory; exit 0; }}\n"
+            "command -v srun >/dev/null 2>&1 || { echo distsvc-no-srun; exit 0; }\n"
+            f"{test} 2>&1; echo \"distsvc-test=$?\"")
+
+
+# What srun says when the controller does not answer: the cluster cannot be reached (255), not
+# a refusal of what was asked (4).
+_UNREACHABLE = re.compile(r"unable to contact slurm controller|socket timed out|"
+                          r"connection refused|zero bytes were transmitted|"
+                          r"communication connection failure", re.IGNORECASE)
+
+
+def check_answer(cluster: distsvc.config.Cluster, where: str, workdir: str, opts: list[str],
+                 code: int, out: str) -> None:
+    """Raise what `check_script`'s answer (`code`, `out`) means, or return when Slurm takes
+    it. `where` names the cluster's side in messages ("the login node h1", "this machine")."""
+    lines = out.strip().splitlines()
+    if code != 0 or not lines:
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: the check on {where} failed (exit status {code}"
+            + (f": {lines[-1]}" if lines else "") + ")")
+    if lines[-1] == "distsvc-no-directory":
+        raise ClusterCannot(
+            f"cluster {cluster.name}: {workdir}: no such directory on {where}"
+            + (" (the cluster does not share it)" if cluster.login is not None else "")
+            + "; choose one it has with -w/--workdir DIR")
+    if lines[-1] == "distsvc-no-srun":
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: Slurm's srun is not installed on {where} (or not on "
+            "its PATH)")
+    status = lines[-1].removeprefix("distsvc-test=")
+    said = "\n".join(lines[:-1])
+    if status == "0":
+        return
+    if _UNREACHABLE.search(said):
+        why = (said.strip().splitlines() or ["no answer"])[-1]
+        why = re.sub(r"^s(?:run|alloc): error: ", "", why)
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: Slurm's controller does not answer ({why}); see "
+            f"`scontrol ping` on {where}")
+    raise refusal(cluster, said, opts)

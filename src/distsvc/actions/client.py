@@ -176,10 +176,12 @@ def run_request(argv: Sequence[str], options: distsvc.actions.run.Options,
 
 def run(argv: Sequence[str], options: distsvc.actions.run.Options,
         config: distsvc.config.Config, env: Mapping[str, str], workdir: str, term: str,
-        terminal: bool, environ: Mapping[str, str], notice: Callable[[str], None]) -> int:
+        terminal: bool, environ: Mapping[str, str], notice: Callable[[str], None],
+        cluster: Mapping[str, Any] | None = None) -> int:
     """Run argv through the daemon: it gets our stdin, stdout and stderr as file descriptors
     and relays them over its warm SSH connection; we pass on signals and resizes. With
-    `terminal`, ours goes into raw mode once the command has started."""
+    `terminal`, ours goes into raw mode once the command has started. `cluster`: the
+    request's `cluster` and `limits` fields (`distsvc-run --on`, see protocol.py)."""
     sock = connect(environ)
     devnull = None
     try:
@@ -187,7 +189,8 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
         if not options.stdin:
             devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             stdin_fd = devnull
-        request = run_request(argv, options, config, env, workdir, term, environ)
+        request = {**run_request(argv, options, config, env, workdir, term, environ),
+                   **(cluster or {})}
         with distsvc.actions.events.SignalCatcher() as signals:
             return carry(sock, request, [stdin_fd, 1, 2], signals, terminal, notice)
     finally:

@@ -83,15 +83,33 @@ def _low_pipe() -> tuple[int, int]:
     return read_end, write_end
 
 
+def _parent_death(signum: int) -> Callable[[], None]:
+    """What a child runs before exec so that `signum` reaches it when we die (even of
+    SIGKILL: prctl's PR_SET_PDEATHSIG), or at once if we died before it was set. libc is
+    loaded here, in the parent: the child only calls it."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def set_it() -> None:
+        prctl(1, signum, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+    return set_it
+
+
 def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
-        gate: Callable[[int], None] | None = None) -> int:
+        gate: Callable[[int], None] | None = None,
+        parent_death_signal: int | None = None) -> int:
     """Run argv here and return its status (128+N if a signal ended it).
 
     A signal received is passed to the command's process group; whatever it leaves running
     (background jobs of a shell ignore SIGINT) is ended as on a remote host. With `gate`,
     the child waits before it execs argv until `gate(pid)` has returned (a transient scope
     is made around it there, so not one instruction of argv runs outside its limits); a
-    gate that raises ends the child.
+    gate that raises ends the child. With `parent_death_signal`, the child gets that signal
+    when this process dies, however it dies (srun ends its job on SIGTERM).
     """
     if cwd is not None and not os.path.isdir(cwd):
         raise distsvc.errors.CannotRun(f"{cwd}: no such directory")
@@ -99,7 +117,11 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
 
     gate_r = gate_w = -1
 
+    orphaned = _parent_death(parent_death_signal) if parent_death_signal else None
+
     def in_child() -> None:
+        if orphaned is not None:
+            orphaned()
         # Runs after setpgid: take the terminal before exec, so an early read cannot stop us.
         if terminal is not None:
             _give_terminal(terminal, os.getpgrp())
@@ -114,7 +136,8 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
                 *argv]
     try:
         child = subprocess.Popen(list(argv), cwd=cwd, env=env, process_group=0,
-                                 preexec_fn=in_child if terminal is not None else None,
+                                 preexec_fn=in_child if terminal is not None or orphaned
+                                 else None,
                                  pass_fds=(gate_r,) if gate is not None else ())
     except FileNotFoundError:  # worded as the remote wrapper words it (remote.lookup_check)
         why = "No such file or directory" if "/" in argv[0] else "command not found"

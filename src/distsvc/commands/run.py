@@ -30,8 +30,12 @@ def parser() -> argparse.ArgumentParser:
         "no hosts configured, CMD runs on this machine.",
         epilog="Exit status: CMD's own (128+N if signal N ended it); 2 for bad usage or "
         "configuration; 255 if CMD could not be run at all.")
+    p.add_argument("--on", metavar="CLUSTER",
+                   help="run CMD through srun on this configured Slurm cluster (limits become "
+                   "Slurm's: --memory to --mem, --cpu to --cpus-per-task, --timeout to --time)")
     p.add_argument("-w", "--workdir", metavar="DIR",
-                   help="directory to run in on the host (default: the current directory)")
+                   help="directory to run in on the host or the cluster's node (default: the "
+                   "current directory; a cluster must have it)")
     tty = p.add_mutually_exclusive_group()
     tty.add_argument("-t", dest="tty", action="store_const", const=True,
                      help="force a terminal on the host (when stdin is one)")
@@ -126,12 +130,15 @@ def run_full(argv: list[str]) -> int:
         # No options to parse: argparse is neither imported nor built (~9 ms).
         args: argparse.Namespace | types.SimpleNamespace = types.SimpleNamespace(
             workdir=None, tty=None, no_stdin=False, quiet=False, config=None,
-            accept_new=False, command=argv, detach=False)
+            accept_new=False, command=argv, detach=False, on=None)
     else:
         args = parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
+    if args.detach and args.on is not None:
+        raise distsvc.errors.UsageError(
+            "--on with --detach: start a job on a cluster with distsvc job start --on")
     if args.detach:
         from distsvc.commands import job
 
@@ -146,6 +153,8 @@ def run_full(argv: list[str]) -> int:
                 "--host, --best, --local, --group, --after, --retries and --retry-delay "
                 "are for a job: add --detach (or use distsvc job start)")
     config = distsvc.commands.common.load_config(args)
+    if args.on is not None:
+        return run_on_cluster(args, command, config)
     if limited(args):
         return run_limited(args, command, config)
     return distsvc.actions.run.run(command, options_from(args), config, os.environ)
@@ -172,6 +181,26 @@ def load_site() -> None:
 def limited(args: argparse.Namespace | types.SimpleNamespace) -> bool:
     return any(value is not None for name, value in vars(args).items()
                if name.startswith("limit_"))
+
+
+def run_on_cluster(args: argparse.Namespace | types.SimpleNamespace, command: list[str],
+                   config: distsvc.config.Config) -> int:
+    """CMD in the foreground through srun on the cluster `--on` names."""
+    import distsvc.actions.cluster_run
+    import distsvc.commands.job
+    import distsvc.jobs.limits
+
+    cluster = config.cluster(args.on)
+    if cluster is None:
+        raise distsvc.actions.cluster_run.unknown_cluster(config, args.on)
+    if getattr(args, "best_effort", False):
+        raise distsvc.errors.UsageError(
+            "--best-effort: not with --on (Slurm enforces what it takes, and a limit it "
+            "cannot give is refused before anything runs)")
+    limits = distsvc.jobs.limits.from_json(
+        distsvc.commands.job.limits_from(args))  # type: ignore[arg-type]
+    return distsvc.actions.cluster_run.run(command, options_from(args), cluster, limits,
+                                           config, os.environ)
 
 
 def run_limited(args: argparse.Namespace | types.SimpleNamespace, command: list[str],

@@ -101,8 +101,13 @@ def run(args: argparse.Namespace) -> int:
             "--json goes with --all (a command on one host gives its own output as it is)")
     if not command:
         raise distsvc.errors.UsageError("no command given (usage: distsvc run [--all] CMD...)")
+    if args.all and args.on is not None:
+        raise distsvc.errors.UsageError("--all and --on: a cluster's command runs once, "
+                                        "through srun (leave one out)")
     if args.all:
         return _run_all(args, command)
     config = distsvc.commands.common.load_config(args)
+    if args.on is not None:
+        return distsvc.commands.run.run_on_cluster(args, command, config)
     return distsvc.actions.run.run(
         command, distsvc.commands.run.options_from(args), config, os.environ)

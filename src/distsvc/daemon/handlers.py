@@ -194,7 +194,8 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         raise distsvc.protocol.ProtocolError("argv must hold strings")
     if len(peer.reader.fds) != 3:
         raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
-    if not config.hosts:
+    cluster = _cluster(config, request)
+    if not config.hosts and cluster is None:
         raise distsvc.errors.CannotRun("no hosts configured")
     pinned = request.get("host")
     if pinned is not None and pinned not in {h.name for h in config.hosts}:
@@ -227,6 +228,15 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
             peer.send({"type": "started", "host": host, "job": job_id})
 
     try:
+        if cluster is not None:
+            from distsvc.actions import cluster_run  # only for a cluster: not at start-up
+
+            status = cluster_run.on_login_node(
+                argv, options, cluster[0], cluster[1], config, env, setting.workdir,
+                setting.term, daemon.pool, events, warn, fds=fds, started=started,
+                own_terminal=False, reader_pid=peer.pid)
+            log.info("job ended", status=status)
+            return {"type": "exit", "status": status}
         status = distsvc.actions.run.run_on_best(
             argv, options, config, env, setting.workdir, setting.term, daemon.state_dir,
             daemon.pool, events, say, job_pid=peer.pid, fds=fds, started=started,
@@ -238,6 +248,27 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         with daemon.lock:
             daemon.jobs.pop(job_id, None)
         events.close()
+
+
+def _cluster(config: distsvc.config.Config, request: dict[str, Any]
+             ) -> tuple[distsvc.config.Cluster, list[str]] | None:
+    """A `run --on CLUSTER`'s cluster (with a login node: one here is the client's) and
+    Slurm's options for its limits; None for a run on hosts. Raises ClusterCannot for a
+    limit Slurm cannot give, before anything runs."""
+    name = request.get("cluster")
+    if name is None:
+        return None
+    from distsvc import slurm
+    from distsvc.jobs import limits as job_limits
+
+    cluster = config.cluster(name) if isinstance(name, str) else None
+    if cluster is None or cluster.login is None:
+        raise distsvc.protocol.ProtocolError("field 'cluster' names no cluster with a login node")
+    try:
+        limits = job_limits.from_json(distsvc.protocol.field(request, "limits", dict))
+    except ValueError as error:
+        raise distsvc.protocol.ProtocolError(str(error)) from None
+    return cluster, slurm.options(cluster, limits)
 
 
 def _job_handler(kind: str) -> Handler:

@@ -1,0 +1,157 @@
+"""`distsvc-run --on CLUSTER CMD`: CMD in the foreground through `srun`, as if it ran here.
+
+Before anything runs, one script on the cluster's side (`slurm.check_script`: is the directory
+there, would Slurm take the request: `srun --test-only`, ~15 ms) turns a directory the cluster
+does not share, a bad partition or account, or a limit beyond the partition's into one line
+(exit 4), and an unreachable cluster into one line (exit 255). Then srun runs CMD on a node
+under the guard (`slurm.GUARD`: in the directory or not at all), named `slurm.RUN_PREFIX` +
+a token, with `--quit-on-interrupt` (one Ctrl-C ends the job):
+
+- on the login node (`cluster.login`), srun's command line runs under the remote wrapper
+  exactly as a command on a host does (`run.execute`: environment, PATH, signals, the watcher
+  that ends srun when the session goes, and srun then ends the job): through the daemon when
+  one answers (a `run` request naming the cluster: its warm connection), else in-process;
+- on this machine (`cluster.login is None`), srun is our child (`adapters/local.run`: its own
+  process group, signals forwarded, the terminal), with SIGTERM as its parent-death signal, so
+  a distsvc-run killed outright still ends the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import distsvc.actions.client
+import distsvc.actions.cluster
+import distsvc.actions.events
+import distsvc.actions.run
+import distsvc.config
+import distsvc.errors
+import distsvc.slurm
+from distsvc.jobs import limits as job_limits
+
+if TYPE_CHECKING:  # importing it for real would load paramiko
+    import distsvc.adapters.ssh
+    from distsvc.jobs.remote import Runner
+
+CHECK_TIMEOUT = 30.0  # srun --test-only waits for a controller that does not answer
+
+
+def unknown_cluster(config: distsvc.config.Config, name: str) -> distsvc.errors.UsageError:
+    names = ", ".join(c.name for c in config.clusters)
+    return distsvc.errors.UsageError(
+        f"--on {name}: no such cluster in {config.source} "
+        + (f"(configured: {names})" if names else "(none is configured: add a [[clusters]] "
+           "table)"))
+
+
+def where(cluster: distsvc.config.Cluster) -> str:
+    """The cluster's side, as messages name it."""
+    return "this machine" if cluster.login is None else f"its login node {cluster.login.name}"
+
+
+def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list[str]) -> None:
+    """The check before anything runs (see the module): returns when Slurm would take it."""
+    try:
+        code, out = run(distsvc.slurm.check_script(workdir, opts), CHECK_TIMEOUT)
+    except distsvc.errors.HostUnreachable as error:
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: login node {error.message}") from None
+    except TimeoutError as error:
+        raise distsvc.errors.CannotRun(str(error)) from None
+    distsvc.slurm.check_answer(cluster, where(cluster), workdir, opts, code,
+                               out.decode("utf-8", "replace"))
+
+
+def run(argv: Sequence[str], options: distsvc.actions.run.Options,
+        cluster: distsvc.config.Cluster, limits: job_limits.Limits,
+        config: distsvc.config.Config, environ: Mapping[str, str]) -> int:
+    """Run argv on `cluster` (see the module); its status."""
+    opts = distsvc.slurm.options(cluster, limits)  # what Slurm cannot give: before anything
+    if cluster.login is None:
+        return run_here(argv, options, cluster, opts, config, environ)
+    env, workdir, term = distsvc.actions.run.command_setting(config, environ)
+    workdir = options.workdir or workdir
+    if distsvc.actions.client.enabled(environ):
+        try:
+            # The hosts stay here: a daemon that does not know `cluster` (an older one, in
+            # the moment of an upgrade) refuses a run without hosts instead of choosing one.
+            wire = dataclasses.replace(config, hosts=())
+            return distsvc.actions.client.run(
+                argv, options, wire, env, workdir, term,
+                distsvc.actions.run.wants_terminal(options), environ,
+                distsvc.actions.run.warn,
+                cluster={"cluster": cluster.name, "limits": job_limits.to_json(limits)})
+        except distsvc.actions.client.Unavailable as why:
+            distsvc.actions.client.fall_back(environ, why)
+            distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
+    from distsvc.adapters import ssh  # paramiko: only to connect ourselves
+
+    pool = ssh.Pool()
+    try:
+        with distsvc.actions.events.SignalCatcher() as signals:
+            return on_login_node(argv, options, cluster, opts, config, env, workdir, term,
+                                 pool, signals, distsvc.actions.run.warn)
+    finally:
+        pool.close_all()
+
+
+def on_login_node(argv: Sequence[str], options: distsvc.actions.run.Options,
+                  cluster: distsvc.config.Cluster, opts: list[str],
+                  config: distsvc.config.Config, env: Mapping[str, str], workdir: str,
+                  term: str, pool: distsvc.adapters.ssh.Pool,
+                  events: distsvc.actions.events.EventQueue, warn: Callable[[str], None],
+                  fds: tuple[int, int, int] = (0, 1, 2),
+                  started: Callable[[str], None] = lambda where: None,
+                  own_terminal: bool = True, reader_pid: int | None = None) -> int:
+    """Check, then srun under the remote wrapper on the login node (through `pool`: the
+    daemon's or ours); `started(LABEL)` once it is handed over. As a `run` pinned to a host
+    (run --all): a login node that cannot be reached is the command's failure."""
+    assert cluster.login is not None
+    check(cluster, distsvc.actions.cluster.runner(cluster, config, pool), workdir, opts)
+    if (signum := events.terminating()) is not None:
+        return 128 + signum  # asked to stop before anything started
+    terminal = distsvc.actions.run.wants_terminal(options, fds)
+    srun = distsvc.slurm.srun_argv(opts, new_token(), workdir, list(argv), terminal,
+                                   stdin=options.stdin)
+    label = f"{cluster.name} (login node {cluster.login.name})"
+    try:
+        sessions = pool.sessions(cluster.login, config.host_key_policy, config.connect_timeout)
+        started(label)
+        return distsvc.actions.run.execute(sessions, srun, options, env, workdir, term, events,
+                                           warn, fds, own_terminal, reader_pid)
+    except distsvc.errors.HostUnreachable as error:
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: login node {error.message}") from None
+    except (OSError, EOFError) as error:
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: the connection to its login node failed while the "
+            f"command ran ({str(error) or type(error).__name__}); its state is unknown, so it "
+            "is not run again (srun is ended there within a few seconds, and the job with it)"
+        ) from None
+
+
+def new_token() -> str:
+    from distsvc import remote
+
+    return remote.new_token()
+
+
+def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
+             cluster: distsvc.config.Cluster, opts: list[str], config: distsvc.config.Config,
+             environ: Mapping[str, str]) -> int:
+    """srun as our child, with the user's environment (as `run_locally` gives a command)."""
+    from distsvc import environment, paths
+    from distsvc.adapters import local
+
+    workdir = options.workdir or distsvc.actions.run.current_directory(environ)
+    check(cluster, distsvc.actions.cluster.runner(cluster, config, None), workdir, opts)
+    env = dict(environ)
+    env.update(environment.load_saved(paths.saved_environment_file(environ)))
+    terminal = distsvc.actions.run.wants_terminal(options)
+    srun = distsvc.slurm.srun_argv(opts, new_token(), workdir, list(argv), terminal,
+                                   stdin=options.stdin)
+    # srun's own directory is ours: --chdir and the guard say where CMD runs.
+    return local.run(srun, None, env, parent_death_signal=signal.SIGTERM)

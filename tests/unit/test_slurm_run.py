@@ -1,0 +1,136 @@
+"""The pure pieces of `distsvc-run --on`: srun's command line, the guard (run by a real
+/bin/sh, as on a node), the check before srun and how its answer is read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import distsvc.config
+import distsvc.errors
+import distsvc.slurm
+from distsvc.jobs import limits as job_limits
+
+CLUSTER = distsvc.config.Cluster(name="c1", login=distsvc.config.Host(name="login1"),
+                                 partition="short")
+HERE = distsvc.config.Cluster(name="c2")
+
+
+def test_srun_argv_names_the_job_and_ends_it_on_one_interrupt() -> None:
+    argv = distsvc.slurm.srun_argv(["--mem=10M"], "ab12", "/w d", ["echo", "a b"], False)
+    assert argv[:5] == ["srun", "--job-name=distsvc-run-ab12", "--quit-on-interrupt",
+                        "--mem=10M", "--chdir=/w d"]
+    assert argv[5:9] == ["--", "/bin/sh", "-c", distsvc.slurm.GUARD]
+    assert argv[9:] == [distsvc.slurm.GUARD_NAME, "/w d", "echo", "a b"]
+
+
+def test_srun_argv_with_a_terminal_and_without_stdin() -> None:
+    argv = distsvc.slurm.srun_argv([], "t", "/", ["sh"], True, stdin=False)
+    assert argv[argv.index("--") - 2:argv.index("--")] == ["--pty", "--input=none"]
+
+
+def guard(tmp_path: Path, workdir: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/bin/sh", "-c", distsvc.slurm.GUARD, distsvc.slurm.GUARD_NAME,
+                           workdir, *argv], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PATH": os.environ["PATH"], "SLURMD_NODENAME": "n7"})
+
+
+@pytest.mark.parametrize("name", ["plain", "with space", "it's", "$(touch x)", "-n", "a\nb"])
+def test_the_guard_runs_the_command_in_the_directory(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).mkdir()
+    done = guard(tmp_path, str(tmp_path / name), "sh", "-c", 'pwd; printf "%s|" "$@"', "0",
+                 "a b", "$HOME", "")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / name}\na b|$HOME||"
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_guard_refuses_a_missing_directory_naming_the_node(tmp_path: Path) -> None:
+    done = guard(tmp_path, "/no such dir", "touch", str(tmp_path / "ran"))
+    assert done.returncode == distsvc.slurm.NO_DIRECTORY_STATUS == 255
+    assert done.stderr == ("distsvc: /no such dir: no such directory on node n7 (choose one "
+                           "the nodes have with --workdir)\n")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_the_guard_says_a_command_is_not_found_as_a_shell_would(tmp_path: Path) -> None:
+    done = guard(tmp_path, str(tmp_path), "no-such-command-here")
+    assert done.returncode == 127
+    assert done.stderr == "distsvc: no-such-command-here: command not found on node n7\n"
+
+
+def answer(script_out: str, code: int = 0, cluster: distsvc.config.Cluster = CLUSTER) -> None:
+    distsvc.slurm.check_answer(cluster, "its login node login1", "/w", ["--time=00:05:00"],
+                               code, script_out)
+
+
+def test_the_check_script_quotes_what_it_is_given(tmp_path: Path) -> None:
+    """Run for real with a stand-in srun on PATH: the directory and options arrive whole."""
+    (tmp_path / "d 'x'").mkdir()
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text('#!/bin/sh\nprintf "%s|" "$@"; echo; exit 1\n')
+    srun.chmod(0o755)
+    script = distsvc.slurm.check_script(str(tmp_path / "d 'x'"), ["--account=a b"])
+    done = subprocess.run(["/bin/sh", "-s"], input=script, capture_output=True, text=True,
+                          env={"PATH": f"{srun.parent}:/usr/bin:/bin"})
+    assert done.stdout == "--test-only|--account=a b|true|\ndistsvc-test=1\n"
+    missing = subprocess.run(["/bin/sh", "-s"], input=distsvc.slurm.check_script(
+        str(tmp_path / "nope"), []), capture_output=True, text=True)
+    assert missing.stdout == "distsvc-no-directory\n"
+
+
+def test_an_answer_that_slurm_takes() -> None:
+    answer("srun: Job 2 to start at 2026-12-02T05:33:54 using 1 processors on nodes vm in "
+           "partition debug\ndistsvc-test=0\n")
+
+
+def test_a_directory_the_cluster_lacks() -> None:
+    with pytest.raises(distsvc.slurm.ClusterCannot) as raised:
+        answer("distsvc-no-directory\n")
+    assert raised.value.exit_status == 4
+    assert raised.value.message == (
+        "cluster c1: /w: no such directory on its login node login1 (the cluster does not "
+        "share it); choose one it has with -w/--workdir DIR")
+
+
+def test_a_refusal_keeps_slurms_reason() -> None:
+    with pytest.raises(distsvc.slurm.ClusterCannot) as raised:
+        answer("allocation failure: Requested time limit is invalid (missing or exceeds some "
+               "limit)\ndistsvc-test=1\n")
+    assert "Requested time limit is invalid" in raised.value.message
+    assert "--time=00:05:00" in raised.value.message
+
+
+def test_an_account_refusal_points_at_the_account() -> None:
+    with pytest.raises(distsvc.slurm.ClusterCannot) as raised:
+        answer("allocation failure: Invalid account or account/partition combination "
+               "specified\ndistsvc-test=1\n")
+    assert "check `account` of cluster c1" in raised.value.message
+
+
+@pytest.mark.parametrize("said", [
+    "srun: error: Unable to allocate resources: Unable to contact slurm controller "
+    "(connect failure)",
+    "srun: error: Socket timed out on send/recv operation",
+])
+def test_a_controller_that_does_not_answer_is_255(said: str) -> None:
+    with pytest.raises(distsvc.errors.CannotRun) as raised:
+        answer(f"{said}\ndistsvc-test=1\n")
+    assert not isinstance(raised.value, distsvc.slurm.ClusterCannot)
+    assert raised.value.message.startswith("cluster c1: Slurm's controller does not answer (")
+
+
+def test_no_srun_or_no_answer_is_255() -> None:
+    with pytest.raises(distsvc.errors.CannotRun, match="srun is not installed"):
+        answer("distsvc-no-srun\n")
+    with pytest.raises(distsvc.errors.CannotRun, match="exit status 127"):
+        answer("sh: 1: oops\n", code=127)
+
+
+def test_tasks_are_refused_before_anything_runs() -> None:
+    with pytest.raises(distsvc.slurm.ClusterCannot, match="--tasks"):
+        distsvc.slurm.options(HERE, job_limits.Limits(tasks=3))
