@@ -325,12 +325,17 @@ def started_job(bed: Bed, process: subprocess.Popen[bytes]) -> str:
     assert process.stdout is not None
     job = process.stdout.readline().decode().strip()
     assert job.isdigit(), (job, process.stderr.read() if process.stderr else b"")
+    started_sleep(bed, job)
+    return job
+
+
+def started_sleep(bed: Bed, job: str) -> None:
+    """Once the job runs, and its sleep (a SIGINT to the shell before it forks would be
+    missed)."""
     helpers.wait_for(lambda: any(line.startswith(f"{job} ") and line.endswith("RUNNING")
                                  for line in our_jobs(bed)), 20, "the job to run")
-    # The sleep itself runs (a SIGINT to the shell before it forks would be missed).
     helpers.wait_for(lambda: bed.c.run(["pgrep", "-f", "^sleep 1111"], check=False)
                      .returncode == 0, 20, "the sleep")
-    return job
 
 
 SLEEPER = ("sh", "-c", 'echo "$SLURM_JOB_ID"; sleep 1111')
@@ -349,18 +354,33 @@ def test_one_sigint_ends_the_job(bed: Bed, reach: str) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_end_the_job(bed: Bed, reach: str, signum: int) -> None:
-    """srun ends its job on SIGTERM and SIGHUP by killing the tasks (SIGKILL: 137)."""
+def test_sigterm_and_sighup_reach_the_command_and_end_the_job(bed: Bed, reach: str,
+                                                              signum: int) -> None:
+    """As here: the command gets the signal itself (srun alone would SIGKILL it)."""
     process = popen(bed, reach, "--on", cluster_for(reach), *SLEEPER)
     try:
         job = started_job(bed, process)
         process.send_signal(signum)
-        assert process.wait(30) == 137
+        assert process.wait(30) == 128 + signum
     finally:
         helpers.reap([process])
     assert not our_jobs(bed)
     state = sacct(bed, job)[1]
     assert state == "FAILED" or state.startswith("CANCELLED"), state
+
+
+def test_a_command_that_handles_sigterm_cleans_up(bed: Bed, reach: str) -> None:
+    script = ('trap \'echo cleaned up; exit 7\' TERM; echo "$SLURM_JOB_ID"; sleep 1111 & '
+              'wait')
+    process = popen(bed, reach, "--on", cluster_for(reach), "sh", "-c", script)
+    try:
+        started_job(bed, process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 7
+        assert process.stdout is not None and process.stdout.read() == b"cleaned up\n"
+    finally:
+        helpers.reap([process])
+    helpers.wait_for(lambda: not our_jobs(bed), 20, "the job to end")
 
 
 def test_a_vanished_client_cancels_the_job(bed: Bed, reach: str) -> None:
@@ -398,3 +418,42 @@ def test_a_terminal_with_its_size(bed: Bed, reach: str) -> None:
     job = re.search(r"job=(\d+)", out)
     assert job is not None, out
     assert sacct(bed, job[1])[0].startswith("distsvc-run-")
+
+
+def test_ctrl_c_on_the_terminal_ends_the_job(bed: Bed, reach: str) -> None:
+    """The user's Ctrl-C: a byte on the terminal (raw mode here, srun --pty's terminal there),
+    SIGINT from the node's terminal to the command; srun then ends the job."""
+    script = 'echo "job=$SLURM_JOB_ID"; exec sleep 1111'
+    if reach == "here":
+        inner = shlex.join(["distsvc-run", "--on", "here", "sh", "-c", script])
+        process: subprocess.Popen[bytes] = bed.c.popen_as_user(
+            ["script", "-qec", inner, "/dev/null"], cwd=bed.shared, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE)
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            line = b""
+            while b"job=" not in line or not line.endswith(b"\n"):
+                line += process.stdout.read(1)
+            job = line.decode().split("job=")[1].strip()
+            started_sleep(bed, job)
+            process.stdin.write(b"\x03")
+            process.stdin.flush()
+            assert process.wait(30) == 130
+        finally:
+            helpers.reap([process])
+    else:
+        term = helpers.Terminal(bed.machine, "distsvc-run", "--on", "dtest", "sh", "-c",
+                                script, env=env_for(reach), cwd=bed.shared)
+        try:
+            found = re.search(rb"job=(\d+)\r?\n", term.read_until(b"\n", timeout=30))
+            assert found is not None, term.output
+            job = found[1].decode()
+            started_sleep(bed, job)
+            term.write(b"\x03")
+            assert term.wait() == 130, term.output
+        finally:
+            term.close()
+    assert not our_jobs(bed)
+    state = sacct(bed, job)[1]
+    assert state.startswith("CANCELLED") or state == "FAILED", state
+

@@ -211,18 +211,23 @@ def wrapper(argv: Sequence[str], workdir: str | None, token: str, env_from_file:
     return f"exec /bin/sh -c {shlex.quote(script)} distsvc-{token}"
 
 
-def kill_command(token: str, signal_name: str) -> str:
+def kill_command(token: str, signal_name: str, instead: str | None = None) -> str:
     """The command line that ends the tree of the wrapper holding `token`.
 
     SIGNAL first; whatever is left after KILL_GRACE seconds (a background job ignores SIGINT,
-    for one) gets SIGTERM, then SIGKILL.
+    for one) gets SIGTERM, then SIGKILL. With `instead`, shell that hands the signal to the
+    command another way (srun's job: `scancel --signal`) runs first, in place of SIGNAL to
+    the tree, which still gets SIGTERM and SIGKILL for what is left.
     """
     if not re.fullmatch(r"[A-Z0-9]+", signal_name) or not re.fullmatch(r"[0-9a-f]+", token):
         raise ValueError("bad signal name or token")
-    steps = " ".join(dict.fromkeys([signal_name, "TERM", "KILL"]))
+    # Signal 0 sends nothing: ds_end only waits KILL_GRACE for `instead` to end the tree.
+    first = "0" if instead is not None else signal_name
+    steps = " ".join(dict.fromkeys([first, "TERM", "KILL"]))
     script = _END_TREE + (
         f"w=$(ps -A -ww -o pid= -o args= | awk '$NF == \"distsvc-{token}\" {{ print $1; exit }}')\n"
-        f'[ -n "$w" ] && ds_end "$w" {steps}\n'
+        + (f'[ -n "$w" ] && {{ {instead}\n}}\n' if instead is not None else "")
+        + f'[ -n "$w" ] && ds_end "$w" {steps}\n'
         "exit 0")
     return f"exec /bin/sh -c {shlex.quote(script)} distsvc-kill"
 

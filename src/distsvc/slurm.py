@@ -280,6 +280,26 @@ def srun_argv(opts: list[str], token: str, workdir: str, argv: list[str] | tuple
             "/bin/sh", "-c", GUARD, GUARD_NAME, workdir, *argv]
 
 
+# Signals handed to the job's tasks themselves (`scancel --signal`), so that CMD gets them as
+# it would here: srun turns SIGTERM, SIGHUP and SIGQUIT into SIGKILL for the tasks. SIGINT
+# stays srun's: `--quit-on-interrupt` forwards it to the tasks and ends the job.
+JOB_SIGNALS = ("TERM", "HUP", "QUIT")
+
+
+def signal_argv(token: str, signal_name: str) -> list[str]:
+    """scancel sending SIGNAL to the tasks of the `distsvc-run --on` command with `token`
+    (its steps: an srun job has no batch shell)."""
+    if not re.fullmatch(r"[A-Z0-9]+", signal_name):
+        raise ValueError("bad signal name")
+    return ["scancel", "--quiet", f"--signal={signal_name}", f"--name={run_name(token)}"]
+
+
+def signal_script(token: str, signal_name: str) -> str:
+    """signal_argv as shell, for the user whose shell it is."""
+    return (distsvc.remote.command_line(signal_argv(token, signal_name))
+            + ' --user="$(id -un)" >/dev/null 2>&1')
+
+
 def check_script(workdir: str, opts: list[str]) -> str:
     """Shell for the cluster's side (login node or this machine) before anything runs: is the
     directory there, are Slurm's commands, and would Slurm take the request (`srun

@@ -134,3 +134,22 @@ def test_no_srun_or_no_answer_is_255() -> None:
 def test_tasks_are_refused_before_anything_runs() -> None:
     with pytest.raises(distsvc.slurm.ClusterCannot, match="--tasks"):
         distsvc.slurm.options(HERE, job_limits.Limits(tasks=3))
+
+
+def test_job_signals_go_to_the_tasks_through_scancel() -> None:
+    script = distsvc.slurm.signal_script("ab12", "TERM")
+    assert script == ("scancel --quiet --signal=TERM --name=distsvc-run-ab12 "
+                      '--user="$(id -un)" >/dev/null 2>&1')
+    with pytest.raises(ValueError):
+        distsvc.slurm.signal_argv("ab12", "TERM; rm -rf ~")
+
+
+def test_kill_command_hands_the_signal_on_first_then_ends_what_is_left() -> None:
+    import distsvc.remote
+
+    plain = distsvc.remote.kill_command("ab12", "TERM")
+    assert 'ds_end "$w" TERM KILL' in plain and "scancel" not in plain
+    instead = distsvc.remote.kill_command("ab12", "TERM", "scancel x")
+    # The tree gets nothing first (signal 0: a KILL_GRACE wait), then SIGTERM and SIGKILL.
+    assert '[ -n "$w" ] && { scancel x' in instead and 'ds_end "$w" 0 TERM KILL' in instead
+    assert instead.index("scancel x") < instead.index('ds_end "$w" 0')

@@ -18,8 +18,11 @@ a token, with `--quit-on-interrupt` (one Ctrl-C ends the job):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import signal
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -114,14 +117,25 @@ def on_login_node(argv: Sequence[str], options: distsvc.actions.run.Options,
     if (signum := events.terminating()) is not None:
         return 128 + signum  # asked to stop before anything started
     terminal = distsvc.actions.run.wants_terminal(options, fds)
-    srun = distsvc.slurm.srun_argv(opts, new_token(), workdir, list(argv), terminal,
+    job = new_token()
+    srun = distsvc.slurm.srun_argv(opts, job, workdir, list(argv), terminal,
                                    stdin=options.stdin)
+
+    def kill(token: str, name: str) -> str:
+        """SIGTERM, SIGHUP, SIGQUIT to the job's tasks (scancel), SIGINT to srun; then the
+        wrapper's tree (srun) as for any command, for what they left."""
+        from distsvc import remote
+
+        instead = (distsvc.slurm.signal_script(job, name) if name in distsvc.slurm.JOB_SIGNALS
+                   else None)
+        return remote.kill_command(token, name, instead)
+
     label = f"{cluster.name} (login node {cluster.login.name})"
     try:
         sessions = pool.sessions(cluster.login, config.host_key_policy, config.connect_timeout)
         started(label)
         return distsvc.actions.run.execute(sessions, srun, options, env, workdir, term, events,
-                                           warn, fds, own_terminal, reader_pid)
+                                           warn, fds, own_terminal, reader_pid, kill)
     except distsvc.errors.HostUnreachable as error:
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: login node {error.message}") from None
@@ -151,7 +165,21 @@ def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
     env = dict(environ)
     env.update(environment.load_saved(paths.saved_environment_file(environ)))
     terminal = distsvc.actions.run.wants_terminal(options)
-    srun = distsvc.slurm.srun_argv(opts, new_token(), workdir, list(argv), terminal,
+    job = new_token()
+    srun = distsvc.slurm.srun_argv(opts, job, workdir, list(argv), terminal,
                                    stdin=options.stdin)
+
+    def forward(pgid: int, signum: int) -> int | None:
+        """SIGTERM, SIGHUP, SIGQUIT to the job's tasks (scancel), others to srun's group."""
+        name = signal.Signals(signum).name.removeprefix("SIG")
+        if name not in distsvc.slurm.JOB_SIGNALS:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signum)
+            return signum
+        subprocess.run([*distsvc.slurm.signal_argv(job, name), f"--user={os.getuid()}"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False, env=env)
+        return None
+
     # srun's own directory is ours: --chdir and the guard say where CMD runs.
-    return local.run(srun, None, env, parent_death_signal=signal.SIGTERM)
+    return local.run(srun, None, env, parent_death_signal=signal.SIGTERM, forward=forward)

@@ -86,16 +86,20 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
             options: Options, env: Mapping[str, str], workdir: str, term: str,
             events: distsvc.actions.relay.EventQueue, warn: Callable[[str], None],
             fds: tuple[int, int, int] = (0, 1, 2), own_terminal: bool = True,
-            reader_pid: int | None = None) -> int:
+            reader_pid: int | None = None,
+            kill: Callable[[str, str], str] | None = None) -> int:
     """Run argv on a host under the remote wrapper; the command's status.
 
     `fds` are the stdin, stdout and stderr to relay (a daemon passes its client's). With a
     terminal, raw mode is set here only when `own_terminal` (a daemon's client sets its own).
     `warn` says what the user must hear even with --quiet (a signal that could not be sent).
-    Raises HostUnreachable when nothing ran (the caller may try another host), CannotRun
-    (StartUncertain among them) when the command may have run.
+    `kill(token, SIGNAL)` is the command line that delivers a signal (default:
+    remote.kill_command). Raises HostUnreachable when nothing ran (the caller may try
+    another host), CannotRun (StartUncertain among them) when the command may have run.
     """
     import distsvc.remote
+
+    kill = kill or distsvc.remote.kill_command
 
     if (signum := events.terminating()) is not None:
         return 128 + signum  # asked to stop before anything started
@@ -125,8 +129,7 @@ def execute(sessions: distsvc.adapters.ssh.Sessions, argv: Sequence[str],
         when no session can be had, close the command's own channel instead."""
         name = signal.Signals(signum).name
         try:
-            sessions.run(distsvc.remote.kill_command(token, name.removeprefix("SIG")),
-                         timeout=15.0)
+            sessions.run(kill(token, name.removeprefix("SIG")), timeout=15.0)
         except (distsvc.errors.DistsvcError, TimeoutError, OSError, EOFError) as error:
             reason = error.message if isinstance(error, distsvc.errors.DistsvcError) else (
                 str(error) or type(error).__name__)

@@ -54,7 +54,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _end_group(pgid: int, first: int | None) -> None:
-    """What a signal left of the group gets SIGTERM, then SIGKILL, KILL_GRACE apart."""
+    """What a signal left of the group gets SIGTERM, then SIGKILL, KILL_GRACE apart (`first`:
+    the signal the group got already, not sent again)."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
         if signum == first:
             continue
@@ -101,7 +102,8 @@ def _parent_death(signum: int) -> Callable[[], None]:
 
 def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         gate: Callable[[int], None] | None = None,
-        parent_death_signal: int | None = None) -> int:
+        parent_death_signal: int | None = None,
+        forward: Callable[[int, int], int | None] | None = None) -> int:
     """Run argv here and return its status (128+N if a signal ended it).
 
     A signal received is passed to the command's process group; whatever it leaves running
@@ -109,7 +111,9 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
     the child waits before it execs argv until `gate(pid)` has returned (a transient scope
     is made around it there, so not one instruction of argv runs outside its limits); a
     gate that raises ends the child. With `parent_death_signal`, the child gets that signal
-    when this process dies, however it dies (srun ends its job on SIGTERM).
+    when this process dies, however it dies (srun ends its job on SIGTERM). `forward(pgid,
+    signum)` passes a received signal on instead of killpg, returning the signal it sent the
+    group (None: none), which the escalation then skips.
     """
     if cwd is not None and not os.path.isdir(cwd):
         raise distsvc.errors.CannotRun(f"{cwd}: no such directory")
@@ -163,14 +167,17 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         os.close(gate_w)
     if terminal is not None:
         _give_terminal(terminal, child.pid)
-    received: list[int] = []
+    received: list[int | None] = []  # what the group got for each signal received
 
-    def forward(signum: int, _frame: object) -> None:
-        received.append(signum)
+    def to_group(pgid: int, signum: int) -> int | None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signum)
+            os.killpg(pgid, signum)
+        return signum
 
-    previous = {s: signal.signal(s, forward) for s in FORWARDED}
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append((forward or to_group)(child.pid, signum))
+
+    previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
         while True:
             try:
