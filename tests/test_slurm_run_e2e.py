@@ -250,9 +250,42 @@ def test_death_by_signal_is_128_plus_n(bed: Bed, reach: str) -> None:
     assert all(line.startswith("srun: ") for line in done.stderr.decode().splitlines())
 
 
+def test_no_stdin_and_a_command_the_node_lacks(bed: Bed, reach: str) -> None:
+    done = run(bed, reach, "--on", cluster_for(reach), "-n", "cat", input=b"unread\n")
+    assert (done.returncode, done.stdout) == (0, b""), done.stderr
+    done = run(bed, reach, "--on", cluster_for(reach), "no-such-command-anywhere")
+    assert done.returncode == 127
+    assert "distsvc: no-such-command-anywhere: command not found on node vm" in \
+        done.stderr.decode(), done.stderr
+
+
+def test_distsvc_run_on_a_cluster(bed: Bed, reach: str) -> None:
+    """`distsvc run --on` is `distsvc-run --on`."""
+    if reach == "here":
+        done = bed.c.run_as_user(["distsvc", "run", "--on", "here", "sh", "-c",
+                                  'echo "$SLURM_JOB_NAME"'], check=False, cwd=bed.shared)
+        out = done.stdout
+    else:
+        done = bed.machine.run("distsvc", "run", "--on", "dtest", "sh", "-c",
+                               'echo "$SLURM_JOB_NAME"', cwd=bed.shared, env=env_for(reach))
+        out = done.stdout.decode()
+    assert done.returncode == 0, done.stderr
+    assert out.startswith("distsvc-run-"), out
+
+
 def test_workdir_on_the_cluster(bed: Bed, reach: str) -> None:
     done = run(bed, reach, "--on", cluster_for(reach), "-w", "/var", "pwd")
     assert (done.returncode, done.stdout) == (0, b"/var\n"), done.stderr
+
+
+def test_a_relative_workdir_is_the_home_directorys_there(bed: Bed, reach: str) -> None:
+    """As for a host: relative to the home on the login node (this machine: to the current
+    directory); srun gets it whole."""
+    bed.c.run_as_user(["mkdir", "-p", "rel dir"])
+    cwd = bed.c.home if reach == "here" else bed.shared
+    done = run(bed, reach, "--on", cluster_for(reach), "-w", "rel dir", "pwd", cwd=cwd)
+    assert (done.returncode, done.stdout) == (0, f"{bed.c.home}/rel dir\n".encode()), \
+        done.stderr
 
 
 def test_a_directory_the_cluster_lacks_is_refused(bed: Bed, reach: str,
@@ -351,6 +384,9 @@ def test_one_sigint_ends_the_job(bed: Bed, reach: str) -> None:
         helpers.reap([process])
     assert not our_jobs(bed)
     assert sacct(bed, job)[1].startswith("CANCELLED")
+    if reach == "daemon":  # the daemon carried it, and says how it ended
+        log = (bed.machine.home / "daemon.log").read_text().splitlines()
+        assert any("job ended" in line and "status=130" in line for line in log), log[-5:]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -457,3 +493,19 @@ def test_ctrl_c_on_the_terminal_ends_the_job(bed: Bed, reach: str) -> None:
     state = sacct(bed, job)[1]
     assert state.startswith("CANCELLED") or state == "FAILED", state
 
+
+
+@pytest.mark.parametrize("reach", ["direct", "here"])  # ~20 s each: srun's retries
+def test_a_controller_that_does_not_answer(bed: Bed, reach: str) -> None:
+    """slurmctld stopped: one line saying so, 255, before anything runs (then it is started
+    again for the tests after)."""
+    bed.c.run(["systemctl", "stop", "slurmctld.service"], timeout=60)
+    try:
+        done = run(bed, reach, "--on", cluster_for(reach), "touch", "ran")
+    finally:
+        bed.c.run(["systemctl", "start", "slurmctld.service"], timeout=60)
+        helpers.wait_for(lambda: bed.c.run(["sh", "-c", "sinfo -h -o %T | grep -qx idle"],
+                                           check=False).returncode == 0, 60, "Slurm again")
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 255, lines
+    assert len(lines) == 1 and "Slurm's controller does not answer" in lines[0], lines

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -303,10 +304,13 @@ def signal_script(token: str, signal_name: str) -> str:
 def check_script(workdir: str, opts: list[str]) -> str:
     """Shell for the cluster's side (login node or this machine) before anything runs: is the
     directory there, are Slurm's commands, and would Slurm take the request (`srun
-    --test-only`, which asks the controller without running anything: ~15 ms)? Its answer is
-    read by `check_answer`."""
+    --test-only`, which asks the controller without running anything: ~15 ms)? It names the
+    directory as an absolute path first (a relative one is the home's there, as for a host).
+    Its answer is read by `check_answer`."""
     test = distsvc.remote.command_line(["srun", "--test-only", *opts, "true"])
-    return (f"[ -d {shlex.quote(workdir)} ] || {{ echo distsvc-no-directory; exit 0; }}\n"
+    return (f"cd -- {shlex.quote(workdir)} 2>/dev/null || "
+            "{ echo distsvc-no-directory; exit 0; }\n"
+            'printf "distsvc-directory=%s\\n" "$PWD"\n'
             "command -v srun >/dev/null 2>&1 || { echo distsvc-no-srun; exit 0; }\n"
             f"{test} 2>&1; echo \"distsvc-test=$?\"")
 
@@ -319,9 +323,10 @@ _UNREACHABLE = re.compile(r"unable to contact slurm controller|socket timed out|
 
 
 def check_answer(cluster: distsvc.config.Cluster, where: str, workdir: str, opts: list[str],
-                 code: int, out: str) -> None:
-    """Raise what `check_script`'s answer (`code`, `out`) means, or return when Slurm takes
-    it. `where` names the cluster's side in messages ("the login node h1", "this machine")."""
+                 code: int, out: str) -> str:
+    """Raise what `check_script`'s answer (`code`, `out`) means, or return the directory as
+    an absolute path when Slurm takes it. `where` names the cluster's side in messages
+    ("its login node h1", "this machine")."""
     lines = out.strip().splitlines()
     if code != 0 or not lines:
         raise distsvc.errors.CannotRun(
@@ -336,10 +341,12 @@ def check_answer(cluster: distsvc.config.Cluster, where: str, workdir: str, opts
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: Slurm's srun is not installed on {where} (or not on "
             "its PATH)")
+    directory = lines.pop(0).removeprefix("distsvc-directory=") if lines[0].startswith(
+        "distsvc-directory=") else workdir
     status = lines[-1].removeprefix("distsvc-test=")
     said = "\n".join(lines[:-1])
     if status == "0":
-        return
+        return directory if os.path.isabs(directory) else workdir
     if _UNREACHABLE.search(said):
         why = (said.strip().splitlines() or ["no answer"])[-1]
         why = re.sub(r"^s(?:run|alloc): error: ", "", why)

@@ -77,15 +77,27 @@ def test_the_check_script_quotes_what_it_is_given(tmp_path: Path) -> None:
     script = distsvc.slurm.check_script(str(tmp_path / "d 'x'"), ["--account=a b"])
     done = subprocess.run(["/bin/sh", "-s"], input=script, capture_output=True, text=True,
                           env={"PATH": f"{srun.parent}:/usr/bin:/bin"})
-    assert done.stdout == "--test-only|--account=a b|true|\ndistsvc-test=1\n"
+    assert done.stdout == (f"distsvc-directory={tmp_path}/d 'x'\n"
+                           "--test-only|--account=a b|true|\ndistsvc-test=1\n")
     missing = subprocess.run(["/bin/sh", "-s"], input=distsvc.slurm.check_script(
         str(tmp_path / "nope"), []), capture_output=True, text=True)
     assert missing.stdout == "distsvc-no-directory\n"
 
 
 def test_an_answer_that_slurm_takes() -> None:
-    answer("srun: Job 2 to start at 2026-12-02T05:33:54 using 1 processors on nodes vm in "
-           "partition debug\ndistsvc-test=0\n")
+    taken = ("srun: Job 2 to start at 2026-12-02T05:33:54 using 1 processors on nodes vm in "
+             "partition debug\ndistsvc-test=0\n")
+    assert distsvc.slurm.check_answer(CLUSTER, "there", "rel", [], 0,
+                                      f"distsvc-directory=/home/u/rel\n{taken}") == "/home/u/rel"
+    assert distsvc.slurm.check_answer(CLUSTER, "there", "/w", [], 0, taken) == "/w"
+
+
+def test_a_relative_directory_is_the_one_there(tmp_path: Path) -> None:
+    (tmp_path / "rel").mkdir()
+    script = distsvc.slurm.check_script("rel", [])
+    done = subprocess.run(["/bin/sh", "-s"], input=script, capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.stdout.splitlines()[0] == f"distsvc-directory={tmp_path}/rel"
 
 
 def test_a_directory_the_cluster_lacks() -> None:

@@ -14,6 +14,9 @@ a token, with `--quit-on-interrupt` (one Ctrl-C ends the job):
 - on this machine (`cluster.login is None`), srun is our child (`adapters/local.run`: its own
   process group, signals forwarded, the terminal), with SIGTERM as its parent-death signal, so
   a distsvc-run killed outright still ends the job.
+
+SIGTERM, SIGHUP and SIGQUIT go to the job's tasks (`scancel --signal`), which srun would
+SIGKILL instead; srun itself gets SIGTERM only for what they left (see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -55,17 +58,20 @@ def where(cluster: distsvc.config.Cluster) -> str:
     return "this machine" if cluster.login is None else f"its login node {cluster.login.name}"
 
 
-def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list[str]) -> None:
-    """The check before anything runs (see the module): returns when Slurm would take it."""
+def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list[str]) -> str:
+    """The check before anything runs (see the module): the directory as an absolute path
+    there, when Slurm would take it."""
     try:
         code, out = run(distsvc.slurm.check_script(workdir, opts), CHECK_TIMEOUT)
     except distsvc.errors.HostUnreachable as error:
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: login node {error.message}") from None
-    except TimeoutError as error:
-        raise distsvc.errors.CannotRun(str(error)) from None
-    distsvc.slurm.check_answer(cluster, where(cluster), workdir, opts, code,
-                               out.decode("utf-8", "replace"))
+    except TimeoutError:
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: no answer from {where(cluster)} within "
+            f"{CHECK_TIMEOUT:g} s") from None
+    return distsvc.slurm.check_answer(cluster, where(cluster), workdir, opts, code,
+                                      out.decode("utf-8", "replace"))
 
 
 def run(argv: Sequence[str], options: distsvc.actions.run.Options,
@@ -113,7 +119,8 @@ def on_login_node(argv: Sequence[str], options: distsvc.actions.run.Options,
     daemon's or ours); `started(LABEL)` once it is handed over. As a `run` pinned to a host
     (run --all): a login node that cannot be reached is the command's failure."""
     assert cluster.login is not None
-    check(cluster, distsvc.actions.cluster.runner(cluster, config, pool), workdir, opts)
+    workdir = check(cluster, distsvc.actions.cluster.runner(cluster, config, pool), workdir,
+                    opts)
     if (signum := events.terminating()) is not None:
         return 128 + signum  # asked to stop before anything started
     terminal = distsvc.actions.run.wants_terminal(options, fds)
@@ -161,7 +168,8 @@ def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
     from distsvc.adapters import local
 
     workdir = options.workdir or distsvc.actions.run.current_directory(environ)
-    check(cluster, distsvc.actions.cluster.runner(cluster, config, None), workdir, opts)
+    workdir = check(cluster, distsvc.actions.cluster.runner(cluster, config, None), workdir,
+                    opts)
     env = dict(environ)
     env.update(environment.load_saved(paths.saved_environment_file(environ)))
     terminal = distsvc.actions.run.wants_terminal(options)

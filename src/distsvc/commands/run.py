@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
         "directory, environment, stdin/stdout/stderr, exit status, Ctrl-C and terminal. With "
         "no hosts configured, CMD runs on this machine.",
         epilog="Exit status: CMD's own (128+N if signal N ended it); 2 for bad usage or "
-        "configuration; 255 if CMD could not be run at all.")
+        "configuration; 4 with --on when the cluster refuses what was asked (its partition, "
+        "account or QOS, a limit beyond the partition's or one Slurm has no counterpart for, "
+        "a directory it does not have); 255 if CMD could not be run at all.")
     p.add_argument("--on", metavar="CLUSTER",
                    help="run CMD through srun on this configured Slurm cluster (limits become "
                    "Slurm's: --memory to --mem, --cpu to --cpus-per-task, --timeout to --time)")
