@@ -108,15 +108,14 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         # A directory both sides have at the same path (the container's / is an overlay of
         # this machine's: made on both, so it is there however the overlay shows it).
         shared = tempfile.mkdtemp(prefix="distsvc-srun-", dir="/var/tmp")
+        b = Bed(c, host, tmp_path_factory.mktemp("srun"), shared)
         try:
             os.chmod(shared, 0o755)
             c.run(["install", "-d", "-o", c.user, "-g", c.user, shared])
-            b = Bed(c, host, tmp_path_factory.mktemp("srun"), shared)
             b.machine.workdir = Path(shared)
             c.write_file(f"{c.home}/.config/distsvc/config.toml",
-                         toml({"here": {}, "shortp": {"partition": "short"},
-                               "badpart": {"partition": "nope"},
-                               "badacct": {"account": "nope"}}), owner=c.user)
+                         toml({"here": {}, **{k: v for k, v in CLUSTERS.items()
+                                               if k != "dtest"}}), owner=c.user)
             yield b
         finally:
             if b.daemon is not None:
@@ -509,3 +508,44 @@ def test_a_controller_that_does_not_answer(bed: Bed, reach: str) -> None:
     lines = done.stderr.decode().splitlines()
     assert done.returncode == 255, lines
     assert len(lines) == 1 and "Slurm's controller does not answer" in lines[0], lines
+
+
+RESIZE_INSIDE = r"""
+import fcntl, os, select, struct, subprocess, sys, termios, time
+master, slave = os.openpty()
+def size(fd, columns, rows):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+size(slave, 80, 24)
+def tty():
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+child = subprocess.Popen(sys.argv[1:], stdin=slave, stdout=slave, stderr=slave,
+                         preexec_fn=tty)
+out, resized, deadline = b"", False, time.monotonic() + 60
+while b"50 132" not in out and time.monotonic() < deadline:
+    if select.select([master], [], [], 1)[0]:
+        out += os.read(master, 65536)
+    if b"READY" in out and not resized:
+        size(master, 132, 50)
+        resized = True
+print(child.wait(30), repr(out))
+"""
+
+
+def test_window_size_changes_reach_the_command(bed: Bed, reach: str) -> None:
+    script = 'trap "stty size; exit 0" WINCH; echo READY; while :; do sleep 0.1; done'
+    if reach == "here":  # a terminal of its own inside, resized there
+        done = bed.c.run_as_user(["python3", "-c", RESIZE_INSIDE, "distsvc-run", "--on",
+                                  "here", "sh", "-c", script], cwd=bed.shared, check=False)
+        status, _, out = done.stdout.partition(" ")
+        assert (done.returncode, status) == (0, "0") and "50 132" in out, done
+        return
+    term = helpers.Terminal(bed.machine, "distsvc-run", "--on", "dtest", "sh", "-c", script,
+                            size=(80, 24), env=env_for(reach), cwd=bed.shared)
+    try:
+        term.read_until(b"READY", timeout=30)
+        helpers.set_window(term.master, 132, 50)
+        term.read_until(b"50 132")
+        assert term.wait() == 0
+    finally:
+        term.close()
