@@ -388,9 +388,9 @@ def test_one_sigint_ends_the_job(bed: Bed, reach: str) -> None:
         assert any("job ended" in line and "status=130" in line for line in log), log[-5:]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_reach_the_command_and_end_the_job(bed: Bed, reach: str,
-                                                              signum: int) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT])
+def test_sigterm_sighup_sigquit_reach_the_command_and_end_the_job(
+        bed: Bed, reach: str, signum: int) -> None:
     """As here: the command gets the signal itself (srun alone would SIGKILL it)."""
     process = popen(bed, reach, "--on", cluster_for(reach), *SLEEPER)
     try:
