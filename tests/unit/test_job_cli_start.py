@@ -123,7 +123,7 @@ def test_after_names_the_bad_id_among_good_ones() -> None:
 ])
 def test_targets_exclude_each_other(argv: list[str]) -> None:
     message = refusal(*argv, "true")
-    assert "give only one of --host NAME, --best and --local" in message
+    assert "give only one of --host NAME, --best, --local and --on CLUSTER" in message
     assert message.startswith("--host") or message.startswith("--best")
 
 

@@ -12,9 +12,10 @@ is not executable / not found; 255 no daemon.
 A job's status is jobs/record.exit_status: its exit code, 128+N for signal N, 124 timed out,
 137 out of memory, 125 dependency failed, 126/127 could not start, 255 unknown.
 
-Where a job goes (`--host NAME`, `--best`, `--local`; none: the daemon's default, the best
-host when hosts are configured) and how it queues (`--group`, `--after`, `--retries`,
-`--retry-delay`) are checked here, before anything is sent: one line and exit 2 each.
+Where a job goes (`--host NAME`, `--best`, `--local`, `--on CLUSTER`; none: the daemon's
+default, the best host when hosts are configured) and how it queues (`--group`, `--after`,
+`--retries`, `--retry-delay`) are checked here, before anything is sent: one line and exit 2
+each.
 """
 
 from __future__ import annotations
@@ -102,13 +103,20 @@ def queue_from(args: argparse.Namespace) -> dict[str, Any]:
     """The job_start fields of add_queue_options, checked here (one line, exit 2). Options not
     given are left out, so the daemon's defaults apply."""
     fields: dict[str, Any] = {}
+    cluster = getattr(args, "target_cluster", None)  # `--on`: job start's (see add_on_option)
     targets = [option for option, given in (
         ("--host", args.target_host is not None), ("--best", args.target_best),
-        ("--local", args.target_local)) if given]
+        ("--local", args.target_local), ("--on", cluster is not None)) if given]
     if len(targets) > 1:
         raise distsvc.errors.UsageError(
-            f"{', '.join(targets)}: give only one of --host NAME, --best and --local")
-    if args.target_host is not None:
+            f"{', '.join(targets)}: give only one of --host NAME, --best, --local and "
+            "--on CLUSTER")
+    if cluster is not None:
+        if not cluster.strip() or not cluster.isprintable():
+            raise distsvc.errors.UsageError(
+                f"--on {json.dumps(cluster)}: give a configured cluster's name")
+        fields.update(target="cluster", cluster=cluster)
+    elif args.target_host is not None:
         if not args.target_host.strip() or not args.target_host.isprintable():
             raise distsvc.errors.UsageError(
                 f"--host {json.dumps(args.target_host)}: give a configured host's name")
@@ -175,11 +183,20 @@ def _retry_delay(text: str) -> float:
     return seconds
 
 
+def add_on_option(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """`--on CLUSTER`: the job goes to that Slurm cluster (the request's target "cluster");
+    not in add_queue_options, as distsvc-run has an `--on` of its own."""
+    p.add_argument("--on", dest="target_cluster", metavar="CLUSTER",
+                   help=prefix + "submit it to this configured Slurm cluster (sbatch): "
+                   "Slurm queues it; --after jobs there become Slurm dependencies")
+
+
 def add_start_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="a name to recognise the job by")
     p.add_argument("-w", "--workdir", metavar="DIR",
                    help="directory to run in (default: the current directory)")
     add_queue_options(p)
+    add_on_option(p)
     add_limit_options(p)
     p.add_argument("--isolate", metavar="KINDS",
                    help="isolation, comma-separated from pid,mount,network (default: the "
@@ -363,9 +380,11 @@ def host_of(job: Any) -> str:
     kind = job.placement.get("kind")
     if job.state != "queued" and kind == "ssh":
         return str(job.placement.get("host", "?"))
+    if job.state != "queued" and kind == "slurm":
+        return str(job.placement.get("cluster", "?"))
     if job.state != "queued" and kind == "local":
         return "local"
-    if job.target == "host" and job.target_host:
+    if job.target in ("host", "cluster") and job.target_host:
         return str(job.target_host)
     return "local" if job.target == "local" else "-"
 
@@ -402,7 +421,7 @@ def status_text(data: dict[str, Any]) -> str:
     limits = ", ".join(
         f"{k} {v}" + (" (not enforced: " + job.not_enforced[k] + ")" if k in job.not_enforced
                       else "") for k, v in asked.items()) or "none"
-    cpu = "-" if job.cpu_ns is None else f"{job.cpu_ns / 1e9:.2f} s"
+    cpu = _seconds(job.cpu_ns)
     memory = (f"{_size(job.memory_peak)} peak" if job.memory_peak is not None else
               f"{_size(job.memory_current)} current" if job.memory_current is not None else "-")
     facts: list[tuple[str, str | list[str]]] = [
@@ -410,8 +429,10 @@ def status_text(data: dict[str, Any]) -> str:
         ("state", distsvc.jobs.record.describe_state(job)),
         ("command", _command(job.argv)), ("directory", job.cwd),
         ("target", _target(job)), ("placement", _placement(job))]
-    if job.placement.get("kind") == "ssh" and job.placement.get("dir"):
+    if job.placement.get("kind") in ("ssh", "slurm") and job.placement.get("dir"):
         facts.append(("remote dir", job.placement["dir"]))
+    if job.placement.get("kind") == "slurm":
+        facts += slurm_facts(job)
     if job.group is not None:
         facts.append(("group", job.group))
     if job.after:
@@ -440,6 +461,34 @@ def status_text(data: dict[str, Any]) -> str:
     return "".join(lines)
 
 
+def slurm_facts(job: Any) -> list[tuple[str, str | list[str]]]:
+    """What Slurm says of a cluster's job: its state and reason, node, accounting (sacct's
+    Elapsed, TotalCPU, MaxRSS, in `cpu time` and `memory` too) or, where the cluster keeps
+    none, that it keeps none and scontrol's run time."""
+    place = job.placement
+    facts: list[tuple[str, str | list[str]]] = []
+    state = place.get("slurm_state", "")
+    if state:
+        facts.append(("slurm", state + (f" ({place['slurm_reason']})"
+                                        if place.get("slurm_reason") else "")))
+    if place.get("node"):
+        facts.append(("node", place["node"]))
+    accounting = place.get("accounting", "")
+    if accounting == "sacct":
+        facts.append(("accounting", f"sacct: elapsed {place.get('elapsed', '-')}, CPU time "
+                      f"{_seconds(job.cpu_ns)}, MaxRSS {_size(job.memory_peak)}"))
+    elif accounting.startswith("none"):
+        facts.append(("accounting", "none on this cluster (" + accounting[5:].strip()
+                      + "); scontrol's run time " + place.get("run_time", "-")))
+    elif place.get("run_time"):
+        facts.append(("run time", place["run_time"] + " (scontrol; sacct once it ended)"))
+    return facts
+
+
+def _seconds(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e9:.2f} s"
+
+
 def _isolation(job: Any) -> str:
     """As applied; for a job that has not started yet, as asked."""
     if job.state != "queued":
@@ -454,6 +503,8 @@ def _target(job: Any) -> str:
         return f"host {job.target_host}"
     if job.target == "best":
         return "the best host with a free slot when it starts"
+    if job.target == "cluster":
+        return f"cluster {job.target_host} (Slurm)"
     return "this machine"
 
 
@@ -465,6 +516,9 @@ def _placement(job: Any) -> str:
     if job.state == "queued" or not place.get("kind"):
         return "none (it never started)" if job.state in distsvc.jobs.record.FINAL else \
             "none yet"
+    if place["kind"] == "slurm":
+        return (f"slurm: cluster {place.get('cluster')}, job {place.get('slurm_id', '?')}"
+                + (f" on {place['node']}" if place.get("node") else ""))
     if place["kind"] == "ssh":
         if place.get("mode") == "supervisor":
             return f"ssh: {place.get('host')}, supervisor (no systemd user manager there)"
@@ -476,6 +530,7 @@ def _attempt(summary: dict[str, Any]) -> str:
     """One ended attempt (record.attempt_summary) in a line: its number, how it ended, where."""
     place = summary.get("placement") or {}
     where = (f" on {place.get('host')}" if place.get("kind") == "ssh" else
+             f" on cluster {place.get('cluster')}" if place.get("kind") == "slurm" else
              " on this machine" if place.get("kind") == "local" else "")
     ended = f", ended {_when(summary['ended'])}" if summary.get("ended") else ""
     said = summary.get("describe") or summary.get("state")

@@ -137,7 +137,13 @@ class Book:
             name, "is no longer in the configuration (put it back to reach its jobs)")
 
     def runner(self, name: str) -> distsvc.jobs.remote.Runner:
-        """Runs a script with `/bin/sh -s` on host `name` over the daemon's pool."""
+        """Runs a script with `/bin/sh -s` on host `name` over the daemon's pool, or on the
+        shell of cluster `name` (here, or its login node over the pool)."""
+        cluster = self.config.cluster(name)
+        if cluster is not None:
+            import distsvc.actions.cluster
+
+            return distsvc.actions.cluster.runner(cluster, self.config, self.pool)
         host = self.host(name)
         assert self.pool is not None
         sessions = self.pool.sessions(host, self.config.host_key_policy,
@@ -191,22 +197,24 @@ class Book:
         """A job running on a host: its record written, its slot kept, its host watched."""
         import distsvc.actions.placement
 
-        host = job.placement.get("host", "")
-        if placement is None:
+        host = where(job)
+        if job.placement.get("kind") == "slurm":
+            placement = None  # Slurm's queue: a cluster's job takes no slot of ours
+        elif placement is None:
             placement = distsvc.actions.placement.hold(self.state_dir, host, os.getpid(),
                                                        job.started or time.time())
-        with self.changed:
-            self._placements[job.id] = placement
+        if placement is not None:
+            with self.changed:
+                self._placements[job.id] = placement
         self.save(job)
         self.watch_host(host)
 
     def running_on(self, host: str) -> list[distsvc.jobs.record.Job]:
-        """The host's jobs its watcher looks at: running, or found "starting" (a start cut
-        short by the daemon's end) but not being started by the queue now."""
+        """The host's (or cluster's) jobs its watcher looks at: running, or found "starting"
+        (a start cut short by the daemon's end) but not being started by the queue now."""
         with self.changed:
             return [j for j in self.jobs.values() if j.state in ("running", "starting")
-                    and j.id not in self.starting
-                    and j.placement.get("kind") == "ssh" and j.placement.get("host") == host]
+                    and j.id not in self.starting and where(j) == host]
 
     def watch_host(self, host: str) -> None:
         with self.changed:
@@ -233,8 +241,8 @@ class Book:
     def stop_watching_host(self, host: str) -> bool:
         """The host's watcher leaves (True) unless a job started there meanwhile."""
         with self.changed:
-            if any(j.state in ("running", "starting") and j.placement.get("host") == host
-                   and j.placement.get("kind") == "ssh" for j in self.jobs.values()):
+            if any(j.state in ("running", "starting") and where(j) == host
+                   for j in self.jobs.values()):
                 return False  # one being started there counts: it is watched once started
             if self._host_watchers.get(host) is threading.current_thread():
                 del self._host_watchers[host]
@@ -387,7 +395,7 @@ class Book:
         for line in self.corrupt:
             distsvc.log.get().error("job record unreadable", error=line)
         for job in unfinished:
-            if job.placement.get("kind") == "ssh" and job.state in ("running", "starting"):
+            if where(job) and job.state in ("running", "starting"):
                 try:
                     self.hold(job)  # its slot counted again, its host watched
                 except Exception:
@@ -489,7 +497,7 @@ class Book:
             gone = [job for job_id in expired if (job := self.jobs.pop(job_id, None))]
         for job_id in expired:
             distsvc.jobs.store.remove(self.root, job_id)
-        if any(j.placement.get("kind") == "ssh" or j.attempts for j in gone):
+        if any(where(j) or j.attempts for j in gone):
             # Not in the caller's thread (a host's watcher, the queue): another host slow
             # to answer must not hold them up.
             threading.Thread(target=self.forget_on_hosts, args=(gone,), daemon=True,
@@ -503,16 +511,21 @@ class Book:
         import distsvc.jobs.remote
 
         by_host: dict[str, list[str]] = {}
+        clusters: set[str] = set()
         for job in jobs:
             for placement in [job.placement, *(a.get("placement") or {} for a in job.attempts)]:
-                if isinstance(placement, dict) and placement.get("kind") == "ssh" and \
-                        placement.get("dir"):
-                    by_host.setdefault(placement["host"], []).append(placement["dir"])
+                if isinstance(placement, dict) and placement.get("dir") and \
+                        placement.get("kind") in ("ssh", "slurm"):
+                    name = placement.get("host") or placement.get("cluster", "")
+                    by_host.setdefault(name, []).append(placement["dir"])
+                    if placement.get("kind") == "slurm":
+                        clusters.add(name)
         max_age_days = max(1, int((self.retention or (0, 30 * 86400.0, 0))[1] // 86400))
         for host, directories in by_host.items():
-            try:
+            try:  # on a cluster, only these directories (no status files to age there)
                 self.runner(host)(distsvc.jobs.remote.remove_script(
-                    self.origin, directories, max_age_days), distsvc.jobs.remote.SCRIPT_TIMEOUT)
+                    self.origin, directories, None if host in clusters else max_age_days),
+                    distsvc.jobs.remote.SCRIPT_TIMEOUT)
             except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
                 distsvc.log.get().warning("could not remove jobs' files on their host",
                                           host=host, error=str(error))
@@ -581,6 +594,16 @@ def _as_local(job: distsvc.jobs.record.Job,
     import dataclasses
 
     return dataclasses.replace(job, placement=placement)
+
+
+def where(job: distsvc.jobs.record.Job) -> str:
+    """The host or cluster a job's placement is on, "" for one on this machine (or none)."""
+    kind = job.placement.get("kind")
+    if kind == "ssh":
+        return job.placement.get("host", "")
+    if kind == "slurm":
+        return job.placement.get("cluster", "")
+    return ""
 
 
 ENDING = ("state", "exit_code", "signal", "reason", "ended")

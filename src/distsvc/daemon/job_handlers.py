@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import distsvc.adapters.unix
+import distsvc.config
 import distsvc.daemon.book
 import distsvc.daemon.context
 import distsvc.daemon.launch
@@ -29,6 +30,7 @@ import distsvc.jobs.limits
 import distsvc.jobs.local
 import distsvc.jobs.record
 import distsvc.jobs.remote
+import distsvc.jobs.sbatch
 import distsvc.jobs.store
 import distsvc.log
 import distsvc.protocol
@@ -78,9 +80,17 @@ def _target(daemon: Daemon, request: dict[str, Any]) -> tuple[str, str | None]:
     if target is None:
         target = "best" if daemon.config.hosts else "local"
     if target not in distsvc.jobs.record.TARGETS:
-        raise distsvc.protocol.ProtocolError("field 'target' must be local, best or host")
+        raise distsvc.protocol.ProtocolError(
+            "field 'target' must be local, best, host or cluster")
     if target == "local":
         return "local", None
+    if target == "cluster":
+        name = request.get("cluster")
+        if not isinstance(name, str) or daemon.config.cluster(name) is None:
+            known = ", ".join(c.name for c in daemon.config.clusters) or "none"
+            raise distsvc.errors.UsageError(f"--on {name}: no such cluster in the "
+                                            f"configuration (clusters: {known})")
+        return "cluster", name
     if not daemon.config.hosts:
         raise distsvc.errors.UsageError(
             f"no hosts in the configuration ({daemon.config.source}): a job can only run "
@@ -113,7 +123,6 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
         asked = distsvc.jobs.limits.from_json(request.get("limits") or {})
     except ValueError as error:
         raise distsvc.protocol.ProtocolError(str(error)) from None
-    limits = distsvc.jobs.limits.merge(daemon.config.jobs.defaults, asked)
     kinds = request.get("isolate")
     if kinds is not None and (not isinstance(kinds, list)
                               or not all(isinstance(k, str) for k in kinds)):
@@ -124,6 +133,10 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
             f"--isolate {unknown[0]}: unknown (choose from "
             f"{', '.join(distsvc.jobs.isolation.KINDS)})")
     target, host = _target(daemon, request)
+    if target == "cluster":
+        limits = _cluster_limits(daemon, host or "", asked, kinds, best_effort)
+    else:
+        limits = distsvc.jobs.limits.merge(daemon.config.jobs.defaults, asked)
     group = request.get("group")
     if group is not None and (not isinstance(group, str) or not group):
         raise distsvc.protocol.ProtocolError("field 'group' must be a group name")
@@ -158,6 +171,23 @@ def handle_job_start(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
     return _answer(job)
 
 
+def _cluster_limits(daemon: Daemon, name: str, asked: distsvc.jobs.limits.Limits,
+                    kinds: list[str] | None, best_effort: bool) -> distsvc.jobs.limits.Limits:
+    """A cluster job's limits: those asked over the cluster's defaults (not [jobs]'s, which
+    are for what distsvc runs), refused before any record is made when Slurm has no
+    counterpart (status 4), as is an isolation asked for (Slurm gives none of distsvc's)."""
+    import distsvc.slurm
+
+    cluster = daemon.config.cluster(name)
+    assert cluster is not None
+    distsvc.slurm.options(cluster, asked)  # raises ClusterCannot for --tasks, --io-*
+    if kinds and not best_effort:
+        raise distsvc.slurm.ClusterCannot(
+            f"--isolate {','.join(kinds)}: cluster {name} cannot give it: Slurm runs the job "
+            "without distsvc's isolation; leave it out (--isolate none) or add --best-effort")
+    return distsvc.jobs.limits.merge(cluster.defaults, asked)
+
+
 def handle_job_list(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
     states = request.get("states")
@@ -168,7 +198,7 @@ def handle_job_list(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
         jobs = [j for j in jobs if j.state in states or ("paused" in states and j.paused)]
     host = request.get("host")
     if isinstance(host, str):
-        jobs = [j for j in jobs if j.placement.get("host") == host
+        jobs = [j for j in jobs if distsvc.daemon.book.where(j) == host
                 or (j.state == "queued" and j.target_host == host)]
     answer = _answer(*jobs)
     answer["corrupt"] = list(book.corrupt)
@@ -176,7 +206,10 @@ def handle_job_list(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
 
 
 def handle_job_status(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
-    return _answer(_book(daemon).get(_id(request)))
+    book = _book(daemon)
+    job = book.get(_id(request))
+    distsvc.daemon.remote_watch.refresh_accounting(book, job)  # a Slurm job's, once over
+    return _answer(job)
 
 
 def handle_job_logs(daemon: Daemon, request: dict[str, Any], peer: Peer) -> None:
@@ -242,8 +275,9 @@ def _unfinished(book: distsvc.daemon.book.Book, job_id: str,
 
 def _remote(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job, script: str,
             grace: float = 0.0) -> dict[str, str]:
-    """Run one of jobs/remote.py's scripts for the job on its host; its key=value answer."""
-    host = job.placement.get("host", "")
+    """Run one of jobs/remote.py's (or sbatch.py's) scripts for the job on its host (or
+    cluster); its key=value answer."""
+    host = distsvc.daemon.book.where(job)
     try:
         code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT + grace)
     except (TimeoutError, OSError) as error:
@@ -290,11 +324,14 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
             f"field 'grace' must be 0 to {MAX_GRACE:g} seconds")
     if _stop_before_start(book, job, signum):
         return _answer(job)
+    name = signal.Signals(signum).name.removeprefix("SIG")
     try:
         if job.placement.get("kind") == "ssh":
             _remote(book, job, distsvc.jobs.remote.stop_script(
-                book.origin, job, signal.Signals(signum).name.removeprefix("SIG"),
-                float(grace)), float(grace))
+                book.origin, job, name, float(grace)), float(grace))
+        elif job.placement.get("kind") == "slurm":
+            _remote(book, job, distsvc.jobs.sbatch.stop_script(
+                _cluster_of(daemon, job), book.origin, job, name, float(grace)), float(grace))
         else:
             distsvc.jobs.local.stop(book.manager(), job, signum, float(grace))
     except distsvc.errors.DistsvcError:
@@ -302,8 +339,24 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
         raise
     book.tick()
     book.wait([job.id], 5.0 + (distsvc.daemon.remote_watch.INTERVAL * 4
-                               if job.placement.get("kind") == "ssh" else 0.0))
+                               if job.placement.get("kind") in ("ssh", "slurm") else 0.0))
     return _answer(job)
+
+
+def _cluster_of(daemon: Daemon, job: distsvc.jobs.record.Job) -> distsvc.config.Cluster:
+    name = job.placement.get("cluster", "")
+    cluster = daemon.config.cluster(name)
+    if cluster is None:
+        raise distsvc.errors.HostUnreachable(
+            name, "is no longer a cluster of the configuration (put it back to reach its jobs)")
+    return cluster
+
+
+def _not_on_slurm(job: distsvc.jobs.record.Job, verb: str) -> None:
+    if job.placement.get("kind") == "slurm":
+        raise distsvc.jobs.local.JobError(
+            f"job {job.id} runs on cluster {job.placement.get('cluster')}: cannot {verb} it: "
+            + distsvc.jobs.sbatch.PAUSE_REFUSAL)
 
 
 def _ended_meanwhile(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job,
@@ -330,6 +383,7 @@ def _running(book: distsvc.daemon.book.Book, job_id: str, verb: str
 def handle_job_pause(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
     job = _running(book, _id(request), "pause")
+    _not_on_slurm(job, "pause")
     if job.paused:
         raise distsvc.jobs.local.JobError(f"job {job.id} is paused already "
                                           f"(distsvc job resume {job.id})")
@@ -352,6 +406,7 @@ def handle_job_pause(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Ans
 def handle_job_resume(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
     job = _running(book, _id(request), "resume")
+    _not_on_slurm(job, "resume")
     if not job.paused:
         raise distsvc.jobs.local.JobError(f"job {job.id} is not paused")
     method = job.pause_method

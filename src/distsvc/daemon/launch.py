@@ -1,5 +1,6 @@
-"""Starting one attempt of a job where its target says: here (jobs/local.py) or on a host
-(jobs/remote.py), the host chosen as for `distsvc-run` and the job counted there at once.
+"""Starting one attempt of a job where its target says: here (jobs/local.py), on a host
+(jobs/remote.py), the host chosen as for `distsvc-run` and the job counted there at once, or
+on a Slurm cluster (jobs/sbatch.py: submitted at once, no slot of ours taken).
 
 `start` is called by the queue (daemon/queue.py) with the job's turn come (its dependencies
 met, a slot free in its group and in all). It returns what became of the job:
@@ -71,6 +72,8 @@ def start(book: distsvc.daemon.book.Book, job: Job
         return _fail(book, job, error)
     if job.target == "local":
         return _start_local(book, job, env)
+    if job.target == "cluster":
+        return _start_cluster(book, job, env)
     return _start_remote(book, job, env)
 
 
@@ -353,3 +356,93 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
     log.info("job started", mode=caps.mode, unit=job.placement.get("unit"),
              argv=" ".join(job.argv)[:200])
     return None
+
+
+# -- on a Slurm cluster ------------------------------------------------------------------------
+
+def slurm_dependencies(book: distsvc.daemon.book.Book, job: Job) -> list[str]:
+    """The Slurm IDs of the jobs of `after` submitted to the same cluster and not over yet:
+    Slurm holds the job for them (`--dependency=afterok`); the others have succeeded (the
+    queue let the job go only then)."""
+    ids = []
+    with book.changed:
+        for other_id in job.after:
+            other = book.jobs.get(other_id)
+            if other is not None and same_cluster(job, other) and \
+                    other.state not in distsvc.jobs.record.FINAL:
+                ids.append(other.placement["slurm_id"])
+    return ids
+
+
+def same_cluster(job: Job, other: Job) -> bool:
+    """Whether `other` was submitted to the cluster `job` is for (so Slurm knows its ID)."""
+    return (job.target == "cluster" and other.placement.get("kind") == "slurm"
+            and other.placement.get("cluster") == job.target_host
+            and other.placement.get("slurm_id", "").isdigit())
+
+
+def _start_cluster(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
+                   ) -> tuple[str, distsvc.errors.DistsvcError | None]:
+    """Submit the job to its cluster at once (Slurm's queue is its queue): one script there
+    (jobs/sbatch.start_script). A refusal (Slurm's, the command's) fails the job with it; a
+    cluster that cannot be reached fails it with status 255; a submission that may have
+    reached the cluster is never made again (its watcher finds the job by its name)."""
+    import distsvc.environment
+    import distsvc.jobs.sbatch
+    import distsvc.slurm
+
+    name = job.target_host or ""
+    cluster = book.config.cluster(name)
+    log = distsvc.log.get(job=job.id, cluster=name)
+    if cluster is None:
+        return _fail(book, job, distsvc.slurm.ClusterCannot(
+            f"cluster {name} is no longer in the configuration"))
+    try:
+        options = distsvc.slurm.options(cluster, job.limits)
+    except distsvc.slurm.ClusterCannot as error:
+        return _fail(book, job, error)
+    depends = slurm_dependencies(book, job)
+    if depends:
+        options.append("--dependency=afterok:" + ":".join(depends))
+    carried = distsvc.environment.carried(env, book.config.env, book.saved_environment())
+    with book.changed:  # a stop that came meanwhile wins: nothing has run
+        stopped = job.stopped
+    if stopped:
+        book.end_attempt(job, {"state": "killed", "signal": 15, "ended": time.time(),
+                               "reason": "stopped before it started: it never ran"})
+        return FAILED, None
+    job.placement = {"kind": "slurm", "cluster": name,
+                     "slurm_name": distsvc.jobs.sbatch.job_name(book.origin, job)}
+    job.reason = None
+    script = distsvc.jobs.sbatch.start_script(cluster, book.origin, job, carried, options)
+    job.state = "starting"  # recorded before the script goes (see _start_on)
+    book.save(job)
+    try:
+        code, out = book.runner(name)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
+    except distsvc.errors.HostUnreachable as error:  # no session: nothing was submitted
+        job.placement = {}
+        return _fail(book, job, distsvc.errors.CannotRun(
+            f"cluster {name}: {error.message} (is its login node up? `distsvc hosts` shows "
+            "what it answers)"))
+    except (TimeoutError, distsvc.errors.CannotRun, OSError) as error:
+        code, out = -1, str(error).encode()
+    if code in (-1, distsvc.jobs.remote.EXIT_EXISTS):
+        job.state, job.started = "running", time.time()
+        job.reason = UNCERTAIN_START
+        book.hold(job)
+        log.warning("job submission uncertain", output=out.decode("utf-8", "replace")[-200:])
+        return STARTED, None
+    try:
+        answer = distsvc.jobs.sbatch.read_start(code, out, cluster, options)
+    except distsvc.errors.DistsvcError as error:
+        job.placement = {}
+        return _fail(book, job, error)
+    if answer.get("dir", "").startswith("/") and answer["dir"].endswith(
+            f"/{book.origin}/{job.id}.{job.attempt}"):
+        job.placement["dir"] = answer["dir"]
+    job.placement["slurm_id"] = answer["slurm_id"]  # its state: the watcher's first look
+    job.state, job.started = "running", time.time()
+    book.hold(job)
+    log.info("job submitted to Slurm", slurm_id=answer["slurm_id"],
+             argv=" ".join(job.argv)[:200])
+    return STARTED, None

@@ -9,7 +9,10 @@ A queued job starts when its turn has come:
 - fewer jobs run than `[jobs] slots`, everywhere together,
 
 and then `launch.start` places it: here, on its host, or on the best host with a free slot
-(a host's `slots` count `distsvc-run` commands and jobs alike). A job that cannot be placed
+(a host's `slots` count `distsvc-run` commands and jobs alike). A job for a Slurm cluster
+is handed to sbatch as soon as its dependencies allow (those on the same cluster at once, as
+Slurm dependencies): `[jobs] slots` and group limits are for what distsvc runs, and neither
+count nor hold a cluster's jobs, whose queue is Slurm's. A job that cannot be placed
 yet keeps its place in the queue with the reason; jobs after it may still start (a job
 waiting for a busy host does not hold up one that may go elsewhere).
 
@@ -39,10 +42,15 @@ def _id_order(job: Job) -> tuple[int, str]:
 
 def _dependencies(book: distsvc.daemon.book.Book, job: Job) -> str | None:
     """None when every job of `after` succeeded; "wait: why" or "fail: why" otherwise."""
+    import distsvc.daemon.launch
+
     for other_id in job.after:
         other = book.jobs.get(other_id)
         if other is None:
             return f"fail: job {other_id} is gone (removed before it succeeded?)"
+        if other.state not in distsvc.jobs.record.FINAL and \
+                distsvc.daemon.launch.same_cluster(job, other):
+            continue  # Slurm holds it for that one (--dependency=afterok)
         if other.state not in distsvc.jobs.record.FINAL:
             return f"wait: waiting for job {other_id} ({distsvc.jobs.record.describe_state(other)})"
         if not distsvc.jobs.record.succeeded(other):
@@ -51,7 +59,9 @@ def _dependencies(book: distsvc.daemon.book.Book, job: Job) -> str | None:
 
 
 def _running(jobs: list[Job]) -> list[Job]:
-    return [j for j in jobs if j.state not in distsvc.jobs.record.FINAL and j.state != "queued"]
+    """The jobs that hold a slot of ours: not a cluster's (Slurm's queue is theirs)."""
+    return [j for j in jobs if j.state not in distsvc.jobs.record.FINAL and j.state != "queued"
+            and j.target != "cluster"]
 
 
 def schedule(book: distsvc.daemon.book.Book, wait: float | None = None
@@ -94,11 +104,12 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
                 continue
             _say(book, job, why)
             continue
-        limit = groups.get(job.group or "")
+        limit = groups.get(job.group or "") if job.target != "cluster" else None
         if limit is not None and sum(j.group == job.group for j in running) >= limit:
             _say(book, job, f"group {job.group} has {limit} jobs running (its limit)")
             continue
-        if config.jobs.slots is not None and len(running) >= config.jobs.slots:
+        if config.jobs.slots is not None and len(running) >= config.jobs.slots and \
+                job.target != "cluster":
             _say(book, job, f"all {config.jobs.slots} job slots (jobs.slots) are taken")
             continue
         import distsvc.daemon.launch
@@ -116,7 +127,7 @@ def _pass(book: distsvc.daemon.book.Book) -> dict[str, distsvc.errors.DistsvcErr
         finally:
             with book.changed:
                 book.starting.discard(job.id)
-        if outcome == distsvc.daemon.launch.STARTED:
+        if outcome == distsvc.daemon.launch.STARTED and job.target != "cluster":
             running.append(job)
         elif outcome == distsvc.daemon.launch.WAITING and job.target != "local":
             full[target] = job.reason or "waiting for a free slot"

@@ -1,4 +1,6 @@
-"""Watching the jobs on one host: a thread per host with running jobs (see Book.watch_host).
+"""Watching the jobs on one host: a thread per host with running jobs (see Book.watch_host),
+and per Slurm cluster (the same loop, jobs/sbatch.py's monitor script: Slurm's state and
+accounting instead of a unit's or supervisor's).
 
 Each look is one SSH session running jobs/remote.monitor_script for all of the host's running
 jobs: their state, and each stream's bytes past what the local mirror holds, appended to the
@@ -18,15 +20,17 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import distsvc.daemon.book
 import distsvc.daemon.launch
 import distsvc.errors
 import distsvc.jobs.record
 import distsvc.jobs.remote
+import distsvc.jobs.sbatch
 import distsvc.jobs.store
 import distsvc.log
 
 if TYPE_CHECKING:
-    import distsvc.daemon.book
+    import distsvc.config
 
 INTERVAL = 0.5        # between looks at a host's running jobs
 YOUNG_INTERVAL = 0.1  # while one of them is in its first YOUNG seconds
@@ -36,6 +40,7 @@ MAX_ROUNDS = 64       # looks to complete an ended job's mirror before trying ag
 QUICK_LOOK, SLOW_LOOK = 1.0, 5.0  # seconds: a look's budget grows below, shrinks above
 Job = distsvc.jobs.record.Job
 STREAMS = ("stdout", "stderr")
+FETCH_NOTHING = 0  # a look's budget when only the state is wanted (at least FETCH_MIN)
 
 
 def _mirror_sizes(book: distsvc.daemon.book.Book, job: Job) -> dict[str, int]:
@@ -73,12 +78,30 @@ def _append(book: distsvc.daemon.book.Book, job: Job, look: distsvc.jobs.remote.
     return complete
 
 
+def _cluster(book: distsvc.daemon.book.Book, name: str) -> distsvc.config.Cluster:
+    cluster = book.config.cluster(name)
+    if cluster is None:
+        raise distsvc.errors.HostUnreachable(
+            name, "is no longer a cluster of the configuration (put it back to reach its jobs)")
+    return cluster
+
+
+def _slurm(jobs: list[Job]) -> bool:
+    """Whether these jobs (of one host or cluster) are on a Slurm cluster."""
+    return bool(jobs) and jobs[0].placement.get("kind") == "slurm"
+
+
 def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job],
           budget: int = distsvc.jobs.remote.LOOK_MAX, before: str = ""
           ) -> dict[str, distsvc.jobs.remote.Look]:
     """One look at `jobs` (`before`: a script to run first in the same session)."""
-    script = before + "\n" + distsvc.jobs.remote.monitor_script(
-        book.origin, [(job, _mirror_sizes(book, job)) for job in jobs], budget)
+    sized = [(job, _mirror_sizes(book, job)) for job in jobs]
+    if _slurm(jobs):
+        monitor = distsvc.jobs.sbatch.monitor_script(_cluster(book, host), book.origin,
+                                                     sized, budget, time.time())
+    else:
+        monitor = distsvc.jobs.remote.monitor_script(book.origin, sized, budget)
+    script = before + "\n" + monitor
     code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
     if code != 0 or not out.rstrip().endswith(b"monitor=done"):
         raise distsvc.errors.HostUnreachable(host, "the job monitor was cut short")
@@ -90,7 +113,11 @@ def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             end: tuple[str, int | None, int | None, str | None],
             budget: int = distsvc.jobs.remote.LOOK_MAX) -> None:
     runner = book.runner(host)
-    collect = distsvc.jobs.remote.collect_script(book.origin, job, look)
+    if _slurm([job]):
+        collect = distsvc.jobs.sbatch.collect_script(_cluster(book, host), book.origin, job,
+                                                     end)
+    else:
+        collect = distsvc.jobs.remote.collect_script(book.origin, job, look)
     for _ in range(MAX_ROUNDS):  # the last bytes, written before the end was seen
         began = time.monotonic()
         final = _look(book, host, [job], budget, collect).get(job.id)
@@ -174,8 +201,12 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             changed = job.host_down_since is not None
             job.host_down_since = None
             complete = _append(book, job, look)
-            distsvc.jobs.remote.figures(job, look)
-            end = distsvc.jobs.remote.ended(job, look)
+            if _slurm([job]):
+                changed = distsvc.jobs.sbatch.figures(job, look) or changed
+                end = distsvc.jobs.sbatch.ended(job, look)
+            else:
+                distsvc.jobs.remote.figures(job, look)
+                end = distsvc.jobs.remote.ended(job, look)
             try:
                 if end is not None:
                     _finish(book, host, job, look, end, budget)
@@ -197,3 +228,29 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
         now = time.time()
         young = any(now - (job.started or job.created) < YOUNG for job in jobs)
         time.sleep(YOUNG_INTERVAL if young else INTERVAL)
+
+
+ACCOUNTING_WAIT = 120.0  # seconds after its end a job's accounting is looked up again
+
+
+def refresh_accounting(book: distsvc.daemon.book.Book, job: Job) -> None:
+    """An ended Slurm job's accounting, looked up again for `status` (slurmdbd records the
+    steps' figures a moment after the end the watcher saw): until sacct has the job, and for
+    ACCOUNTING_WAIT after its end while MaxRSS is missing (a sub-second job never has one)."""
+    place = job.placement
+    if place.get("kind") != "slurm" or job.state not in distsvc.jobs.record.FINAL \
+            or not place.get("slurm_id") or place.get("accounting", "").startswith("none"):
+        return
+    age = time.time() - (job.ended or 0.0)
+    if place.get("accounting") == "sacct" and (job.memory_peak is not None
+                                               or age > ACCOUNTING_WAIT):
+        return
+    if age > 86400:
+        return
+    try:
+        look = _look(book, distsvc.daemon.book.where(job), [job], FETCH_NOTHING).get(job.id)
+    except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
+        distsvc.log.get(job=job.id).info("accounting not looked up", error=str(error))
+        return
+    if look is not None and distsvc.jobs.sbatch.figures(job, look):
+        book.save_quietly(job)

@@ -13,8 +13,9 @@ more, e.g. the unit vanished with the machine's reboot: reason). "unknown" is fi
 nothing will ever tell more: `wait` returns for it and `clean` removes it.
 
 Where a job goes is `target`: "local" (this machine), "host" (the configured host
-`target_host`) or "best" (the least-loaded host with a free slot when it starts); where it
-went is `placement` (kind "local" or "ssh", see jobs/local.py and jobs/remote.py). A job with
+`target_host`), "best" (the least-loaded host with a free slot when it starts) or "cluster"
+(handed to the Slurm cluster `target_host` names); where it went is `placement` (kind
+"local", "ssh" or "slurm", see jobs/local.py, jobs/remote.py and jobs/sbatch.py). A job with
 `retries` that does not succeed is queued again; each ended attempt is kept in `attempts`
 (its state, status, times and placement), its output under the attempt's number.
 """
@@ -36,7 +37,7 @@ STATES = ("queued", "starting", "running", "exited", "killed", "timeout", "oom",
           "dependency-failed", "unknown")
 FINAL = frozenset({"exited", "killed", "timeout", "oom", "failed", "dependency-failed",
                    "unknown"})
-TARGETS = ("local", "host", "best")
+TARGETS = ("local", "host", "best", "cluster")
 PAUSE_METHODS = ("freezer", "signals")
 STREAMS = ("stdout", "stderr")
 
@@ -205,8 +206,8 @@ def _check_consistent(job: Job) -> None:
         raise CorruptRecord("argv: empty")
     if job.target not in TARGETS:
         raise CorruptRecord(f"target: unknown target {job.target!r}")
-    if job.target == "host" and not job.target_host:
-        raise CorruptRecord("target host without target_host")
+    if job.target in ("host", "cluster") and not job.target_host:
+        raise CorruptRecord(f"target {job.target} without target_host")
 
 
 # systemd's own exit codes for a unit process it could not set up (systemd.exec(5), "PROCESS
@@ -346,6 +347,17 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def slurm_state(place: dict[str, str]) -> str:
+    """A submitted, unfinished Slurm job in words: Slurm's state and reason, its node."""
+    state = place.get("slurm_state") or "PENDING"
+    said = state.lower()
+    if place.get("slurm_reason"):
+        said += f" ({place['slurm_reason']})"
+    if state == "RUNNING" and place.get("node"):
+        said += f" on {place['node']}"
+    return said
+
+
 def describe_state(job: Job) -> str:
     """The state in words, for `list` and `status`."""
     if job.state == "exited":
@@ -368,7 +380,12 @@ def describe_state(job: Job) -> str:
         return f"dependency failed: {job.reason or 'a job it was to run after failed'}"
     if job.host_down_since is not None and job.state not in FINAL:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.host_down_since))
-        return f"unknown (host {job.placement.get('host', '?')} down since {since})"
+        where = (f"cluster {job.placement.get('cluster', '?')}"
+                 if job.placement.get("kind") == "slurm" else
+                 f"host {job.placement.get('host', '?')}")
+        return f"unknown ({where} down since {since})"
+    if job.state == "running" and job.placement.get("kind") == "slurm":
+        return slurm_state(job.placement)
     if job.state == "running" and job.paused:
         return f"paused ({job.pause_method or 'unknown method'})"
     if job.state == "queued" and job.reason:

@@ -130,7 +130,7 @@ ds_root="$ds_state/distsvc/jobs-from/{origin}"
 """
 
 
-def _heredoc(path: str, text: str) -> str:
+def heredoc(path: str, text: str) -> str:
     """Shell that writes `text` (which must not hold the random end line) to `path`."""
     end = f"DISTSVC_END_{secrets.token_hex(8)}"
     if not text.endswith("\n"):
@@ -236,6 +236,30 @@ def _text_properties(job: distsvc.jobs.record.Job, plan: distsvc.jobs.isolation.
     return props
 
 
+def env_script(env: Mapping[str, str]) -> str:
+    """The job's environment file: sourced by its run script, where it runs. PATH is the
+    carried one with the entries the machine lacks dropped and its own appended."""
+    return "".join(line + "\n" for line in
+                   ["_ds_nl='\n'", distsvc.remote.SAVE_HOST_PATH,
+                    *distsvc.remote.export_lines(env), distsvc.remote.PATH_FOR_HOST])
+
+
+def check_lines(job: distsvc.jobs.record.Job) -> str:
+    """Shell that checks, in the job's environment ("$D/env") and directory, that its
+    command can be run: exit 4 no directory, 127 not found, 126 not executable (the
+    attempt's directory removed, one line `error=`); prints program= and dir= otherwise."""
+    return f"""\
+ds_check=$( . "$D/env"; cd -- {_q(job.cwd)} 2>/dev/null || {{ echo "nodir"; exit 4; }}
+  p=$(command -v -- {_q(job.argv[0])}) || {{ echo "notfound PATH=$PATH"; exit 127; }}
+  case $p in /*) [ -x "$p" ] && [ ! -d "$p" ] || {{ echo "notexec"; exit 126; }};; esac
+  echo "$p" )
+ds_s=$?
+if [ $ds_s -ne 0 ]; then rm -rf "$D"; echo "error=$ds_check"; exit $ds_s; fi
+echo "program=$ds_check"
+echo "dir=$D"
+"""
+
+
 def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, str],
                  caps: Caps, record_json: str) -> str:
     """Start attempt `job.attempt` of `job` on the host (see the module docstring).
@@ -247,15 +271,11 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
     """
     _check(origin, job.id, job.attempt)
     attempt_dir = f'"$ds_root/{job.id}.{job.attempt}"'
-    env_script = "".join(line + "\n" for line in
-                         ["_ds_nl='\n'", distsvc.remote.SAVE_HOST_PATH,
-                          *distsvc.remote.export_lines(env), distsvc.remote.PATH_FOR_HOST])
     cwd = _q(job.cwd)
     run = ('. "${0%/run}/env"\n'  # run as `/bin/sh DIR/run CMD...`
            f"cd -- {cwd} || exit 200\n"
            ': > "${0%/run}/started"\n'  # from here on, 200-243 are the command's own
            'exec "$@"\n')
-    argv0 = _q(job.argv[0])
     kinds = list(job.isolation)
     plan = distsvc.jobs.isolation.plan(kinds, user_manager=True)
     prefix: list[str] = []
@@ -268,24 +288,15 @@ def start_script(origin: str, job: distsvc.jobs.record.Job, env: Mapping[str, st
         '"$ds_root" || { echo "error=cannot make $ds_root"; exit 10; }',
         f"mkdir {attempt_dir} 2>/dev/null || {{ echo 'error=exists'; exit {EXIT_EXISTS}; }}",
         f"D={attempt_dir}",
-        _heredoc('"$D/env"', env_script),
-        _heredoc('"$D/run"', run),
-        _heredoc('"$D/record.json"', record_json),
+        heredoc('"$D/env"', env_script(env)),
+        heredoc('"$D/run"', run),
+        heredoc('"$D/record.json"', record_json),
         ': > "$D/stdout"; : > "$D/stderr"',
     ]
     if "pid" in kinds:
         source = Path(distsvc.jobs.isolation.PIDINIT).read_text(encoding="utf-8")
-        lines.append(_heredoc('"$D/pidinit.py"', source))
-    lines.append(f"""\
-ds_check=$( . "$D/env"; cd -- {cwd} 2>/dev/null || {{ echo "nodir"; exit 4; }}
-  p=$(command -v -- {argv0}) || {{ echo "notfound PATH=$PATH"; exit 127; }}
-  case $p in /*) [ -x "$p" ] && [ ! -d "$p" ] || {{ echo "notexec"; exit 126; }};; esac
-  echo "$p" )
-ds_s=$?
-if [ $ds_s -ne 0 ]; then rm -rf "$D"; echo "error=$ds_check"; exit $ds_s; fi
-echo "program=$ds_check"
-echo "dir=$D"
-""")
+        lines.append(heredoc('"$D/pidinit.py"', source))
+    lines.append(check_lines(job))
     command = " ".join(_q(a) for a in [*prefix, *job.argv])
     if caps.mode == "systemd":
         # The manager expands $VAR and turns $$ into $ in a unit's command, systemd-run's
@@ -306,7 +317,7 @@ echo "dir=$D"
             '{ echo "error=systemd-run: $(head -n 1 "$D/start-error")"; rm -rf "$D"; exit 12; }'
             f"\necho 'unit={unit}'\necho 'started=yes'")
     else:
-        lines.append(_heredoc('"$D/supervise"', _SUPERVISE))
+        lines.append(heredoc('"$D/supervise"', _SUPERVISE))
         lines.append(f"""\
 setsid /bin/sh "$D/supervise" "$D" {command} </dev/null >/dev/null 2>&1 &
 echo $! > "$D/supervisor"
@@ -380,7 +391,7 @@ _SHOW = ("ActiveState,SubState,Result,ExecMainCode,ExecMainStatus,MainPID,CPUUsa
          "MemoryCurrent,LoadState,FreezerState")
 
 
-def _job_dir(placement: Mapping[str, str]) -> str:
+def job_dir(placement: Mapping[str, str]) -> str:
     directory = placement.get("dir", "")
     if not directory.startswith("/") or "\n" in directory:
         raise ValueError("bad remote directory")
@@ -396,18 +407,12 @@ class Look:
     sizes: dict[str, int]                       # stream -> its size on the host
 
 
-def monitor_script(origin: str, jobs: Sequence[tuple[distsvc.jobs.record.Job,
-                                                     Mapping[str, int]]],
-                   budget: int = LOOK_MAX) -> str:
-    """One look at each of `jobs` (with the mirror's sizes): its state, then each stream's
-    size and the bytes past the mirror's (`budget` shared by all, at least FETCH_MIN each;
-    the watcher grows it while looks are quick and shrinks it when they are slow).
-
-    The bytes are copied to a temporary file first and announced with the copy's own size,
-    so the answer's framing holds even if a file shrank meanwhile (a job that truncates its
-    own output); such a file's mirror is then only appended to, never rewritten."""
-    each = max(FETCH_MIN, budget // max(1, 2 * len(jobs)))
-    parts = [_preamble(origin), _TREE, r"""
+def fetch_function(budget: int, jobs: int) -> str:
+    """Shell defining `ds_fetch STREAM FILE OFFSET`: the file's bytes past OFFSET (at most
+    `budget` shared by `jobs` jobs' two streams, at least FETCH_MIN each), framed as
+    `read_monitor` reads them. Needs $ds_root (its temporary copy lives there)."""
+    each = max(FETCH_MIN, budget // max(1, 2 * jobs))
+    return r"""
 ds_tmp="$ds_root/.look-$$"
 trap 'rm -f "$ds_tmp"' EXIT
 ds_fetch() {  # stream file offset
@@ -421,10 +426,30 @@ ds_fetch() {  # stream file offset
   [ $l -gt 0 ] && cat "$ds_tmp"
   echo
 }
-""".replace("EACH", str(each))]
+""".replace("EACH", str(each))
+
+
+def fetch_lines(directory: str, sizes: Mapping[str, int]) -> str:
+    """Both streams of the job in `directory` (shell-quoted) past the mirror's `sizes`."""
+    return "\n".join(f"ds_fetch {stream} {directory}/{stream} {int(sizes.get(stream, 0))}"
+                     for stream in ("stdout", "stderr"))
+
+
+def monitor_script(origin: str, jobs: Sequence[tuple[distsvc.jobs.record.Job,
+                                                     Mapping[str, int]]],
+                   budget: int = LOOK_MAX) -> str:
+    """One look at each of `jobs` (with the mirror's sizes): its state, then each stream's
+    size and the bytes past the mirror's (`budget` shared by all, at least FETCH_MIN each;
+    the watcher grows it while looks are quick and shrinks it when they are slow).
+
+    The bytes are copied to a temporary file first and announced with the copy's own size,
+    so the answer's framing holds even if a file shrank meanwhile (a job that truncates its
+    own output); such a file's mirror is then only appended to, never rewritten."""
+    parts = [_preamble(origin), _TREE, fetch_function(budget, len(jobs))]
     for job, sizes in jobs:
+
         placement = job.placement
-        d = _job_dir(placement)
+        d = job_dir(placement)
         parts.append(f'echo "job {job.id}"')
         # The live state first, then the status file: a supervisor writes its status before
         # it exits, so one seen gone has left its status to be seen.
@@ -442,8 +467,7 @@ else echo "alive=no"; fi""")
         parts.append(f'if [ -e {d}/status ]; then echo "status=$(cat {d}/status)"; fi')
         parts.append(f'[ -e {d}/started ] && echo "started=yes"')
         parts.append(f'[ -d {d} ] || echo "gone=yes"')
-        for stream in ("stdout", "stderr"):
-            parts.append(f"ds_fetch {stream} {d}/{stream} {int(sizes.get(stream, 0))}")
+        parts.append(fetch_lines(d, sizes))
         parts.append('echo "end"')
     parts.append('echo "monitor=done"')
     return "\n".join(parts)
@@ -544,7 +568,7 @@ def figures(job: distsvc.jobs.record.Job, look: Look) -> None:
 def collect_script(origin: str, job: distsvc.jobs.record.Job, look: Look) -> str:
     """For an ended job: its status kept on the host, then what it left ended (the unit let
     go; the supervisor's session signalled)."""
-    d = _job_dir(job.placement)
+    d = job_dir(job.placement)
     parts = [_preamble(origin), _TREE]
     if job.placement.get("mode") == "systemd":
         unit = _q(job.placement.get("unit", ""))
@@ -571,7 +595,7 @@ def stop_script(origin: str, job: distsvc.jobs.record.Job, signal_name: str,
     is left after `grace` seconds."""
     if not re.fullmatch(r"[A-Z0-9]+", signal_name):
         raise ValueError("bad signal name")
-    d = _job_dir(job.placement)
+    d = job_dir(job.placement)
     steps = max(1, round(grace * 10))
     parts = [_preamble(origin), _TREE]
     if job.placement.get("mode") == "systemd":
@@ -602,7 +626,7 @@ echo stopped=yes""")
 def pause_script(origin: str, job: distsvc.jobs.record.Job, pause: bool) -> str:
     """Freeze (the unit's freezer, else SIGSTOP to every process, twice over for what forked
     meanwhile) or thaw; prints method=freezer|signals."""
-    d = _job_dir(job.placement)
+    d = job_dir(job.placement)
     parts = [_preamble(origin), _TREE]
     if job.placement.get("mode") == "systemd":
         unit = _q(job.placement.get("unit", ""))
@@ -629,7 +653,7 @@ def remove_script(origin: str, directories: Sequence[str], max_age_days: int | N
     removed here while it was down)."""
     parts = [_preamble(origin)]
     for directory in directories:
-        parts.append(f"rm -rf -- {_job_dir({'dir': directory})}")
+        parts.append(f"rm -rf -- {job_dir({'dir': directory})}")
     if max_age_days is not None:
         parts.append(f'[ -d "$ds_root" ] && find "$ds_root" -mindepth 2 -maxdepth 2 -name status '
                      f"-mtime +{int(max_age_days)} 2>/dev/null | while IFS= read -r f; do "
@@ -640,7 +664,7 @@ def remove_script(origin: str, directories: Sequence[str], max_age_days: int | N
 
 def cut_script(origin: str, job: distsvc.jobs.record.Job, max_bytes: int) -> str:
     """Retention on the host: each stream of an ended attempt cut to its last `max_bytes`."""
-    d = _job_dir(job.placement)
+    d = job_dir(job.placement)
     parts = [_preamble(origin)]
     for stream in ("stdout", "stderr"):
         f = f"{d}/{stream}"

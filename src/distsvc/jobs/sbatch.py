@@ -1,0 +1,319 @@
+"""Jobs on a Slurm cluster: the "slurm" placement, a job handed to `sbatch` at once.
+
+Like jobs/remote.py, every operation is a POSIX shell script on the stdin of `/bin/sh -s`,
+here on the cluster's shell (this machine's, or its login node's over the daemon's pool; see
+actions/cluster.py), answering with `key=value` lines. Slurm's queue is the job's queue: the
+job is submitted when its turn comes in ours (its `--after` jobs outside the cluster
+succeeded; those on the same cluster become `--dependency=afterok:ID`), and takes no slot.
+
+On the cluster each attempt has a directory of its own under the cluster's `output`
+(relative to the home there, which the nodes share), 0700, its files 0600:
+
+    OUTPUT/ORIGIN/ID.ATTEMPT/   env  batch  stdout  stderr  slurm_id  [started]  [nodir]
+
+`batch` is the batch script: it reads `env` (the job's environment, as remote jobs have it),
+changes to the working directory and fails (status 200, `nodir`, one line on stderr) when
+that is not there (sbatch's and srun's `--chdir` silently fall back to /tmp: a command must
+never run elsewhere), then execs the command. Slurm writes stdout and stderr (append mode:
+a file never shrinks, so the mirror stays exact); the watcher mirrors them as for a job on a
+host (jobs/remote.fetch_function and read_monitor's framing) and reads the job's state from
+`scontrol show job -o` (while slurmctld keeps it: MinJobAge after the end) and from `sacct`
+once it ended (the state after that, and the accounting: Elapsed, TotalCPU, MaxRSS).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+
+import distsvc.config
+import distsvc.errors
+import distsvc.jobs.record
+import distsvc.jobs.remote
+import distsvc.slurm
+
+Look = distsvc.jobs.remote.Look
+Job = distsvc.jobs.record.Job
+EXIT_NO_SBATCH = 13
+EXIT_REFUSED = 14
+NODIR_STATUS = 200        # the batch script's status when the directory is not on the node
+STDERR_MARK = "sbatch-stderr-follows"
+ACCOUNTING_FIELDS = "JobID,JobName,State,ExitCode,Elapsed,TotalCPU,MaxRSS"
+ACCOUNTING_MARGIN = 3600  # seconds before a job's submission sacct looks from (IDs recur)
+# Slurm states in which a job is not over (scontrol's JobState=).
+_ACTIVE = "|".join(f"*JobState={state}*" for state in distsvc.slurm.ACTIVE)
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)
+
+
+def job_name(origin: str, job: Job) -> str:
+    """The job's name in Slurm: JOB_PREFIX + ORIGIN-ID (squeue, sacct show it)."""
+    distsvc.jobs.remote.unit_name(origin, job.id, job.attempt)  # checks origin and ID
+    return f"{distsvc.slurm.JOB_PREFIX}{origin}-{job.id}"
+
+
+def preamble(cluster: distsvc.config.Cluster, origin: str) -> str:
+    """Every script starts with this: what it makes is the user's alone; `ds_root` is this
+    origin's directory under the cluster's `output` (relative to the home there)."""
+    distsvc.jobs.remote.unit_name(origin, "1", 1)  # checks the origin
+    output = cluster.output.rstrip("/") or "."
+    base = f"'{output}'" if output.startswith("/") else f"\"$HOME\"/'{output}'"
+    return f"umask 077\nds_root={base}/{origin}\n"
+
+
+def attempt_dir(job: Job) -> str:
+    """The attempt's directory as shell: the one the cluster named at the start, or (for a
+    start whose answer was lost) where the start script makes it."""
+    if job.placement.get("dir"):
+        return distsvc.jobs.remote.job_dir(job.placement)
+    return f'"$ds_root/{int(job.id)}.{int(job.attempt)}"'
+
+
+def env_for_cluster(env: Mapping[str, str]) -> dict[str, str]:
+    """The carried environment less Slurm's own variables: the job's are Slurm's to set
+    (SLURM_JOB_ID...), not those of a client that itself runs inside a Slurm job."""
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+
+
+def batch_script(job: Job) -> str:
+    """The batch script sbatch runs (as `batch DIR`): environment, directory, command."""
+    cwd = _q(job.cwd)
+    command = " ".join(_q(a) for a in job.argv)
+    return f"""#!/bin/sh
+D=$1
+. "$D/env"
+cd -- {cwd} 2>/dev/null || {{
+  printf 'distsvc: %s: no such directory on node %s; the command did not run\\n' {cwd} \\
+    "$(hostname)" >&2
+  : > "$D/nodir"; exit {NODIR_STATUS}; }}
+: > "$D/started"
+exec {command}
+"""
+
+
+def start_script(cluster: distsvc.config.Cluster, origin: str, job: Job,
+                 env: Mapping[str, str], options: Sequence[str]) -> str:
+    """Submit attempt `job.attempt` of `job` with `options` (slurm.options, a dependency).
+
+    Before anything is submitted, in the job's own environment and directory there, the
+    command is looked up (jobs/remote.check_lines: 127, 126, 4 no directory). An attempt's
+    directory that exists already means it may have been submitted before: exit 11, nothing
+    done. Prints dir= and slurm_id=, or Slurm's refusal after a STDERR_MARK line (exit 14)."""
+    heredoc = distsvc.jobs.remote.heredoc
+    name = job_name(origin, job)
+    opts = " ".join(_q(o) for o in options)
+    return "\n".join([
+        preamble(cluster, origin),
+        'mkdir -p "$ds_root" || { echo "error=cannot make $ds_root"; exit 10; }',
+        f'D={attempt_dir(job)}',
+        f"mkdir \"$D\" 2>/dev/null || {{ echo 'error=exists'; "
+        f"exit {distsvc.jobs.remote.EXIT_EXISTS}; }}",
+        heredoc('"$D/env"', distsvc.jobs.remote.env_script(env_for_cluster(env))),
+        heredoc('"$D/batch"', batch_script(job)),
+        ': > "$D/stdout"; : > "$D/stderr"',
+        distsvc.jobs.remote.check_lines(job),
+        f"""\
+command -v sbatch >/dev/null 2>&1 || {{ rm -rf "$D"
+  echo "error=Slurm's sbatch is not installed there"; exit {EXIT_NO_SBATCH}; }}
+ds_out=$(sbatch --parsable --job-name={_q(name)} --output="$D/stdout" --error="$D/stderr" \\
+  --open-mode=append --no-requeue --chdir={_q(job.cwd)} {opts} "$D/batch" "$D" \
+  </dev/null 2>"$D/submit")
+if [ $? -ne 0 ]; then echo {STDERR_MARK}; cat "$D/submit"; rm -rf "$D"; exit {EXIT_REFUSED}; fi
+ds_id=${{ds_out%%;*}}
+echo "$ds_id" > "$D/slurm_id"
+echo "slurm_id=$ds_id"
+echo "started=yes"
+"""])
+
+
+def read_start(code: int, out: bytes, cluster: distsvc.config.Cluster,
+               options: Sequence[str]) -> dict[str, str]:
+    """The start's answer: {"dir", "slurm_id", "program"}; StartRefused (127, 126, 4) or
+    ClusterCannot (Slurm's refusal, in one line) otherwise."""
+    text = out.decode("utf-8", "replace")
+    head, mark, stderr = text.partition(STDERR_MARK + "\n")
+    values = distsvc.jobs.remote.parse(head.encode())
+    if code == 0 and values.get("started") == "yes" and values.get("slurm_id", "").isdigit():
+        return values
+    if mark:
+        raise distsvc.slurm.refusal(cluster, stderr, list(options))
+    if code in (4, 126, 127):
+        return distsvc.jobs.remote.read_start(code, head.encode(), f"cluster {cluster.name}")
+    raise distsvc.slurm.ClusterCannot(
+        f"could not submit the job to cluster {cluster.name}: "
+        f"{values.get('error') or 'the start script ended with status ' + str(code)}")
+
+
+# -- watching ----------------------------------------------------------------------------------
+
+def monitor_script(cluster: distsvc.config.Cluster, origin: str,
+                   jobs: Sequence[tuple[Job, Mapping[str, int]]],
+                   budget: int = distsvc.jobs.remote.LOOK_MAX, now: float = 0.0) -> str:
+    """One look at each of `jobs` (with the mirror's sizes): its Slurm ID, scontrol's line
+    (`scontrol=`), sacct's lines once it is over (`sacct_N=`; from an hour before its
+    submission, `now` being the time here: a Slurm ID recurs after a controller's state is
+    lost, and sacct keeps the older jobs'), the markers its batch script left, and each
+    stream's bytes past the mirror's (jobs/remote.read_monitor reads it)."""
+    parts = [preamble(cluster, origin),
+             distsvc.jobs.remote.fetch_function(budget, len(jobs))]
+    for job, sizes in jobs:
+        d = attempt_dir(job)
+        name = _q(job_name(origin, job))
+        since = max(0, int(now - (job.started or job.created or now))) + ACCOUNTING_MARGIN
+        parts.append(f"""\
+echo "job {job.id}"
+ds_id=$(cat {d}/slurm_id 2>/dev/null) || ds_id=$(squeue -h -n {name} -o %i 2>/dev/null | head -n 1)
+echo "slurm_id=$ds_id"
+if [ -n "$ds_id" ]; then
+  ds_l=$(scontrol show job -o "$ds_id" 2>/dev/null | head -n 1)
+  echo "scontrol=$ds_l"
+  case "$ds_l" in {_ACTIVE}) ;;
+    *) sacct -n -P -S now-{since} -j "$ds_id" -o {ACCOUNTING_FIELDS} 2>&1 \
+         | awk '{{print "sacct_" NR "=" $0}}';;
+  esac
+fi
+[ -e {d}/started ] && echo "started=yes"
+[ -e {d}/nodir ] && echo "nodir=yes"
+[ -d {d} ] || echo "gone=yes"
+{distsvc.jobs.remote.fetch_lines(d, sizes)}
+echo end
+""")
+    parts.append('echo "monitor=done"')
+    return "\n".join(parts)
+
+
+def _accounting(job: Job, look: Look) -> tuple[list[dict[str, str]], str | None]:
+    """sacct's rows (JobID, State, ...) of the job and its steps from a look, and what sacct
+    said instead of rows (accounting disabled...), if it did. Rows of another job that had
+    the same ID (sacct keeps them) are left out: the job's own row carries its name, and its
+    steps follow it."""
+    rows: list[dict[str, str]] = []
+    said = None
+    names = ACCOUNTING_FIELDS.split(",")
+    ours = False
+    slurm_id = look.state.get("slurm_id", "")
+    for key in sorted((k for k in look.state if re.fullmatch(r"sacct_\d+", k)),
+                      key=lambda k: int(k[6:])):
+        values = look.state[key].split("|")
+        if len(values) != len(names):
+            said = look.state[key].strip() or said
+            continue
+        row = dict(zip(names, values, strict=True))
+        if row["JobID"] == slurm_id:
+            ours = row["JobName"] == job.placement.get("slurm_name")
+        if ours and row["JobID"].partition(".")[0] == slurm_id:
+            rows.append(row)
+    return rows, said
+
+
+def ended(job: Job, look: Look) -> tuple[str, int | None, int | None, str | None] | None:
+    """How the job ended (state, exit code, signal, reason), or None while it is not over:
+    from scontrol while slurmctld knows it, else from sacct."""
+    state = look.state
+    cluster = job.placement.get("cluster", "?")
+    if state.get("nodir") == "yes":
+        return ("failed", None, None, f"no such directory on the cluster's node: {job.cwd} "
+                "(a cluster runs it where its nodes see the directory: choose one with -w)")
+    fields = distsvc.slurm.parse_fields(state.get("scontrol", ""))
+    if fields.get("JobState"):
+        reason = distsvc.slurm.reason_text(fields)
+        if fields["JobState"] == "PENDING" and reason == "DependencyNeverSatisfied":
+            return ("dependency-failed", None, None,
+                    "Slurm: DependencyNeverSatisfied (a job it was to run after did not "
+                    "succeed); cancelled")
+        return distsvc.slurm.ended(fields["JobState"], fields.get("ExitCode", ""), reason)
+    rows, said = _accounting(job, look)
+    top = next((r for r in rows if r["JobID"] == state.get("slurm_id")), None)
+    if top is not None:
+        return distsvc.slurm.ended(top["State"], top["ExitCode"])
+    if state.get("gone") == "yes" and not state.get("slurm_id"):
+        if job.state == "starting":
+            return ("failed", None, None, f"its submission to cluster {cluster} was cut short "
+                    "before it was made (the daemon stopped?); it did not run")
+        return ("unknown", None, None, f"its directory on cluster {cluster} is gone; "
+                "its exit status is lost")
+    if state.get("slurm_id") and not state.get("scontrol") and said and "disabled" in said:
+        return ("unknown", None, None, f"cluster {cluster} no longer knows Slurm job "
+                f"{state['slurm_id']} ({said or 'and keeps no accounting'}); "
+                "its exit status is lost")
+    return None
+
+
+def figures(job: Job, look: Look) -> bool:
+    """What Slurm says of the job into its record (placement: slurm_state, slurm_reason,
+    node, elapsed, accounting; cpu_ns and memory_peak from sacct, MaxRSS the largest over
+    the steps); True when what `status` shows changed."""
+    before = dict(job.placement)
+    place = job.placement
+    state = look.state
+    if state.get("slurm_id", "").isdigit():
+        place["slurm_id"] = state["slurm_id"]
+    fields = distsvc.slurm.parse_fields(state.get("scontrol", ""))
+    if fields.get("JobState"):
+        place["slurm_state"] = fields["JobState"]
+        place["slurm_reason"] = distsvc.slurm.reason_text(fields) or ""
+        node = fields.get("NodeList", "")
+        if node and node != "(null)":
+            place["node"] = node
+        if fields.get("RunTime"):
+            place["run_time"] = fields["RunTime"]
+    rows, said = _accounting(job, look)
+    if rows:
+        place["accounting"] = "sacct"
+        top = next((r for r in rows if r["JobID"] == place.get("slurm_id")), rows[0])
+        place["slurm_state"] = top["State"].split()[0] if top["State"] else \
+            place.get("slurm_state", "")
+        if top["Elapsed"]:
+            place["elapsed"] = top["Elapsed"]
+        cpu = distsvc.slurm.parse_duration(top["TotalCPU"])
+        if cpu is not None:
+            job.cpu_ns = int(cpu * 1e9)
+        sizes = [s for r in rows if (s := distsvc.slurm.parse_size(r["MaxRSS"])) is not None]
+        if sizes:
+            job.memory_peak = max(sizes)
+    elif said is not None:
+        place["accounting"] = "none: " + said
+    return place != before
+
+
+def collect_script(cluster: distsvc.config.Cluster, origin: str, job: Job,
+                   end: tuple[str, int | None, int | None, str | None]) -> str:
+    """What an ended job leaves to do on the cluster: a job whose dependency can never be
+    satisfied stays PENDING in Slurm for ever, so it is cancelled."""
+    slurm_id = job.placement.get("slurm_id", "")
+    if end[0] != "dependency-failed" or not slurm_id.isdigit():
+        return ""
+    return f"{preamble(cluster, origin)}scancel {slurm_id} 2>/dev/null\necho collected=yes"
+
+
+def stop_script(cluster: distsvc.config.Cluster, origin: str, job: Job, signal_name: str,
+                grace: float) -> str:
+    """End the whole job: `scancel` (Slurm's SIGTERM to every step, SIGKILL after its
+    KillWait); another signal is sent to every step first (`--full`), `scancel` after
+    `grace` seconds if it is still there."""
+    if not re.fullmatch(r"[A-Z0-9]+", signal_name):
+        raise ValueError("bad signal name")
+    d = attempt_dir(job)
+    name = _q(job_name(origin, job))
+    steps = max(1, round(grace * 10))
+    lines = [preamble(cluster, origin), f"""\
+ds_id=$(cat {d}/slurm_id 2>/dev/null) || ds_id=$(squeue -h -n {name} -o %i 2>/dev/null | head -n 1)
+[ -n "$ds_id" ] || {{ echo "error=its Slurm job ID is not known there"; exit 3; }}"""]
+    if signal_name != "TERM":
+        lines.append(f"""\
+scancel --full --signal={signal_name} "$ds_id" || {{ echo "error=scancel failed"; exit 3; }}
+i=0
+while [ $i -lt {steps} ]; do
+  case "$(scontrol show job -o "$ds_id" 2>/dev/null)" in {_ACTIVE}) ;; *) break;; esac
+  sleep 0.1; i=$((i + 1))
+done""")
+    lines.append('scancel "$ds_id" 2>/dev/null || true\necho stopped=yes')
+    return "\n".join(lines)
+
+
+PAUSE_REFUSAL = ("Slurm lets only its operators suspend a job (scontrol suspend); `distsvc "
+                 "job stop` ends it, or `scontrol hold` there keeps a pending one from starting")
+

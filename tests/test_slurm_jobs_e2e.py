@@ -1,0 +1,373 @@
+"""`distsvc job ... --on CLUSTER`: jobs handed to a real Slurm (tests/slurmbed.py) by a real
+daemon, with the cluster's login node the container's sshd (the daemon on this machine), and
+with Slurm's commands on the daemon's own machine (a daemon inside the container).
+
+Every test proves that Slurm ran the work: the sacct record under our job name and the Slurm
+job ID the record holds, SLURM_JOB_ID in the job's own environment; the clients go through
+the daemon (DISTSVC_DAEMON=required) and its log names each submission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import container
+import slurmbed
+from conftest import BIN
+from helpers import wait_for
+
+Bed = tuple[container.Container, container.SshHost, slurmbed.Cluster]
+CLUSTER = "hpc"
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[Bed]:
+    yield from slurmbed.cluster_fixture()
+
+
+class User:
+    """A user of this machine whose daemon reaches the cluster through its login node."""
+
+    def __init__(self, home: Path, host: container.SshHost) -> None:
+        self.home = home
+        ssh = home / ".ssh"
+        ssh.mkdir(parents=True, mode=0o700)
+        assert host.client_key is not None
+        key = ssh / "id_ed25519"
+        key.write_bytes(host.client_key.read_bytes())
+        key.chmod(0o600)
+        (ssh / "known_hosts").write_text(host.known_hosts_line + "\n")
+        (home / "run").mkdir(mode=0o700)
+        login = (f'login = "{host.name}"\naddress = "{host.address}"\nport = {host.port}\n'
+                 f'user = "{host.user}"\n')
+        config = home / ".config" / "distsvc" / "config.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text(
+            f'[[clusters]]\nname = "{CLUSTER}"\n{login}'
+            f'[[clusters]]\nname = "nopart"\npartition = "nosuch"\n{login}'
+            f'[[clusters]]\nname = "short"\npartition = "short"\n{login}'
+            '[[clusters]]\nname = "away"\nlogin = "away"\naddress = "127.0.0.1"\nport = 9\n'
+            f'user = "{host.user}"\n')
+        self.env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "XDG_CONFIG_HOME": str(home / ".config"),
+                    "XDG_RUNTIME_DIR": str(home / "run"),
+                    "XDG_STATE_HOME": str(home / ".local" / "state"),
+                    "LANG": "C.UTF-8", "DISTSVC_DAEMON": "required",
+                    "DISTSVC_TEST_VAR": "carried"}
+        self.workdir = host.home  # the job's directory: the cluster's (the container's) home
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([str(BIN / args[0]), *args[1:]], env=self.env, cwd="/",
+                              capture_output=True, timeout=timeout, check=False)
+
+    def job(self, *args: str, check: bool = True, timeout: float = 60
+            ) -> subprocess.CompletedProcess[bytes]:
+        done = self.run("distsvc", "job", *args, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"distsvc job {' '.join(args)}: {done.returncode}: "
+                                 f"{done.stderr.decode()}\n{self.log()[-3000:]}")
+        return done
+
+    def start(self, *args: str, cluster: str = CLUSTER) -> dict[str, Any]:
+        out = self.job("start", "--json", "--on", cluster, "-w", self.workdir, *args).stdout
+        record: dict[str, Any] = json.loads(out)["job"]
+        return record
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        out = self.job("status", "--json", job_id).stdout
+        record: dict[str, Any] = json.loads(out)["job"]
+        return record
+
+    def wait(self, job_id: str, timeout: float = 90) -> tuple[int, dict[str, Any]]:
+        done = self.job("wait", job_id, check=False, timeout=timeout)
+        return done.returncode, self.status(job_id)
+
+    def log(self) -> str:
+        path = self.home / "daemon.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def user(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
+    _, host, _ = bed
+    u = User(tmp_path_factory.mktemp("slurm-user"), host)
+    log = open(u.home / "daemon.log", "ab")  # noqa: SIM115 - the daemon outlives this
+    daemon = subprocess.Popen([str(BIN / "distsvc"), "daemon", "--log-level", "debug"],
+                              env=u.env, cwd="/", stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=log)
+    wait_for(lambda: (u.home / "run" / "distsvc" / "distsvc.sock").exists(), 20,
+             "the daemon's socket")
+    try:
+        yield u
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+        log.close()
+
+
+def sacct(c: container.Container, slurm_id: str) -> list[dict[str, str]]:
+    """sacct's rows for the job and its steps, as the cluster's accounting has them."""
+    fields = ["JobID", "JobName", "State", "ExitCode"]
+    out = c.run(["sacct", "-n", "-P", "-j", slurm_id, "-o", ",".join(fields)]).stdout
+    return [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
+
+
+def slurm_record(c: container.Container, record: dict[str, Any]) -> dict[str, str]:
+    """The job's own sacct row; it carries distsvc's job name for the record's ID."""
+    slurm_id = record["placement"]["slurm_id"]
+    name = record["placement"]["slurm_name"]
+    assert name.startswith("distsvc-") and name.endswith(f"-{record['id']}"), name
+
+    def ours() -> list[dict[str, str]]:  # the bed's accounting may hold older jobs' IDs
+        return [r for r in sacct(c, slurm_id) if r["JobID"] == slurm_id and r["JobName"] == name]
+    wait_for(ours, 30, "the job's accounting record")
+    return ours()[-1]
+
+
+def slurm_state(user: User, job_id: str, state: str, timeout: float = 30,
+                reasons: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The job's record once it shows Slurm's `state` (with one of `reasons`, if given)."""
+    found: dict[str, Any] = {}
+
+    def seen() -> bool:
+        found.update(user.status(job_id))
+        place = found["placement"]
+        return bool(place.get("slurm_state") == state
+                    and (not reasons or place.get("slurm_reason") in reasons))
+    wait_for(seen, timeout, f"Slurm state {state} {reasons or ''}")
+    return found
+
+
+def test_a_job_runs_through_sbatch_via_the_login_node(bed: Bed, user: User) -> None:
+    c, host, _ = bed
+    record = user.start("sh", "-c", 'echo out; echo err >&2; echo "$SLURM_JOB_ID"; pwd; '
+                        'echo "$DISTSVC_TEST_VAR"', )
+    assert record["target"] == "cluster" and record["target_host"] == CLUSTER
+    placement = record["placement"]
+    assert placement["kind"] == "slurm" and placement["cluster"] == CLUSTER
+    slurm_id = placement["slurm_id"]
+    assert slurm_id.isdigit()
+    code, final = user.wait(record["id"])
+    assert code == 0, final
+    assert final["state"] == "exited" and final["exit_code"] == 0
+    assert final["placement"]["slurm_state"] == "COMPLETED"
+    logs = user.job("logs", record["id"])
+    assert logs.stdout == f"out\n{slurm_id}\n{host.home}\ncarried\n".encode()
+    assert logs.stderr == b"err\n"
+    row = slurm_record(c, final)
+    assert row["State"] == "COMPLETED" and row["ExitCode"] == "0:0"
+    # The daemon made the submission (this client only asked it).
+    submitted = [line for line in user.log().splitlines() if "job submitted to Slurm" in line]
+    assert any(slurm_id in line for line in submitted), submitted
+    # Output on the cluster: the user's own, 0600 in a 0700 directory.
+    directory = final["placement"]["dir"]
+    listing = c.run(["stat", "-c", "%a %U", directory, f"{directory}/stdout"]).stdout.split("\n")
+    assert listing[0] == f"700 {host.user}" and listing[1] == f"600 {host.user}", listing
+    table = user.job("list").stdout.decode()
+    assert any(line.split()[:2] == [record["id"], "exited"] and CLUSTER in line.split()
+               for line in table.splitlines()), table
+    text = user.job("status", record["id"]).stdout.decode()
+    assert f"slurm: cluster {CLUSTER}, job {slurm_id}" in text and "accounting:" in text, text
+
+
+def test_failed_with_its_exit_code_and_accounting(bed: Bed, user: User) -> None:
+    c, _, _ = bed
+    record = user.start("sh", "-c", "python3 -c 'x = bytearray(60 << 20); import time; "
+                        "time.sleep(2.5)'; exit 3")
+    code, final = user.wait(record["id"])
+    assert code == 3 and final["state"] == "exited" and final["exit_code"] == 3, final
+    assert final["placement"]["slurm_state"] == "FAILED"
+    assert slurm_record(c, final)["State"] == "FAILED"
+
+    def accounted() -> bool:
+        final.update(user.status(record["id"]))
+        return final["memory_peak"] is not None
+    wait_for(accounted, 20, "sacct's MaxRSS in status")
+    assert final["placement"]["accounting"] == "sacct"
+    assert final["memory_peak"] > 50 << 20, final["memory_peak"]
+    assert final["cpu_ns"] is not None
+    text = user.job("status", record["id"]).stdout.decode()
+    assert "accounting: sacct: elapsed 00:00:0" in text, text
+
+
+def test_stop_cancels_the_whole_job(bed: Bed, user: User) -> None:
+    c, _, _ = bed
+    record = user.start("sh", "-c", "sleep 300 & sleep 301; echo never")
+    running = slurm_state(user, record["id"], "RUNNING")
+    assert running["state"] == "running" and "running" in running["placement"]["slurm_state"] \
+        .lower()
+    wait_for(lambda: "sleep 301" in c.run(["ps", "-eo", "args"]).stdout, 20, "the command")
+    stopped = user.job("stop", record["id"])
+    assert b"killed by SIGTERM" in stopped.stdout, stopped.stdout
+    assert slurm_record(c, user.status(record["id"]))["State"].startswith("CANCELLED")
+    wait_for(lambda: "sleep 30" not in c.run(["ps", "-eo", "args"]).stdout, 30,
+             "every process of the job to end")
+    code, _ = user.wait(record["id"])
+    assert code == 143
+
+
+def test_after_on_the_cluster_is_a_slurm_dependency(bed: Bed, user: User) -> None:
+    c, _, _ = bed
+    first = user.start("sh", "-c", "sleep 4")
+    second = user.start("--after", first["id"], "sh", "-c", "echo second")
+    # Submitted at once: Slurm holds it for the first one.
+    assert second["state"] == "running" and second["placement"]["slurm_id"].isdigit()
+    slurm_state(user, second["id"], "PENDING", reasons=("Dependency",))
+    assert "pending (Dependency)" in user.job("status", second["id"]).stdout.decode()
+    dependency = c.run(["scontrol", "show", "job", "-o", second["placement"]["slurm_id"]]).stdout
+    assert f"afterok:{first['placement']['slurm_id']}" in dependency, dependency
+    assert user.wait(second["id"])[0] == 0
+    assert user.job("logs", second["id"]).stdout == b"second\n"
+    # A dependency that fails: Slurm's DependencyNeverSatisfied is our dependency-failed,
+    # and the job is cancelled there (it would stay pending for ever).
+    failing = user.start("sh", "-c", "sleep 1; exit 1")
+    after = user.start("--after", failing["id"], "sh", "-c", "echo never")
+    code, final = user.wait(after["id"])
+    assert code == 125 and final["state"] == "dependency-failed", final
+    assert "DependencyNeverSatisfied" in final["reason"]
+    wait_for(lambda: after["placement"]["slurm_id"] not in c.run(
+        ["squeue", "-h", "-o", "%i"]).stdout, 20, "the job cancelled in Slurm")
+
+
+def test_logs_follow_from_two_clients_losslessly(bed: Bed, user: User) -> None:
+    record = user.start("sh", "-c", "head -c 3000000 /dev/urandom > blob.$$; cat blob.$$; "
+                        "sleep 1; cat blob.$$; sha256sum blob.$$ >&2; rm blob.$$")
+    outs: list[subprocess.CompletedProcess[bytes]] = []
+
+    def follow() -> None:
+        outs.append(user.run("distsvc", "job", "logs", "--follow", "--stdout", record["id"],
+                             timeout=120))
+    threads = [threading.Thread(target=follow) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    digest = user.job("logs", "--stderr", record["id"]).stderr.split()[0].decode()
+    for out in outs:
+        assert out.returncode == 0, out.stderr
+        assert len(out.stdout) == 6_000_000
+        half = out.stdout[:3_000_000]
+        assert out.stdout == half * 2
+        assert hashlib.sha256(half).hexdigest() == digest
+
+
+def test_remove_cleans_the_clusters_directory_and_pause_is_refused(bed: Bed,
+                                                                    user: User) -> None:
+    c, _, _ = bed
+    record = user.start("sleep", "30")
+    paused = user.job("pause", record["id"], check=False)
+    assert paused.returncode == 4 and len(paused.stderr.splitlines()) == 1, paused.stderr
+    assert b"only its operators suspend" in paused.stderr
+    user.job("stop", record["id"])
+    directory = user.status(record["id"])["placement"]["dir"]
+    assert c.run(["test", "-d", directory], check=False).returncode == 0
+    user.job("remove", record["id"])
+    wait_for(lambda: c.run(["test", "-e", directory], check=False).returncode != 0, 20,
+             "the job's directory on the cluster to go")
+    assert user.job("status", record["id"], check=False).returncode == 5
+
+
+def test_refusals_are_one_line_with_slurms_reason(bed: Bed, user: User) -> None:
+    def refused(*args: str, cluster: str) -> subprocess.CompletedProcess[bytes]:
+        done = user.job("start", "--on", cluster, "-w", user.workdir, *args, check=False)
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        return done
+
+    partition = refused("true", cluster="nopart")
+    assert partition.returncode == 4 and b"invalid partition" in partition.stderr.lower(), \
+        partition.stderr
+    assert b"sinfo -s" in partition.stderr
+    beyond = refused("--timeout", "5m", "true", cluster="short")
+    assert beyond.returncode == 4 and b"time limit" in beyond.stderr.lower(), beyond.stderr
+    tasks = refused("--tasks", "5", "true", cluster=CLUSTER)
+    assert tasks.returncode == 4 and b"--tasks" in tasks.stderr, tasks.stderr
+    missing = refused("no-such-command-x", cluster=CLUSTER)
+    assert missing.returncode == 127 and b"command not found" in missing.stderr
+    nodir = user.job("start", "--on", CLUSTER, "-w", "/no/such/dir", "true", check=False)
+    assert nodir.returncode == 4 and b"no such directory" in nodir.stderr, nodir.stderr
+    away = refused("true", cluster="away")
+    assert away.returncode == 255 and b"cluster away" in away.stderr, away.stderr
+    unknown = refused("true", cluster="nowhere")
+    assert unknown.returncode == 2 and b"no such cluster" in unknown.stderr
+
+
+def test_pending_while_the_node_is_full(bed: Bed, user: User) -> None:
+    _, _, cluster = bed
+    hog = user.start("--cpu", f"{cluster.cpus * 100}%", "sleep", "300")
+    try:
+        slurm_state(user, hog["id"], "RUNNING")
+        queued = user.start("sleep", "1")
+        pending = slurm_state(user, queued["id"], "PENDING",
+                              reasons=("Resources", "Priority"))
+        said = user.job("status", queued["id"]).stdout.decode()
+        assert f"pending ({pending['placement']['slurm_reason']})" in said, said
+    finally:
+        user.job("stop", hog["id"], check=False)
+    assert user.wait(queued["id"])[0] == 0
+
+
+def test_node_fail(bed: Bed, user: User) -> None:
+    c, _, cluster = bed
+    record = user.start("sleep", "300")
+    slurm_state(user, record["id"], "RUNNING")
+    c.run(["scontrol", "update", f"nodename={cluster.node}", "state=down", "reason=test"])
+    try:
+        code, final = user.wait(record["id"], timeout=120)
+    finally:
+        # ReturnToService=2 may have put it back already (then "resume" is refused).
+        c.run(["scontrol", "update", f"nodename={cluster.node}", "state=resume"], check=False)
+    assert final["placement"]["slurm_state"] == "NODE_FAIL", final
+    assert final["state"] == "failed" and "NODE_FAIL" in final["reason"]
+    assert code == 126
+    wait_for(lambda: c.run(["sinfo", "-h", "-n", cluster.node, "-o", "%T"]).stdout.strip()
+             == "idle", 60, "the node back")
+
+
+@pytest.mark.timeout(240)
+def test_timeout(bed: Bed, user: User) -> None:
+    record = user.start("--timeout", "1m", "sleep", "300")
+    code, final = user.wait(record["id"], timeout=200)
+    assert code == 124 and final["state"] == "timeout", final
+    assert final["placement"]["slurm_state"] == "TIMEOUT"
+
+
+def test_on_this_machine_through_a_daemon_there(bed: Bed) -> None:
+    """Slurm's commands on the daemon's own machine: a user of the container, its daemon
+    there, a cluster without `login`."""
+    c, host, _ = bed
+    home = host.home
+    c.write_file(f"{home}/.config/distsvc/config.toml", f'[[clusters]]\nname = "{CLUSTER}"\n',
+                 owner=c.user)
+    env = {"DISTSVC_DAEMON": "required"}
+    daemon = c.popen_as_user(["sh", "-c", "exec distsvc daemon --log-level debug "
+                              "2> $HOME/here-daemon.log"], env=env)
+    try:
+        wait_for(lambda: c.run_as_user(["test", "-S", f"/run/user/{c.uid}/distsvc/distsvc.sock"],
+                                       check=False).returncode == 0, 30, "the daemon's socket")
+        started = c.run_as_user(["distsvc", "job", "start", "--json", "--on", CLUSTER, "sh",
+                                 "-c", 'echo "here $SLURM_JOB_ID"; exit 5'], env=env)
+        record = json.loads(started.stdout)["job"]
+        slurm_id = record["placement"]["slurm_id"]
+        waited = c.run_as_user(["distsvc", "job", "wait", record["id"]], env=env, check=False,
+                               timeout=90)
+        assert waited.returncode == 5, waited.stderr
+        final = json.loads(c.run_as_user(["distsvc", "job", "status", "--json", record["id"]],
+                                         env=env).stdout)["job"]
+        assert final["state"] == "exited" and final["exit_code"] == 5
+        assert final["placement"]["slurm_state"] == "FAILED"
+        logs = c.run_as_user(["distsvc", "job", "logs", record["id"]], env=env)
+        assert logs.stdout == f"here {slurm_id}\n"
+        assert slurm_record(c, final)["State"] == "FAILED"
+        assert "job submitted to Slurm" in c.read_file(f"{home}/here-daemon.log")
+    finally:
+        daemon.terminate()
+        daemon.wait(20)

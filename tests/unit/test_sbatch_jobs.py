@@ -1,0 +1,171 @@
+"""jobs/sbatch.py's pure pieces: the batch script (run by a real /bin/sh), the start's answer,
+and a job's end and figures from what a look saw (scontrol's line, sacct's rows)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import distsvc.config
+import distsvc.jobs.limits
+import distsvc.jobs.record
+import distsvc.jobs.remote
+import distsvc.jobs.sbatch as sbatch
+import distsvc.slurm
+
+CLUSTER = distsvc.config.Cluster(name="hpc", partition="debug")
+ORIGIN = "0123abcd" * 2
+
+
+def job(**fields: object) -> distsvc.jobs.record.Job:
+    values: dict[str, object] = dict(
+        id="7", name=None, argv=["sh", "-c", "echo hi"], cwd="/", env_names=[],
+        limits=distsvc.jobs.limits.Limits(), not_enforced={}, isolation=[],
+        placement={"kind": "slurm", "cluster": "hpc", "slurm_id": "42",
+                   "slurm_name": f"distsvc-{ORIGIN}-7", "dir": "/home/u/out/x/7.1"},
+        state="running", created=1000.0, started=1000.0, target="cluster",
+        target_host="hpc")
+    values.update(fields)
+    return distsvc.jobs.record.Job(**values)  # type: ignore[arg-type]
+
+
+def look(**state: str) -> distsvc.jobs.remote.Look:
+    return distsvc.jobs.remote.Look({"slurm_id": "42", **state}, {}, {})
+
+
+def scontrol(state: str, exit_code: str = "0:0", reason: str = "None") -> str:
+    return (f"JobId=42 JobName=distsvc-{ORIGIN}-7 UserId=u(1000) JobState={state} "
+            f"Reason={reason} Dependency=(null) ExitCode={exit_code} RunTime=00:00:03 "
+            "NodeList=node1 Command=/home/u/out/x/7.1/batch")
+
+
+def test_the_job_name_carries_origin_and_id() -> None:
+    assert sbatch.job_name(ORIGIN, job()) == f"distsvc-{ORIGIN}-7"
+    with pytest.raises(ValueError):
+        sbatch.job_name("../x", job())
+
+
+def test_the_output_directory_is_relative_to_the_home_unless_absolute() -> None:
+    assert "ds_root=\"$HOME\"/'.local/state/distsvc/slurm'/" in sbatch.preamble(
+        distsvc.config.Cluster(name="c"), ORIGIN)
+    assert f"ds_root='/scratch/me'/{ORIGIN}" in sbatch.preamble(
+        distsvc.config.Cluster(name="c", output="/scratch/me/"), ORIGIN)
+
+
+def test_slurms_own_variables_are_not_carried() -> None:
+    assert sbatch.env_for_cluster({"SLURM_JOB_ID": "3", "A": "1"}) == {"A": "1"}
+
+
+def _run_batch(tmp_path: Path, cwd: str) -> tuple[int, str]:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "env").write_text(distsvc.jobs.remote.env_script({"GREETING": "hello there"}))
+    (d / "batch").write_text(sbatch.batch_script(job(cwd=cwd, argv=[
+        "sh", "-c", 'echo "$GREETING from $(pwd)"'])))
+    done = subprocess.run(["/bin/sh", str(d / "batch"), str(d)], capture_output=True,
+                          text=True, cwd="/", check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_batch_script_runs_the_command_in_its_directory(tmp_path: Path) -> None:
+    code, out = _run_batch(tmp_path, str(tmp_path))
+    assert (code, out) == (0, f"hello there from {tmp_path}\n")
+    assert (tmp_path / "d" / "started").exists()
+
+
+def test_the_batch_script_never_runs_elsewhere(tmp_path: Path) -> None:
+    code, out = _run_batch(tmp_path, str(tmp_path / "missing"))
+    assert code == sbatch.NODIR_STATUS and "no such directory on node" in out
+    assert (tmp_path / "d" / "nodir").exists() and not (tmp_path / "d" / "started").exists()
+    end = sbatch.ended(job(), look(nodir="yes", scontrol=scontrol("FAILED", "200:0")))
+    assert end is not None and end[0] == "failed" and "-w" in (end[3] or "")
+
+
+def test_the_start_answer() -> None:
+    assert sbatch.read_start(0, b"program=/bin/sh\ndir=/h/x/7.1\nslurm_id=42\nstarted=yes\n",
+                             CLUSTER, [])["slurm_id"] == "42"
+    out = (b"dir=/h/x/7.1\n" + sbatch.STDERR_MARK.encode() + b"\nsbatch: error: Batch job "
+           b"submission failed: Invalid partition name specified\n")
+    with pytest.raises(distsvc.slurm.ClusterCannot) as refused:
+        sbatch.read_start(sbatch.EXIT_REFUSED, out, CLUSTER, ["--partition=debug"])
+    assert refused.value.message.startswith(
+        "cluster hpc refused it: Invalid partition name specified; check `partition`")
+    with pytest.raises(distsvc.jobs.remote.StartRefused) as missing:
+        sbatch.read_start(127, b"error=notfound PATH=/usr/bin\n", CLUSTER, [])
+    assert missing.value.exit_status == 127 and "cluster hpc" in missing.value.message
+
+
+@pytest.mark.parametrize(("state", "exit_code", "end"), [
+    ("COMPLETED", "0:0", ("exited", 0, None, None)),
+    ("FAILED", "3:0", ("exited", 3, None, "Slurm: FAILED")),
+    ("CANCELLED", "0:15", ("killed", None, 15, "Slurm: CANCELLED")),
+    ("TIMEOUT", "0:0", ("timeout", None, None, "Slurm: TIMEOUT")),
+    ("OUT_OF_MEMORY", "0:125", ("oom", None, None, "Slurm: OUT_OF_MEMORY")),
+    ("NODE_FAIL", "0:0", ("failed", None, None, "Slurm: NODE_FAIL")),
+])
+def test_slurms_end_states(state: str, exit_code: str,
+                           end: tuple[str, int | None, int | None, str | None]) -> None:
+    assert sbatch.ended(job(), look(scontrol=scontrol(state, exit_code))) == end
+
+
+def test_not_over_while_pending_or_running() -> None:
+    for state in ("PENDING", "RUNNING", "COMPLETING"):
+        assert sbatch.ended(job(), look(scontrol=scontrol(state))) is None
+    assert sbatch.ended(job(), look()) is None  # nothing seen: looked at again
+
+
+def test_a_dependency_never_satisfied_is_dependency_failed() -> None:
+    end = sbatch.ended(job(), look(scontrol=scontrol("PENDING",
+                                                     reason="DependencyNeverSatisfied")))
+    assert end is not None and end[0] == "dependency-failed"
+    assert "scancel 42" in sbatch.collect_script(CLUSTER, ORIGIN, job(), end)
+    assert sbatch.collect_script(CLUSTER, ORIGIN, job(), ("exited", 0, None, None)) == ""
+
+
+def _sacct(*rows: str) -> dict[str, str]:
+    return {f"sacct_{i}": row for i, row in enumerate(rows, 1)}
+
+
+def test_sacct_after_slurmctld_forgot_it_and_older_jobs_of_the_same_id() -> None:
+    name = f"distsvc-{ORIGIN}-7"
+    state = _sacct("42|allocation|COMPLETED|0:0|00:00:01|00:00.010|",   # another, earlier 42
+                   "42.0|true|COMPLETED|0:0|00:00:01|00:00.010|9000K",
+                   f"42|{name}|FAILED|3:0|00:00:04|00:01.500|",
+                   "42.batch|batch|FAILED|3:0|00:00:04|00:01.500|1200K",
+                   "42.0|python3|COMPLETED|0:0|00:00:02|00:01.000|61000K")
+    seen = job()
+    assert sbatch.ended(seen, look(scontrol="", **state)) == ("exited", 3, None, "Slurm: FAILED")
+    assert sbatch.figures(seen, look(scontrol="", **state))
+    assert seen.memory_peak == 61000 << 10 and seen.cpu_ns == 1_500_000_000
+    assert seen.placement["accounting"] == "sacct" and seen.placement["elapsed"] == "00:00:04"
+
+
+def test_without_accounting_a_forgotten_job_is_unknown() -> None:
+    state = {"scontrol": "", "sacct_1": "Slurm accounting storage is disabled"}
+    seen = job()
+    end = sbatch.ended(seen, look(**state))
+    assert end is not None and end[0] == "unknown" and "disabled" in (end[3] or "")
+    sbatch.figures(seen, look(**state))
+    assert seen.placement["accounting"].startswith("none: Slurm accounting storage is disabled")
+    # A passing failure of sacct while slurmctld knows the job is not an end.
+    assert sbatch.ended(job(), look(scontrol="", sacct_1="sacct: error: timeout")) is None
+
+
+def test_figures_say_slurms_state_reason_and_node() -> None:
+    seen = job()
+    assert sbatch.figures(seen, look(scontrol=scontrol("PENDING", reason="Dependency")))
+    assert distsvc.jobs.record.describe_state(seen) == "pending (Dependency)"
+    assert sbatch.figures(seen, look(scontrol=scontrol("RUNNING")))
+    assert distsvc.jobs.record.describe_state(seen) == "running on node1"
+    assert not sbatch.figures(seen, look(scontrol=scontrol("RUNNING")))  # nothing new
+
+
+def test_stop_is_scancel_of_the_whole_job() -> None:
+    script = sbatch.stop_script(CLUSTER, ORIGIN, job(), "TERM", 10)
+    assert 'scancel "$ds_id"' in script and "--signal" not in script
+    script = sbatch.stop_script(CLUSTER, ORIGIN, job(), "INT", 2)
+    assert "scancel --full --signal=INT" in script
+    with pytest.raises(ValueError):
+        sbatch.stop_script(CLUSTER, ORIGIN, job(), "INT; rm", 2)
