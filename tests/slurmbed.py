@@ -13,6 +13,10 @@ run inside an nspawn container (checked on Debian 12, systemd 252, a hybrid cgro
   with AI_ADDRCONFIG, which ignores 127.0.0.1 when no other address is configured.
 - The machine's munge key (made by the munge package) is the container's too.
 
+``JobAcctGatherParams=OverMemoryKill``: without a cgroup plugin nothing else bounds a job's
+memory, so the accounting's sampling (every second) kills a step beyond its request (the
+job's state then OUT_OF_MEMORY). A job without ``--mem`` has DefMemPerCPU=100 (MiB) per CPU.
+
 Two partitions: ``debug`` (the default, no time limit) and ``short`` (``MaxTime=1``, one minute,
 and ``MaxMemPerNode=200``) for the "beyond the partition" refusals. One account, ``proj``, with
 the test user in it; QOS ``normal`` only.
@@ -71,6 +75,7 @@ AccountingStorageHost={NODE_ADDRESS}
 AccountingStorageEnforce=associations,limits,qos
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=1
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 EnforcePartLimits=ALL
 MinJobAge=30

@@ -332,6 +332,23 @@ def test_node_fail(bed: Bed, user: User) -> None:
              == "idle", 60, "the node back")
 
 
+def test_out_of_memory(bed: Bed, user: User) -> None:
+    """The bed's OverMemoryKill (jobacct_gather; no cgroup plugin in the container): a step
+    beyond its --mem is killed at the next sample. Slurm 22.05 records that as FAILED
+    (JobLaunchFailure) by signal 9, not OUT_OF_MEMORY (its cgroup plugin's OOM events only):
+    slurmstepd's line in the job's stderr makes it our "oom"."""
+    c, _, _ = bed
+    record = user.start("--memory", "50M", "python3", "-c",
+                        "import time; x = b'x' * (300 << 20); time.sleep(30)")
+    code, final = user.wait(record["id"])
+    assert code == 137 and final["state"] == "oom", final
+    assert "OverMemoryKill" in final["reason"]
+    assert "out of memory (limit 50M)" in user.job("status", record["id"]).stdout.decode()
+    assert b"Exceeded job memory limit" in user.job("logs", record["id"]).stderr
+    row = slurm_record(c, final)
+    assert (row["State"], row["ExitCode"]) == ("FAILED", "0:9"), row
+
+
 @pytest.mark.timeout(240)
 def test_timeout(bed: Bed, user: User) -> None:
     record = user.start("--timeout", "1m", "sleep", "300")

@@ -169,3 +169,13 @@ def test_stop_is_scancel_of_the_whole_job() -> None:
     assert "scancel --full --signal=INT" in script
     with pytest.raises(ValueError):
         sbatch.stop_script(CLUSTER, ORIGIN, job(), "INT; rm", 2)
+
+
+def test_killed_beyond_its_memory_request_is_out_of_memory() -> None:
+    """Slurm 22.05's OverMemoryKill: FAILED by signal 9, slurmstepd's line in stderr."""
+    failed = scontrol("FAILED", "0:9", reason="JobLaunchFailure")
+    end = sbatch.ended(job(), look(scontrol=failed, overmem="yes"))
+    assert end is not None and end[0] == "oom" and "OverMemoryKill" in (end[3] or "")
+    assert sbatch.ended(job(), look(scontrol=failed)) == (
+        "killed", None, 9, "Slurm: FAILED (JobLaunchFailure)")
+    assert sbatch.OVER_MEMORY in sbatch.monitor_script(CLUSTER, ORIGIN, [(job(), {})])

@@ -40,6 +40,10 @@ EXIT_REFUSED = 14
 NODIR_STATUS = 200        # the batch script's status when the directory is not on the node
 STDERR_MARK = "sbatch-stderr-follows"
 ACCOUNTING_FIELDS = "JobID,JobName,State,ExitCode,Elapsed,TotalCPU,MaxRSS"
+OVER_MEMORY = "slurmstepd.*: Exceeded job memory limit"
+"""What slurmstepd writes in the job's stderr when JobAcctGatherParams=OverMemoryKill kills a
+step beyond its memory request: Slurm 22.05 then records FAILED (JobLaunchFailure) with
+signal 9, not OUT_OF_MEMORY (which only its cgroup plugin's OOM events give)."""
 ACCOUNTING_MARGIN = 3600  # seconds before a job's submission sacct looks from (IDs recur)
 # Slurm states in which a job is not over (scontrol's JobState=).
 _ACTIVE = "|".join(f"*JobState={state}*" for state in distsvc.slurm.ACTIVE)
@@ -172,7 +176,8 @@ if [ -n "$ds_id" ]; then
   echo "scontrol=$ds_l"
   case "$ds_l" in {_ACTIVE}) ;;
     *) sacct -n -P -S now-{since} -j "$ds_id" -o {ACCOUNTING_FIELDS} 2>&1 \
-         | awk '{{print "sacct_" NR "=" $0}}';;
+         | awk '{{print "sacct_" NR "=" $0}}'
+       grep -q '{OVER_MEMORY}' {d}/stderr 2>/dev/null && echo "overmem=yes";;
   esac
 fi
 [ -e {d}/started ] && echo "started=yes"
@@ -224,11 +229,12 @@ def ended(job: Job, look: Look) -> tuple[str, int | None, int | None, str | None
             return ("dependency-failed", None, None,
                     "Slurm: DependencyNeverSatisfied (a job it was to run after did not "
                     "succeed); cancelled")
-        return distsvc.slurm.ended(fields["JobState"], fields.get("ExitCode", ""), reason)
+        return _over_memory(look, distsvc.slurm.ended(fields["JobState"],
+                                                      fields.get("ExitCode", ""), reason))
     rows, said = _accounting(job, look)
     top = next((r for r in rows if r["JobID"] == state.get("slurm_id")), None)
     if top is not None:
-        return distsvc.slurm.ended(top["State"], top["ExitCode"])
+        return _over_memory(look, distsvc.slurm.ended(top["State"], top["ExitCode"]))
     if state.get("gone") == "yes" and not state.get("slurm_id"):
         if job.state == "starting":
             return ("failed", None, None, f"its submission to cluster {cluster} was cut short "
@@ -240,6 +246,16 @@ def ended(job: Job, look: Look) -> tuple[str, int | None, int | None, str | None
                 f"{state['slurm_id']} ({said or 'and keeps no accounting'}); "
                 "its exit status is lost")
     return None
+
+
+def _over_memory(look: Look, end: tuple[str, int | None, int | None, str | None] | None
+                 ) -> tuple[str, int | None, int | None, str | None] | None:
+    """A job Slurm's accounting killed beyond its memory request (OVER_MEMORY, signal 9) is
+    out of memory, as one its cgroup plugin killed (OUT_OF_MEMORY)."""
+    if end is not None and end[2] == 9 and look.state.get("overmem") == "yes":
+        return ("oom", None, None, f"Slurm: exceeded its memory request, killed "
+                f"(OverMemoryKill; {end[3] or 'signal 9'})")
+    return end
 
 
 def figures(job: Job, look: Look) -> bool:
