@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import container
+import jsondoc
 import slurmbed
 from conftest import BIN
 from helpers import wait_for
@@ -96,22 +97,30 @@ class User:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+    def start_daemon(self) -> None:
+        with open(self.home / "daemon.log", "ab") as log:
+            self.daemon = subprocess.Popen(
+                [str(BIN / "distsvc"), "daemon", "--log-level", "debug"], env=self.env,
+                cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        wait_for(lambda: (self.home / "run" / "distsvc" / "distsvc.sock").exists(), 20,
+                 "the daemon's socket")
+
+    def stop_daemon(self) -> None:
+        self.daemon.terminate()
+        self.daemon.wait(20)
+        wait_for(lambda: not (self.home / "run" / "distsvc" / "distsvc.sock").exists(), 20,
+                 "the daemon's socket to go")
+
+
 @pytest.fixture(scope="module")
 def user(bed: Bed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
     _, host, _ = bed
     u = User(tmp_path_factory.mktemp("slurm-user"), host)
-    log = open(u.home / "daemon.log", "ab")  # noqa: SIM115 - the daemon outlives this
-    daemon = subprocess.Popen([str(BIN / "distsvc"), "daemon", "--log-level", "debug"],
-                              env=u.env, cwd="/", stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=log)
-    wait_for(lambda: (u.home / "run" / "distsvc" / "distsvc.sock").exists(), 20,
-             "the daemon's socket")
+    u.start_daemon()
     try:
         yield u
     finally:
-        daemon.terminate()
-        daemon.wait(20)
-        log.close()
+        u.stop_daemon()
 
 
 def sacct(c: container.Container, slurm_id: str) -> list[dict[str, str]]:
@@ -177,6 +186,12 @@ def test_a_job_runs_through_sbatch_via_the_login_node(bed: Bed, user: User) -> N
                for line in table.splitlines()), table
     text = user.job("status", record["id"]).stdout.decode()
     assert f"slurm: cluster {CLUSTER}, job {slurm_id}" in text and "accounting:" in text, text
+    for verb, args in (("start", ()), ("status", (record["id"],)), ("list", ()),
+                       ("wait", (record["id"],))):
+        document = json.loads(user.job(verb, "--json", *args).stdout) if verb != "start" \
+            else json.loads(user.job("start", "--json", "--on", CLUSTER, "-w", user.workdir,
+                                     "true").stdout)
+        assert jsondoc.problems(document, f"job {verb}") == [], (verb, document)
 
 
 def test_failed_with_its_exit_code_and_accounting(bed: Bed, user: User) -> None:
@@ -388,3 +403,67 @@ def test_on_this_machine_through_a_daemon_there(bed: Bed) -> None:
     finally:
         daemon.terminate()
         daemon.wait(20)
+
+
+def test_a_new_daemon_takes_up_the_clusters_jobs(bed: Bed, user: User) -> None:
+    """Slurm keeps the job while no daemon runs; the next daemon finds it by its record and
+    mirrors its output from byte 0, and learns how it ended."""
+    c, _, _ = bed
+    record = user.start("sh", "-c", "echo before; sleep 6; echo after; exit 4")
+    slurm_state(user, record["id"], "RUNNING")
+    user.stop_daemon()
+    try:
+        wait_for(lambda: record["placement"]["slurm_id"] not in c.run(
+            ["squeue", "-h", "-o", "%i"]).stdout, 30, "the job to end in Slurm")
+    finally:
+        user.start_daemon()
+    code, final = user.wait(record["id"])
+    assert code == 4 and final["state"] == "exited" and final["exit_code"] == 4, final
+    assert user.job("logs", record["id"]).stdout == b"before\nafter\n"
+
+
+def test_retries_submit_again(bed: Bed, user: User) -> None:
+    c, _, _ = bed
+    record = user.start("--retries", "1", "sh", "-c", 'echo "try $SLURM_JOB_ID"; exit 3')
+    code, final = user.wait(record["id"])
+    assert code == 3 and final["attempt"] == 2, final
+    first = final["attempts"][0]["placement"]
+    assert first["kind"] == "slurm" and first["slurm_id"] != final["placement"]["slurm_id"]
+    assert user.job("logs", "--attempt", "1", record["id"]).stdout == \
+        f"try {first['slurm_id']}\n".encode()
+    assert user.job("logs", record["id"]).stdout == \
+        f"try {final['placement']['slurm_id']}\n".encode()
+    assert final["placement"]["dir"].endswith(f"/{record['id']}.2")
+    user.job("remove", record["id"])
+    for place in (first, final["placement"]):
+        wait_for(lambda p=place: c.run(["test", "-e", p["dir"]], check=False).returncode != 0,
+                 20, "each attempt's directory on the cluster to go")
+
+
+def test_a_cluster_without_accounting(bed: Bed, user: User) -> None:
+    """Last (it restarts the cluster without accounting, then with it again): status says
+    that the cluster keeps no accounting, and shows scontrol's run time."""
+    c, _, cluster = bed
+    conf = c.read_file("/etc/slurm/slurm.conf")
+    lines = [line for line in conf.splitlines() if not line.startswith(
+        ("AccountingStorage", "JobAcctGather"))]
+    c.write_file("/etc/slurm/slurm.conf", "\n".join(
+        [*lines, "AccountingStorageType=accounting_storage/none"]) + "\n")
+    try:
+        c.run(["systemctl", "restart", "slurmctld.service", "slurmd.service"], timeout=60)
+        wait_for(lambda: c.run(["sinfo", "-h", "-n", cluster.node, "-o", "%T"],
+                               check=False).stdout.strip() == "idle", 60, "the node")
+        assert "disabled" in c.run(["sacct", "-n"], check=False).stderr + c.run(
+            ["sacct", "-n"], check=False).stdout
+        record = user.start("sh", "-c", "sleep 1; echo done")
+        code, final = user.wait(record["id"])
+        assert code == 0 and final["state"] == "exited", final
+        assert final["placement"]["accounting"].startswith("none: "), final["placement"]
+        text = user.job("status", record["id"]).stdout.decode()
+        assert "accounting: none on this cluster (" in text and "disabled" in text, text
+        assert "scontrol's run time 00:00:0" in text, text
+    finally:
+        c.write_file("/etc/slurm/slurm.conf", conf)
+        c.run(["systemctl", "restart", "slurmctld.service", "slurmd.service"], timeout=60)
+        wait_for(lambda: c.run(["sinfo", "-h", "-n", cluster.node, "-o", "%T"],
+                               check=False).stdout.strip() == "idle", 60, "the node")
