@@ -179,3 +179,19 @@ def test_killed_beyond_its_memory_request_is_out_of_memory() -> None:
     assert sbatch.ended(job(), look(scontrol=failed)) == (
         "killed", None, 9, "Slurm: FAILED (JobLaunchFailure)")
     assert sbatch.OVER_MEMORY in sbatch.monitor_script(CLUSTER, ORIGIN, [(job(), {})])
+
+
+def test_every_script_is_valid_posix_shell() -> None:
+    """dash (Debian's /bin/sh) parses each script whole (`sh -n`): the runner wraps them in
+    one brace group, so a syntax error would run nothing, silently."""
+    started = job(placement={"kind": "slurm", "cluster": "hpc"})  # no directory known yet
+    scripts = [
+        sbatch.start_script(CLUSTER, ORIGIN, started, {"A": "x\ny"}, ["--mem=10M"]),
+        sbatch.monitor_script(CLUSTER, ORIGIN, [(job(), {"stdout": 5}), (started, {})]),
+        sbatch.stop_script(CLUSTER, ORIGIN, job(), "INT", 1),
+        sbatch.collect_script(CLUSTER, ORIGIN, job(), ("dependency-failed", None, None, None)),
+    ]
+    for script in scripts:
+        done = subprocess.run(["/bin/sh", "-n"], input="{\n" + script + "\n}\n", text=True,
+                              capture_output=True, check=False)
+        assert done.returncode == 0, (done.stderr, script)

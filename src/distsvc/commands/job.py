@@ -103,7 +103,8 @@ def queue_from(args: argparse.Namespace) -> dict[str, Any]:
     """The job_start fields of add_queue_options, checked here (one line, exit 2). Options not
     given are left out, so the daemon's defaults apply."""
     fields: dict[str, Any] = {}
-    cluster = getattr(args, "target_cluster", None)  # `--on`: job start's (see add_on_option)
+    # `--on CLUSTER`: job start's (add_on_option), or distsvc-run's own `--on` with --detach
+    cluster = getattr(args, "target_cluster", None) or getattr(args, "on", None)
     targets = [option for option, given in (
         ("--host", args.target_host is not None), ("--best", args.target_best),
         ("--local", args.target_local), ("--on", cluster is not None)) if given]

@@ -153,6 +153,16 @@ def read_start(code: int, out: bytes, cluster: distsvc.config.Cluster,
 
 # -- watching ----------------------------------------------------------------------------------
 
+QUEUE_FORMAT = "JobId=%i JobState=%T Reason=%r NodeList=%N RunTime=%M"
+
+
+def _find_id(d: str, name: str) -> str:
+    """Shell setting $ds_id: the Slurm ID the start kept in the attempt's directory, or the
+    one Slurm has for the job's name (a start whose answer was lost)."""
+    return (f"{{ read -r ds_id < {d}/slurm_id; }} 2>/dev/null || "
+            f"ds_id=$(squeue -h -n {name} -o %i 2>/dev/null | head -n 1)")
+
+
 def monitor_script(cluster: distsvc.config.Cluster, origin: str,
                    jobs: Sequence[tuple[Job, Mapping[str, int]]],
                    budget: int = distsvc.jobs.remote.LOOK_MAX, now: float = 0.0) -> str:
@@ -162,17 +172,21 @@ def monitor_script(cluster: distsvc.config.Cluster, origin: str,
     lost, and sacct keeps the older jobs'), the markers its batch script left, and each
     stream's bytes past the mirror's (jobs/remote.read_monitor reads it)."""
     parts = [preamble(cluster, origin),
-             distsvc.jobs.remote.fetch_function(budget, len(jobs))]
+             distsvc.jobs.remote.fetch_function(budget, len(jobs)),
+             # The user's unfinished jobs in one call, as scontrol's fields: scontrol itself
+             # (a call to slurmctld each) only for a job not among them (over, or forgotten).
+             f"ds_queue=$(squeue -h -u \"$(id -un)\" -o '{QUEUE_FORMAT}' 2>/dev/null)"]
     for job, sizes in jobs:
         d = attempt_dir(job)
         name = _q(job_name(origin, job))
         since = max(0, int(now - (job.started or job.created or now))) + ACCOUNTING_MARGIN
         parts.append(f"""\
 echo "job {job.id}"
-ds_id=$(cat {d}/slurm_id 2>/dev/null) || ds_id=$(squeue -h -n {name} -o %i 2>/dev/null | head -n 1)
+{_find_id(d, name)}
 echo "slurm_id=$ds_id"
 if [ -n "$ds_id" ]; then
-  ds_l=$(scontrol show job -o "$ds_id" 2>/dev/null | head -n 1)
+  ds_l=$(printf '%s\n' "$ds_queue" | awk -v id="JobId=$ds_id" '$1 == id {{ print; exit }}')
+  [ -n "$ds_l" ] || ds_l=$(scontrol show job -o "$ds_id" 2>/dev/null | head -n 1)
   echo "scontrol=$ds_l"
   case "$ds_l" in {_ACTIVE}) ;;
     *) sacct -n -P -S now-{since} -j "$ds_id" -o {ACCOUNTING_FIELDS} 2>&1 \
@@ -316,7 +330,7 @@ def stop_script(cluster: distsvc.config.Cluster, origin: str, job: Job, signal_n
     name = _q(job_name(origin, job))
     steps = max(1, round(grace * 10))
     lines = [preamble(cluster, origin), f"""\
-ds_id=$(cat {d}/slurm_id 2>/dev/null) || ds_id=$(squeue -h -n {name} -o %i 2>/dev/null | head -n 1)
+{_find_id(d, name)}
 [ -n "$ds_id" ] || {{ echo "error=its Slurm job ID is not known there"; exit 3; }}"""]
     if signal_name != "TERM":
         lines.append(f"""\
