@@ -158,3 +158,13 @@ def test_distsvc_run_refuses_a_bad_value_before_starting(
     assert distsvc.commands.run.main(["--detach", "--after", "x", "true"]) == 2
     assert capsys.readouterr().err == (
         "distsvc: --after x: not a job ID (IDs are numbers, as `distsvc job list` shows)\n")
+
+
+def test_on_a_cluster() -> None:
+    import distsvc.commands.main
+
+    args = distsvc.commands.main.parser().parse_args(
+        ["job", "start", "--on", "hpc", "--after", "3", "true"])
+    fields = distsvc.commands.job.queue_from(args)
+    assert fields == {"target": "cluster", "cluster": "hpc", "after": ["3"]}
+    assert "--host, --on: give only one" in refusal("--host", "h1", "--on", "hpc", "true")

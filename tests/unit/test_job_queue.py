@@ -94,3 +94,34 @@ def test_a_retry_waits_for_its_delay(book: Any) -> None:
     now = add(book, not_before=time.time() - 1)
     distsvc.daemon.queue.schedule(book)
     assert book.started == [now.id] and later.state == "queued"
+
+
+def test_a_clusters_jobs_take_no_slot_nor_group_place(book: Any) -> None:
+    """Slurm's queue is theirs: `[jobs] slots` and group limits neither count nor hold them."""
+    book.configure(config(slots=1, groups=(("g", 1),)))
+    here = add(book, group="g")
+    on_cluster = [add(book, target="cluster", target_host="hpc", group="g") for _ in range(3)]
+    last = add(book)
+    distsvc.daemon.queue.schedule(book)
+    assert book.started == [here.id, *(j.id for j in on_cluster)]
+    assert last.state == "queued" and "all 1 job slots" in (last.reason or "")
+
+
+def test_after_a_job_on_the_same_cluster_is_slurms_to_hold(book: Any) -> None:
+    book.configure(config())
+    slurm = {"kind": "slurm", "cluster": "hpc", "slurm_id": "41"}
+    there = add(book, state="running", target="cluster", target_host="hpc", placement=slurm)
+    here = add(book, state="running", placement={"kind": "local"})
+    follows = add(book, target="cluster", target_host="hpc", after=[there.id])
+    other_cluster = add(book, target="cluster", target_host="other", after=[there.id])
+    held = add(book, target="cluster", target_host="hpc", after=[there.id, here.id])
+    distsvc.daemon.queue.schedule(book)
+    assert book.started == [follows.id]  # submitted at once, with --dependency=afterok:41
+    assert distsvc.daemon.launch.slurm_dependencies(book, follows) == ["41"]
+    assert f"waiting for job {there.id}" in (other_cluster.reason or "")
+    assert f"waiting for job {here.id}" in (held.reason or "")
+    here.state, here.exit_code = "exited", 0
+    distsvc.daemon.queue.schedule(book)
+    assert book.started == [follows.id, held.id]
+    there.state, there.exit_code = "exited", 0  # over: no dependency left to give Slurm
+    assert distsvc.daemon.launch.slurm_dependencies(book, held) == []
