@@ -95,7 +95,7 @@ def test_json_rows_carry_the_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """`distsvc hosts --json` as a whole, its survey (SSH, or the daemon) replaced."""
     for name, value in environ_with_jobs(tmp_path, on("h1", "4"), on("h1", "2")).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(hosts, "survey", lambda config, refresh: [row("h1"), row("h2")])
+    monkeypatch.setattr(hosts, "survey", lambda config, refresh: ([row("h1"), row("h2")], []))
     monkeypatch.setattr(distsvc.commands.common, "load_config", lambda args: None)
     assert hosts.run(argparse.Namespace(json=True, refresh=False)) == 0
     rows = json.loads(capsys.readouterr().out)["hosts"]

@@ -118,9 +118,7 @@ def placed(jobs: list[distsvc.jobs.record.Job]) -> dict[str, list[str]]:
     for job in jobs:
         if job.state == "queued" or job.state in distsvc.jobs.record.FINAL:
             continue
-        kind = job.placement.get("kind")
-        name = (job.placement.get("host") if kind == "ssh" else
-                job.placement.get("cluster") if kind == "slurm" else None)
+        name = distsvc.jobs.record.where(job)
         if name:
             found.setdefault(name, []).append(job.id)
     return found

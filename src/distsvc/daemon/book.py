@@ -197,7 +197,7 @@ class Book:
         """A job running on a host: its record written, its slot kept, its host watched."""
         import distsvc.actions.placement
 
-        host = where(job)
+        host = distsvc.jobs.record.where(job)
         if job.placement.get("kind") == "slurm":
             placement = None  # Slurm's queue: a cluster's job takes no slot of ours
         elif placement is None:
@@ -214,7 +214,7 @@ class Book:
         (a start cut short by the daemon's end) but not being started by the queue now."""
         with self.changed:
             return [j for j in self.jobs.values() if j.state in ("running", "starting")
-                    and j.id not in self.starting and where(j) == host]
+                    and j.id not in self.starting and distsvc.jobs.record.where(j) == host]
 
     def watch_host(self, host: str) -> None:
         with self.changed:
@@ -241,7 +241,7 @@ class Book:
     def stop_watching_host(self, host: str) -> bool:
         """The host's watcher leaves (True) unless a job started there meanwhile."""
         with self.changed:
-            if any(j.state in ("running", "starting") and where(j) == host
+            if any(j.state in ("running", "starting") and distsvc.jobs.record.where(j) == host
                    for j in self.jobs.values()):
                 return False  # one being started there counts: it is watched once started
             if self._host_watchers.get(host) is threading.current_thread():
@@ -395,7 +395,7 @@ class Book:
         for line in self.corrupt:
             distsvc.log.get().error("job record unreadable", error=line)
         for job in unfinished:
-            if where(job) and job.state in ("running", "starting"):
+            if distsvc.jobs.record.where(job) and job.state in ("running", "starting"):
                 try:
                     self.hold(job)  # its slot counted again, its host watched
                 except Exception:
@@ -497,7 +497,7 @@ class Book:
             gone = [job for job_id in expired if (job := self.jobs.pop(job_id, None))]
         for job_id in expired:
             distsvc.jobs.store.remove(self.root, job_id)
-        if any(where(j) or j.attempts for j in gone):
+        if any(distsvc.jobs.record.where(j) or j.attempts for j in gone):
             # Not in the caller's thread (a host's watcher, the queue): another host slow
             # to answer must not hold them up.
             threading.Thread(target=self.forget_on_hosts, args=(gone,), daemon=True,
@@ -594,16 +594,6 @@ def _as_local(job: distsvc.jobs.record.Job,
     import dataclasses
 
     return dataclasses.replace(job, placement=placement)
-
-
-def where(job: distsvc.jobs.record.Job) -> str:
-    """The host or cluster a job's placement is on, "" for one on this machine (or none)."""
-    kind = job.placement.get("kind")
-    if kind == "ssh":
-        return job.placement.get("host", "")
-    if kind == "slurm":
-        return job.placement.get("cluster", "")
-    return ""
 
 
 ENDING = ("state", "exit_code", "signal", "reason", "ended")

@@ -198,7 +198,7 @@ def handle_job_list(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
         jobs = [j for j in jobs if j.state in states or ("paused" in states and j.paused)]
     host = request.get("host")
     if isinstance(host, str):
-        jobs = [j for j in jobs if distsvc.daemon.book.where(j) == host
+        jobs = [j for j in jobs if distsvc.jobs.record.where(j) == host
                 or (j.state == "queued" and j.target_host == host)]
     answer = _answer(*jobs)
     answer["corrupt"] = list(book.corrupt)
@@ -277,7 +277,7 @@ def _remote(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job, script
             grace: float = 0.0) -> dict[str, str]:
     """Run one of jobs/remote.py's (or sbatch.py's) scripts for the job on its host (or
     cluster); its key=value answer."""
-    host = distsvc.daemon.book.where(job)
+    host = distsvc.jobs.record.where(job)
     try:
         code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT + grace)
     except (TimeoutError, OSError) as error:

@@ -20,7 +20,6 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-import distsvc.daemon.book
 import distsvc.daemon.launch
 import distsvc.errors
 import distsvc.jobs.record
@@ -31,6 +30,7 @@ import distsvc.log
 
 if TYPE_CHECKING:
     import distsvc.config
+    import distsvc.daemon.book
 
 INTERVAL = 0.5        # between looks at a host's running jobs
 YOUNG_INTERVAL = 0.1  # while one of them is in its first YOUNG seconds
@@ -248,7 +248,7 @@ def refresh_accounting(book: distsvc.daemon.book.Book, job: Job) -> None:
     if age > 86400:
         return
     try:
-        look = _look(book, distsvc.daemon.book.where(job), [job], FETCH_NOTHING).get(job.id)
+        look = _look(book, distsvc.jobs.record.where(job), [job], FETCH_NOTHING).get(job.id)
     except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
         distsvc.log.get(job=job.id).info("accounting not looked up", error=str(error))
         return

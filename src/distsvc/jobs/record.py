@@ -347,6 +347,16 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def where(job: Job) -> str:
+    """The host or cluster a job's placement is on: "" for one on this machine (or none)."""
+    kind = job.placement.get("kind")
+    if kind == "ssh":
+        return job.placement.get("host", "")
+    if kind == "slurm":
+        return job.placement.get("cluster", "")
+    return ""
+
+
 def slurm_state(place: dict[str, str]) -> str:
     """A submitted, unfinished Slurm job in words: Slurm's state and reason, its node."""
     state = place.get("slurm_state") or "PENDING"
