@@ -125,3 +125,9 @@ def test_after_a_job_on_the_same_cluster_is_slurms_to_hold(book: Any) -> None:
     assert book.started == [follows.id, held.id]
     there.state, there.exit_code = "exited", 0  # over: no dependency left to give Slurm
     assert distsvc.daemon.launch.slurm_dependencies(book, held) == []
+    retrying = add(book, state="running", target="cluster", target_host="hpc", retries=1,
+                   placement={**slurm, "slurm_id": "43"})
+    later = add(book, target="cluster", target_host="hpc", after=[retrying.id])
+    distsvc.daemon.queue.schedule(book)  # its retry would be another Slurm job: ours waits
+    assert later.id not in book.started and f"waiting for job {retrying.id}" in (
+        later.reason or "")

@@ -375,10 +375,13 @@ def slurm_dependencies(book: distsvc.daemon.book.Book, job: Job) -> list[str]:
 
 
 def same_cluster(job: Job, other: Job) -> bool:
-    """Whether `other` was submitted to the cluster `job` is for (so Slurm knows its ID)."""
+    """Whether `other` was submitted to the cluster `job` is for (so Slurm knows its ID) in
+    its last attempt (a retry to come would be another Slurm job: our queue waits for that
+    one)."""
     return (job.target == "cluster" and other.placement.get("kind") == "slurm"
             and other.placement.get("cluster") == job.target_host
-            and other.placement.get("slurm_id", "").isdigit())
+            and other.placement.get("slurm_id", "").isdigit()
+            and other.attempt > other.retries)
 
 
 def _start_cluster(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
