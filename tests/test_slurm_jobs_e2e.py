@@ -56,6 +56,7 @@ class User:
             f'[[clusters]]\nname = "{CLUSTER}"\n{login}'
             f'[[clusters]]\nname = "nopart"\npartition = "nosuch"\n{login}'
             f'[[clusters]]\nname = "short"\npartition = "short"\n{login}'
+            f'[[clusters]]\nname = "noacct"\naccount = "nosuch"\n{login}'
             '[[clusters]]\nname = "away"\nlogin = "away"\naddress = "127.0.0.1"\nport = 9\n'
             f'user = "{host.user}"\n')
         self.env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -301,6 +302,10 @@ def test_refusals_are_one_line_with_slurms_reason(bed: Bed, user: User) -> None:
     assert partition.returncode == 4 and b"invalid partition" in partition.stderr.lower(), \
         partition.stderr
     assert b"sinfo -s" in partition.stderr
+    account = refused("true", cluster="noacct")
+    assert account.returncode == 4 and b"invalid account" in account.stderr.lower(), \
+        account.stderr
+    assert b"sacctmgr show assoc" in account.stderr
     beyond = refused("--timeout", "5m", "true", cluster="short")
     assert beyond.returncode == 4 and b"time limit" in beyond.stderr.lower(), beyond.stderr
     tasks = refused("--tasks", "5", "true", cluster=CLUSTER)

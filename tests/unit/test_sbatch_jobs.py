@@ -160,6 +160,9 @@ def test_figures_say_slurms_state_reason_and_node() -> None:
     assert sbatch.figures(seen, look(scontrol=scontrol("RUNNING")))
     assert distsvc.jobs.record.describe_state(seen) == "running on node1"
     assert not sbatch.figures(seen, look(scontrol=scontrol("RUNNING")))  # nothing new
+    later = scontrol("RUNNING").replace("RunTime=00:00:03", "RunTime=00:00:04")
+    assert not sbatch.figures(seen, look(scontrol=later))  # only the run time: no write
+    assert seen.placement["run_time"] == "00:00:04"
 
 
 def test_stop_is_scancel_of_the_whole_job() -> None:

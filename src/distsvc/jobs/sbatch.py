@@ -274,8 +274,9 @@ def _over_memory(look: Look, end: tuple[str, int | None, int | None, str | None]
 
 def figures(job: Job, look: Look) -> bool:
     """What Slurm says of the job into its record (placement: slurm_state, slurm_reason,
-    node, elapsed, accounting; cpu_ns and memory_peak from sacct, MaxRSS the largest over
-    the steps); True when what `status` shows changed."""
+    node, run_time, elapsed, accounting; cpu_ns and memory_peak from sacct, MaxRSS the
+    largest over the steps); True when the record is worth writing again (more changed than
+    the run time)."""
     before = dict(job.placement)
     place = job.placement
     state = look.state
@@ -306,7 +307,9 @@ def figures(job: Job, look: Look) -> bool:
             job.memory_peak = max(sizes)
     elif said is not None:
         place["accounting"] = "none: " + said
-    return place != before
+    # The run time grows at every look: kept in memory, not worth a record's write alone.
+    return {k: v for k, v in place.items() if k != "run_time"} != {
+        k: v for k, v in before.items() if k != "run_time"}
 
 
 def collect_script(cluster: distsvc.config.Cluster, origin: str, job: Job,
