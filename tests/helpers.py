@@ -124,6 +124,21 @@ class Terminal:
         os.close(self.slave)
 
 
+# --- jobs, as a user of this machine (anything with `run(PROGRAM, *ARGS, timeout=)`) -------
+
+
+def client_job(client: Any, *args: str, check: bool = True, timeout: float = 60
+               ) -> subprocess.CompletedProcess[bytes]:
+    """`distsvc job ARGS` as `client` (conftest.Client, or a test's own user); with `check`,
+    a failure raises with its status and stderr."""
+    done: subprocess.CompletedProcess[bytes] = client.run("distsvc", "job", *args,
+                                                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"distsvc job {' '.join(args)}: {done.returncode}: "
+                             f"{done.stderr.decode()}")
+    return done
+
+
 # --- jobs, in a booted bed (container.Container or vmbed.VM: both have run_as_user) -------
 
 

@@ -22,16 +22,12 @@ import pytest
 
 import proc
 from conftest import Client, TcpProxy, start_daemon
-from helpers import pause_resume_and_wait, wait_for
+from helpers import client_job, pause_resume_and_wait, wait_for
 
 
 def job(client: Client, *args: str, check: bool = True, timeout: float = 60
         ) -> subprocess.CompletedProcess[bytes]:
-    done = client.run("distsvc", "job", *args, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"distsvc job {' '.join(args)}: {done.returncode}: "
-                             f"{done.stderr.decode()}")
-    return done
+    return client_job(client, *args, check=check, timeout=timeout)
 
 
 def start(client: Client, *args: str) -> dict[str, Any]:

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 import container
+import helpers
 import jsondoc
 import slurmbed
 from conftest import BIN
-from helpers import wait_for
+from helpers import client_job, job_status, wait_for
 
 Bed = tuple[container.Container, container.SshHost, slurmbed.Cluster]
 CLUSTER = "hpc"
@@ -73,11 +74,7 @@ class User:
 
     def job(self, *args: str, check: bool = True, timeout: float = 60
             ) -> subprocess.CompletedProcess[bytes]:
-        done = self.run("distsvc", "job", *args, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"distsvc job {' '.join(args)}: {done.returncode}: "
-                                 f"{done.stderr.decode()}\n{self.log()[-3000:]}")
-        return done
+        return client_job(self, *args, check=check, timeout=timeout)
 
     def start(self, *args: str, cluster: str = CLUSTER) -> dict[str, Any]:
         out = self.job("start", "--json", "--on", cluster, "-w", self.workdir, *args).stdout
@@ -384,25 +381,21 @@ def test_on_this_machine_through_a_daemon_there(bed: Bed) -> None:
     home = host.home
     c.write_file(f"{home}/.config/distsvc/config.toml", f'[[clusters]]\nname = "{CLUSTER}"\n',
                  owner=c.user)
-    env = {"DISTSVC_DAEMON": "required"}
     daemon = c.popen_as_user(["sh", "-c", "exec distsvc daemon --log-level debug "
-                              "2> $HOME/here-daemon.log"], env=env)
+                              "2> $HOME/here-daemon.log"], env={"DISTSVC_DAEMON": "required"})
     try:
         wait_for(lambda: c.run_as_user(["test", "-S", f"/run/user/{c.uid}/distsvc/distsvc.sock"],
                                        check=False).returncode == 0, 30, "the daemon's socket")
-        started = c.run_as_user(["distsvc", "job", "start", "--json", "--on", CLUSTER, "sh",
-                                 "-c", 'echo "here $SLURM_JOB_ID"; exit 5'], env=env)
+        started = helpers.job(c, "start", "--json", "--on", CLUSTER, "sh", "-c",
+                              'echo "here $SLURM_JOB_ID"; exit 5')
         record = json.loads(started.stdout)["job"]
         slurm_id = record["placement"]["slurm_id"]
-        waited = c.run_as_user(["distsvc", "job", "wait", record["id"]], env=env, check=False,
-                               timeout=90)
+        waited = helpers.job(c, "wait", record["id"], check=False, timeout=90)
         assert waited.returncode == 5, waited.stderr
-        final = json.loads(c.run_as_user(["distsvc", "job", "status", "--json", record["id"]],
-                                         env=env).stdout)["job"]
+        final = job_status(c, record["id"])
         assert final["state"] == "exited" and final["exit_code"] == 5
         assert final["placement"]["slurm_state"] == "FAILED"
-        logs = c.run_as_user(["distsvc", "job", "logs", record["id"]], env=env)
-        assert logs.stdout == f"here {slurm_id}\n"
+        assert helpers.job(c, "logs", record["id"]).stdout == f"here {slurm_id}\n"
         assert slurm_record(c, final)["State"] == "FAILED"
         assert "job submitted to Slurm" in c.read_file(f"{home}/here-daemon.log")
     finally:
