@@ -192,6 +192,19 @@ def test_a_job_runs_through_sbatch_via_the_login_node(bed: Bed, user: User) -> N
         assert jsondoc.problems(document, f"job {verb}") == [], (verb, document)
 
 
+def test_distsvc_run_detach_on_is_job_start_on(bed: Bed, user: User) -> None:
+    c, _, _ = bed
+    done = user.run("distsvc-run", "--detach", "--on", CLUSTER, "-w", user.workdir, "sh", "-c",
+                    'echo "detached $SLURM_JOB_ID"')
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.decode().strip()
+    code, final = user.wait(job_id)
+    assert code == 0 and final["target"] == "cluster", final
+    assert user.job("logs", job_id).stdout == \
+        f"detached {final['placement']['slurm_id']}\n".encode()
+    assert slurm_record(c, final)["State"] == "COMPLETED"
+
+
 def test_failed_with_its_exit_code_and_accounting(bed: Bed, user: User) -> None:
     c, _, _ = bed
     record = user.start("sh", "-c", "python3 -c 'x = bytearray(60 << 20); import time; "

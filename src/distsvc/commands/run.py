@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
         "a directory it does not have); 255 if CMD could not be run at all.")
     p.add_argument("--on", metavar="CLUSTER",
                    help="run CMD through srun on this configured Slurm cluster (limits become "
-                   "Slurm's: --memory to --mem, --cpu to --cpus-per-task, --timeout to --time)")
+                   "Slurm's: --memory to --mem, --cpu to --cpus-per-task, --timeout to --time);"
+                   " with --detach, submit it there as a job (sbatch), as distsvc job start --on")
     p.add_argument("-w", "--workdir", metavar="DIR",
                    help="directory to run in on the host or the cluster's node (default: the "
                    "current directory; a cluster must have it)")
@@ -138,10 +139,7 @@ def run_full(argv: list[str]) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
-    if args.detach and args.on is not None:
-        raise distsvc.errors.UsageError(
-            "--on with --detach: start a job on a cluster with distsvc job start --on")
-    if args.detach:
+    if args.detach:  # with --on, a job on the cluster: job start --on (queue_from reads it)
         from distsvc.commands import job
 
         args.json = False
