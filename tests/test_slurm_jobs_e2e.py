@@ -184,6 +184,9 @@ def test_a_job_runs_through_sbatch_via_the_login_node(bed: Bed, user: User) -> N
                for line in table.splitlines()), table
     text = user.job("status", record["id"]).stdout.decode()
     assert f"slurm: cluster {CLUSTER}, job {slurm_id}" in text and "accounting:" in text, text
+    listed = json.loads(user.job("list", "--json", "--host", CLUSTER).stdout)["jobs"]
+    assert record["id"] in [j["id"] for j in listed]
+    assert json.loads(user.job("list", "--json", "--host", "short").stdout)["jobs"] == []
     for verb, args in (("start", ()), ("status", (record["id"],)), ("list", ()),
                        ("wait", (record["id"],))):
         document = json.loads(user.job(verb, "--json", *args).stdout) if verb != "start" \
@@ -239,6 +242,17 @@ def test_stop_cancels_the_whole_job(bed: Bed, user: User) -> None:
              "every process of the job to end")
     code, _ = user.wait(record["id"])
     assert code == 143
+
+
+def test_stop_with_another_signal_reaches_every_step(bed: Bed, user: User) -> None:
+    c, _, _ = bed
+    record = user.start("sh", "-c", 'trap "echo got INT; exit 7" INT; sleep 299 & wait')
+    slurm_state(user, record["id"], "RUNNING")
+    wait_for(lambda: "sleep 299" in c.run(["ps", "-eo", "args"]).stdout, 20,
+             "the command (its trap set before)")
+    stopped = user.job("stop", "--signal", "INT", "--grace", "20", record["id"])
+    assert b"exited 7" in stopped.stdout, stopped.stdout
+    assert user.job("logs", record["id"]).stdout == b"got INT\n"
 
 
 def test_after_on_the_cluster_is_a_slurm_dependency(bed: Bed, user: User) -> None:
