@@ -198,3 +198,20 @@ def test_every_script_is_valid_posix_shell() -> None:
         done = subprocess.run(["/bin/sh", "-n"], input="{\n" + script + "\n}\n", text=True,
                               capture_output=True, check=False)
         assert done.returncode == 0, (done.stderr, script)
+
+
+def test_a_start_whose_answer_was_lost() -> None:
+    """No Slurm ID there: looked up by name; the directory learnt; unknown after a while."""
+    lost = job(placement={"kind": "slurm", "cluster": "hpc",
+                          "slurm_name": f"distsvc-{ORIGIN}-7"}, started=1000.0)
+    script = sbatch.monitor_script(CLUSTER, ORIGIN, [(lost, {})])
+    assert f"squeue -h -n distsvc-{ORIGIN}-7" in script and 'echo "dir=' in script
+    seen = distsvc.jobs.remote.Look({"slurm_id": "", "dir": "/home/u/out/x/7.1"}, {}, {})
+    assert sbatch.ended(lost, seen, now=1010.0) is None
+    end = sbatch.ended(lost, seen, now=1000.0 + sbatch.LOST_SUBMISSION + 1)
+    assert end is not None and end[0] == "unknown" and "sacct --name" in (end[3] or "")
+    sbatch.figures(lost, seen)
+    assert lost.placement["dir"] == "/home/u/out/x/7.1"
+    found = distsvc.jobs.remote.Look({"slurm_id": "42", "scontrol": scontrol("RUNNING")}, {}, {})
+    assert sbatch.ended(lost, found, now=5000.0) is None and sbatch.figures(lost, found)
+    assert lost.placement["slurm_id"] == "42"

@@ -203,7 +203,7 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             complete = _append(book, job, look)
             if _slurm([job]):
                 changed = distsvc.jobs.sbatch.figures(job, look) or changed
-                end = distsvc.jobs.sbatch.ended(job, look)
+                end = distsvc.jobs.sbatch.ended(job, look, time.time())
             else:
                 distsvc.jobs.remote.figures(job, look)
                 end = distsvc.jobs.remote.ended(job, look)

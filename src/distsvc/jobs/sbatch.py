@@ -180,6 +180,8 @@ def monitor_script(cluster: distsvc.config.Cluster, origin: str,
         d = attempt_dir(job)
         name = _q(job_name(origin, job))
         since = max(0, int(now - (job.started or job.created or now))) + ACCOUNTING_MARGIN
+        found_dir = "" if job.placement.get("dir") else \
+            f'\n[ -d {d} ] && echo "dir=$(cd {d} && pwd -P)"'  # a start's lost answer
         parts.append(f"""\
 echo "job {job.id}"
 {_find_id(d, name)}
@@ -196,7 +198,7 @@ if [ -n "$ds_id" ]; then
 fi
 [ -e {d}/started ] && echo "started=yes"
 [ -e {d}/nodir ] && echo "nodir=yes"
-[ -d {d} ] || echo "gone=yes"
+[ -d {d} ] || echo "gone=yes"{found_dir}
 {distsvc.jobs.remote.fetch_lines(d, sizes)}
 echo end
 """)
@@ -228,9 +230,15 @@ def _accounting(job: Job, look: Look) -> tuple[list[dict[str, str]], str | None]
     return rows, said
 
 
-def ended(job: Job, look: Look) -> tuple[str, int | None, int | None, str | None] | None:
+LOST_SUBMISSION = 120.0  # seconds after a start whose answer was lost, with no Slurm job
+
+
+def ended(job: Job, look: Look, now: float | None = None
+          ) -> tuple[str, int | None, int | None, str | None] | None:
     """How the job ended (state, exit code, signal, reason), or None while it is not over:
-    from scontrol while slurmctld knows it, else from sacct."""
+    from scontrol while slurmctld knows it, else from sacct. A start whose answer was lost
+    (no Slurm ID kept there) and of whose name Slurm has no job LOST_SUBMISSION seconds
+    (`now`) after it is "unknown"."""
     state = look.state
     cluster = job.placement.get("cluster", "?")
     if state.get("nodir") == "yes":
@@ -255,6 +263,11 @@ def ended(job: Job, look: Look) -> tuple[str, int | None, int | None, str | None
                     "before it was made (the daemon stopped?); it did not run")
         return ("unknown", None, None, f"its directory on cluster {cluster} is gone; "
                 "its exit status is lost")
+    if not state.get("slurm_id") and now is not None and \
+            now - (job.started or job.created) > LOST_SUBMISSION:
+        return ("unknown", None, None, f"its submission to cluster {cluster} was cut short "
+                "and Slurm has no unfinished job of its name; whether it ran is not known "
+                f"(sacct --name {job.placement.get('slurm_name', '')} there may tell)")
     if state.get("slurm_id") and not state.get("scontrol") and said and "disabled" in said:
         return ("unknown", None, None, f"cluster {cluster} no longer knows Slurm job "
                 f"{state['slurm_id']} ({said or 'and keeps no accounting'}); "
@@ -282,6 +295,10 @@ def figures(job: Job, look: Look) -> bool:
     state = look.state
     if state.get("slurm_id", "").isdigit():
         place["slurm_id"] = state["slurm_id"]
+    found = state.get("dir", "")
+    if not place.get("dir") and found.startswith("/") and found.endswith(
+            f"/{int(job.id)}.{int(job.attempt)}") and "\n" not in found:
+        place["dir"] = found  # where a start whose answer was lost made it
     fields = distsvc.slurm.parse_fields(state.get("scontrol", ""))
     if fields.get("JobState"):
         place["slurm_state"] = fields["JobState"]
