@@ -136,6 +136,16 @@ class Book:
         raise distsvc.errors.HostUnreachable(
             name, "is no longer in the configuration (put it back to reach its jobs)")
 
+    def cluster(self, name: str) -> distsvc.config.Cluster:
+        """Cluster `name` of the configuration; HostUnreachable when it is no longer there
+        (its jobs are then shown as their host's: down, until it is put back)."""
+        cluster = self.config.cluster(name)
+        if cluster is None:
+            raise distsvc.errors.HostUnreachable(
+                name, "is no longer a cluster of the configuration (put it back to reach its "
+                "jobs)")
+        return cluster
+
     def runner(self, name: str) -> distsvc.jobs.remote.Runner:
         """Runs a script with `/bin/sh -s` on host `name` over the daemon's pool, or on the
         shell of cluster `name` (here, or its login node over the pool)."""

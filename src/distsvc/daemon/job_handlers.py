@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import distsvc.adapters.unix
-import distsvc.config
 import distsvc.daemon.book
 import distsvc.daemon.context
 import distsvc.daemon.launch
@@ -330,8 +329,9 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
             _remote(book, job, distsvc.jobs.remote.stop_script(
                 book.origin, job, name, float(grace)), float(grace))
         elif job.placement.get("kind") == "slurm":
+            cluster = book.cluster(job.placement.get("cluster", ""))
             _remote(book, job, distsvc.jobs.sbatch.stop_script(
-                _cluster_of(daemon, job), book.origin, job, name, float(grace)), float(grace))
+                cluster, book.origin, job, name, float(grace)), float(grace))
         else:
             distsvc.jobs.local.stop(book.manager(), job, signum, float(grace))
     except distsvc.errors.DistsvcError:
@@ -341,15 +341,6 @@ def handle_job_stop(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
     book.wait([job.id], 5.0 + (distsvc.daemon.remote_watch.INTERVAL * 4
                                if job.placement.get("kind") in ("ssh", "slurm") else 0.0))
     return _answer(job)
-
-
-def _cluster_of(daemon: Daemon, job: distsvc.jobs.record.Job) -> distsvc.config.Cluster:
-    name = job.placement.get("cluster", "")
-    cluster = daemon.config.cluster(name)
-    if cluster is None:
-        raise distsvc.errors.HostUnreachable(
-            name, "is no longer a cluster of the configuration (put it back to reach its jobs)")
-    return cluster
 
 
 def _not_on_slurm(job: distsvc.jobs.record.Job, verb: str) -> None:

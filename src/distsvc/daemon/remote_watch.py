@@ -29,7 +29,6 @@ import distsvc.jobs.store
 import distsvc.log
 
 if TYPE_CHECKING:
-    import distsvc.config
     import distsvc.daemon.book
 
 INTERVAL = 0.5        # between looks at a host's running jobs
@@ -78,14 +77,6 @@ def _append(book: distsvc.daemon.book.Book, job: Job, look: distsvc.jobs.remote.
     return complete
 
 
-def _cluster(book: distsvc.daemon.book.Book, name: str) -> distsvc.config.Cluster:
-    cluster = book.config.cluster(name)
-    if cluster is None:
-        raise distsvc.errors.HostUnreachable(
-            name, "is no longer a cluster of the configuration (put it back to reach its jobs)")
-    return cluster
-
-
 def _slurm(jobs: list[Job]) -> bool:
     """Whether these jobs (of one host or cluster) are on a Slurm cluster."""
     return bool(jobs) and jobs[0].placement.get("kind") == "slurm"
@@ -97,7 +88,7 @@ def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job],
     """One look at `jobs` (`before`: a script to run first in the same session)."""
     sized = [(job, _mirror_sizes(book, job)) for job in jobs]
     if _slurm(jobs):
-        monitor = distsvc.jobs.sbatch.monitor_script(_cluster(book, host), book.origin,
+        monitor = distsvc.jobs.sbatch.monitor_script(book.cluster(host), book.origin,
                                                      sized, budget, time.time())
     else:
         monitor = distsvc.jobs.remote.monitor_script(book.origin, sized, budget)
@@ -114,7 +105,7 @@ def _finish(book: distsvc.daemon.book.Book, host: str, job: Job,
             budget: int = distsvc.jobs.remote.LOOK_MAX) -> None:
     runner = book.runner(host)
     if _slurm([job]):
-        collect = distsvc.jobs.sbatch.collect_script(_cluster(book, host), book.origin, job,
+        collect = distsvc.jobs.sbatch.collect_script(book.cluster(host), book.origin, job,
                                                      end)
     else:
         collect = distsvc.jobs.remote.collect_script(book.origin, job, look)
