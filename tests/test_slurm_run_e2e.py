@@ -549,3 +549,34 @@ def test_window_size_changes_reach_the_command(bed: Bed, reach: str) -> None:
         assert term.wait() == 0
     finally:
         term.close()
+
+
+# --- a reader that goes ----------------------------------------------------------------------
+
+def test_a_closed_output_ends_the_job_as_sigpipe_would(bed: Bed, reach: str) -> None:
+    """`distsvc-run --on C yes | head -1` returns, with 141 as a shell's `yes | head` gives
+    `yes`, and the job it ran in is over (srun itself survives a closed pipe)."""
+    cmd = ["--on", cluster_for(reach), "sh", "-c", 'echo "$SLURM_JOB_ID"; exec yes']
+    # The status from inside the pipeline, on fd 3 (a file): `head` is the pipeline's.
+    script = '{ "$@"; echo "$?" >&3; } 3>"$ST" | head -1'
+    status = f"{bed.shared}/status-{reach}"
+    if reach == "here":
+        done = bed.c.run_as_user(["sh", "-c", script, "sh", "distsvc-run", *cmd], check=False,
+                                 cwd=bed.shared, env={"ST": status}, timeout=60)
+        said = bed.c.run_as_user(["cat", status]).stdout
+        bed.c.run_as_user(["rm", status])
+        out = str(done.stdout)
+    else:
+        done = subprocess.run(["sh", "-c", script, "sh", *bed.machine.command("distsvc-run",
+                                                                             *cmd)],
+                              env={**bed.machine.env, **env_for(reach), "ST": status},
+                              cwd=bed.shared, capture_output=True, timeout=60)
+        said = Path(status).read_text()
+        os.unlink(status)
+        out = done.stdout.decode()
+    job = out.strip()
+    assert job.isdigit(), (done.stdout, done.stderr)
+    assert said.strip() == "141", (said, done.stderr)
+    name, _ = sacct(bed, job)  # over (FAILED or CANCELLED: which end came first)
+    assert name.startswith("distsvc-run-")
+    assert not our_jobs(bed)

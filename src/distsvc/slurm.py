@@ -285,6 +285,9 @@ def srun_argv(opts: list[str], token: str, workdir: str, argv: list[str] | tuple
 # it would here: srun turns SIGTERM, SIGHUP and SIGQUIT into SIGKILL for the tasks. SIGINT
 # stays srun's: `--quit-on-interrupt` forwards it to the tasks and ends the job.
 JOB_SIGNALS = ("TERM", "HUP", "QUIT")
+SCANCEL_TIMEOUT = 5
+"""Seconds a scancel may wait for the controller: one that does not answer leaves the job to
+srun's SIGTERM (which ends it once the controller is back)."""
 
 
 def signal_argv(token: str, signal_name: str) -> list[str]:
@@ -297,7 +300,8 @@ def signal_argv(token: str, signal_name: str) -> list[str]:
 
 def signal_script(token: str, signal_name: str) -> str:
     """signal_argv as shell, for the user whose shell it is."""
-    return (distsvc.remote.command_line(signal_argv(token, signal_name))
+    return (f"timeout {SCANCEL_TIMEOUT} "
+            + distsvc.remote.command_line(signal_argv(token, signal_name))
             + ' --user="$(id -un)" >/dev/null 2>&1')
 
 

@@ -233,3 +233,26 @@ def test_sighup_to_distsvc_run_ends_the_whole_tree(tmp_path):
     status, survivors = signal_tree(tmp_path, signal.SIGHUP)
     assert survivors == []
     assert status == 128 + signal.SIGHUP
+
+
+def test_a_closed_output_ends_the_command_by_sigpipe_as_a_shell_has_it(tmp_path):
+    """`distsvc-run yes | head -1`: yes writes to the pipe itself and dies of SIGPIPE (141),
+    and distsvc-run returns with it (no cluster: nothing of ours needs ending)."""
+    script = '{ "$@"; echo "$?" >&3; } 3>status | head -1'
+    done = subprocess.run(["sh", "-c", script, "sh", str(DISTSVC_RUN), "yes"],
+                          capture_output=True, env=client_env(tmp_path), cwd=tmp_path,
+                          timeout=60)
+    assert done.stdout == b"y\n"
+    assert (tmp_path / "status").read_text() == "141\n"
+
+
+def test_reader_gone_is_seen_on_a_pipe_whose_reader_closed() -> None:
+    from distsvc.adapters import local
+
+    read_end, write_end = os.pipe()
+    try:
+        assert not local.reader_gone([write_end])
+        os.close(read_end)
+        assert local.reader_gone([write_end])
+    finally:
+        os.close(write_end)

@@ -150,7 +150,8 @@ def test_tasks_are_refused_before_anything_runs() -> None:
 
 def test_job_signals_go_to_the_tasks_through_scancel() -> None:
     script = distsvc.slurm.signal_script("ab12", "TERM")
-    assert script == ("scancel --quiet --signal=TERM --name=distsvc-run-ab12 "
+    # Bounded: a controller that does not answer leaves the rest to srun's SIGTERM.
+    assert script == ("timeout 5 scancel --quiet --signal=TERM --name=distsvc-run-ab12 "
                       '--user="$(id -un)" >/dev/null 2>&1')
     with pytest.raises(ValueError):
         distsvc.slurm.signal_argv("ab12", "TERM; rm -rf ~")

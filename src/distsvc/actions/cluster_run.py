@@ -177,6 +177,15 @@ def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
     srun = distsvc.slurm.srun_argv(opts, job, workdir, list(argv), terminal,
                                    stdin=options.stdin)
 
+    def scancel(name: str) -> None:
+        """SIGNAL to the job's tasks, bounded: a controller that does not answer leaves the
+        rest to srun's SIGTERM (the escalation)."""
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run([*distsvc.slurm.signal_argv(job, name), f"--user={os.getuid()}"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False, env=env,
+                           timeout=distsvc.slurm.SCANCEL_TIMEOUT)
+
     def forward(pgid: int, signum: int) -> int | None:
         """SIGTERM, SIGHUP, SIGQUIT to the job's tasks (scancel), others to srun's group."""
         name = signal.Signals(signum).name.removeprefix("SIG")
@@ -184,10 +193,17 @@ def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signum)
             return signum
-        subprocess.run([*distsvc.slurm.signal_argv(job, name), f"--user={os.getuid()}"],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, check=False, env=env)
+        scancel(name)
         return None
 
+    def closed_output(pgid: int) -> int | None:
+        """The reader of our output went (`| head`): the job ends, as a command here would
+        of SIGPIPE (srun itself survives it): its tasks get SIGTERM, srun too."""
+        scancel("TERM")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        return signal.SIGTERM
+
     # srun's own directory is ours: --chdir and the guard say where CMD runs.
-    return local.run(srun, None, env, parent_death_signal=signal.SIGTERM, forward=forward)
+    return local.run(srun, None, env, parent_death_signal=signal.SIGTERM, forward=forward,
+                     closed_output=closed_output)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -100,10 +102,32 @@ def _parent_death(signum: int) -> Callable[[], None]:
     return set_it
 
 
+def _pipes_out() -> list[int]:
+    """Our stdout and stderr where they are pipes or sockets (a reader that can go)."""
+    fds = []
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                fds.append(fd)
+    return fds
+
+
+def reader_gone(fds: Sequence[int]) -> bool:
+    """Whether the reader of one of `fds` (write ends) went: POLLERR, as a write's EPIPE."""
+    if not fds:
+        return False
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, 0)  # POLLERR and POLLHUP are reported unasked
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         gate: Callable[[int], None] | None = None,
         parent_death_signal: int | None = None,
-        forward: Callable[[int, int], int | None] | None = None) -> int:
+        forward: Callable[[int, int], int | None] | None = None,
+        closed_output: Callable[[int], int | None] | None = None) -> int:
     """Run argv here and return its status (128+N if a signal ended it).
 
     A signal received is passed to the command's process group; whatever it leaves running
@@ -113,7 +137,12 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
     gate that raises ends the child. With `parent_death_signal`, the child gets that signal
     when this process dies, however it dies (srun ends its job on SIGTERM). `forward(pgid,
     signum)` passes a received signal on instead of killpg, returning the signal it sent the
-    group (None: none), which the escalation then skips.
+    group (None: none), which the escalation then skips; it runs in the wait loop, not in the
+    signal handler (it may run a program). With `closed_output(pgid)`, the reader of our
+    stdout or stderr going (a pipe to `head`) is the command's end, as SIGPIPE would be for a
+    program writing there itself: `closed_output` ends it (srun survives a closed pipe) and
+    returns the signal it sent the group, what is left is ended as for a signal, and the
+    status is 141.
     """
     if cwd is not None and not os.path.isdir(cwd):
         raise distsvc.errors.CannotRun(f"{cwd}: no such directory")
@@ -167,7 +196,10 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         os.close(gate_w)
     if terminal is not None:
         _give_terminal(terminal, child.pid)
-    received: list[int | None] = []  # what the group got for each signal received
+    pending: list[int] = []  # signals received, handed on by the wait loop
+    received: list[int | None] = []  # what the group got for each signal handed on
+    watched = _pipes_out() if closed_output is not None else []
+    closed = False
 
     def to_group(pgid: int, signum: int) -> int | None:
         with contextlib.suppress(ProcessLookupError):
@@ -175,13 +207,18 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         return signum
 
     def on_signal(signum: int, _frame: object) -> None:
-        received.append((forward or to_group)(child.pid, signum))
+        pending.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
         while True:
+            while pending:
+                received.append((forward or to_group)(child.pid, pending.pop(0)))
+            if closed_output is not None and not closed and reader_gone(watched):
+                closed = True
+                received.append(closed_output(child.pid))
             try:
-                returncode = child.wait(timeout=0.1)
+                returncode = child.wait(timeout=0.05)
                 break
             except subprocess.TimeoutExpired:
                 if received:
@@ -193,4 +230,4 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
             _give_terminal(terminal, os.getpgrp())
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return status_of(returncode)
+    return 128 + signal.SIGPIPE if closed else status_of(returncode)
