@@ -16,6 +16,7 @@ name (`distsvc-run-TOKEN`) in sacct.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -580,3 +581,20 @@ def test_a_closed_output_ends_the_job_as_sigpipe_would(bed: Bed, reach: str) -> 
     name, _ = sacct(bed, job)  # over (FAILED or CANCELLED: which end came first)
     assert name.startswith("distsvc-run-")
     assert not our_jobs(bed)
+
+
+def test_a_directory_with_a_newline_is_the_one_it_runs_in(bed: Bed, reach: str) -> None:
+    """-w "$D/a<newline>b" with "$D/a" there too: CMD runs in "$D/a<newline>b"."""
+    first = f"{bed.shared}/nl-{reach}"
+    tricky = first + "\nb"
+    for directory in (first, tricky):
+        os.makedirs(directory, exist_ok=True)
+        bed.c.run_as_user(["mkdir", "-p", directory])
+    try:
+        done = run(bed, reach, "--on", cluster_for(reach), "-w", tricky, "pwd")
+    finally:
+        bed.c.run_as_user(["rmdir", tricky, first])
+        for directory in (tricky, first):
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(directory)
+    assert (done.returncode, done.stdout.decode()) == (0, tricky + "\n"), done.stderr

@@ -309,14 +309,37 @@ def check_script(workdir: str, opts: list[str]) -> str:
     """Shell for the cluster's side (login node or this machine) before anything runs: is the
     directory there, are Slurm's commands, and would Slurm take the request (`srun
     --test-only`, which asks the controller without running anything: ~15 ms)? It names the
-    directory as an absolute path first (a relative one is the home's there, as for a host).
-    Its answer is read by `check_answer`."""
+    directory as an absolute path first (a relative one is the home's there, as for a host),
+    in hex: a name may hold a newline, and no line of it may be taken for the whole. Its
+    answer is read by `check_answer`."""
     test = distsvc.remote.command_line(["srun", "--test-only", *opts, "true"])
     return (f"cd -- {shlex.quote(workdir)} 2>/dev/null || "
             "{ echo distsvc-no-directory; exit 0; }\n"
-            'printf "distsvc-directory=%s\\n" "$PWD"\n'
+            "printf distsvc-directory=; printf %s \"$PWD\" | od -An -v -tx1 | tr -d ' \\n'; "
+            "echo\n"
             "command -v srun >/dev/null 2>&1 || { echo distsvc-no-srun; exit 0; }\n"
             f"{test} 2>&1; echo \"distsvc-test=$?\"")
+
+
+def answered_directory(cluster: distsvc.config.Cluster, where: str, line: str) -> str:
+    """The directory of the check's first line (`distsvc-directory=HEX`), which must be an
+    absolute path; CannotRun for anything else (a login rc file that prints, for one)."""
+    name, equals, value = line.partition("=")
+    try:
+        directory = os.fsdecode(bytes.fromhex(value)) if name == "distsvc-directory" and \
+            equals else None
+    except ValueError:
+        directory = None
+    if directory is None:
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: the shell on {where} printed {line[:60]!r} before the "
+            "check's answer; make its start-up files (.bashrc, .profile) print nothing when "
+            "not interactive")
+    if not os.path.isabs(directory):
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: the check on {where} answered {directory!r} as the "
+            "directory, not an absolute path")
+    return directory
 
 
 # What srun says when the controller does not answer: the cluster cannot be reached (255), not
@@ -331,26 +354,25 @@ def check_answer(cluster: distsvc.config.Cluster, where: str, workdir: str, opts
     """Raise what `check_script`'s answer (`code`, `out`) means, or return the directory as
     an absolute path when Slurm takes it. `where` names the cluster's side in messages
     ("its login node h1", "this machine")."""
-    lines = out.strip().splitlines()
+    lines = out.strip("\n").splitlines()
     if code != 0 or not lines:
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: the check on {where} failed (exit status {code}"
             + (f": {lines[-1]}" if lines else "") + ")")
-    if lines[-1] == "distsvc-no-directory":
+    if lines == ["distsvc-no-directory"]:
         raise ClusterCannot(
             f"cluster {cluster.name}: {workdir}: no such directory on {where}"
             + (" (the cluster does not share it)" if cluster.login is not None else "")
             + "; choose one it has with -w/--workdir DIR")
-    if lines[-1] == "distsvc-no-srun":
+    directory = answered_directory(cluster, where, lines.pop(0))
+    if lines == ["distsvc-no-srun"]:
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: Slurm's srun is not installed on {where} (or not on "
             "its PATH)")
-    directory = lines.pop(0).removeprefix("distsvc-directory=") if lines[0].startswith(
-        "distsvc-directory=") else workdir
-    status = lines[-1].removeprefix("distsvc-test=")
+    status = lines[-1].removeprefix("distsvc-test=") if lines else ""
     said = "\n".join(lines[:-1])
     if status == "0":
-        return directory if os.path.isabs(directory) else workdir
+        return directory
     if _UNREACHABLE.search(said):
         why = (said.strip().splitlines() or ["no answer"])[-1]
         why = re.sub(r"^s(?:run|alloc): error: ", "", why)

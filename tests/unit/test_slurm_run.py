@@ -62,9 +62,14 @@ def test_the_guard_says_a_command_is_not_found_as_a_shell_would(tmp_path: Path) 
     assert done.stderr == "distsvc: no-such-command-here: command not found on node n7\n"
 
 
-def answer(script_out: str, code: int = 0, cluster: distsvc.config.Cluster = CLUSTER) -> None:
-    distsvc.slurm.check_answer(cluster, "its login node login1", "/w", ["--time=00:05:00"],
-                               code, script_out)
+def at(directory: str) -> str:
+    """The check's first line for `directory`."""
+    return f"distsvc-directory={os.fsencode(directory).hex()}\n"
+
+
+def answer(script_out: str, code: int = 0, cluster: distsvc.config.Cluster = CLUSTER) -> str:
+    return distsvc.slurm.check_answer(cluster, "its login node login1", "/w",
+                                      ["--time=00:05:00"], code, at("/w") + script_out)
 
 
 def test_the_check_script_quotes_what_it_is_given(tmp_path: Path) -> None:
@@ -77,7 +82,7 @@ def test_the_check_script_quotes_what_it_is_given(tmp_path: Path) -> None:
     script = distsvc.slurm.check_script(str(tmp_path / "d 'x'"), ["--account=a b"])
     done = subprocess.run(["/bin/sh", "-s"], input=script, capture_output=True, text=True,
                           env={"PATH": f"{srun.parent}:/usr/bin:/bin"})
-    assert done.stdout == (f"distsvc-directory={tmp_path}/d 'x'\n"
+    assert done.stdout == (at(f"{tmp_path}/d 'x'") +
                            "--test-only|--account=a b|true|\ndistsvc-test=1\n")
     missing = subprocess.run(["/bin/sh", "-s"], input=distsvc.slurm.check_script(
         str(tmp_path / "nope"), []), capture_output=True, text=True)
@@ -88,8 +93,42 @@ def test_an_answer_that_slurm_takes() -> None:
     taken = ("srun: Job 2 to start at 2026-12-02T05:33:54 using 1 processors on nodes vm in "
              "partition debug\ndistsvc-test=0\n")
     assert distsvc.slurm.check_answer(CLUSTER, "there", "rel", [], 0,
-                                      f"distsvc-directory=/home/u/rel\n{taken}") == "/home/u/rel"
-    assert distsvc.slurm.check_answer(CLUSTER, "there", "/w", [], 0, taken) == "/w"
+                                      at("/home/u/rel") + taken) == "/home/u/rel"
+    assert answer(taken) == "/w"
+
+
+def test_a_directory_with_a_newline_is_answered_whole(tmp_path: Path) -> None:
+    """-w "$D/a<newline>b" with "$D/a" there too: the answer is "$D/a<newline>b", not "$D/a"."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a\nb").mkdir()
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\nexit 0\n")
+    srun.chmod(0o755)
+    done = subprocess.run(["/bin/sh", "-s"], input=distsvc.slurm.check_script(
+        str(tmp_path / "a\nb"), []), capture_output=True, text=True,
+        env={"PATH": f"{srun.parent}:/usr/bin:/bin"})
+    assert distsvc.slurm.check_answer(CLUSTER, "there", "x", [], 0, done.stdout) == \
+        f"{tmp_path}/a\nb"
+
+
+@pytest.mark.parametrize("first", [
+    "Welcome to the cluster!\n",  # a login rc file that prints
+    "distsvc-directory=/w\n",  # not ours: ours is hex
+    "distsvc-directory=zz\n",
+])
+def test_an_answer_that_is_not_ours_first_is_255(first: str) -> None:
+    with pytest.raises(distsvc.errors.CannotRun) as raised:
+        distsvc.slurm.check_answer(CLUSTER, "its login node login1", "/w", [], 0,
+                                   first + at("/w") + "distsvc-test=0\n")
+    assert not isinstance(raised.value, distsvc.slurm.ClusterCannot)
+    assert "printed" in raised.value.message and "\n" not in raised.value.message
+
+
+def test_an_answered_directory_that_is_not_absolute_is_255() -> None:
+    with pytest.raises(distsvc.errors.CannotRun, match="not an absolute path"):
+        distsvc.slurm.check_answer(CLUSTER, "there", "/w", [], 0,
+                                   at("w") + "distsvc-test=0\n")
 
 
 def test_a_relative_directory_is_the_one_there(tmp_path: Path) -> None:
@@ -97,12 +136,13 @@ def test_a_relative_directory_is_the_one_there(tmp_path: Path) -> None:
     script = distsvc.slurm.check_script("rel", [])
     done = subprocess.run(["/bin/sh", "-s"], input=script, capture_output=True, text=True,
                           cwd=tmp_path)
-    assert done.stdout.splitlines()[0] == f"distsvc-directory={tmp_path}/rel"
+    assert done.stdout.splitlines()[0] + "\n" == at(f"{tmp_path}/rel")
 
 
 def test_a_directory_the_cluster_lacks() -> None:
     with pytest.raises(distsvc.slurm.ClusterCannot) as raised:
-        answer("distsvc-no-directory\n")
+        distsvc.slurm.check_answer(CLUSTER, "its login node login1", "/w", [], 0,
+                                   "distsvc-no-directory\n")
     assert raised.value.exit_status == 4
     assert raised.value.message == (
         "cluster c1: /w: no such directory on its login node login1 (the cluster does not "
@@ -140,7 +180,7 @@ def test_no_srun_or_no_answer_is_255() -> None:
     with pytest.raises(distsvc.errors.CannotRun, match="srun is not installed"):
         answer("distsvc-no-srun\n")
     with pytest.raises(distsvc.errors.CannotRun, match="exit status 127"):
-        answer("sh: 1: oops\n", code=127)
+        distsvc.slurm.check_answer(CLUSTER, "there", "/w", [], 127, "sh: 1: oops\n")
 
 
 def test_tasks_are_refused_before_anything_runs() -> None:
