@@ -598,3 +598,17 @@ def test_a_directory_with_a_newline_is_the_one_it_runs_in(bed: Bed, reach: str) 
             with contextlib.suppress(FileNotFoundError):
                 os.rmdir(directory)
     assert (done.returncode, done.stdout.decode()) == (0, tricky + "\n"), done.stderr
+
+
+def test_slurm_that_cannot_be_asked_is_255_not_a_refusal(bed: Bed) -> None:
+    """No configuration for Slurm's commands: srun's fatal line, exit 255, nothing run."""
+    bed.c.run_as_user(["touch", f"{bed.shared}/empty.conf"])
+    try:
+        done = bed.c.run_as_user(["distsvc-run", "--on", "here", "touch", "ran"], check=False,
+                                 cwd=bed.shared, env={"SLURM_CONF": f"{bed.shared}/empty.conf"})
+    finally:
+        bed.c.run_as_user(["rm", f"{bed.shared}/empty.conf"])
+    assert done.returncode == 255, done.stderr
+    line, = str(done.stderr).splitlines()
+    assert line.startswith("distsvc: cluster here: Slurm could not be asked ("), line
+    assert not os.path.exists(f"{bed.shared}/ran")

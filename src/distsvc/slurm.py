@@ -92,16 +92,42 @@ def options(cluster: distsvc.config.Cluster, limits: job_limits.Limits) -> list[
 
 # --- answers ---------------------------------------------------------------------------------
 
-_FAILURE = re.compile(r"^(?:allocation failure|s(?:run|batch|alloc): error): (?P<why>.+)$",
-                      re.MULTILINE)
+_FAILURE = re.compile(r"^(?:allocation failure|s(?:run|batch|alloc): (?:error|fatal)): "
+                      r"(?P<why>.+)$", re.MULTILINE)
+# Slurm's reasons for refusing what was asked: the request's fault (4). Anything else (a
+# configuration it cannot find, munge, a controller that does not answer) is Slurm failing to
+# be asked at all (255).
+_REFUSED = re.compile(r"partition|account|association|\bqos\b|time limit|memory|processors|"
+                      r"node config|\bcpus?\b|^invalid |violates|exceeds|not available",
+                      re.IGNORECASE)
+_NOT_ASKED = re.compile(r"config(?:uration)? source|fetch_config|munge|auth|credential|"
+                        r"slurm\.conf", re.IGNORECASE)
+# What srun and sbatch say when the controller does not answer.
+_UNREACHABLE = re.compile(r"unable to contact slurm controller|socket timed out|"
+                          r"connection refused|zero bytes were transmitted|"
+                          r"communication connection failure", re.IGNORECASE)
 
 
-def refusal(cluster: distsvc.config.Cluster, stderr: str, opts: list[str]) -> ClusterCannot:
-    """Slurm's refusal (srun/sbatch's stderr) as one line: Slurm's reason, then what to do."""
+def refusal(cluster: distsvc.config.Cluster, stderr: str, opts: list[str]
+            ) -> distsvc.errors.DistsvcError:
+    """What srun's or sbatch's failure (its stderr) means, in one line with Slurm's reason:
+    ClusterCannot (4) with what to do for a reason Slurm refuses a request for (partition,
+    account, QOS, a limit beyond the partition's, "Invalid ..."); CannotRun (255) for anything
+    else (`srun: fatal:`, no configuration, munge): nothing was asked of Slurm. The one
+    classifier of srun (`check_answer`) and sbatch (jobs/sbatch.py)."""
     reasons = [m["why"].strip() for m in _FAILURE.finditer(stderr)]
+    fatal = re.search(r"^s(?:run|batch|alloc): fatal: ", stderr, re.MULTILINE) is not None
     # The last one is the summary ("Batch job submission failed: ..."): keep it, without it.
     why = reasons[-1] if reasons else (stderr.strip().splitlines() or ["no reason given"])[-1]
     why = re.sub(r"^(?:Batch job submission failed|Unable to allocate resources): ", "", why)
+    if _UNREACHABLE.search(stderr):
+        return distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: Slurm's controller does not answer ({why}); see "
+            "`scontrol ping` there")
+    if fatal or _NOT_ASKED.search(stderr) or not _REFUSED.search(why):
+        return distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: Slurm could not be asked ({why}); see `scontrol ping` "
+            "and Slurm's configuration there")
     low = why.lower()
     default = "the default"
     # "Invalid account or account/partition combination": the account's, first.
@@ -342,13 +368,6 @@ def answered_directory(cluster: distsvc.config.Cluster, where: str, line: str) -
     return directory
 
 
-# What srun says when the controller does not answer: the cluster cannot be reached (255), not
-# a refusal of what was asked (4).
-_UNREACHABLE = re.compile(r"unable to contact slurm controller|socket timed out|"
-                          r"connection refused|zero bytes were transmitted|"
-                          r"communication connection failure", re.IGNORECASE)
-
-
 def check_answer(cluster: distsvc.config.Cluster, where: str, workdir: str, opts: list[str],
                  code: int, out: str) -> str:
     """Raise what `check_script`'s answer (`code`, `out`) means, or return the directory as
@@ -373,10 +392,4 @@ def check_answer(cluster: distsvc.config.Cluster, where: str, workdir: str, opts
     said = "\n".join(lines[:-1])
     if status == "0":
         return directory
-    if _UNREACHABLE.search(said):
-        why = (said.strip().splitlines() or ["no answer"])[-1]
-        why = re.sub(r"^s(?:run|alloc): error: ", "", why)
-        raise distsvc.errors.CannotRun(
-            f"cluster {cluster.name}: Slurm's controller does not answer ({why}); see "
-            f"`scontrol ping` on {where}")
     raise refusal(cluster, said, opts)

@@ -43,13 +43,42 @@ def test_limits_slurm_has_no_counterpart_for_are_refused(limit: str) -> None:
      "combination specified\n", ["Invalid account", "`account` of cluster hpc (proj)"]),
     ("allocation failure: Requested time limit is invalid (missing or exceeds some limit)\n",
      ["Requested time limit is invalid", "ask for less (--time=00:05:00)"]),
+    ("srun: error: Unable to allocate resources: Requested node configuration is not "
+     "available\n", ["Requested node configuration is not available", "ask for less"]),
+    ("allocation failure: Job violates accounting/QOS policy (job submit limit, user's size "
+     "and/or time limits)\n", ["Job violates accounting/QOS policy"]),
+    ("sbatch: error: Batch job submission failed: Invalid generic resource (gres) "
+     "specification\n", ["Invalid generic resource"]),
 ])
 def test_a_refusal_is_one_line_with_slurms_reason_and_what_to_do(stderr: str,
                                                                  words: list[str]) -> None:
-    message = slurm.refusal(HPC, stderr, ["--time=00:05:00"]).message
+    refused = slurm.refusal(HPC, stderr, ["--time=00:05:00"])
+    assert isinstance(refused, slurm.ClusterCannot) and refused.exit_status == 4
+    message = refused.message
     assert "\n" not in message and message.startswith("cluster hpc refused it: ")
     assert all(w in message for w in words), message
     assert "submission failed" not in message
+
+
+# Slurm failing to be asked at all, in its own words (the first measured with no slurm.conf).
+@pytest.mark.parametrize(("stderr", "words"), [
+    ("srun: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host\n"
+     "srun: error: fetch_config: DNS SRV lookup failed\n"
+     "srun: error: _establish_config_source: failed to fetch config\n"
+     "srun: fatal: Could not establish a configuration source\n",
+     "Slurm could not be asked (Could not establish a configuration source)"),
+    ("sbatch: error: Munge encode failed: Failed to access \"/run/munge/munge.socket.2\": No "
+     "such file or directory\nsbatch: error: auth_g_create: REQUEST_SUBMIT_BATCH_JOB failure\n"
+     "sbatch: error: Batch job submission failed: Protocol authentication error\n",
+     "Slurm could not be asked (Protocol authentication error)"),
+    ("srun: error: Unable to allocate resources: Unable to contact slurm controller (connect "
+     "failure)\n", "Slurm's controller does not answer (Unable to contact slurm controller"),
+    ("srun: error: something Slurm never said before\n", "Slurm could not be asked"),
+])
+def test_slurm_not_asked_is_255_not_a_refusal(stderr: str, words: str) -> None:
+    error = slurm.refusal(HPC, stderr, [])
+    assert type(error) is distsvc.errors.CannotRun and error.exit_status == 255
+    assert words in error.message and "\n" not in error.message, error.message
 
 
 @pytest.mark.parametrize(("state", "code", "end"), [
