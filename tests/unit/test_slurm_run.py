@@ -206,3 +206,24 @@ def test_kill_command_hands_the_signal_on_first_then_ends_what_is_left() -> None
     # The tree gets nothing first (signal 0: a KILL_GRACE wait), then SIGTERM and SIGKILL.
     assert '[ -n "$w" ] && { scancel x' in instead and 'ds_end "$w" 0 TERM KILL' in instead
     assert instead.index("scancel x") < instead.index('ds_end "$w" 0')
+
+
+def test_a_check_that_times_out_here_leaves_no_child_behind() -> None:
+    """The local runner ends the script's whole group (srun --test-only waiting on a
+    controller that does not answer is the script's child)."""
+    import distsvc.actions.cluster
+
+    run = distsvc.actions.cluster.runner(HERE, distsvc.config.Config(source="test"), None)
+    marker = f"{os.getpid()}.4242"
+    with pytest.raises(TimeoutError):
+        run(f"sleep {marker} & wait", 0.5)
+
+    def sleeping() -> bool:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{marker}\0".encode():
+                    return True
+            except OSError:
+                pass
+        return False
+    assert not sleeping()

@@ -9,6 +9,9 @@ shows of a cluster.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -26,16 +29,22 @@ SUMMARY_TIMEOUT = 10.0
 def _local_runner(cluster: distsvc.config.Cluster) -> Runner:
     def run(script: str, timeout: float) -> tuple[int, bytes]:
         try:
-            done = subprocess.run(["/bin/sh", "-s"], input=f"{{\n{script}\n}}\n".encode(),
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  timeout=timeout, check=False, start_new_session=True)
+            child = subprocess.Popen(["/bin/sh", "-s"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         except OSError as error:  # pragma: no cover - /bin/sh missing
             raise distsvc.errors.CannotRun(f"cluster {cluster.name}: cannot run /bin/sh: "
                                            f"{error.strerror}") from None
+        try:
+            out, _ = child.communicate(f"{{\n{script}\n}}\n".encode(), timeout=timeout)
         except subprocess.TimeoutExpired:
             raise TimeoutError(f"cluster {cluster.name}: no answer within {timeout:g} s "
                                "from Slurm's commands here") from None
-        return done.returncode, done.stdout
+        finally:  # the script's children too (srun --test-only waiting on a controller)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+        return child.returncode, out
     return run
 
 
