@@ -227,3 +227,16 @@ def test_a_check_that_times_out_here_leaves_no_child_behind() -> None:
                 pass
         return False
     assert not sleeping()
+
+
+@pytest.mark.parametrize("dropped", [EOFError(), OSError("Socket is closed")])
+def test_a_connection_dropped_during_the_check_is_one_line(dropped: Exception) -> None:
+    import distsvc.actions.cluster_run
+
+    def run(script: str, timeout: float) -> tuple[int, bytes]:
+        raise dropped
+    with pytest.raises(distsvc.errors.CannotRun) as raised:
+        distsvc.actions.cluster_run.check(CLUSTER, run, "/w", [])
+    assert raised.value.exit_status == 255 and "\n" not in raised.value.message
+    assert raised.value.message.startswith(
+        "cluster c1: the connection to its login node login1 failed during the check (")

@@ -70,6 +70,10 @@ def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: no answer from {where(cluster)} within "
             f"{CHECK_TIMEOUT:g} s") from None
+    except (OSError, EOFError) as error:  # the connection dropped: nothing was started
+        raise distsvc.errors.CannotRun(
+            f"cluster {cluster.name}: the connection to {where(cluster)} failed during the "
+            f"check ({str(error) or type(error).__name__}); nothing ran") from None
     return distsvc.slurm.check_answer(cluster, where(cluster), workdir, opts, code,
                                       out.decode("utf-8", "replace"))
 
