@@ -612,3 +612,17 @@ def test_slurm_that_cannot_be_asked_is_255_not_a_refusal(bed: Bed) -> None:
     line, = str(done.stderr).splitlines()
     assert line.startswith("distsvc: cluster here: Slurm could not be asked ("), line
     assert not os.path.exists(f"{bed.shared}/ran")
+
+
+def test_here_the_environment_is_filtered_as_for_hosts(bed: Bed) -> None:
+    """No login node: the config's allow/deny applies (DISPLAY is denied by default), while
+    what srun needs of this machine (HOME, PATH) stays."""
+    done = bed.c.run_as_user(
+        ["distsvc-run", "--on", "here", "sh", "-c",
+         'echo "mark=$MARK display=${DISPLAY-unset} home=$HOME job=$SLURM_JOB_ID"'],
+        check=False, cwd=bed.shared, env={"MARK": "m1", "DISPLAY": ":9"})
+    assert done.returncode == 0, done.stderr
+    said = dict(item.split("=", 1) for item in str(done.stdout).split())
+    assert (said["mark"], said["display"], said["home"]) == ("m1", "unset", bed.c.home)
+    name, _ = sacct(bed, said["job"])
+    assert name.startswith("distsvc-run-")

@@ -164,18 +164,32 @@ def new_token() -> str:
     return remote.new_token()
 
 
+SRUN_OWN = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "SLURM_CONF")
+"""What srun run here needs of this machine's environment whatever the config's filter says
+(a login node's srun has them from its own session): srun finds itself, its configuration and
+the user by them."""
+
+
+def environment_here(config: distsvc.config.Config, environ: Mapping[str, str]
+                     ) -> dict[str, str]:
+    """srun's environment here, which srun hands on to the command: the variables that travel
+    as for a host (the config's allow/deny, then the saved ones), over this machine's own
+    that srun needs (SRUN_OWN)."""
+    carried, _, _ = distsvc.actions.run.command_setting(config, environ)
+    return {**{k: environ[k] for k in SRUN_OWN if k in environ}, **carried}
+
+
 def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
              cluster: distsvc.config.Cluster, opts: list[str], config: distsvc.config.Config,
              environ: Mapping[str, str]) -> int:
-    """srun as our child, with the user's environment (as `run_locally` gives a command)."""
-    from distsvc import environment, paths
+    """srun as our child, with the environment a login node's srun would have
+    (`environment_here`)."""
     from distsvc.adapters import local
 
     workdir = options.workdir or distsvc.actions.run.current_directory(environ)
     workdir = check(cluster, distsvc.actions.cluster.runner(cluster, config, None), workdir,
                     opts)
-    env = dict(environ)
-    env.update(environment.load_saved(paths.saved_environment_file(environ)))
+    env = environment_here(config, environ)
     terminal = distsvc.actions.run.wants_terminal(options)
     job = new_token()
     srun = distsvc.slurm.srun_argv(opts, job, workdir, list(argv), terminal,
