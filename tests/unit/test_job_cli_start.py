@@ -168,3 +168,25 @@ def test_on_a_cluster() -> None:
     fields = distsvc.commands.job.queue_from(args)
     assert fields == {"target": "cluster", "cluster": "hpc", "after": ["3"]}
     assert "--host, --on: give only one" in refusal("--host", "h1", "--on", "hpc", "true")
+
+
+@pytest.mark.parametrize("argv", [["--host", "h1", "--on", "hpc", "true"],
+                                  ["--retries", "2", "--on", "hpc", "true"]])
+def test_distsvc_run_subcommand_checks_as_distsvc_run_does(
+        argv: list[str], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distsvc run` and distsvc-run share their checks: the same one line, exit 2."""
+    monkeypatch.setenv("DISTSVC_DAEMON", "off")
+    assert distsvc.commands.run.main(argv) == 2
+    alone = capsys.readouterr().err
+    assert distsvc.commands.main.main(["run", *argv]) == 2
+    assert capsys.readouterr().err == alone and alone.count("\n") == 1
+    assert "add --detach" in alone
+
+
+def test_distsvc_run_subcommand_detach_is_a_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distsvc run --detach` is distsvc-run --detach: job start (its checks first)."""
+    started: list[list[str]] = []
+    monkeypatch.setattr(job, "start", lambda args: started.append(args.command) or 0)
+    assert distsvc.commands.main.main(["run", "--detach", "--on", "hpc", "sleep", "9"]) == 0
+    assert started == [["sleep", "9"]]

@@ -127,8 +127,6 @@ def run_full(argv: list[str]) -> int:
         load_site()
     import types
 
-    import distsvc.actions.run
-
     if argv and not argv[0].startswith("-"):
         # No options to parse: argparse is neither imported nor built (~9 ms).
         args: argparse.Namespace | types.SimpleNamespace = types.SimpleNamespace(
@@ -139,6 +137,16 @@ def run_full(argv: list[str]) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise distsvc.errors.UsageError("no command given (usage: distsvc-run CMD ARGS...)")
+    return run_parsed(args, command)
+
+
+def run_parsed(args: argparse.Namespace | types.SimpleNamespace, command: list[str]) -> int:
+    """distsvc-run's (and `distsvc run`'s without --all) options checked, then CMD: a job
+    with --detach, on a cluster with --on, in a scope with limits, else on the best host."""
+    import types
+
+    import distsvc.actions.run
+
     if args.detach:  # with --on, a job on the cluster: job start --on (queue_from reads it)
         from distsvc.commands import job
 

@@ -106,8 +106,4 @@ def run(args: argparse.Namespace) -> int:
                                         "through srun (leave one out)")
     if args.all:
         return _run_all(args, command)
-    config = distsvc.commands.common.load_config(args)
-    if args.on is not None:
-        return distsvc.commands.run.run_on_cluster(args, command, config)
-    return distsvc.actions.run.run(
-        command, distsvc.commands.run.options_from(args), config, os.environ)
+    return distsvc.commands.run.run_parsed(args, command)
