@@ -626,3 +626,36 @@ def test_here_the_environment_is_filtered_as_for_hosts(bed: Bed) -> None:
     assert (said["mark"], said["display"], said["home"]) == ("m1", "unset", bed.c.home)
     name, _ = sacct(bed, said["job"])
     assert name.startswith("distsvc-run-")
+
+
+@pytest.mark.parametrize("reach", ["direct", "daemon"])
+def test_ctrl_c_during_a_check_that_waits_ends_it_at_once(bed: Bed, reach: str) -> None:
+    """slurmctld stopped: the check's srun --test-only waits on it (~16 s, then 255). A
+    Ctrl-C meanwhile ends the check: 130, nothing ran, and its srun on the login node is
+    gone."""
+    if reach == "daemon" and bed.daemon is None:
+        bed.daemon = conftest.start_daemon(bed.machine)
+
+    def checking() -> bool:
+        return bed.c.run(["pgrep", "-f", "srun --test-only"], check=False).returncode == 0
+    bed.c.run(["systemctl", "stop", "slurmctld.service"], timeout=60)
+    try:
+        client = popen(bed, reach, "--on", "dtest", "touch", "ran-after-ctrl-c")
+        try:
+            helpers.wait_for(checking, 30, "the check's srun --test-only")
+            client.send_signal(signal.SIGINT)
+            _, err = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        assert client.returncode == 130, err
+        assert not checking()
+    finally:
+        bed.c.run(["systemctl", "start", "slurmctld.service"], timeout=60)
+        helpers.wait_for(lambda: bed.c.run(["sh", "-c", "sinfo -h -o %T | grep -qx idle"],
+                                           check=False).returncode == 0, 60, "Slurm again")
+    assert not os.path.exists(f"{bed.shared}/ran-after-ctrl-c")
+    if reach == "daemon":
+        log = (bed.machine.home / "daemon.log").read_text()
+        assert f"peer_pid={client.pid} status=130" in log, log  # the daemon carried it

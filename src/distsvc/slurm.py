@@ -331,14 +331,27 @@ def signal_script(token: str, signal_name: str) -> str:
             + ' --user="$(id -un)" >/dev/null 2>&1')
 
 
-def check_script(workdir: str, opts: list[str]) -> str:
+CHECK_MARK = "distsvc-check-"
+"""In srun --test-only's argv (an argument of `true`, which ignores it) + a token: what
+`check_kill_script` finds it by."""
+
+
+def check_kill_script(token: str) -> str:
+    """Shell ending the check with `token` (its srun --test-only) on the cluster's side."""
+    if not re.fullmatch(r"[0-9a-f]+", token):
+        raise ValueError("bad token")
+    return f'pkill -KILL -u "$(id -u)" -f -- {CHECK_MARK}{token} >/dev/null 2>&1; exit 0'
+
+
+def check_script(workdir: str, opts: list[str], token: str = "0") -> str:
     """Shell for the cluster's side (login node or this machine) before anything runs: is the
     directory there, are Slurm's commands, and would Slurm take the request (`srun
     --test-only`, which asks the controller without running anything: ~15 ms)? It names the
     directory as an absolute path first (a relative one is the home's there, as for a host),
     in hex: a name may hold a newline, and no line of it may be taken for the whole. Its
     answer is read by `check_answer`."""
-    test = distsvc.remote.command_line(["srun", "--test-only", *opts, "true"])
+    test = distsvc.remote.command_line(["srun", "--test-only", *opts, "true",
+                                        CHECK_MARK + token])
     return (f"cd -- {shlex.quote(workdir)} 2>/dev/null || "
             "{ echo distsvc-no-directory; exit 0; }\n"
             "printf distsvc-directory=; printf %s \"$PWD\" | od -An -v -tx1 | tr -d ' \\n'; "

@@ -83,7 +83,7 @@ def test_the_check_script_quotes_what_it_is_given(tmp_path: Path) -> None:
     done = subprocess.run(["/bin/sh", "-s"], input=script, capture_output=True, text=True,
                           env={"PATH": f"{srun.parent}:/usr/bin:/bin"})
     assert done.stdout == (at(f"{tmp_path}/d 'x'") +
-                           "--test-only|--account=a b|true|\ndistsvc-test=1\n")
+                           "--test-only|--account=a b|true|distsvc-check-0|\ndistsvc-test=1\n")
     missing = subprocess.run(["/bin/sh", "-s"], input=distsvc.slurm.check_script(
         str(tmp_path / "nope"), []), capture_output=True, text=True)
     assert missing.stdout == "distsvc-no-directory\n"
@@ -240,3 +240,30 @@ def test_a_connection_dropped_during_the_check_is_one_line(dropped: Exception) -
     assert raised.value.exit_status == 255 and "\n" not in raised.value.message
     assert raised.value.message.startswith(
         "cluster c1: the connection to its login node login1 failed during the check (")
+
+
+def test_a_signal_during_the_check_ends_it_and_kills_its_srun_there() -> None:
+    import threading
+
+    import distsvc.actions.cluster_run
+    import distsvc.actions.events
+
+    asked: list[str] = []
+    release = threading.Event()
+
+    def run(script: str, timeout: float) -> tuple[int, bytes]:
+        asked.append(script)
+        if len(asked) == 1:  # the check: a controller that does not answer
+            release.wait(30)
+            return 0, b""
+        release.set()  # the kill
+        return 0, b""
+    events = distsvc.actions.events.EventQueue()
+    try:
+        events.add(2)
+        assert distsvc.actions.cluster_run.check(CLUSTER, run, "/w", [], events) is None
+    finally:
+        events.close_pipe()
+    token = asked[0].split(distsvc.slurm.CHECK_MARK)[1].split()[0].strip("'")
+    assert asked[1] == distsvc.slurm.check_kill_script(token)
+    assert f"{distsvc.slurm.CHECK_MARK}{token}" in asked[1]

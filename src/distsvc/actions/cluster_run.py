@@ -26,6 +26,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # importing it for real would load paramiko
     from distsvc.jobs.remote import Runner
 
 CHECK_TIMEOUT = 30.0  # srun --test-only waits for a controller that does not answer
+KILL_TIMEOUT = 5.0  # ending an interrupted check there
 
 
 def unknown_cluster(config: distsvc.config.Config, name: str) -> distsvc.errors.UsageError:
@@ -58,11 +60,37 @@ def where(cluster: distsvc.config.Cluster) -> str:
     return "this machine" if cluster.login is None else f"its login node {cluster.login.name}"
 
 
-def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list[str]) -> str:
+def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list[str],
+          events: distsvc.actions.events.EventQueue | None = None) -> str | None:
     """The check before anything runs (see the module): the directory as an absolute path
-    there, when Slurm would take it."""
+    there, when Slurm would take it. With `events`, a terminating signal queued meanwhile (a
+    Ctrl-C while the controller does not answer) ends it at once: its srun --test-only is
+    killed there, and the answer is None (nothing runs)."""
+    token = new_token()
+    script = distsvc.slurm.check_script(workdir, opts, token)
+    answer: list[tuple[int, bytes]] = []
+    failed: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            answer.append(run(script, CHECK_TIMEOUT))
+        except BaseException as error:  # handed to the caller's thread
+            failed.append(error)
+
+    if events is None:
+        ask()
+    else:
+        asking = threading.Thread(target=ask, name="cluster-check", daemon=True)
+        asking.start()
+        while asking.is_alive():
+            asking.join(0.05)
+            if events.terminating() is not None:
+                with contextlib.suppress(Exception):  # best effort: it ends on its own too
+                    run(distsvc.slurm.check_kill_script(token), KILL_TIMEOUT)
+                return None
     try:
-        code, out = run(distsvc.slurm.check_script(workdir, opts), CHECK_TIMEOUT)
+        if failed:
+            raise failed[0]
     except distsvc.errors.HostUnreachable as error:
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: login node {error.message}") from None
@@ -74,6 +102,7 @@ def check(cluster: distsvc.config.Cluster, run: Runner, workdir: str, opts: list
         raise distsvc.errors.CannotRun(
             f"cluster {cluster.name}: the connection to {where(cluster)} failed during the "
             f"check ({str(error) or type(error).__name__}); nothing ran") from None
+    code, out = answer[0]
     return distsvc.slurm.check_answer(cluster, where(cluster), workdir, opts, code,
                                       out.decode("utf-8", "replace"))
 
@@ -123,10 +152,11 @@ def on_login_node(argv: Sequence[str], options: distsvc.actions.run.Options,
     daemon's or ours); `started(LABEL)` once it is handed over. As a `run` pinned to a host
     (run --all): a login node that cannot be reached is the command's failure."""
     assert cluster.login is not None
-    workdir = check(cluster, distsvc.actions.cluster.runner(cluster, config, pool), workdir,
-                    opts)
-    if (signum := events.terminating()) is not None:
-        return 128 + signum  # asked to stop before anything started
+    checked = check(cluster, distsvc.actions.cluster.runner(cluster, config, pool), workdir,
+                    opts, events)
+    if (signum := events.terminating()) is not None or checked is None:
+        return 128 + (signum or signal.SIGINT)  # asked to stop before anything started
+    workdir = checked
     terminal = distsvc.actions.run.wants_terminal(options, fds)
     job = new_token()
     srun = distsvc.slurm.srun_argv(opts, job, workdir, list(argv), terminal,
@@ -187,8 +217,10 @@ def run_here(argv: Sequence[str], options: distsvc.actions.run.Options,
     from distsvc.adapters import local
 
     workdir = options.workdir or distsvc.actions.run.current_directory(environ)
-    workdir = check(cluster, distsvc.actions.cluster.runner(cluster, config, None), workdir,
+    checked = check(cluster, distsvc.actions.cluster.runner(cluster, config, None), workdir,
                     opts)
+    assert checked is not None  # no events: never interrupted
+    workdir = checked
     env = environment_here(config, environ)
     terminal = distsvc.actions.run.wants_terminal(options)
     job = new_token()
