@@ -83,6 +83,9 @@ REQUEST_TYPES = ("status", "best", "hosts", "scan", "run", "job_start", "job_lis
                  "job_status", "job_logs", "job_wait", "job_stop", "job_pause", "job_resume",
                  "job_remove", "job_clean")
 RUN_MESSAGE_TYPES = ("signal", "resize")
+NO_HOSTS = "no hosts configured"
+"""A `run` refused for want of hosts. A daemon older than the `cluster` field says it of a
+`run --on CLUSTER` (sent without hosts): the client then runs it in-process."""
 HEARTBEAT_SILENCE = 10.0  # seconds without a message after which a client gives up a daemon
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import distsvc.actions.run
 import distsvc.config
 import distsvc.errors
 import distsvc.slurm
@@ -267,3 +268,47 @@ def test_a_signal_during_the_check_ends_it_and_kills_its_srun_there() -> None:
     token = asked[0].split(distsvc.slurm.CHECK_MARK)[1].split()[0].strip("'")
     assert asked[1] == distsvc.slurm.check_kill_script(token)
     assert f"{distsvc.slurm.CHECK_MARK}{token}" in asked[1]
+
+
+def test_a_daemon_older_than_clusters_leaves_the_command_to_the_client(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its refusal of a cluster `run` (sent without hosts) is protocol.NO_HOSTS: nothing ran,
+    so the command runs in-process, on the login node, as without a daemon."""
+    import distsvc.actions.client
+    import distsvc.actions.cluster_run
+    import distsvc.protocol
+
+    def old_daemon(*args: object, **kw: object) -> int:  # its answer, as it sends it
+        distsvc.actions.client.answer_or_raise(distsvc.protocol.error(
+            distsvc.protocol.NO_HOSTS, 255))
+        raise AssertionError("answer_or_raise raises")
+    ran: list[str] = []
+    monkeypatch.setattr(distsvc.actions.client, "run", old_daemon)
+    monkeypatch.setattr(distsvc.actions.cluster_run, "on_login_node",
+                        lambda *args, **kw: ran.append("in-process") or 0)
+    config = distsvc.config.Config(source="test", clusters=(CLUSTER,))
+    environ = {"HOME": "/nonexistent", "DISTSVC_DAEMON": "auto", "PWD": "/"}
+    assert distsvc.actions.cluster_run.run(
+        ["true"], distsvc.actions.run.Options(), CLUSTER, job_limits.Limits(), config,
+        environ) == 0
+    assert ran == ["in-process"]
+    # A refusal of the daemon's own stays one.
+    def refusing(*args: object, **kw: object) -> int:
+        raise distsvc.errors.CannotRun("cluster c1: login node login1: refused")
+    monkeypatch.setattr(distsvc.actions.client, "run", refusing)
+    with pytest.raises(distsvc.errors.CannotRun):
+        distsvc.actions.cluster_run.run(["true"], distsvc.actions.run.Options(), CLUSTER,
+                                        job_limits.Limits(), config, environ)
+    assert ran == ["in-process"]
+
+
+def test_knows_no_clusters_is_only_that_refusal() -> None:
+    import distsvc.actions.client
+    import distsvc.protocol
+
+    assert distsvc.actions.client.knows_no_clusters(
+        distsvc.errors.DistsvcError(distsvc.protocol.NO_HOSTS))
+    assert not distsvc.actions.client.knows_no_clusters(
+        distsvc.errors.CannotRun(distsvc.protocol.NO_HOSTS))
+    assert not distsvc.actions.client.knows_no_clusters(
+        distsvc.errors.DistsvcError("cluster c1 refused it: x"))

@@ -141,6 +141,13 @@ def answer_or_raise(message: dict[str, Any] | None) -> dict[str, Any]:
     return message
 
 
+def knows_no_clusters(error: distsvc.errors.DistsvcError) -> bool:
+    """Whether a cluster `run`'s refusal is that of a daemon older than the `cluster` field
+    (it read the request as a run on hosts, of which it was sent none): nothing ran."""
+    return type(error) is distsvc.errors.DistsvcError and \
+        error.message == distsvc.protocol.NO_HOSTS
+
+
 def query(request: dict[str, Any], environ: Mapping[str, str],
           timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
     """One request, one answer. Raises Unavailable when no daemon answers."""

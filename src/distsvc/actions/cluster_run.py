@@ -119,7 +119,8 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
     if distsvc.actions.client.enabled(environ):
         try:
             # The hosts stay here: a daemon that does not know `cluster` (an older one, in
-            # the moment of an upgrade) refuses a run without hosts instead of choosing one.
+            # the moment of an upgrade) refuses a run without hosts (protocol.NO_HOSTS)
+            # instead of choosing one, and the command runs in-process.
             wire = dataclasses.replace(config, hosts=())
             return distsvc.actions.client.run(
                 argv, options, wire, env, workdir, term,
@@ -129,6 +130,12 @@ def run(argv: Sequence[str], options: distsvc.actions.run.Options,
         except distsvc.actions.client.Unavailable as why:
             distsvc.actions.client.fall_back(environ, why)
             distsvc.actions.client.spawn(environ)  # for the next commands; this one goes on
+        except distsvc.errors.DistsvcError as error:
+            if not distsvc.actions.client.knows_no_clusters(error):
+                raise
+            # An older daemon (mid-upgrade): nothing ran; this command goes on without it.
+            distsvc.actions.client.fall_back(environ, distsvc.actions.client.Unavailable(
+                "the daemon is older than clusters"))
     from distsvc.adapters import ssh  # paramiko: only to connect ourselves
 
     pool = ssh.Pool()

@@ -196,7 +196,7 @@ def handle_run(daemon: distsvc.daemon.context.Daemon, request: dict[str, Any],
         raise distsvc.protocol.ProtocolError("run needs stdin, stdout and stderr passed as fds")
     cluster = _cluster(config, request)
     if not config.hosts and cluster is None:
-        raise distsvc.errors.CannotRun("no hosts configured")
+        raise distsvc.errors.CannotRun(distsvc.protocol.NO_HOSTS)
     pinned = request.get("host")
     if pinned is not None and pinned not in {h.name for h in config.hosts}:
         raise distsvc.protocol.ProtocolError("field 'host' names no configured host")
