@@ -131,6 +131,27 @@ def drain(muxed: list[str], env: dict[str, str], user: str) -> None:
         time.sleep(0.2)
 
 
+def rounds(runs: dict[str, tuple[list[str], dict[str, str]]],
+           submits: dict[str, tuple[list[str], dict[str, str]]], count: int,
+           drain_queue: Any) -> dict[str, list[float]]:
+    """`count` timed calls of each variant after a warm-up, one of each per round: first the
+    foreground runs (nothing left in Slurm's queue by them), then the submissions, each
+    round's jobs drained (not timed) before the next round, so a run never waits behind a
+    submitted job for the node."""
+    latency: dict[str, list[float]] = {name: [] for name in [*runs, *submits]}
+    for argv, e in [*runs.values(), *submits.values()]:
+        timed(argv, e)
+    drain_queue()
+    for _ in range(count):
+        for name, (argv, e) in runs.items():
+            latency[name].append(timed(argv, e)[0])
+    for _ in range(count):
+        for name, (argv, e) in submits.items():
+            latency[name].append(timed(argv, e)[0])
+        drain_queue()
+    return latency
+
+
 def from_machine(c: container.Container, host: container.SshHost, tmp: Path,
                  args: argparse.Namespace) -> dict[str, Any]:
     ssh_env = {"HOME": str(tmp), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -140,25 +161,20 @@ def from_machine(c: container.Container, host: container.SshHost, tmp: Path,
     fresh = ssh_argv(host, host.client_key, known)
     with common.control_master(fresh, ssh_env, tmp / "cm.sock") as muxed, \
             login_client(tmp, host) as env:
-        variants = {
+        runs = {
             "ssh login srun true (fresh connection)": ([*fresh, "srun true"], ssh_env),
             "ssh login srun true (ControlMaster)": ([*muxed, "srun true"], ssh_env),
             "distsvc-run --on hpc true": ([str(common.DISTSVC_RUN), "--on", "hpc", "true"],
                                           env),
+        }
+        submits = {
             "ssh login sbatch --wrap true (ControlMaster)": (
                 [*muxed, "sbatch --parsable --wrap true"], ssh_env),
             "distsvc job start --on hpc true": (
                 [str(common.DISTSVC), "job", "start", "--on", "hpc", "true"], env),
         }
-        latency: dict[str, list[float]] = {name: [] for name in variants}
-        for argv, e in variants.values():
-            timed(argv, e)
-        for round_ in range(args.rounds):
-            for name, (argv, e) in variants.items():
-                latency[name].append(timed(argv, e)[0])
-            if round_ % 10 == 9:
-                drain(muxed, ssh_env, host.user)
-        drain(muxed, ssh_env, host.user)
+        latency = rounds(runs, submits, args.rounds,
+                         lambda: drain(muxed, ssh_env, host.user))
         timed([str(common.DISTSVC), "job", "clean"], env)
 
         pid = int(env["_DAEMON_PID"])

@@ -77,22 +77,28 @@ def submit_all(argv: list[str], jobs: int, submitters: int) -> list[str]:
 
 def main() -> None:
     rounds, jobs, submitters = (int(a) for a in sys.argv[1:4])
-    variants = {
+    runs = {
         "srun true": ["srun", "true"],
         "distsvc-run --on here true": ["distsvc-run", "--on", "here", "true"],
+    }
+    submits = {
         "sbatch --wrap true": ["sbatch", "--parsable", "--wrap", "true"],
         "distsvc job start --on here true": ["distsvc", "job", "start", "--on", "here",
                                              "true"],
     }
-    latency: dict[str, list[float]] = {name: [] for name in variants}
-    for argv in variants.values():  # warm: the daemon started, the cluster looked at
+    latency: dict[str, list[float]] = {name: [] for name in [*runs, *submits]}
+    for argv in [*runs.values(), *submits.values()]:  # warm: the daemon up, the cluster seen
         timed(argv)
-    for round_ in range(rounds):
-        for name, argv in variants.items():
-            latency[name].append(timed(argv)[0])
-        if round_ % 10 == 9:
-            drain()
     drain()
+    # The foreground runs first (they leave nothing queued), then the submissions with each
+    # round's jobs drained before the next: a run never waits behind a job for the node.
+    for _ in range(rounds):
+        for name, argv in runs.items():
+            latency[name].append(timed(argv)[0])
+    for _ in range(rounds):
+        for name, argv in submits.items():
+            latency[name].append(timed(argv)[0])
+        drain()
     subprocess.run(["distsvc", "job", "clean"], env=ENV, capture_output=True)
 
     cpu0, children0 = daemon_cpu(), children_cpu()

@@ -113,6 +113,29 @@ def _pipes_out() -> list[int]:
     return fds
 
 
+def _pidfd(pid: int) -> int | None:
+    """A descriptor readable once `pid` has ended (pidfd_open(2), Linux 5.3); None without."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _ended(child: subprocess.Popen[bytes], pidfd: int | None, timeout: float) -> int | None:
+    """The child's return code once it has ended, waiting at most `timeout` s; None if it
+    runs on. With a pidfd the wait ends the moment the child does: Popen.wait(timeout) polls
+    with sleeps of up to 50 ms, which a 35 ms `srun true` paid as 15 ms on average."""
+    if pidfd is None:
+        try:
+            return child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.poll(timeout * 1000)  # a signal's EINTR is retried by Python after its handler
+    return child.poll()
+
+
 def reader_gone(fds: Sequence[int]) -> bool:
     """Whether the reader of one of `fds` (write ends) went: POLLERR, as a write's EPIPE."""
     if not fds:
@@ -210,6 +233,7 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
         pending.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
+    pidfd = _pidfd(child.pid)
     try:
         while True:
             while pending:
@@ -217,15 +241,17 @@ def run(argv: Sequence[str], cwd: str | None, env: dict[str, str],
             if closed_output is not None and not closed and reader_gone(watched):
                 closed = True
                 received.append(closed_output(child.pid))
-            try:
-                returncode = child.wait(timeout=0.05)
+            ended = _ended(child, pidfd, 0.05)
+            if ended is not None:
+                returncode = ended
                 break
-            except subprocess.TimeoutExpired:
-                if received:
-                    _end_group(child.pid, received[0])
+            if received:
+                _end_group(child.pid, received[0])
         if received:
             _end_group(child.pid, received[0])
     finally:
+        if pidfd is not None:
+            os.close(pidfd)
         if terminal is not None:
             _give_terminal(terminal, os.getpgrp())
         for signum, handler in previous.items():
