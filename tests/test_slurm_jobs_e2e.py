@@ -132,7 +132,8 @@ def slurm_record(c: container.Container, record: dict[str, Any]) -> dict[str, st
     """The job's own sacct row; it carries distsvc's job name for the record's ID."""
     slurm_id = record["placement"]["slurm_id"]
     name = record["placement"]["slurm_name"]
-    assert name.startswith("distsvc-") and name.endswith(f"-{record['id']}"), name
+    assert name.startswith("distsvc-") and name.endswith(
+        f"-{record['id']}.{record['attempt']}"), name
 
     def ours() -> list[dict[str, str]]:  # the bed's accounting may hold older jobs' IDs
         return [r for r in sacct(c, slurm_id) if r["JobID"] == slurm_id and r["JobName"] == name]

@@ -30,7 +30,7 @@ from distsvc.jobs import limits as job_limits
 RUN_PREFIX = "distsvc-run-"
 """`srun --job-name` of a `distsvc-run --on` command: RUN_PREFIX + its token (to cancel it)."""
 JOB_PREFIX = "distsvc-"
-"""`sbatch --job-name` of a distsvc job: JOB_PREFIX + ORIGIN-ID (see jobs)."""
+"""`sbatch --job-name` of a distsvc job: JOB_PREFIX + ORIGIN-ID.ATTEMPT (jobs/sbatch)."""
 NOT_SHARED_STATUS = distsvc.errors.EXIT_CANNOT_RUN
 """The exit status when the working directory is not on the cluster's node."""
 

@@ -24,7 +24,7 @@ def job(**fields: object) -> distsvc.jobs.record.Job:
         id="7", name=None, argv=["sh", "-c", "echo hi"], cwd="/", env_names=[],
         limits=distsvc.jobs.limits.Limits(), not_enforced={}, isolation=[],
         placement={"kind": "slurm", "cluster": "hpc", "slurm_id": "42",
-                   "slurm_name": f"distsvc-{ORIGIN}-7", "dir": "/home/u/out/x/7.1"},
+                   "slurm_name": f"distsvc-{ORIGIN}-7.1", "dir": "/home/u/out/x/7.1"},
         state="running", created=1000.0, started=1000.0, target="cluster",
         target_host="hpc")
     values.update(fields)
@@ -36,13 +36,13 @@ def look(**state: str) -> distsvc.jobs.remote.Look:
 
 
 def scontrol(state: str, exit_code: str = "0:0", reason: str = "None") -> str:
-    return (f"JobId=42 JobName=distsvc-{ORIGIN}-7 UserId=u(1000) JobState={state} "
+    return (f"JobId=42 JobName=distsvc-{ORIGIN}-7.1 UserId=u(1000) JobState={state} "
             f"Reason={reason} Dependency=(null) ExitCode={exit_code} RunTime=00:00:03 "
             "NodeList=node1 Command=/home/u/out/x/7.1/batch")
 
 
 def test_the_job_name_carries_origin_and_id() -> None:
-    assert sbatch.job_name(ORIGIN, job()) == f"distsvc-{ORIGIN}-7"
+    assert sbatch.job_name(ORIGIN, job()) == f"distsvc-{ORIGIN}-7.1"
     with pytest.raises(ValueError):
         sbatch.job_name("../x", job())
 
@@ -129,7 +129,7 @@ def _sacct(*rows: str) -> dict[str, str]:
 
 
 def test_sacct_after_slurmctld_forgot_it_and_older_jobs_of_the_same_id() -> None:
-    name = f"distsvc-{ORIGIN}-7"
+    name = f"distsvc-{ORIGIN}-7.1"
     state = _sacct("42|allocation|COMPLETED|0:0|00:00:01|00:00.010|",   # another, earlier 42
                    "42.0|true|COMPLETED|0:0|00:00:01|00:00.010|9000K",
                    f"42|{name}|FAILED|3:0|00:00:04|00:01.500|",
@@ -203,9 +203,9 @@ def test_every_script_is_valid_posix_shell() -> None:
 def test_a_start_whose_answer_was_lost() -> None:
     """No Slurm ID there: looked up by name; the directory learnt; unknown after a while."""
     lost = job(placement={"kind": "slurm", "cluster": "hpc",
-                          "slurm_name": f"distsvc-{ORIGIN}-7"}, started=1000.0)
+                          "slurm_name": f"distsvc-{ORIGIN}-7.1"}, started=1000.0)
     script = sbatch.monitor_script(CLUSTER, ORIGIN, [(lost, {})])
-    assert f"squeue -h -n distsvc-{ORIGIN}-7" in script and 'echo "dir=' in script
+    assert f"-t all -n distsvc-{ORIGIN}-7.1" in script and 'echo "dir=' in script
     seen = distsvc.jobs.remote.Look({"slurm_id": "", "dir": "/home/u/out/x/7.1"}, {}, {})
     assert sbatch.ended(lost, seen, now=1010.0) is None
     end = sbatch.ended(lost, seen, now=1000.0 + sbatch.LOST_SUBMISSION + 1)
@@ -215,3 +215,67 @@ def test_a_start_whose_answer_was_lost() -> None:
     found = distsvc.jobs.remote.Look({"slurm_id": "42", "scontrol": scontrol("RUNNING")}, {}, {})
     assert sbatch.ended(lost, found, now=5000.0) is None and sbatch.figures(lost, found)
     assert lost.placement["slurm_id"] == "42"
+
+
+FAKE_SLURM = {
+    # Each logs its arguments and answers what the test put in its environment.
+    "squeue": 'echo "squeue $*" >> "$CALLS"; [ -z "$SQUEUE_ERR" ] || '
+              '{ echo "$SQUEUE_ERR" >&2; exit 1; }; case "$*" in *" -n "*) '
+              'printf "%s" "$SQUEUE_NAME";; *) printf "%s" "$SQUEUE_OUT";; esac',
+    "scontrol": 'echo "scontrol $*" >> "$CALLS"; printf "%s" "$SCONTROL_OUT"',
+    "sacct": 'echo "sacct $*" >> "$CALLS"; case "$*" in *--name*) printf "%s" "$SACCT_NAME";; '
+             '*) printf "%s" "$SACCT_OUT";; esac',
+    "scancel": 'echo "scancel $*" >> "$CALLS"; [ -z "$SCANCEL_ERR" ] || '
+               '{ echo "$SCANCEL_ERR" >&2; exit 1; }',
+}
+
+
+def _fake_cluster(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A home with the attempt's directory and Slurm's commands as FAKE_SLURM says."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    d = tmp_path / "home" / ".local/state/distsvc/slurm" / ORIGIN / "7.1"
+    d.mkdir(parents=True)
+    for stream in ("stdout", "stderr"):
+        (d / stream).touch()
+    env = {"HOME": str(tmp_path / "home"), "PATH": f"{bin_dir}:/usr/bin:/bin",
+           "CALLS": str(tmp_path / "calls")}
+    return env, d
+
+
+def _shell(script: str, env: dict[str, str]) -> tuple[int, bytes]:
+    done = subprocess.run(["/bin/sh", "-s"], input=("{\n" + script + "\n}\n").encode(),
+                          env=env, capture_output=True, check=False)
+    return done.returncode, done.stdout
+
+
+def _look(seen: distsvc.jobs.record.Job, env: dict[str, str]) -> distsvc.jobs.remote.Look:
+    _, out = _shell(sbatch.monitor_script(CLUSTER, ORIGIN, [(seen, {})], now=2000.0), env)
+    return distsvc.jobs.remote.read_monitor(out)[seen.id]
+
+
+def test_a_lost_answers_job_is_found_by_name_after_it_ended(tmp_path: Path) -> None:
+    """The start's answer was lost and the job ended before the first look: squeue shows
+    the user's ended jobs too (-t all), sacct --name after slurmctld forgot it; the ID found
+    is kept there and in the record, and the job ends as Slurm says, not "unknown"."""
+    env, d = _fake_cluster(tmp_path)
+    name = f"distsvc-{ORIGIN}-7.1"
+    lost = job(placement={"kind": "slurm", "cluster": "hpc", "slurm_name": name},
+               started=1000.0)
+    rows = f"42|{name}|FAILED|3:0|00:00:04|00:01.500|\n"
+    seen = _look(lost, {**env, "SACCT_NAME": "42\n", "SACCT_OUT": rows})
+    calls = (tmp_path / "calls").read_text()
+    assert f"-t all -n {name}" in calls and f"--name {name}" in calls
+    assert seen.state["slurm_id"] == "42" and (d / "slurm_id").read_text() == "42\n"
+    end = sbatch.ended(lost, seen, now=1000.0 + sbatch.LOST_SUBMISSION + 1)
+    assert end == ("exited", 3, None, "Slurm: FAILED")
+    sbatch.figures(lost, seen)
+    assert lost.placement["slurm_id"] == "42"
+    # The next look uses the record's ID: no lookup by name, and still not "unknown".
+    (tmp_path / "calls").write_text("")
+    again = _look(lost, {**env, "SACCT_OUT": rows})
+    assert "--name" not in (tmp_path / "calls").read_text()
+    assert sbatch.ended(lost, again, now=5000.0) == ("exited", 3, None, "Slurm: FAILED")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 
 import distsvc.config
@@ -54,9 +55,11 @@ def _q(text: str) -> str:
 
 
 def job_name(origin: str, job: Job) -> str:
-    """The job's name in Slurm: JOB_PREFIX + ORIGIN-ID (squeue, sacct show it)."""
+    """The attempt's name in Slurm: JOB_PREFIX + ORIGIN-ID.ATTEMPT (squeue, sacct show it;
+    a look by name is the user's jobs only, so neither another user's job nor an earlier
+    attempt is ever followed or cancelled)."""
     distsvc.jobs.remote.unit_name(origin, job.id, job.attempt)  # checks origin and ID
-    return f"{distsvc.slurm.JOB_PREFIX}{origin}-{job.id}"
+    return f"{distsvc.slurm.JOB_PREFIX}{origin}-{job.id}.{int(job.attempt)}"
 
 
 def preamble(cluster: distsvc.config.Cluster, origin: str) -> str:
@@ -156,11 +159,28 @@ def read_start(code: int, out: bytes, cluster: distsvc.config.Cluster,
 QUEUE_FORMAT = "JobId=%i JobState=%T Reason=%r NodeList=%N RunTime=%M"
 
 
-def _find_id(d: str, name: str) -> str:
-    """Shell setting $ds_id: the Slurm ID the start kept in the attempt's directory, or the
-    one Slurm has for the job's name (a start whose answer was lost)."""
-    return (f"{{ read -r ds_id < {d}/slurm_id; }} 2>/dev/null || "
-            f"ds_id=$(squeue -h -n {name} -o %i 2>/dev/null | head -n 1)")
+def _since(job: Job, now: float) -> int:
+    """Seconds before `now` from which sacct looks for the job (an hour before it started:
+    a Slurm ID recurs after a controller's state is lost, and sacct keeps the older jobs')."""
+    return max(0, int(now - (job.started or job.created or now))) + ACCOUNTING_MARGIN
+
+
+def _find_id(d: str, job: Job, origin: str, since: int) -> str:
+    """Shell setting $ds_id: the Slurm ID of the record (the start's answer, or one a look
+    found), else the one the start kept in the attempt's directory, else the one Slurm has
+    for the attempt's name (a start whose answer was lost): the user's jobs in squeue, ended
+    ones too while slurmctld keeps them, then sacct where accounting is on. An ID found by
+    name is written to the directory's `slurm_id` for the looks to come."""
+    known = job.placement.get("slurm_id", "")
+    if known.isdigit():
+        return f"ds_id={known}"
+    name = _q(job_name(origin, job))
+    return f"""{{ read -r ds_id < {d}/slurm_id; }} 2>/dev/null || {{
+  ds_id=$(squeue -h -u "$(id -un)" -t all -n {name} -o %i 2>/dev/null | head -n 1)
+  [ -n "$ds_id" ] || ds_id=$(sacct -n -X -P -u "$(id -un)" -S now-{since} --name {name} \
+    -o JobID 2>/dev/null | awk '/^[0-9]+$/' | tail -n 1)
+  [ -n "$ds_id" ] && [ -d {d} ] && echo "$ds_id" > {d}/slurm_id
+}}"""
 
 
 def monitor_script(cluster: distsvc.config.Cluster, origin: str,
@@ -178,13 +198,12 @@ def monitor_script(cluster: distsvc.config.Cluster, origin: str,
              f"ds_queue=$(squeue -h -u \"$(id -un)\" -o '{QUEUE_FORMAT}' 2>/dev/null)"]
     for job, sizes in jobs:
         d = attempt_dir(job)
-        name = _q(job_name(origin, job))
-        since = max(0, int(now - (job.started or job.created or now))) + ACCOUNTING_MARGIN
+        since = _since(job, now)
         found_dir = "" if job.placement.get("dir") else \
             f'\n[ -d {d} ] && echo "dir=$(cd {d} && pwd -P)"'  # a start's lost answer
         parts.append(f"""\
 echo "job {job.id}"
-{_find_id(d, name)}
+{_find_id(d, job, origin, since)}
 echo "slurm_id=$ds_id"
 if [ -n "$ds_id" ]; then
   ds_l=$(printf '%s\n' "$ds_queue" | awk -v id="JobId=$ds_id" '$1 == id {{ print; exit }}')
@@ -266,7 +285,7 @@ def ended(job: Job, look: Look, now: float | None = None
     if not state.get("slurm_id") and now is not None and \
             now - (job.started or job.created) > LOST_SUBMISSION:
         return ("unknown", None, None, f"its submission to cluster {cluster} was cut short "
-                "and Slurm has no unfinished job of its name; whether it ran is not known "
+                "and Slurm has no job of its name (squeue, sacct); whether it ran is not known "
                 f"(sacct --name {job.placement.get('slurm_name', '')} there may tell)")
     if state.get("slurm_id") and not state.get("scontrol") and said and "disabled" in said:
         return ("unknown", None, None, f"cluster {cluster} no longer knows Slurm job "
@@ -347,10 +366,9 @@ def stop_script(cluster: distsvc.config.Cluster, origin: str, job: Job, signal_n
     if not re.fullmatch(r"[A-Z0-9]+", signal_name):
         raise ValueError("bad signal name")
     d = attempt_dir(job)
-    name = _q(job_name(origin, job))
     steps = max(1, round(grace * 10))
     lines = [preamble(cluster, origin), f"""\
-{_find_id(d, name)}
+{_find_id(d, job, origin, _since(job, time.time()))}
 [ -n "$ds_id" ] || {{ echo "error=its Slurm job ID is not known there"; exit 3; }}"""]
     if signal_name != "TERM":
         lines.append(f"""\
