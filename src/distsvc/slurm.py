@@ -257,6 +257,9 @@ def ended(slurm_state: str, code_text: str, reason: str | None = None
     code, signal = exit_code(code_text)
     mapped = ENDED[state]
     note = f"Slurm: {state}" + (f" ({reason})" if reason and reason != "None" else "")
+    if launch_failed(state, code_text, reason):
+        return ("failed", None, None, f"Slurm could not launch it ({reason or state}, "
+                f"ExitCode {code_text})")
     if mapped == "exited":
         if signal is not None:
             return ("killed", None, signal, note)
@@ -265,6 +268,20 @@ def ended(slurm_state: str, code_text: str, reason: str | None = None
     if mapped == "killed":
         return ("killed", None, signal or 15, note)
     return (mapped, None, None, note)
+
+
+def launch_failed(slurm_state: str, code_text: str, reason: str | None = None) -> bool:
+    """Whether Slurm failed to launch the job rather than the job failing: FAILED with the
+    reason JobLaunchFailure (say `--output` in a directory the node lacks), or with a
+    "signal" no process sends its job (beyond 1..31: Slurm 22.05 records 0:53 for a launch
+    failure once only accounting is left to say it). A job Slurm killed beyond its memory
+    (OverMemoryKill, also JobLaunchFailure with 0:9) is told apart by the caller, who sees
+    slurmstepd's line in the job's stderr."""
+    state = slurm_state.split()[0].rstrip("+") if slurm_state.split() else ""
+    if state != "FAILED":
+        return False
+    signal = exit_code(code_text)[1]
+    return reason == "JobLaunchFailure" or (signal is not None and not 1 <= signal <= 31)
 
 
 def reason_text(fields: Mapping[str, str]) -> str | None:

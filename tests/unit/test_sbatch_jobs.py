@@ -179,8 +179,36 @@ def test_killed_beyond_its_memory_request_is_out_of_memory() -> None:
     failed = scontrol("FAILED", "0:9", reason="JobLaunchFailure")
     end = sbatch.ended(job(), look(scontrol=failed, overmem="yes"))
     assert end is not None and end[0] == "oom" and "OverMemoryKill" in (end[3] or "")
-    assert sbatch.ended(job(), look(scontrol=failed)) == (
-        "killed", None, 9, "Slurm: FAILED (JobLaunchFailure)")
+    assert sbatch.ended(job(), look(scontrol=failed, started="yes")) == (
+        "failed", None, None, "Slurm could not launch it (JobLaunchFailure, ExitCode 0:9)")
+    # A plain SIGKILL stays a kill.
+    assert sbatch.ended(job(), look(scontrol=scontrol("FAILED", "0:9"))) == (
+        "killed", None, 9, "Slurm: FAILED")
+
+
+def test_a_launch_failure_is_failed_not_a_signal() -> None:
+    """FAILED 0:53 JobLaunchFailure (`--output` in a directory the node lacks) is not
+    "killed by signal 53": failed, saying where the output goes and which setting that is."""
+    failed = scontrol("FAILED", "0:53", reason="JobLaunchFailure")
+    end = sbatch.ended(job(), look(scontrol=failed))
+    assert end == ("failed", None, None, "Slurm could not launch it on node1 (JobLaunchFailure"
+                   ", ExitCode 0:53): its output directory /home/u/out must be on the nodes "
+                   "(the `output` setting of cluster hpc); it did not run")
+    # From accounting alone (no reason there): a "signal" no process sends is the same.
+    rows = _sacct(f"42|distsvc-{ORIGIN}-7.1|FAILED|0:53|00:00:00|00:00:00|")
+    end = sbatch.ended(job(), look(scontrol="", **rows))
+    assert end is not None and end[0] == "failed" and "could not launch" in (end[3] or "")
+    assert distsvc.slurm.ended("FAILED", "0:11") == ("killed", None, 11, "Slurm: FAILED")
+
+
+def test_a_pending_reason_with_spaces_is_read_whole() -> None:
+    line = sbatch.QUEUE_FORMAT.replace("%i", "42").replace("%T", "PENDING").replace(
+        "%N", "").replace("%M", "0:00").replace(
+        "%r", "ReqNodeNotAvail, UnavailableNodes:node[1-2]")
+    seen = job()
+    sbatch.figures(seen, look(scontrol=line))
+    assert distsvc.jobs.record.describe_state(seen) == (
+        "pending (ReqNodeNotAvail, UnavailableNodes:node[1-2])")
     assert sbatch.OVER_MEMORY in sbatch.monitor_script(CLUSTER, ORIGIN, [(job(), {})])
 
 

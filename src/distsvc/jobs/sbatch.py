@@ -156,7 +156,19 @@ def read_start(code: int, out: bytes, cluster: distsvc.config.Cluster,
 
 # -- watching ----------------------------------------------------------------------------------
 
-QUEUE_FORMAT = "JobId=%i JobState=%T Reason=%r NodeList=%N RunTime=%M"
+QUEUE_FORMAT = "JobId=%i JobState=%T NodeList=%N RunTime=%M QueueReason=%r"
+"""squeue's line of a job as scontrol's fields; the reason last, whole (squeue's may hold
+spaces: "ReqNodeNotAvail, UnavailableNodes:node[1-2]")."""
+
+
+def _fields(look: Look) -> dict[str, str]:
+    """The job's fields from the look's line: squeue's (QUEUE_FORMAT) or scontrol's."""
+    line = look.state.get("scontrol", "")
+    fields = distsvc.slurm.parse_fields(line)
+    whole = re.search(r" QueueReason=(.*)$", line)
+    if whole:
+        fields["Reason"] = whole[1].strip()
+    return fields
 
 
 def _since(job: Job, now: float) -> int:
@@ -263,19 +275,20 @@ def ended(job: Job, look: Look, now: float | None = None
     if state.get("nodir") == "yes":
         return ("failed", None, None, f"no such directory on the cluster's node: {job.cwd} "
                 "(a cluster runs it where its nodes see the directory: choose one with -w)")
-    fields = distsvc.slurm.parse_fields(state.get("scontrol", ""))
+    fields = _fields(look)
     if fields.get("JobState"):
         reason = distsvc.slurm.reason_text(fields)
         if fields["JobState"] == "PENDING" and reason == "DependencyNeverSatisfied":
             return ("dependency-failed", None, None,
                     "Slurm: DependencyNeverSatisfied (a job it was to run after did not "
                     "succeed); cancelled")
-        return _over_memory(look, distsvc.slurm.ended(fields["JobState"],
-                                                      fields.get("ExitCode", ""), reason))
+        return _slurm_end(job, look, fields["JobState"], fields.get("ExitCode", ""), reason,
+                          fields.get("NodeList", ""))
     rows, said = _accounting(job, look)
     top = next((r for r in rows if r["JobID"] == state.get("slurm_id")), None)
     if top is not None:
-        return _over_memory(look, distsvc.slurm.ended(top["State"], top["ExitCode"]))
+        return _slurm_end(job, look, top["State"], top["ExitCode"], None,
+                          job.placement.get("node", ""))
     if state.get("gone") == "yes" and not state.get("slurm_id"):
         if job.state == "starting":
             return ("failed", None, None, f"its submission to cluster {cluster} was cut short "
@@ -294,13 +307,28 @@ def ended(job: Job, look: Look, now: float | None = None
     return None
 
 
-def _over_memory(look: Look, end: tuple[str, int | None, int | None, str | None] | None
-                 ) -> tuple[str, int | None, int | None, str | None] | None:
-    """A job Slurm's accounting killed beyond its memory request (OVER_MEMORY, signal 9) is
-    out of memory, as one its cgroup plugin killed (OUT_OF_MEMORY)."""
-    if end is not None and end[2] == 9 and look.state.get("overmem") == "yes":
+def _slurm_end(job: Job, look: Look, slurm_state: str, code_text: str, reason: str | None,
+               node: str) -> tuple[str, int | None, int | None, str | None] | None:
+    """Slurm's end of the job (slurm.ended), with what the attempt's directory says: a job
+    Slurm's accounting killed beyond its memory request (OVER_MEMORY in its stderr, signal
+    9: OverMemoryKill, which 22.05 records as FAILED JobLaunchFailure) is out of memory, as
+    one its cgroup plugin killed (OUT_OF_MEMORY); a launch failure before the batch script
+    started says where Slurm writes the output, the likely cause."""
+    signal = distsvc.slurm.exit_code(code_text)[1]
+    if signal == 9 and look.state.get("overmem") == "yes":
+        note = f"Slurm: {slurm_state.split()[0]}" + (f" ({reason})" if reason else "")
         return ("oom", None, None, f"Slurm: exceeded its memory request, killed "
-                f"(OverMemoryKill; {end[3] or 'signal 9'})")
+                f"(OverMemoryKill; {note})")
+    end = distsvc.slurm.ended(slurm_state, code_text, reason)
+    if end is not None and distsvc.slurm.launch_failed(slurm_state, code_text, reason) and \
+            look.state.get("started") != "yes":
+        cluster = job.placement.get("cluster", "?")
+        on = f" on {node}" if node and node != "(null)" else ""
+        output = job.placement.get("dir", "").rpartition("/")[0].rpartition("/")[0] or \
+            "its output directory"
+        return ("failed", None, None, f"Slurm could not launch it{on} (JobLaunchFailure, "
+                f"ExitCode {code_text}): its output directory {output} must be on the nodes "
+                f"(the `output` setting of cluster {cluster}); it did not run")
     return end
 
 
@@ -318,7 +346,7 @@ def figures(job: Job, look: Look) -> bool:
     if not place.get("dir") and found.startswith("/") and found.endswith(
             f"/{int(job.id)}.{int(job.attempt)}") and "\n" not in found:
         place["dir"] = found  # where a start whose answer was lost made it
-    fields = distsvc.slurm.parse_fields(state.get("scontrol", ""))
+    fields = _fields(look)
     if fields.get("JobState"):
         place["slurm_state"] = fields["JobState"]
         place["slurm_reason"] = distsvc.slurm.reason_text(fields) or ""
