@@ -49,7 +49,8 @@ def add(book: Any, **changes: Any) -> Job:
 
 
 def config(**jobs: Any) -> distsvc.config.Config:
-    return distsvc.config.Config(source="test", jobs=distsvc.config.JobsConfig(**jobs))
+    return distsvc.config.Config(source="test", jobs=distsvc.config.JobsConfig(**jobs),
+                                 clusters=(distsvc.config.Cluster(name="hpc"),))
 
 
 def test_jobs_start_in_order_within_the_total_slots(book: Any) -> None:
@@ -117,17 +118,40 @@ def test_after_a_job_on_the_same_cluster_is_slurms_to_hold(book: Any) -> None:
     held = add(book, target="cluster", target_host="hpc", after=[there.id, here.id])
     distsvc.daemon.queue.schedule(book)
     assert book.started == [follows.id]  # submitted at once, with --dependency=afterok:41
-    assert distsvc.daemon.launch.slurm_dependencies(book, follows) == ["41"]
+    assert distsvc.daemon.launch.slurm_dependencies(book, follows) == (["41"], None)
     assert f"waiting for job {there.id}" in (other_cluster.reason or "")
     assert f"waiting for job {here.id}" in (held.reason or "")
     here.state, here.exit_code = "exited", 0
     distsvc.daemon.queue.schedule(book)
     assert book.started == [follows.id, held.id]
     there.state, there.exit_code = "exited", 0  # over: no dependency left to give Slurm
-    assert distsvc.daemon.launch.slurm_dependencies(book, held) == []
+    assert distsvc.daemon.launch.slurm_dependencies(book, held) == ([], None)
     retrying = add(book, state="running", target="cluster", target_host="hpc", retries=1,
                    placement={**slurm, "slurm_id": "43"})
     later = add(book, target="cluster", target_host="hpc", after=[retrying.id])
     distsvc.daemon.queue.schedule(book)  # its retry would be another Slurm job: ours waits
     assert later.id not in book.started and f"waiting for job {retrying.id}" in (
         later.reason or "")
+
+
+def test_a_same_cluster_dependency_that_failed_meanwhile_is_not_dropped(
+        book: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queue lets a job go while its same-cluster dependency runs (Slurm is to hold it);
+    that one fails before the submission reads the dependencies again: the job ends
+    dependency-failed, nothing submitted, instead of going to Slurm without the dependency."""
+    book.configure(config())
+    slurm = {"kind": "slurm", "cluster": "hpc", "slurm_id": "41"}
+    there = add(book, state="running", target="cluster", target_host="hpc", placement=slurm)
+    follows = add(book, target="cluster", target_host="hpc", after=[there.id])
+    submitted: list[str] = []
+    monkeypatch.setattr(book, "runner", lambda name: lambda script, timeout: (
+        submitted.append(script), (0, b""))[1])
+
+    def start(book_: Any, job: Job) -> tuple[str, None]:  # the queue let it go; meanwhile
+        there.state, there.exit_code = "exited", 1           # its dependency failed
+        return distsvc.daemon.launch._start_cluster(book_, job, {})
+
+    monkeypatch.setattr(distsvc.daemon.launch, "start", start)
+    distsvc.daemon.queue.schedule(book)
+    assert submitted == [] and follows.state == "dependency-failed"
+    assert f"job {there.id} " in (follows.reason or "")

@@ -360,18 +360,32 @@ def _start_on(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str],
 
 # -- on a Slurm cluster ------------------------------------------------------------------------
 
-def slurm_dependencies(book: distsvc.daemon.book.Book, job: Job) -> list[str]:
-    """The Slurm IDs of the jobs of `after` submitted to the same cluster and not over yet:
-    Slurm holds the job for them (`--dependency=afterok`); the others have succeeded (the
-    queue let the job go only then)."""
+def slurm_dependencies(book: distsvc.daemon.book.Book, job: Job) -> tuple[list[str], str | None]:
+    """The Slurm IDs of the jobs of `after` submitted to the same cluster and not over yet
+    (Slurm holds the job for them: `--dependency=afterok`), and why the job cannot run, if
+    one of them ended meanwhile without succeeding or is gone: the queue let it go while
+    they ran, and a dependency left out of Slurm's would let it run. Read once, under the
+    book's lock (an end is recorded under it)."""
     ids = []
     with book.changed:
         for other_id in job.after:
             other = book.jobs.get(other_id)
-            if other is not None and same_cluster(job, other) and \
-                    other.state not in distsvc.jobs.record.FINAL:
+            failed = dependency_failed(other_id, other)
+            if failed is not None:
+                return [], failed
+            if other is not None and other.state not in distsvc.jobs.record.FINAL and \
+                    same_cluster(job, other):
                 ids.append(other.placement["slurm_id"])
-    return ids
+    return ids, None
+
+
+def dependency_failed(other_id: str, other: Job | None) -> str | None:
+    """Why a job after `other` can never run (gone, or ended without succeeding), or None."""
+    if other is None:
+        return f"job {other_id} is gone (removed before it succeeded?)"
+    if other.state in distsvc.jobs.record.FINAL and not distsvc.jobs.record.succeeded(other):
+        return f"job {other_id} {distsvc.jobs.record.describe_state(other)}"
+    return None
 
 
 def same_cluster(job: Job, other: Job) -> bool:
@@ -404,7 +418,11 @@ def _start_cluster(book: distsvc.daemon.book.Book, job: Job, env: dict[str, str]
         options = distsvc.slurm.options(cluster, job.limits)
     except distsvc.slurm.ClusterCannot as error:
         return _fail(book, job, error)
-    depends = slurm_dependencies(book, job)
+    depends, failed = slurm_dependencies(book, job)
+    if failed is not None:
+        book.end_attempt(job, {"state": "dependency-failed", "reason": failed,
+                               "ended": time.time()})
+        return FAILED, None
     if depends:
         options.append("--dependency=afterok:" + ":".join(depends))
     carried = distsvc.environment.carried(env, book.config.env, book.saved_environment())

@@ -46,15 +46,15 @@ def _dependencies(book: distsvc.daemon.book.Book, job: Job) -> str | None:
 
     for other_id in job.after:
         other = book.jobs.get(other_id)
-        if other is None:
-            return f"fail: job {other_id} is gone (removed before it succeeded?)"
+        failed = distsvc.daemon.launch.dependency_failed(other_id, other)
+        if failed is not None:
+            return f"fail: {failed}"
+        assert other is not None
         if other.state not in distsvc.jobs.record.FINAL and \
                 distsvc.daemon.launch.same_cluster(job, other):
             continue  # Slurm holds it for that one (--dependency=afterok)
         if other.state not in distsvc.jobs.record.FINAL:
             return f"wait: waiting for job {other_id} ({distsvc.jobs.record.describe_state(other)})"
-        if not distsvc.jobs.record.succeeded(other):
-            return f"fail: job {other_id} {distsvc.jobs.record.describe_state(other)}"
     return None
 
 
