@@ -256,9 +256,20 @@ def test_stop_with_another_signal_reaches_every_step(bed: Bed, user: User) -> No
     assert user.job("logs", record["id"]).stdout == b"got INT\n"
 
 
+def gated(user: User, gate: str, then: str) -> tuple[str, str, str]:
+    """A command that waits for the file `gate` in the job's directory, then runs `then`:
+    a job that cannot end before the test lets it (no window of time relied on)."""
+    path = f"{user.workdir}/{gate}"
+    return "sh", "-c", f"while [ ! -e {path} ]; do sleep 0.1; done; rm -f {path}; {then}"
+
+
+def open_gate(c: container.Container, user: User, gate: str) -> None:
+    c.run_as_user(["touch", f"{user.workdir}/{gate}"])
+
+
 def test_after_on_the_cluster_is_a_slurm_dependency(bed: Bed, user: User) -> None:
     c, _, _ = bed
-    first = user.start("sh", "-c", "sleep 4")
+    first = user.start(*gated(user, "gate-first", "true"))
     second = user.start("--after", first["id"], "sh", "-c", "echo second")
     # Submitted at once: Slurm holds it for the first one.
     assert second["state"] == "running" and second["placement"]["slurm_id"].isdigit()
@@ -266,17 +277,48 @@ def test_after_on_the_cluster_is_a_slurm_dependency(bed: Bed, user: User) -> Non
     assert "pending (Dependency)" in user.job("status", second["id"]).stdout.decode()
     dependency = c.run(["scontrol", "show", "job", "-o", second["placement"]["slurm_id"]]).stdout
     assert f"afterok:{first['placement']['slurm_id']}" in dependency, dependency
+    open_gate(c, user, "gate-first")
     assert user.wait(second["id"])[0] == 0
     assert user.job("logs", second["id"]).stdout == b"second\n"
     # A dependency that fails: Slurm's DependencyNeverSatisfied is our dependency-failed,
     # and the job is cancelled there (it would stay pending for ever).
-    failing = user.start("sh", "-c", "sleep 1; exit 1")
+    failing = user.start(*gated(user, "gate-failing", "exit 1"))
     after = user.start("--after", failing["id"], "sh", "-c", "echo never")
+    slurm_state(user, after["id"], "PENDING", reasons=("Dependency",))
+    open_gate(c, user, "gate-failing")
     code, final = user.wait(after["id"])
     assert code == 125 and final["state"] == "dependency-failed", final
     assert "DependencyNeverSatisfied" in final["reason"]
     wait_for(lambda: after["placement"]["slurm_id"] not in c.run(
         ["squeue", "-h", "-o", "%i"]).stdout, 20, "the job cancelled in Slurm")
+
+
+def test_slurmctld_down_is_not_the_job_gone(bed: Bed, user: User) -> None:
+    """slurmctld stopped while a job runs: its status says so and stays unfinished, a stop
+    fails with scancel's line (255) instead of saying yes; slurmctld back, the job ends as
+    it does."""
+    c, _, _ = bed
+    record = user.start(*gated(user, "gate-ctld", "echo done"))
+    slurm_state(user, record["id"], "RUNNING")
+    c.run(["systemctl", "stop", "slurmctld.service"], timeout=60)
+    try:
+        wait_for(lambda: "slurmctld not answering" in user.job(
+            "status", record["id"]).stdout.decode(), 30, "the status to say slurmctld is down")
+        status = user.status(record["id"])
+        assert status["state"] == "running", status
+        assert "Unable to contact slurm controller" in status["placement"]["down_reason"]
+        stopped = user.job("stop", record["id"], check=False)
+        assert stopped.returncode == 255, stopped
+        assert b"scancel" in stopped.stderr and b"stopped" not in stopped.stdout, stopped
+    finally:
+        c.run(["systemctl", "start", "slurmctld.service"], timeout=60)
+    wait_for(lambda: "down_reason" not in user.status(record["id"])["placement"], 60,
+             "the watcher to see slurmctld back")
+    open_gate(c, user, "gate-ctld")
+    code, final = user.wait(record["id"])
+    assert (code, final["state"]) == (0, "exited"), final
+    assert user.job("logs", record["id"]).stdout == b"done\n"
+    assert slurm_record(c, final)["State"] == "COMPLETED"
 
 
 def test_logs_follow_from_two_clients_losslessly(bed: Bed, user: User) -> None:

@@ -307,3 +307,33 @@ def test_a_lost_answers_job_is_found_by_name_after_it_ended(tmp_path: Path) -> N
     again = _look(lost, {**env, "SACCT_OUT": rows})
     assert "--name" not in (tmp_path / "calls").read_text()
     assert sbatch.ended(lost, again, now=5000.0) == ("exited", 3, None, "Slurm: FAILED")
+
+
+def test_slurmctld_down_is_not_the_job_gone(tmp_path: Path) -> None:
+    """squeue failing: no per-job call, one line of what it said; the job is not ended."""
+    env, _ = _fake_cluster(tmp_path)
+    said = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
+    code, out = _shell(sbatch.monitor_script(CLUSTER, ORIGIN, [(job(), {})], now=2000.0),
+                       {**env, "SQUEUE_ERR": said})
+    assert code == 0 and out.rstrip().endswith(b"monitor=done")
+    assert sbatch.controller_down(out) == said
+    assert distsvc.jobs.remote.read_monitor(out) == {}
+    assert [c.split()[0] for c in (tmp_path / "calls").read_text().splitlines()] == ["squeue"]
+    _, out = _shell(sbatch.monitor_script(CLUSTER, ORIGIN, [(job(), {})], now=2000.0), env)
+    assert sbatch.controller_down(out) is None and job().id in distsvc.jobs.remote.read_monitor(
+        out)
+
+
+@pytest.mark.parametrize("signal_name", ["TERM", "INT"])
+def test_stop_says_yes_only_when_scancel_did(tmp_path: Path, signal_name: str) -> None:
+    env, _ = _fake_cluster(tmp_path)
+    script = sbatch.stop_script(CLUSTER, ORIGIN, job(), signal_name, 0.1)
+    for over in ("scancel: error: Kill job error on job id 42: Invalid job id specified",
+                 "scancel: error: Kill job error on job id 42: Job/step already completing "
+                 "or completed"):
+        code, out = _shell(script, {**env, "SCANCEL_ERR": over})
+        assert (code, out) == (0, b"stopped=yes\n")
+    down = "scancel: error: Kill job error on job id 42: Unable to contact slurm controller"
+    code, out = _shell(script, {**env, "SCANCEL_ERR": down})
+    assert code == sbatch.EXIT_SCANCEL and out == f"error=scancel: {down}\n".encode()
+    assert _shell(script, env) == (0, b"stopped=yes\n")

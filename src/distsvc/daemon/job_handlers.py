@@ -282,6 +282,10 @@ def _remote(book: distsvc.daemon.book.Book, job: distsvc.jobs.record.Job, script
     except (TimeoutError, OSError) as error:
         raise distsvc.errors.HostUnreachable(host, f"did not answer ({error})") from None
     answer = distsvc.jobs.remote.parse(out)
+    if code == distsvc.jobs.sbatch.EXIT_SCANCEL and job.placement.get("kind") == "slurm":
+        raise distsvc.errors.CannotRun(f"job {job.id} on cluster {host}: {answer['error']}"
+                                       if answer.get("error") else
+                                       f"job {job.id} on cluster {host}: scancel failed")
     if code != 0:
         raise distsvc.jobs.local.JobError(
             f"job {job.id} on {host}: {answer.get('error') or f'status {code}'}")

@@ -96,6 +96,9 @@ def _look(book: distsvc.daemon.book.Book, host: str, jobs: list[Job],
     code, out = book.runner(host)(script, distsvc.jobs.remote.SCRIPT_TIMEOUT)
     if code != 0 or not out.rstrip().endswith(b"monitor=done"):
         raise distsvc.errors.HostUnreachable(host, "the job monitor was cut short")
+    down = distsvc.jobs.sbatch.controller_down(out) if _slurm(jobs) else None
+    if down is not None:  # nothing learnt of its jobs: as a host that does not answer
+        raise distsvc.errors.HostUnreachable(host, f"slurmctld not answering: {down}")
     return distsvc.jobs.remote.read_monitor(out)
 
 
@@ -152,8 +155,9 @@ def adapt(budget: int, took: float, behind: bool) -> int:
 def _down(book: distsvc.daemon.book.Book, jobs: list[Job], why: str) -> None:
     now = time.time()
     for job in jobs:
-        if job.host_down_since is None:
-            job.host_down_since = now
+        if job.host_down_since is None or job.placement.get("down_reason") != why:
+            job.host_down_since = job.host_down_since or now
+            job.placement["down_reason"] = why
             book.save_quietly(job)
             distsvc.log.get(job=job.id).warning("job's host not answering", error=why)
     book.notify()
@@ -178,7 +182,8 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
         try:
             looks = _look(book, host, jobs, budget)
         except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
-            _down(book, jobs, str(error))
+            _down(book, jobs, error.reason if isinstance(error, distsvc.errors.HostUnreachable)
+                  else str(error))
             if looked is not None:
                 looked.set()
             time.sleep(DOWN_INTERVAL)
@@ -191,6 +196,7 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
                 continue
             changed = job.host_down_since is not None
             job.host_down_since = None
+            job.placement.pop("down_reason", None)
             complete = _append(book, job, look)
             if _slurm([job]):
                 changed = distsvc.jobs.sbatch.figures(job, look) or changed

@@ -393,7 +393,8 @@ def describe_state(job: Job) -> str:
         where = (f"cluster {job.placement.get('cluster', '?')}"
                  if job.placement.get("kind") == "slurm" else
                  f"host {job.placement.get('host', '?')}")
-        return f"unknown ({where} down since {since})"
+        why = job.placement.get("down_reason")
+        return f"unknown ({where} down since {since}" + (f": {why})" if why else ")")
     if job.state == "running" and job.placement.get("kind") == "slurm":
         return slurm_state(job.placement)
     if job.state == "running" and job.paused:

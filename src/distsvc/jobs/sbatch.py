@@ -46,6 +46,9 @@ OVER_MEMORY = "slurmstepd.*: Exceeded job memory limit"
 step beyond its memory request: Slurm 22.05 then records FAILED (JobLaunchFailure) with
 signal 9, not OUT_OF_MEMORY (which only its cgroup plugin's OOM events give)."""
 ACCOUNTING_MARGIN = 3600  # seconds before a job's submission sacct looks from (IDs recur)
+EXIT_SCANCEL = 15         # the stop script's status when scancel failed (its line follows)
+# What scancel says of a job that is over or ending: the stop is done, not failed.
+_DONE_ALREADY = "*'Invalid job id'*|*'already completing'*|*'Job/step already completing'*"
 # Slurm states in which a job is not over (scontrol's JobState=).
 _ACTIVE = "|".join(f"*JobState={state}*" for state in distsvc.slurm.ACTIVE)
 
@@ -207,7 +210,16 @@ def monitor_script(cluster: distsvc.config.Cluster, origin: str,
              distsvc.jobs.remote.fetch_function(budget, len(jobs)),
              # The user's unfinished jobs in one call, as scontrol's fields: scontrol itself
              # (a call to slurmctld each) only for a job not among them (over, or forgotten).
-             f"ds_queue=$(squeue -h -u \"$(id -un)\" -o '{QUEUE_FORMAT}' 2>/dev/null)"]
+             # squeue failing is slurmctld not answering: nothing is learnt of any job (its
+             # absence from scontrol would read as gone), so no job is looked at.
+             f"""\
+ds_queue=$(squeue -h -u "$(id -un)" -o '{QUEUE_FORMAT}' 2>&1; echo "ds_status=$?")
+case "${{ds_queue##*ds_status=}}" in
+  0) ;;
+  *) echo "controller=down: $(printf '%s\n' "$ds_queue" | grep -v '^ds_status=' \
+       | head -n 1)"
+     echo "monitor=done"; exit 0;;
+esac"""]
     for job, sizes in jobs:
         d = attempt_dir(job)
         since = _since(job, now)
@@ -400,14 +412,30 @@ def stop_script(cluster: distsvc.config.Cluster, origin: str, job: Job, signal_n
 [ -n "$ds_id" ] || {{ echo "error=its Slurm job ID is not known there"; exit 3; }}"""]
     if signal_name != "TERM":
         lines.append(f"""\
-scancel --full --signal={signal_name} "$ds_id" || {{ echo "error=scancel failed"; exit 3; }}
+ds_said=$(scancel --full --signal={signal_name} "$ds_id" 2>&1) || case "$ds_said" in
+  {_DONE_ALREADY}) echo stopped=yes; exit 0;;
+  *) echo "error=scancel: $(printf '%s\n' "$ds_said" | head -n 1)"; exit {EXIT_SCANCEL};;
+esac
 i=0
 while [ $i -lt {steps} ]; do
   case "$(scontrol show job -o "$ds_id" 2>/dev/null)" in {_ACTIVE}) ;; *) break;; esac
   sleep 0.1; i=$((i + 1))
 done""")
-    lines.append('scancel "$ds_id" 2>/dev/null || true\necho stopped=yes')
+    lines.append(f"""\
+ds_said=$(scancel "$ds_id" 2>&1) || case "$ds_said" in
+  {_DONE_ALREADY}) ;;
+  *) echo "error=scancel: $(printf '%s\n' "$ds_said" | head -n 1)"; exit {EXIT_SCANCEL};;
+esac
+echo stopped=yes""")
     return "\n".join(lines)
+
+
+def controller_down(out: bytes) -> str | None:
+    """What squeue said when a look found slurmctld not answering (monitor_script), or None."""
+    for line in out.decode("utf-8", "replace").splitlines():
+        if line.startswith("controller=down: "):
+            return line.removeprefix("controller=down: ").strip() or "squeue failed"
+    return None
 
 
 PAUSE_REFUSAL = ("Slurm lets only its operators suspend a job (scontrol suspend); `distsvc "
