@@ -264,8 +264,9 @@ def _check_cluster(check: _Checker, raw: Any, where: str) -> Cluster | None:
             value = None
         names[key] = value
     output = check.string(raw, "output", f"{where}.") or Cluster.output
-    if "\n" in output or "'" in output:
-        check.problem(f"{where}.output", "must not hold a newline or a quote")
+    if any(c in output for c in "\n'%\\"):
+        check.problem(f"{where}.output", "must not hold a newline, a quote, % or \\ "
+                      "(sbatch reads % and \\ in its --output as patterns)")
         output = Cluster.output
     return Cluster(name=name or "", login=login, partition=names["partition"],
                    account=names["account"], qos=names["qos"],

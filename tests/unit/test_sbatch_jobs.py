@@ -337,3 +337,20 @@ def test_stop_says_yes_only_when_scancel_did(tmp_path: Path, signal_name: str) -
     code, out = _shell(script, {**env, "SCANCEL_ERR": down})
     assert code == sbatch.EXIT_SCANCEL and out == f"error=scancel: {down}\n".encode()
     assert _shell(script, env) == (0, b"stopped=yes\n")
+
+
+@pytest.mark.parametrize(("home", "output"), [("ho%me", "ho%%me"), ("ho\\me%", "ho\\me%")])
+def test_a_home_sbatch_would_read_as_a_pattern_is_escaped(tmp_path: Path, home: str,
+                                                          output: str) -> None:
+    """sbatch expands % in --output (%% is one %); a backslash turns its patterns off."""
+    env, _ = _fake_cluster(tmp_path)
+    (tmp_path / home).mkdir()
+    (tmp_path / "bin" / "sbatch").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$CALLS"\n'
+                                             'echo 43\n')
+    (tmp_path / "bin" / "sbatch").chmod(0o755)
+    fresh = job(placement={"kind": "slurm", "cluster": "hpc"})
+    code, out = _shell(sbatch.start_script(CLUSTER, ORIGIN, fresh, {}, []),
+                       {**env, "HOME": str(tmp_path / home)})
+    assert code == 0 and b"slurm_id=43" in out, out
+    expected = f"--output={tmp_path}/{output}/.local/state/distsvc/slurm/{ORIGIN}/7.1/stdout"
+    assert expected in (tmp_path / "calls").read_text().splitlines()

@@ -132,3 +132,12 @@ def test_clusters_in_the_config_with_every_problem_at_its_path() -> None:
         "clusters[0].cpu: lots: not a percentage (use N% of one CPU, e.g. 150%)",
         "clusters[0].name: 'a' is a host's name too (a name is either a host or a cluster)",
         "clusters[1].name: is required"]
+
+
+@pytest.mark.parametrize("output", ["out/%j", "out\\x", "it's", "a\nb"])
+def test_an_output_sbatch_would_read_as_a_pattern_is_refused(output: str) -> None:
+    with pytest.raises(distsvc.errors.ConfigError) as bad:
+        distsvc.config.from_mapping({"clusters": [{"name": "c", "output": output}]}, "f", None)
+    assert bad.value.problems == [
+        "clusters[0].output: must not hold a newline, a quote, % or \\ (sbatch reads % and "
+        "\\ in its --output as patterns)"]

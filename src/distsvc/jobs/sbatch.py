@@ -128,7 +128,10 @@ def start_script(cluster: distsvc.config.Cluster, origin: str, job: Job,
         f"""\
 command -v sbatch >/dev/null 2>&1 || {{ rm -rf "$D"
   echo "error=Slurm's sbatch is not installed there"; exit {EXIT_NO_SBATCH}; }}
-ds_out=$(sbatch --parsable --job-name={_q(name)} --output="$D/stdout" --error="$D/stderr" \\
+# sbatch reads --output as a pattern: a % in the home's path is %% (a \\ there turns the
+# patterns off: the path as it is); the config refuses both in `output` itself.
+case "$D" in *\\\\*) ds_o=$D;; *) ds_o=$(printf '%s\\n' "$D" | sed 's/%/%%/g');; esac
+ds_out=$(sbatch --parsable --job-name={_q(name)} --output="$ds_o/stdout" --error="$ds_o/stderr" \\
   --open-mode=append --no-requeue --chdir={_q(job.cwd)} {opts} "$D/batch" "$D" \
   </dev/null 2>"$D/submit")
 if [ $? -ne 0 ]; then echo {STDERR_MARK}; cat "$D/submit"; rm -rf "$D"; exit {EXIT_REFUSED}; fi
