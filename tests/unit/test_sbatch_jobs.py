@@ -354,3 +354,31 @@ def test_a_home_sbatch_would_read_as_a_pattern_is_escaped(tmp_path: Path, home: 
     assert code == 0 and b"slurm_id=43" in out, out
     expected = f"--output={tmp_path}/{output}/.local/state/distsvc/slurm/{ORIGIN}/7.1/stdout"
     assert expected in (tmp_path / "calls").read_text().splitlines()
+
+
+def test_a_pending_jobs_output_is_not_fetched(tmp_path: Path) -> None:
+    """A pending job has written nothing: its look asks no file (hundreds may wait)."""
+    env, d = _fake_cluster(tmp_path)
+    (d / "stdout").write_text("x")
+    line = "JobId=42 JobState={} NodeList= RunTime=0:00 QueueReason=Priority"
+    pending = _look(job(placement={**job().placement, "dir": str(d)}),
+                    {**env, "SQUEUE_OUT": line.format("PENDING")})
+    assert pending.state["scontrol"].startswith("JobId=42 JobState=PENDING")
+    assert pending.sizes == {} and pending.data == {}
+    running = _look(job(placement={**job().placement, "dir": str(d)}),
+                    {**env, "SQUEUE_OUT": line.format("RUNNING")})
+    assert running.sizes["stdout"] == 1 and running.data["stdout"] == (0, b"x")
+
+
+def test_a_wait_between_pending_looks_ends_when_the_clusters_jobs_change() -> None:
+    import distsvc.daemon.remote_watch as remote_watch
+
+    calls = []
+
+    class Book:
+        def running_on(self, host: str) -> list[distsvc.jobs.record.Job]:
+            calls.append(host)
+            return [job()] if len(calls) < 2 else [job(), job(id="8")]  # one submitted
+
+    remote_watch._wait_pending(Book(), "hpc", {"7"})  # type: ignore[arg-type]
+    assert calls == ["hpc", "hpc"]

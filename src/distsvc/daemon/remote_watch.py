@@ -35,6 +35,7 @@ INTERVAL = 0.5        # between looks at a host's running jobs
 YOUNG_INTERVAL = 0.1  # while one of them is in its first YOUNG seconds
 YOUNG = 2.0
 DOWN_INTERVAL = 2.0   # between looks at a host that did not answer
+PENDING_INTERVAL = 3.0  # between looks at a cluster whose jobs all wait in Slurm's queue
 MAX_ROUNDS = 64       # looks to complete an ended job's mirror before trying again later
 QUICK_LOOK, SLOW_LOOK = 1.0, 5.0  # seconds: a look's budget grows below, shrinks above
 Job = distsvc.jobs.record.Job
@@ -224,7 +225,23 @@ def watch(book: distsvc.daemon.book.Book, host: str) -> None:
             continue
         now = time.time()
         young = any(now - (job.started or job.created) < YOUNG for job in jobs)
-        time.sleep(YOUNG_INTERVAL if young else INTERVAL)
+        if young:
+            time.sleep(YOUNG_INTERVAL)
+        elif _slurm(jobs) and all(j.placement.get("slurm_state") == "PENDING" for j in jobs):
+            _wait_pending(book, host, {j.id for j in jobs})
+        else:
+            time.sleep(INTERVAL)
+
+
+def _wait_pending(book: distsvc.daemon.book.Book, host: str, ids: set[str]) -> None:
+    """Up to PENDING_INTERVAL while a cluster's jobs all wait in Slurm's queue (a look costs
+    the cluster's shell a second of CPU with hundreds of them), less once its set of jobs
+    changes (one submitted, stopped, removed): that is looked at at once."""
+    deadline = time.monotonic() + PENDING_INTERVAL
+    while time.monotonic() < deadline:
+        time.sleep(YOUNG_INTERVAL)
+        if {j.id for j in book.running_on(host)} != ids:
+            return
 
 
 ACCOUNTING_WAIT = 120.0  # seconds after its end a job's accounting is looked up again

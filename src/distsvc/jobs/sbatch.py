@@ -245,7 +245,9 @@ fi
 [ -e {d}/started ] && echo "started=yes"
 [ -e {d}/nodir ] && echo "nodir=yes"
 [ -d {d} ] || echo "gone=yes"{found_dir}
-{distsvc.jobs.remote.fetch_lines(d, sizes)}
+case "$ds_l" in *JobState=PENDING*) ;; *)  # a pending job has written nothing yet
+{distsvc.jobs.remote.fetch_lines(d, sizes)};;
+esac
 echo end
 """)
     parts.append('echo "monitor=done"')
