@@ -509,6 +509,32 @@ def test_a_cluster_without_accounting(bed: Bed, user: User) -> None:
                                check=False).stdout.strip() == "idle", 60, "the node")
 
 
+def test_a_launch_failure_says_where_the_output_goes(bed: Bed, user: User) -> None:
+    """Slurm cannot open the job's output on the node (as with an `output` the nodes do not
+    share): FAILED JobLaunchFailure is "failed" with where the output goes, not a signal.
+    The node is drained while the job is submitted, so it pends (reason read whole), and its
+    output is made impossible to create before it may run."""
+    c, _, cluster = bed
+    c.run(["scontrol", "update", f"nodename={cluster.node}", "state=drain", "reason=test"])
+    try:
+        record = user.start("echo", "never")
+        unavailable = f"ReqNodeNotAvail, UnavailableNodes:{cluster.node}"  # spaces in it
+        pending = slurm_state(user, record["id"], "PENDING", reasons=(unavailable,))
+        assert f"pending ({unavailable})" in user.job("status", record["id"]).stdout.decode()
+        d = pending["placement"]["dir"]
+        c.run(["sh", "-c", f"rm -f {d}/stdout {d}/stderr && chmod 500 {d}"])
+    finally:
+        c.run(["scontrol", "update", f"nodename={cluster.node}", "state=resume"])
+    code, final = user.wait(record["id"])
+    c.run(["chmod", "700", d])
+    assert final["state"] == "failed", final
+    assert final["reason"].startswith(f"Slurm could not launch it on {cluster.node} "
+                                      "(JobLaunchFailure"), final
+    assert f"its output directory {d.rsplit('/', 2)[0]} must be on the nodes (the `output` " \
+        f"setting of cluster {CLUSTER})" in final["reason"], final
+    assert code == 126 and slurm_record(c, final)["State"] == "FAILED"
+
+
 def test_slurmctld_down_is_not_the_job_gone(bed: Bed, user: User) -> None:
     """slurmctld stopped while a job runs: its status says so and stays unfinished, a stop
     fails with scancel's line (255) instead of saying yes; slurmctld back, the job ends as
