@@ -382,3 +382,33 @@ def test_a_wait_between_pending_looks_ends_when_the_clusters_jobs_change() -> No
 
     remote_watch._wait_pending(Book(), "hpc", {"7"})  # type: ignore[arg-type]
     assert calls == ["hpc", "hpc"]
+
+
+def test_status_looks_up_accounting_off_its_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`status` answers at once; one lookup per job at a time runs on a thread of its own."""
+    import threading
+
+    import distsvc.daemon.remote_watch as remote_watch
+
+    release, calls = threading.Event(), []
+
+    def refresh(book: object, seen: distsvc.jobs.record.Job) -> None:
+        calls.append(seen.id)
+        release.wait(10)
+
+    monkeypatch.setattr(remote_watch, "refresh_accounting", refresh)
+
+    class Book:
+        def __init__(self) -> None:
+            self.changed = threading.Condition()
+            self.refreshing: set[str] = set()
+
+    book, ended = Book(), job(state="exited", exit_code=0, ended=1e12)
+    remote_watch.refresh_accounting_soon(book, ended)  # type: ignore[arg-type]
+    remote_watch.refresh_accounting_soon(book, ended)  # type: ignore[arg-type]  # one at a time
+    assert book.refreshing == {"7"}  # returned while the lookup still runs
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "accounting-7":
+            thread.join(10)
+    assert calls == ["7"] and book.refreshing == set()

@@ -73,6 +73,7 @@ class Book:
         self.looked: dict[str, threading.Event] = {}  # host -> its watcher's first look done
         self._ready = threading.Event()  # load() is done
         self.starting: set[str] = set()  # IDs the queue is starting now (guarded by changed)
+        self.refreshing: set[str] = set()  # IDs whose accounting is being looked up (changed)
         self._queue_thread: threading.Thread | None = None
         self._queue_wake = threading.Event()
 

@@ -207,7 +207,7 @@ def handle_job_list(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answ
 def handle_job_status(daemon: Daemon, request: dict[str, Any], peer: Peer) -> Answer:
     book = _book(daemon)
     job = book.get(_id(request))
-    distsvc.daemon.remote_watch.refresh_accounting(book, job)  # a Slurm job's, once over
+    distsvc.daemon.remote_watch.refresh_accounting_soon(book, job)  # a Slurm job's, once over
     return _answer(job)
 
 

@@ -17,6 +17,7 @@ and come back as they are once it answers.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -247,24 +248,56 @@ def _wait_pending(book: distsvc.daemon.book.Book, host: str, ids: set[str]) -> N
 ACCOUNTING_WAIT = 120.0  # seconds after its end a job's accounting is looked up again
 
 
-def refresh_accounting(book: distsvc.daemon.book.Book, job: Job) -> None:
-    """An ended Slurm job's accounting, looked up again for `status` (slurmdbd records the
-    steps' figures a moment after the end the watcher saw): until sacct has the job, and for
-    ACCOUNTING_WAIT after its end while MaxRSS is missing (a sub-second job never has one)."""
+def refresh_accounting_soon(book: distsvc.daemon.book.Book, job: Job) -> None:
+    """refresh_accounting on a thread of its own (one per job at a time): `status` answers
+    at once with what the record has, not after a look at the cluster (seconds on a slow
+    login node, or a cluster that does not answer); the next `status` has the figures."""
+    if not _wants_accounting(job):
+        return
+    with book.changed:
+        if job.id in book.refreshing:
+            return
+        book.refreshing.add(job.id)
+
+    def refresh() -> None:
+        try:
+            refresh_accounting(book, job)
+        finally:
+            with book.changed:
+                book.refreshing.discard(job.id)
+
+    threading.Thread(target=refresh, name=f"accounting-{job.id}", daemon=True).start()
+
+
+def _wants_accounting(job: Job) -> bool:
+    """Whether an ended Slurm job's accounting is worth looking up again (slurmdbd records
+    the steps' figures a moment after the end the watcher saw): until sacct has the job, and
+    for ACCOUNTING_WAIT after its end while MaxRSS is missing (a sub-second job never has
+    one)."""
     place = job.placement
     if place.get("kind") != "slurm" or job.state not in distsvc.jobs.record.FINAL \
             or not place.get("slurm_id") or place.get("accounting", "").startswith("none"):
-        return
+        return False
     age = time.time() - (job.ended or 0.0)
     if place.get("accounting") == "sacct" and (job.memory_peak is not None
                                                or age > ACCOUNTING_WAIT):
-        return
-    if age > 86400:
+        return False
+    return age <= 86400
+
+
+def refresh_accounting(book: distsvc.daemon.book.Book, job: Job) -> None:
+    """An ended Slurm job's accounting looked up again, if _wants_accounting; the record
+    changed under the book's lock (a `status` reads it meanwhile)."""
+    if not _wants_accounting(job):
         return
     try:
         look = _look(book, distsvc.jobs.record.where(job), [job], FETCH_NOTHING).get(job.id)
     except (distsvc.errors.DistsvcError, TimeoutError, OSError) as error:
         distsvc.log.get(job=job.id).info("accounting not looked up", error=str(error))
         return
-    if look is not None and distsvc.jobs.sbatch.figures(job, look):
+    if look is None:
+        return
+    with book.changed:
+        changed = distsvc.jobs.sbatch.figures(job, look)
+    if changed:
         book.save_quietly(job)
