@@ -412,3 +412,15 @@ def test_status_looks_up_accounting_off_its_thread(monkeypatch: pytest.MonkeyPat
         if thread.name == "accounting-7":
             thread.join(10)
     assert calls == ["7"] and book.refreshing == set()
+
+
+def test_accountings_lagging_state_does_not_override_slurmctlds() -> None:
+    """Just after a NODE_FAIL, slurmdbd may still have the job RUNNING: scontrol's state
+    stands (status showed "RUNNING" for a job that had ended)."""
+    seen = job(state="failed")
+    lagging = _sacct(f"42|distsvc-{ORIGIN}-7.1|RUNNING|0:0|00:00:01|00:00:00|")
+    sbatch.figures(seen, look(scontrol=scontrol("NODE_FAIL", reason="NodeDown"), **lagging))
+    assert seen.placement["slurm_state"] == "NODE_FAIL"
+    sbatch.figures(seen, look(scontrol="", **_sacct(
+        f"42|distsvc-{ORIGIN}-7.1|NODE_FAIL|0:0|00:00:01|00:00:00|")))
+    assert seen.placement["slurm_state"] == "NODE_FAIL"

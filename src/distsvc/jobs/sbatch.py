@@ -376,8 +376,8 @@ def figures(job: Job, look: Look) -> bool:
     if rows:
         place["accounting"] = "sacct"
         top = next((r for r in rows if r["JobID"] == place.get("slurm_id")), rows[0])
-        place["slurm_state"] = top["State"].split()[0] if top["State"] else \
-            place.get("slurm_state", "")
+        if top["State"] and not fields.get("JobState"):  # slurmctld's is the newer one:
+            place["slurm_state"] = top["State"].split()[0]  # slurmdbd's lags behind it
         if top["Elapsed"]:
             place["elapsed"] = top["Elapsed"]
         cpu = distsvc.slurm.parse_duration(top["TotalCPU"])
