@@ -34,7 +34,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "bench")]
 
 import common  # noqa: E402
+from slurm_inside import submit_all  # noqa: E402
 
 import container  # noqa: E402
 import slurmbed  # noqa: E402
@@ -72,30 +72,6 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def submit_all(argv: list[str], env: dict[str, str], jobs: int, submitters: int) -> list[str]:
-    ids: list[str] = []
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker(count: int) -> None:
-        try:
-            for _ in range(count):
-                _, out = timed(argv, env)
-                with lock:
-                    ids.append(out.split(";")[0])
-        except BaseException as error:
-            errors.append(error)
-    shares = [jobs // submitters + (i < jobs % submitters) for i in range(submitters)]
-    threads = [threading.Thread(target=worker, args=(n,)) for n in shares]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise RuntimeError(f"a submitter failed: {errors[0]}")
-    return ids
 
 
 @contextlib.contextmanager
@@ -180,8 +156,8 @@ def from_machine(c: container.Container, host: container.SshHost, tmp: Path,
         pid = int(env["_DAEMON_PID"])
         cpu0, children0 = common.cpu_seconds(pid), children_cpu()
         started = time.perf_counter()
-        ids = submit_all([str(common.DISTSVC), "job", "start", "--on", "hpc", "true"], env,
-                         args.jobs, args.submitters)
+        start = [str(common.DISTSVC), "job", "start", "--on", "hpc", "true"]
+        ids = submit_all(lambda: timed(start, env)[1], args.jobs, args.submitters)
         submitted = time.perf_counter() - started
         timed([str(common.DISTSVC), "job", "wait", *ids], env)
         wall = time.perf_counter() - started
@@ -190,8 +166,8 @@ def from_machine(c: container.Container, host: container.SshHost, tmp: Path,
         timed([str(common.DISTSVC), "job", "clean"], env)
 
         started = time.perf_counter()
-        submit_all([*muxed, "sbatch --parsable --wrap true"], ssh_env, args.jobs,
-                   args.submitters)
+        submit_all(lambda: timed([*muxed, "sbatch --parsable --wrap true"], ssh_env)[1],
+                   args.jobs, args.submitters)
         sbatch_submitted = time.perf_counter() - started
         drain(muxed, ssh_env, host.user)
         sbatch_wall = time.perf_counter() - started

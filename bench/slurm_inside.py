@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ENV = {**os.environ, "DISTSVC_DAEMON": "required"}
@@ -55,23 +56,29 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def submit_all(argv: list[str], jobs: int, submitters: int) -> list[str]:
+def submit_all(submit: Callable[[], str], jobs: int, submitters: int) -> list[str]:
+    """`jobs` calls of `submit` (each prints a job ID: `ID` or `ID;cluster`) from `submitters`
+    threads at once; the IDs. Shared with bench/slurm_bench.py."""
     ids: list[str] = []
     lock = threading.Lock()
+    errors: list[BaseException] = []
 
     def worker(count: int) -> None:
-        for _ in range(count):
-            _, out = timed(argv)
-            with lock:
-                ids.append(out.split(";")[0])
+        try:
+            for _ in range(count):
+                out = submit()
+                with lock:
+                    ids.append(out.split(";")[0])
+        except BaseException as error:
+            errors.append(error)
     shares = [jobs // submitters + (i < jobs % submitters) for i in range(submitters)]
     threads = [threading.Thread(target=worker, args=(n,)) for n in shares]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    if len(ids) != jobs:
-        raise RuntimeError(f"{len(ids)} of {jobs} submitted")
+    if errors:
+        raise RuntimeError(f"a submitter failed: {errors[0]}")
     return ids
 
 
@@ -103,7 +110,8 @@ def main() -> None:
 
     cpu0, children0 = daemon_cpu(), children_cpu()
     started = time.perf_counter()
-    ids = submit_all(["distsvc", "job", "start", "--on", "here", "true"], jobs, submitters)
+    ids = submit_all(lambda: timed(["distsvc", "job", "start", "--on", "here", "true"])[1],
+                     jobs, submitters)
     submitted = time.perf_counter() - started
     waited = subprocess.run(["distsvc", "job", "wait", *ids], env=ENV, capture_output=True,
                             text=True)
@@ -114,7 +122,7 @@ def main() -> None:
     subprocess.run(["distsvc", "job", "clean"], env=ENV, capture_output=True)
 
     started = time.perf_counter()
-    submit_all(["sbatch", "--parsable", "--wrap", "true"], jobs, submitters)
+    submit_all(lambda: timed(["sbatch", "--parsable", "--wrap", "true"])[1], jobs, submitters)
     sbatch_submitted = time.perf_counter() - started
     drain()
     sbatch_wall = time.perf_counter() - started

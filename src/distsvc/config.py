@@ -26,6 +26,7 @@ else:  # pragma: no cover - the design's fallback; requires-python keeps it unus
 
 HOST_KEY_POLICIES = ("strict", "accept-new")
 _T = TypeVar("_T")
+_N = TypeVar("_N", "Host", "Cluster")
 
 # Variables that describe this machine or this login session, not the user's work:
 # carrying them to another host would make the command lie about where it runs.
@@ -273,27 +274,29 @@ def _check_cluster(check: _Checker, raw: Any, where: str) -> Cluster | None:
                    defaults=_limits(check, raw, CLUSTER_LIMITS, f"{where}."), output=output)
 
 
-def _check_clusters(check: _Checker, data: Mapping[str, Any], hosts: list[Host]
-                    ) -> tuple[Cluster, ...]:
-    raw_clusters = data.get("clusters", [])
-    if not isinstance(raw_clusters, list):
-        check.problem("clusters", "must be an array of tables ([[clusters]])")
-        return ()
-    clusters: list[Cluster] = []
-    host_names = {h.name for h in hosts}
+def _named_tables(check: _Checker, data: Mapping[str, Any], key: str, kind: str,
+                  read: Callable[[_Checker, Any, str], _N | None],
+                  taken: Mapping[str, str] | None = None) -> list[_N]:
+    """The array of tables `key` ([[hosts]], [[clusters]]), each read by `read`; a name used
+    twice, or already `taken` (name -> what has it), is a problem at its path."""
+    raw_tables = data.get(key, [])
+    if not isinstance(raw_tables, list):
+        check.problem(key, f"must be an array of tables ([[{key}]])")
+        return []
+    found: list[_N] = []
     seen: set[str] = set()
-    for index, raw in enumerate(raw_clusters):
-        cluster = _check_cluster(check, raw, f"clusters[{index}]")
-        if cluster is None:
+    for index, raw in enumerate(raw_tables):
+        item = read(check, raw, f"{key}[{index}]")
+        if item is None:
             continue
-        if cluster.name and cluster.name in seen:
-            check.problem(f"clusters[{index}].name", f"duplicate cluster {cluster.name!r}")
-        elif cluster.name in host_names:
-            check.problem(f"clusters[{index}].name", f"{cluster.name!r} is a host's name too "
-                          "(a name is either a host or a cluster)")
-        seen.add(cluster.name)
-        clusters.append(cluster)
-    return tuple(clusters)
+        if item.name and item.name in seen:
+            check.problem(f"{key}[{index}].name", f"duplicate {kind} {item.name!r}")
+        elif taken and item.name in taken:
+            check.problem(f"{key}[{index}].name", f"{item.name!r} is a {taken[item.name]}'s "
+                          f"name too (a name is either a host or a cluster)")
+        seen.add(item.name)
+        found.append(item)
+    return found
 
 
 def _limit_text(check: _Checker, value: Any, where: str) -> str | None:
@@ -390,20 +393,7 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
     check = _Checker()
     check.unknown_keys(data, _TOP_KEYS, "")
 
-    hosts: list[Host] = []
-    raw_hosts = data.get("hosts", [])
-    if not isinstance(raw_hosts, list):
-        check.problem("hosts", "must be an array of tables ([[hosts]])")
-        raw_hosts = []
-    seen: set[str] = set()
-    for index, raw in enumerate(raw_hosts):
-        host = _check_host(check, raw, f"hosts[{index}]")
-        if host is None:
-            continue
-        if host.name and host.name in seen:
-            check.problem(f"hosts[{index}].name", f"duplicate host {host.name!r}")
-        seen.add(host.name)
-        hosts.append(host)
+    hosts = _named_tables(check, data, "hosts", "host", _check_host)
 
     if hosts_env is not None and hosts_env.strip():
         # DISTSVC_HOSTS replaces the file's list; a name the file knows keeps its settings.
@@ -448,7 +438,8 @@ def from_mapping(data: Mapping[str, Any], source: str, hosts_env: str | None) ->
             deny=DEFAULT_ENV_DENY + (deny or ()),
         ),
         jobs=_check_jobs(check, data.get("jobs", {})),
-        clusters=_check_clusters(check, data, hosts),
+        clusters=tuple(_named_tables(check, data, "clusters", "cluster", _check_cluster,
+                                     {h.name: "host" for h in hosts})),
     )
     if check.problems:
         raise distsvc.errors.ConfigError(source, check.problems)
