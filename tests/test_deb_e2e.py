@@ -98,16 +98,18 @@ def dpkg_versions(run: Any, packages: tuple[str, ...]) -> dict[str, str]:
     return {f[0]: f[1] for f in fields if len(f) == 3 and f[2] == "installed"}
 
 
-def prepare_archives(deb: Path, archives: Path) -> list[str]:
-    """Download into `archives` every package `deb` needs that this machine (and so the
-    container) does not have; the archives' names. One `apt-get update` and a second try
+def prepare_archives(deb: Path, archives: Path, recommends: bool = False) -> list[str]:
+    """Download into `archives` every package `deb` needs (with `recommends`, what it
+    recommends too) that this machine (and so the container) does not have; the archives'
+    names. One `apt-get update` and a second try
     when the first fails (no package lists yet, or stale ones naming archives gone from the
     mirror)."""
     partial = archives / "partial"
     partial.mkdir(parents=True)
     archives.chmod(0o755)
     shutil.chown(partial, user="_apt")  # apt downloads as _apt, sandboxed
-    argv = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "--download-only",
+    argv = ["apt-get", "install", "-y", "-q", "--download-only",
+            *([] if recommends else ["--no-install-recommends"]),
             "-o", f"Dir::Cache::archives={archives}", str(deb)]
 
     def apt(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -165,7 +167,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
             # loopback only). Not --no-download: apt 2.6 then fails on a local .deb
             # ("Internal Error, Pathname to install is not absolute"). The libraries are
             # marked automatically installed after, as a plain install of the .deb leaves them.
-            done = c.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", str(local),
+            # And the pre-filled directory as apt's cache: a library that is also in the
+            # package lists at the same version may be taken from the list's source, which
+            # apt then finds already downloaded there instead of fetching it.
+            done = c.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                          "-o", f"Dir::Cache::archives={archives}", str(local),
                           *(str(archives / name) for name in downloaded)],
                          env=ROOT_ENV, check=False, timeout=600)
             assert done.returncode == 0, f"apt-get install:\n{done.stdout}\n{done.stderr}"

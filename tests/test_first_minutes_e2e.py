@@ -91,7 +91,9 @@ def fresh() -> Iterator[tuple[container.Container, Path]]:
         # package needs: both before booting, which the container then sees.
         deb = build_deb(work / "deb")
         archives = work / "archives"
-        downloaded = prepare_archives(deb, archives)
+        # With what it recommends: the README's `apt install` takes those too (python3-invoke
+        # for paramiko, ...), and the container cannot fetch them.
+        downloaded = prepare_archives(deb, archives, recommends=True)
         copy_checkout(work / "distsvc")
         with container.booted_with_sshd() as (c, host):
             c.run(["cp", *(str(archives / name) for name in downloaded),
