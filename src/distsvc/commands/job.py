@@ -378,11 +378,11 @@ def _short(text: str) -> str:
 def host_of(job: Any) -> str:
     """Where a job is (its placement's host, or "local"), or for one not placed (queued, or
     never started) where it is to go: its target host, "local", or "-" (the best host)."""
+    import distsvc.jobs.record
+
     kind = job.placement.get("kind")
-    if job.state != "queued" and kind == "ssh":
-        return str(job.placement.get("host", "?"))
-    if job.state != "queued" and kind == "slurm":
-        return str(job.placement.get("cluster", "?"))
+    if job.state != "queued" and kind in ("ssh", "slurm"):
+        return distsvc.jobs.record.where(job) or "?"
     if job.state != "queued" and kind == "local":
         return "local"
     if job.target in ("host", "cluster") and job.target_host:
