@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -485,18 +486,41 @@ def test_a_rekey_a_sender_asks_for_starts_while_the_connection_is_idle(
     transport thread starts the exchange, which it looked for between reads: asleep on a
     connection that receives nothing, it must be woken (the sender asks the server for a
     reply). Here the next message sent asks, and it is one the server never answers; the
-    thread's wait would otherwise last an hour."""
+    thread's wait would otherwise last an hour.
+
+    The thread is first made to sleep in a wait begun after its timeout became an hour: one
+    begun before (the handshake's are 0.1 s) would end soon and show it the flag without any
+    wake. What is watched lasts: the KEXINITs sent, recorded as they go, and the rekey flag,
+    which paramiko clears only once new keys are in use both ways. (`local_kex_init` does
+    not: it is None again when the exchange ends, so a loaded machine's look could miss it.)"""
+    from distsvc.adapters.ssh.sock import TransportSocket
+
     connection = _connection(bed, tmp_path, monkeypatch)
     transport = connection.transport
+    sent_by: list[str] = []
+    send_kex_init = transport._send_kex_init  # type: ignore[attr-defined]
+
+    def recorded_send_kex_init() -> None:
+        sent_by.append(threading.current_thread().name)
+        send_kex_init()
+
+    def asleep_in_recv() -> bool:
+        frame = sys._current_frames().get(transport.ident or 0)
+        return frame is not None and frame.f_code is TransportSocket.recv.__code__
+
     try:
+        assert isinstance(transport.sock, TransportSocket)
         transport.sock.settimeout(3600.0)
-        kexinit = transport.local_kex_init
+        assert connection.run("true") == (0, b"")  # the thread's waits now begin anew
+        helpers.wait_for(asleep_in_recv, 30, "the transport thread to wait for a message")
+        transport._send_kex_init = recorded_send_kex_init  # type: ignore[attr-defined]
         transport.packetizer.REKEY_BYTES = 1  # the instance's, not paramiko's class
         transport.send_ignore()
-        helpers.wait_for(lambda: transport.local_kex_init is not kexinit, 30,
-                         "our KEXINIT to be sent")
+        assert transport.packetizer.need_rekey()
+        helpers.wait_for(lambda: sent_by, 30, "our KEXINIT to be sent")
         del transport.packetizer.REKEY_BYTES
         helpers.wait_for(lambda: not transport.packetizer.need_rekey(), 30, "the new keys")
+        assert set(sent_by) == {transport.name}  # by the transport thread, woken
         assert connection.run("echo rekeyed") == (0, b"rekeyed\n")
     finally:
         connection.close()
