@@ -516,7 +516,6 @@ def test_a_rekey_a_sender_asks_for_starts_while_the_connection_is_idle(
         transport._send_kex_init = recorded_send_kex_init  # type: ignore[attr-defined]
         transport.packetizer.REKEY_BYTES = 1  # the instance's, not paramiko's class
         transport.send_ignore()
-        assert transport.packetizer.need_rekey()
         helpers.wait_for(lambda: sent_by, 30, "our KEXINIT to be sent")
         del transport.packetizer.REKEY_BYTES
         helpers.wait_for(lambda: not transport.packetizer.need_rekey(), 30, "the new keys")
